@@ -1,0 +1,264 @@
+//! The broker's HTTP/1.1 + JSON API over its unix socket.
+//!
+//! | method | path | body | answer |
+//! | --- | --- | --- | --- |
+//! | POST | [`FETCH`] | [`FetchRequest`] | 200 [`Lease`] |
+//! | POST | [`RENEW`] | [`RenewRequest`] | 200 [`Lease`] (re-evaluated) |
+//! | POST | [`REVOKE`] | [`RevokeRequest`] | 204 |
+//! | PUT | [`ADMIN_SECRETS`]`/{path}` | [`PutSecret`] | 200 [`SecretMeta`] |
+//! | GET | [`ADMIN_SECRETS`]`/{path}` | | 200 [`SecretData`] |
+//! | DELETE | [`ADMIN_SECRETS`]`/{path}` | | 204 |
+//! | GET | [`ADMIN_LIST`]`?prefix=P` | | 200 [`SecretList`] |
+//! | GET | [`HEALTH`] | | 200 [`Health`] |
+//!
+//! Every error is a non-2xx status with an [`ApiError`] body.
+
+use crate::secret::Secret;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub const FETCH: &str = "/v1/fetch";
+pub const RENEW: &str = "/v1/renew";
+pub const REVOKE: &str = "/v1/revoke";
+pub const ADMIN_SECRETS: &str = "/v1/admin/secrets";
+pub const ADMIN_LIST: &str = "/v1/admin/list";
+pub const HEALTH: &str = "/v1/health";
+
+/// Largest request body the broker reads.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// How a grant reaches the workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryKind {
+    File,
+    Env,
+    Fd,
+}
+
+impl fmt::Display for DeliveryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeliveryKind::File => "file",
+            DeliveryKind::Env => "env",
+            DeliveryKind::Fd => "fd",
+        })
+    }
+}
+
+/// Ask for the grants of a workload. The broker attests the caller from the
+/// socket's peer credentials; nothing in the body is trusted for identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchRequest {
+    pub workload: String,
+    /// Only grants of these kinds; empty means every kind.
+    #[serde(default)]
+    pub kinds: Vec<DeliveryKind>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub lease_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    pub lease_id: String,
+}
+
+/// A delivery and its lease. Renewal answers with the grants as the current
+/// policy and store have them: an item missing from a renewal was withdrawn.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lease {
+    pub lease_id: String,
+    pub workload: String,
+    /// Renew before this many seconds have passed (the shortest item ttl).
+    pub ttl_secs: u64,
+    pub items: Vec<Item>,
+}
+
+/// One delivered secret value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Item {
+    /// Stable id of the grant within its workload, e.g. `file:db_password`.
+    pub id: String,
+    pub secret: String,
+    pub key: String,
+    pub delivery: Delivery,
+    /// The store's version of the secret; a change means rotation.
+    pub version: u64,
+    /// How long this copy may live unless renewed.
+    pub ttl_secs: u64,
+    #[serde(with = "crate::secret::base64")]
+    pub value: Secret,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Delivery {
+    /// A file relative to the secrets directory.
+    File {
+        path: String,
+        mode: u32,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    },
+    /// An environment variable.
+    Env { name: String },
+    /// A sealed memfd; the variable holds its `/proc/self/fd/N` path.
+    Fd { name: String },
+}
+
+impl Delivery {
+    pub fn kind(&self) -> DeliveryKind {
+        match self {
+            Delivery::File { .. } => DeliveryKind::File,
+            Delivery::Env { .. } => DeliveryKind::Env,
+            Delivery::Fd { .. } => DeliveryKind::Fd,
+        }
+    }
+}
+
+/// Admin: write a secret (a new version of every key at PATH).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutSecret {
+    #[serde(with = "crate::secret::base64::map")]
+    pub data: BTreeMap<String, Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMeta {
+    pub path: String,
+    pub version: u64,
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretData {
+    pub path: String,
+    pub version: u64,
+    #[serde(with = "crate::secret::base64::map")]
+    pub data: BTreeMap<String, Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretList {
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub store: String,
+    pub workloads: usize,
+    pub leases: usize,
+    pub audit_ok: bool,
+}
+
+/// What went wrong, as a machine-readable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request was malformed (400).
+    BadRequest,
+    /// The caller is not allowed (policy, isolation, admin rights) (403).
+    Denied,
+    /// Unknown workload, lease or secret path (404).
+    NotFound,
+    /// The audit sink failed; nothing is released until it works (503).
+    AuditUnavailable,
+    /// The secret store could not be reached (503).
+    StoreUnavailable,
+    /// A bug or an unexpected failure (500).
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::Denied => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::AuditUnavailable | ErrorCode::StoreUnavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// The `unbaked` exit code a client uses for this error.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorCode::Denied | ErrorCode::AuditUnavailable => crate::exit::DENIED,
+            ErrorCode::StoreUnavailable => crate::exit::UNAVAILABLE,
+            _ => crate::exit::FAILURE,
+        }
+    }
+}
+
+/// The body of every error answer. `message` says what was wrong and what to
+/// do; it never holds a secret value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// Serialize a value that may hold secrets into a buffer zeroized on drop.
+pub fn to_json_zeroizing<T: Serialize>(value: &T) -> zeroize::Zeroizing<Vec<u8>> {
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(512));
+    // Writing to a Vec cannot fail, and our types have no fallible Serialize.
+    serde_json::to_writer(&mut *buf, value).expect("wire types serialize");
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_round_trip_keeps_value_and_delivery() {
+        let lease = Lease {
+            lease_id: "l1".into(),
+            workload: "w".into(),
+            ttl_secs: 60,
+            items: vec![Item {
+                id: "file:db".into(),
+                secret: "app/db".into(),
+                key: "password".into(),
+                delivery: Delivery::File {
+                    path: "db".into(),
+                    mode: 0o400,
+                    uid: Some(1000),
+                    gid: None,
+                },
+                version: 3,
+                ttl_secs: 60,
+                value: Secret::from_slice(b"s3cr3t"),
+            }],
+        };
+        let json = to_json_zeroizing(&lease);
+        let back: Lease = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.items[0].value.expose_secret(), b"s3cr3t");
+        assert_eq!(back.items[0].delivery, lease.items[0].delivery);
+        assert_eq!(format!("{back:?}").matches("[redacted]").count(), 1);
+        assert!(!format!("{back:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn unknown_request_fields_are_refused() {
+        let err = serde_json::from_str::<FetchRequest>(r#"{"workload":"w","uid":0}"#);
+        assert!(err.is_err());
+    }
+}
