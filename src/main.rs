@@ -1,1 +1,259 @@
-fn main() {}
+//! The `unbaked` binary: parse the command line, set up logging and process
+//! hardening, dispatch to the crates, and turn the outcome into an exit code.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod secret_args;
+
+use clap::Parser;
+use cli::{AuditCommand, Cli, Command, LogFormat, PolicyCommand, SecretCommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use unbaked_api::exit;
+use unbaked_broker::config::{BrokerConfig, BrokerOptions, DEFAULT_SOCKET, ENV_SOCKET};
+use unbaked_sidecar::client::Client;
+
+/// A failure to report: the message (with its causes) and the exit code.
+struct Failure {
+    code: i32,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: i32, e: impl std::error::Error) -> Failure {
+        let mut message = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            source = s.source();
+        }
+        Failure { code, message }
+    }
+
+    fn msg(code: i32, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Before anything can hold a secret: no core dumps, no ptrace by peers.
+    if let Err(e) = unbaked_sidecar::sys::disable_core_dumps() {
+        eprintln!("unbaked: cannot disable core dumps: {e}");
+        return ExitCode::from(exit::FAILURE as u8);
+    }
+    init_logging(&cli);
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("unbaked: {}", f.message);
+            ExitCode::from(f.code as u8)
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let default = match cli.command {
+        Command::Broker(_) | Command::Sidecar(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("UNBAKED_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let json = match cli.log_format {
+        Some(f) => f == LogFormat::Json,
+        None => std::env::var("UNBAKED_LOG_FORMAT").is_ok_and(|v| v == "json"),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Client commands: flag, then UNBAKED_SOCKET, then the default.
+fn client_socket(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os(ENV_SOCKET).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(exit::FAILURE, e))
+}
+
+fn dispatch(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Broker(args) => {
+            let opts = BrokerOptions {
+                config: args.config,
+                socket: cli.socket,
+                policies: args.policies,
+                store: args
+                    .store
+                    .map(|s| s.parse().expect("clap restricts the values")),
+                audit: args.audit,
+                dev: args.dev,
+            };
+            let cfg = BrokerConfig::resolve(opts, |k| std::env::var(k).ok())
+                .map_err(|e| Failure::new(exit::FAILURE, e))?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::new(exit::FAILURE, e))?;
+            rt.block_on(unbaked_broker::run(cfg))
+                .map_err(|e| Failure::new(exit::FAILURE, e))
+        }
+        Command::Secret(cmd) => secret(client_socket(cli.socket), cmd),
+        Command::Sidecar(args) => {
+            let cfg = unbaked_sidecar::sidecar::SidecarConfig {
+                socket: client_socket(cli.socket),
+                workload: args.workload,
+                dir: args.dir,
+                once: args.once,
+                tmpfs_size: args.tmpfs_size,
+            };
+            runtime()?
+                .block_on(unbaked_sidecar::sidecar::run(cfg))
+                .map_err(|e| Failure::new(e.exit_code(), e))
+        }
+        Command::Exec(args) => {
+            let cfg = unbaked_sidecar::exec::ExecConfig {
+                socket: client_socket(cli.socket),
+                workload: args.workload,
+                command: args.command,
+            };
+            let prepared = runtime()?
+                .block_on(unbaked_sidecar::exec::prepare(&cfg))
+                .map_err(|e| Failure::new(e.exit_code(), e))?;
+            let e = prepared.exec();
+            Err(Failure::new(e.exit_code(), e))
+        }
+        Command::Policy(PolicyCommand::Check { dir }) => policy_check(&dir),
+        Command::Audit(AuditCommand::Verify { file }) => audit_verify(&file),
+    }
+}
+
+fn secret(socket: PathBuf, cmd: SecretCommand) -> Result<(), Failure> {
+    let client = Client::new(socket);
+    let rt = runtime()?;
+    let api = |e: unbaked_sidecar::client::ClientError| Failure::new(e.exit_code(), e);
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        SecretCommand::Put { path, pairs } => {
+            let data = secret_args::parse(&pairs, std::io::stdin().lock(), |w| {
+                eprintln!("unbaked: warning: {w}")
+            })
+            .map_err(|e| Failure::new(exit::USAGE, e))?;
+            let body = unbaked_api::wire::PutSecret { data };
+            let meta = rt.block_on(client.put_secret(&path, &body)).map_err(api)?;
+            let _ = writeln!(
+                out,
+                "{}: version {} ({})",
+                meta.path,
+                meta.version,
+                meta.keys.join(", ")
+            );
+        }
+        SecretCommand::Get { path, key } => {
+            let data = rt.block_on(client.get_secret(&path)).map_err(api)?;
+            match key {
+                Some(key) => {
+                    let value = data.data.get(&key).ok_or_else(|| {
+                        Failure::msg(
+                            exit::FAILURE,
+                            format!("{path} (version {}) has no key {key:?}", data.version),
+                        )
+                    })?;
+                    out.write_all(value.expose_secret())
+                        .map_err(|e| Failure::new(exit::FAILURE, e))?;
+                }
+                None => {
+                    let keys: Vec<&str> = data.data.keys().map(String::as_str).collect();
+                    let _ = writeln!(
+                        out,
+                        "{}: version {} ({})",
+                        data.path,
+                        data.version,
+                        keys.join(", ")
+                    );
+                }
+            }
+        }
+        SecretCommand::List { prefix } => {
+            for p in rt
+                .block_on(client.list_secrets(&prefix))
+                .map_err(api)?
+                .paths
+            {
+                let _ = writeln!(out, "{p}");
+            }
+        }
+        SecretCommand::Rm { path } => {
+            rt.block_on(client.delete_secret(&path)).map_err(api)?;
+        }
+    }
+    Ok(())
+}
+
+fn policy_check(dir: &std::path::Path) -> Result<(), Failure> {
+    if !dir.is_dir() {
+        return Err(Failure::msg(
+            exit::USAGE,
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
+    match unbaked_policy::load_dir(dir) {
+        Ok(set) => {
+            println!("{}: {} workloads, no errors", dir.display(), set.len());
+            Ok(())
+        }
+        Err(diags) => {
+            println!("{diags}");
+            let n = diags.0.len();
+            Err(Failure::msg(
+                exit::FAILURE,
+                format!(
+                    "{}: {n} error{}",
+                    dir.display(),
+                    if n == 1 { "" } else { "s" }
+                ),
+            ))
+        }
+    }
+}
+
+fn audit_verify(file: &std::path::Path) -> Result<(), Failure> {
+    use unbaked_broker::audit::{verify, VerifyError};
+    match verify(file) {
+        Ok(s) => {
+            println!(
+                "{}: {} records, chain intact (last record sha256 {})",
+                file.display(),
+                s.records,
+                s.last_hash
+            );
+            Ok(())
+        }
+        Err(VerifyError::Io(e)) => Err(Failure::msg(
+            exit::FAILURE,
+            format!("cannot read {}: {e}", file.display()),
+        )),
+        Err(VerifyError::Broken { line, reason }) => Err(Failure::msg(
+            exit::FAILURE,
+            format!("{}:{line}: {reason}", file.display()),
+        )),
+    }
+}

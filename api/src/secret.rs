@@ -143,7 +143,10 @@ mod tests {
             #[serde(with = "crate::secret::base64")]
             v: Secret,
         }
-        let json = serde_json::to_string(&W { v: Secret::from_slice(b"\x00\xffpw") }).unwrap();
+        let json = serde_json::to_string(&W {
+            v: Secret::from_slice(b"\x00\xffpw"),
+        })
+        .unwrap();
         assert!(!json.contains("pw"));
         let back: W = serde_json::from_str(&json).unwrap();
         assert_eq!(back.v.expose_secret(), b"\x00\xffpw");

@@ -1,1 +1,144 @@
+//! The unbaked broker: attests callers on its unix socket, evaluates their
+//! workload's policy, reads the store, leases and audits what it releases.
+//!
+//! **Invariant:** this crate is the only one that serves the API or opens a
+//! store; clients speak to it through `unbaked-sidecar`'s client.
 #![forbid(unsafe_code)]
+
+pub mod attest;
+pub mod audit;
+pub mod config;
+pub mod dev;
+pub mod lease;
+pub mod reload;
+pub mod server;
+pub mod service;
+pub mod store;
+
+use audit::{Audit, Event, Record};
+use config::{BrokerConfig, StoreKind};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::memory::MemoryStore;
+use store::Store;
+
+pub use config::{BrokerOptions, ConfigError};
+pub use service::Broker;
+
+/// How often expired leases are swept (and audited).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the policies do not load; nothing was started:\n{0}")]
+    Policies(unbaked_policy::Diagnostics),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the {0} store is not available in this build yet: use --store memory")]
+    StoreNotBuilt(&'static str),
+    #[error("cannot start: {0}")]
+    Start(String),
+}
+
+fn fallback_dev_socket(uid: u32) -> PathBuf {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/unbaked-{uid}")));
+    base.join("unbaked").join("broker.sock")
+}
+
+/// Run the broker until SIGTERM or SIGINT.
+pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let store: Arc<dyn Store> =
+        match cfg.store {
+            StoreKind::Memory => Arc::new(MemoryStore::new().map_err(|_| {
+                BrokerError::Start("no system randomness for the sealing key".into())
+            })?),
+            StoreKind::Vault => return Err(BrokerError::StoreNotBuilt("vault")),
+        };
+    let extra: reload::Extra = if cfg.dev {
+        Arc::new(move |set| dev::add_demo(set, uid))
+    } else {
+        Arc::new(|_| {})
+    };
+    let policies = reload::load(cfg.policies.as_deref(), &extra).map_err(BrokerError::Policies)?;
+    let audit = match &cfg.audit {
+        Some(path) => Audit::open(path)?,
+        None => Audit::to_log(),
+    };
+    audit.record(
+        Event::Start,
+        Record {
+            reason: Some(format!(
+                "store {}, {} workloads",
+                store.name(),
+                policies.len()
+            )),
+            ..Record::default()
+        },
+    )?;
+    if cfg.dev {
+        let data = std::collections::BTreeMap::from([(
+            dev::DEMO_KEY.to_string(),
+            unbaked_api::Secret::from_slice(dev::DEMO_VALUE),
+        )]);
+        store
+            .write(dev::DEMO_SECRET, data)
+            .await
+            .map_err(|e| BrokerError::Start(e.to_string()))?;
+    }
+    let workloads = policies.len();
+    let broker = Arc::new(Broker::new(policies, store, audit, uid));
+
+    let mut socket = cfg.socket.clone();
+    let listener = match server::bind(&socket) {
+        Err(e) if cfg.dev && e.kind() == std::io::ErrorKind::PermissionDenied => {
+            socket = fallback_dev_socket(uid);
+            server::bind(&socket)
+        }
+        other => other,
+    }
+    .map_err(|source| BrokerError::Bind {
+        path: socket.clone(),
+        source,
+    })?;
+    tracing::info!(socket = %socket.display(), store = broker.store().name(), workloads, "broker listening");
+    if cfg.dev {
+        println!(
+            "{}",
+            dev::banner(&socket, cfg.policies.as_deref(), workloads)
+        );
+    }
+
+    let watcher = tokio::spawn(reload::watch(broker.clone(), cfg.policies.clone(), extra));
+    let sweeper = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                broker.expire(Instant::now());
+            }
+        })
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| BrokerError::Start(e.to_string()))?;
+    tokio::select! {
+        _ = server::serve(listener, broker.clone()) => {}
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+    watcher.abort();
+    sweeper.abort();
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

@@ -1,1 +1,42 @@
+//! unbaked policy files: strict parsing with locations, validation and
+//! evaluation.
+//!
+//! One workload per TOML file. [`load_dir`] reads a directory and returns a
+//! [`PolicySet`] or every problem of every file as [`Diagnostics`], each with
+//! file, line, column, field, message, hint and a stable rule id.
+//! [`Policy::authorize`] and [`Policy::may_launch`] decide for a [`Caller`].
+//!
+//! Code map: `parse` turns text into raw serde types with spans and then
+//! into the validated `model`, using the value checks in `validate`; `eval`
+//! decides; `load` reads files.
+//!
+//! **Invariant:** only `load` does I/O; parsing and evaluation are pure.
+
 #![forbid(unsafe_code)]
+
+mod diagnostic;
+mod eval;
+mod load;
+mod model;
+mod parse;
+mod validate;
+
+pub use diagnostic::{rule, Diagnostic, Diagnostics, Severity};
+pub use eval::{Caller, ContainerInfo, Denial};
+pub use load::{from_sources, load_dir};
+pub use model::{
+    Grant, GrantDelivery, Isolation, Launch, Match, Policy, PolicySet, DEFAULT_MODE, DEFAULT_TTL,
+};
+
+/// 1-based line and column of a byte offset, for other TOML files the
+/// project reads (the broker's config) to report positions the same way.
+pub use diagnostic::line_column;
+
+/// Check a store path by the rules a grant's `secret` follows (the admin
+/// API uses it for writes): `Err` says what is wrong and how to fix it.
+pub fn check_secret_path(path: &str) -> Result<(), String> {
+    validate::secret_path(path).map_err(|p| match p.hint {
+        Some(hint) => format!("{}: {hint}", p.message),
+        None => p.message,
+    })
+}

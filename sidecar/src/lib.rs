@@ -1,1 +1,20 @@
+//! The clients of the broker: the API [`client`], the tmpfs [`sidecar`]
+//! (through [`writer`]) and the [`exec`] shim.
+//!
+//! **Invariant:** every mount, statfs, memfd, fcntl and prctl call lives in
+//! [`sys`], through nix's safe wrappers; this crate has no `unsafe`.
+//! **Invariant:** no log line, error message or `Debug` output of this crate
+//! holds a secret value; values stay in [`unbaked_api::Secret`] or
+//! `Zeroizing` buffers until they are written to their destination.
 #![forbid(unsafe_code)]
+
+pub mod client;
+pub mod exec;
+pub mod sidecar;
+pub mod sys;
+pub mod writer;
+
+pub use client::{Client, ClientError};
+pub use exec::{ExecConfig, ExecError, Prepared};
+pub use sidecar::{SidecarConfig, SidecarError};
+pub use writer::SecretsDir;

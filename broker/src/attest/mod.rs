@@ -1,0 +1,7 @@
+//! Who is calling: turn a connection into a [`Caller`] the policy can judge.
+//! One module per kind of evidence; later ones (containers, service-account
+//! tokens) add to the same `Caller`.
+
+pub mod unix;
+
+pub use unbaked_policy::Caller;

@@ -1,0 +1,369 @@
+//! The tamper-evident audit trail: JSON lines, each carrying the SHA-256 of
+//! the line before it, so an edit, deletion or reordering breaks the chain.
+//!
+//! **Invariant:** a record never holds a secret value: [`Record`] has no
+//! field that could take a [`unbaked_api::Secret`].
+//! **Invariant:** when a record cannot be written, the caller must not
+//! release the secret it describes (fail closed); [`Audit::healthy`] stays
+//! false until a later write succeeds.
+
+use ring::digest::{digest, SHA256};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+/// `prev` of the first record of a chain.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Start,
+    Authenticate,
+    Grant,
+    Deny,
+    Renew,
+    Revoke,
+    Expire,
+    Reload,
+    ReloadRejected,
+    SecretWrite,
+    SecretRead,
+    SecretDelete,
+}
+
+/// The caller, as the socket's peer credentials attest it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerRef {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+}
+
+/// Which secret a record is about: its location and version, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRef {
+    pub id: String,
+    pub secret: String,
+    pub key: String,
+    pub version: u64,
+}
+
+/// The event-specific part of a record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub caller: Option<CallerRef>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub workload: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lease: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub secrets: Vec<SecretRef>,
+    /// A store path touched by the admin API.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+}
+
+/// One line as written: the chain fields around the record.
+#[derive(Debug, Serialize, Deserialize)]
+struct Line {
+    seq: u64,
+    ts: String,
+    event: Event,
+    #[serde(flatten)]
+    record: Record,
+    prev: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot open audit file {path}: {source}: check the path and its permissions")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("audit file {path} line {line}: {reason}: the file was edited or is not an unbaked audit log; keep it for investigation and start a new file")]
+    Resume {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("cannot write audit file {path}: {source}: secrets are withheld until the audit file is writable again")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+struct Chain {
+    sink: Sink,
+    prev: String,
+    seq: u64,
+}
+
+enum Sink {
+    File {
+        file: File,
+        path: PathBuf,
+    },
+    /// No `--audit FILE`: records go to the log (target `unbaked::audit`).
+    Log,
+}
+
+pub struct Audit {
+    chain: Mutex<Chain>,
+    healthy: AtomicBool,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit")
+            .field("healthy", &self.healthy())
+            .finish_non_exhaustive()
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let d = digest(&SHA256, bytes);
+    let mut s = String::with_capacity(64);
+    for b in d.as_ref() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+impl Audit {
+    /// Open (or continue) the chain in `path`. An existing file is verified
+    /// first: the broker refuses to extend a chain that is already broken.
+    pub fn open(path: &Path) -> Result<Audit, AuditError> {
+        let (prev, seq) = if path.exists() {
+            match verify(path) {
+                Ok(summary) => (summary.last_hash, summary.records),
+                Err(VerifyError::Io(source)) => {
+                    return Err(AuditError::Open {
+                        path: path.into(),
+                        source,
+                    })
+                }
+                Err(VerifyError::Broken { line, reason }) => {
+                    return Err(AuditError::Resume {
+                        path: path.into(),
+                        line,
+                        reason,
+                    })
+                }
+            }
+        } else {
+            (GENESIS.to_string(), 0)
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| AuditError::Open {
+                path: path.into(),
+                source,
+            })?;
+        Ok(Audit {
+            chain: Mutex::new(Chain {
+                sink: Sink::File {
+                    file,
+                    path: path.into(),
+                },
+                prev,
+                seq,
+            }),
+            healthy: AtomicBool::new(true),
+        })
+    }
+
+    /// Records go to the log only; there is no file to fail.
+    pub fn to_log() -> Audit {
+        Audit {
+            chain: Mutex::new(Chain {
+                sink: Sink::Log,
+                prev: GENESIS.to_string(),
+                seq: 0,
+            }),
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Append one record. The line is complete in the file (one `write`
+    /// call, O_APPEND) before this returns Ok; on error the chain is not
+    /// advanced, so a later success continues from the last good line.
+    pub fn record(&self, event: Event, record: Record) -> Result<(), AuditError> {
+        let mut chain = self.chain.lock().unwrap_or_else(|e| e.into_inner());
+        let line = Line {
+            seq: chain.seq + 1,
+            ts: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            event,
+            record,
+            prev: chain.prev.clone(),
+        };
+        let mut bytes = serde_json::to_vec(&line).expect("audit lines serialize");
+        let hash = sha256_hex(&bytes);
+        bytes.push(b'\n');
+        match &mut chain.sink {
+            Sink::File { file, path } => {
+                if let Err(source) = file.write_all(&bytes) {
+                    self.healthy.store(false, Ordering::Relaxed);
+                    return Err(AuditError::Write {
+                        path: path.clone(),
+                        source,
+                    });
+                }
+            }
+            Sink::Log => {
+                tracing::info!(target: "unbaked::audit", "{}", String::from_utf8_lossy(&bytes[..bytes.len() - 1]));
+            }
+        }
+        chain.prev = hash;
+        chain.seq += 1;
+        self.healthy.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// What a good chain holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifySummary {
+    pub records: u64,
+    pub last_hash: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("line {line}: {reason}")]
+    Broken { line: usize, reason: String },
+}
+
+/// Check every link of the chain in `path`.
+pub fn verify(path: &Path) -> Result<VerifySummary, VerifyError> {
+    let file = File::open(path).map_err(VerifyError::Io)?;
+    let mut prev = GENESIS.to_string();
+    let mut records = 0u64;
+    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
+        let line = line.map_err(VerifyError::Io)?;
+        let n = i + 1;
+        let broken = |reason: String| VerifyError::Broken { line: n, reason };
+        let parsed: Line = serde_json::from_slice(&line)
+            .map_err(|e| broken(format!("not an audit record ({e})")))?;
+        if parsed.prev != prev {
+            return Err(broken(format!(
+                "chain broken: prev is {} but the record before hashes to {prev} (a record was edited, removed or moved)",
+                parsed.prev
+            )));
+        }
+        if parsed.seq != records + 1 {
+            return Err(broken(format!(
+                "sequence broken: seq {} follows {records} (a record was removed or moved)",
+                parsed.seq
+            )));
+        }
+        prev = sha256_hex(&line);
+        records += 1;
+    }
+    Ok(VerifySummary {
+        records,
+        last_hash: prev,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(dir: &Path) -> PathBuf {
+        let path = dir.join("audit.log");
+        let audit = Audit::open(&path).unwrap();
+        for w in ["a", "b", "c"] {
+            audit
+                .record(
+                    Event::Grant,
+                    Record {
+                        workload: Some(w.into()),
+                        ..Record::default()
+                    },
+                )
+                .unwrap();
+        }
+        path
+    }
+
+    #[test]
+    fn a_written_chain_verifies_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(dir.path());
+        assert_eq!(verify(&path).unwrap().records, 3);
+        let audit = Audit::open(&path).unwrap();
+        audit.record(Event::Revoke, Record::default()).unwrap();
+        assert_eq!(verify(&path).unwrap().records, 4);
+    }
+
+    #[test]
+    fn edits_deletions_and_reordering_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(dir.path());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+
+        let edited = text.replacen("\"workload\":\"b\"", "\"workload\":\"x\"", 1);
+        std::fs::write(&path, edited).unwrap();
+        assert!(matches!(
+            verify(&path),
+            Err(VerifyError::Broken { line: 3, .. })
+        ));
+
+        std::fs::write(&path, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
+        assert!(matches!(
+            verify(&path),
+            Err(VerifyError::Broken { line: 2, .. })
+        ));
+
+        std::fs::write(&path, format!("{}\n{}\n{}\n", lines[1], lines[0], lines[2])).unwrap();
+        assert!(matches!(
+            verify(&path),
+            Err(VerifyError::Broken { line: 1, .. })
+        ));
+
+        assert!(matches!(
+            Audit::open(&path),
+            Err(AuditError::Resume { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn a_failed_write_marks_the_sink_unhealthy() {
+        let audit = Audit {
+            chain: Mutex::new(Chain {
+                sink: Sink::File {
+                    file: OpenOptions::new().write(true).open("/dev/full").unwrap(),
+                    path: "/dev/full".into(),
+                },
+                prev: GENESIS.into(),
+                seq: 0,
+            }),
+            healthy: AtomicBool::new(true),
+        };
+        assert!(audit.record(Event::Start, Record::default()).is_err());
+        assert!(!audit.healthy());
+    }
+}

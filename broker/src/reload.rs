@@ -1,0 +1,105 @@
+//! Policy reloads on SIGHUP and on any change in the policies directory.
+//! A broken set is rejected whole and the old one keeps serving.
+
+use crate::audit::{Event, Record};
+use crate::service::Broker;
+use notify::{RecursiveMode, Watcher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use unbaked_policy::PolicySet;
+
+/// Edits arrive as bursts of events (editors write, rename, chmod); one
+/// reload after the burst settles is enough.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// What to add to every loaded set (the `--dev` demo workload).
+pub type Extra = Arc<dyn Fn(&mut PolicySet) + Send + Sync>;
+
+/// Load the directory (if any) and add the extras.
+pub fn load(dir: Option<&Path>, extra: &Extra) -> Result<PolicySet, unbaked_policy::Diagnostics> {
+    let mut set = match dir {
+        Some(dir) => unbaked_policy::load_dir(dir)?,
+        None => PolicySet::default(),
+    };
+    extra(&mut set);
+    Ok(set)
+}
+
+/// Reload once; the outcome is logged and audited.
+pub fn reload(broker: &Broker, dir: Option<&Path>, extra: &Extra, why: &str) -> bool {
+    match load(dir, extra) {
+        Ok(set) => {
+            let n = set.len();
+            broker.replace_policies(set);
+            tracing::info!(workloads = n, trigger = why, "policies reloaded");
+            let record = Record {
+                reason: Some(format!("{why}: {n} workloads")),
+                ..Record::default()
+            };
+            if let Err(e) = broker.audit().record(Event::Reload, record) {
+                tracing::error!(error = %e, "could not audit a reload");
+            }
+            true
+        }
+        Err(diags) => {
+            for d in &diags.0 {
+                tracing::error!(diagnostic = %d, "policy reload rejected");
+            }
+            tracing::error!(
+                errors = diags.0.len(),
+                trigger = why,
+                "policy reload rejected: the previous policies keep serving; fix the errors above"
+            );
+            let record = Record {
+                reason: Some(format!(
+                    "{why}: {} errors, first: {}",
+                    diags.0.len(),
+                    diags.0.first().map(|d| d.to_string()).unwrap_or_default()
+                )),
+                ..Record::default()
+            };
+            if let Err(e) = broker.audit().record(Event::ReloadRejected, record) {
+                tracing::error!(error = %e, "could not audit a rejected reload");
+            }
+            false
+        }
+    }
+}
+
+/// Watch `dir` and SIGHUP; reload on either until the task is dropped.
+pub async fn watch(broker: Arc<Broker>, dir: Option<PathBuf>, extra: Extra) -> std::io::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<&'static str>(16);
+    let _watcher = match &dir {
+        Some(dir) => {
+            let tx = tx.clone();
+            let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+                if ev.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.try_send("policies directory changed");
+                }
+            })
+            .map_err(std::io::Error::other)?;
+            w.watch(dir, RecursiveMode::NonRecursive)
+                .map_err(std::io::Error::other)?;
+            Some(w)
+        }
+        None => None,
+    };
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = tx.send("SIGHUP").await;
+        }
+    });
+    while let Some(mut why) = rx.recv().await {
+        tokio::time::sleep(SETTLE).await;
+        while let Ok(next) = rx.try_recv() {
+            if next == "SIGHUP" {
+                why = next;
+            }
+        }
+        reload(&broker, dir.as_deref(), &extra, why);
+    }
+    Ok(())
+}

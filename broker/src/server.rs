@@ -1,0 +1,346 @@
+//! HTTP/1.1 + JSON over the unix socket (hyper). Routing, size limits,
+//! timeouts and one tracing span per request; the decisions are in
+//! [`crate::service`].
+//!
+//! **Invariant:** bodies that may hold secrets live in zeroizing buffers:
+//! requests are collected into one, answers are sent from one
+//! ([`ZeroizingBody`]) with vectored writes so hyper does not copy them
+//! into its own buffer.
+
+use crate::attest;
+use crate::service::{err, Broker, Ctx};
+use bytes::Buf;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::convert::Infallible;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tracing::Instrument;
+use unbaked_api::wire::{self, ApiError, ErrorCode};
+use zeroize::Zeroizing;
+
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A response body that zeroizes its bytes when hyper drops it.
+#[derive(Debug)]
+pub struct ZeroizingBody(Option<ZeroizingBuf>);
+
+#[derive(Debug)]
+pub struct ZeroizingBuf {
+    bytes: Zeroizing<Vec<u8>>,
+    pos: usize,
+}
+
+impl Buf for ZeroizingBuf {
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+    fn chunk(&self) -> &[u8] {
+        &self.bytes[self.pos..]
+    }
+    fn advance(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.bytes.len());
+    }
+}
+
+impl Body for ZeroizingBody {
+    type Data = ZeroizingBuf;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<ZeroizingBuf>, Infallible>>> {
+        Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.0.as_ref().map_or(0, |b| b.remaining() as u64))
+    }
+}
+
+fn respond(status: StatusCode, bytes: Zeroizing<Vec<u8>>) -> Response<ZeroizingBody> {
+    let body = if bytes.is_empty() {
+        ZeroizingBody(None)
+    } else {
+        ZeroizingBody(Some(ZeroizingBuf { bytes, pos: 0 }))
+    };
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    if status != StatusCode::NO_CONTENT {
+        res.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+    }
+    res
+}
+
+fn json<T: Serialize>(value: &T) -> Response<ZeroizingBody> {
+    respond(StatusCode::OK, wire::to_json_zeroizing(value))
+}
+
+fn no_content() -> Response<ZeroizingBody> {
+    respond(StatusCode::NO_CONTENT, Zeroizing::new(Vec::new()))
+}
+
+fn error(e: &ApiError) -> Response<ZeroizingBody> {
+    let status =
+        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    respond(status, wire::to_json_zeroizing(e))
+}
+
+async fn read_body(body: Incoming) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    let mut buf = Zeroizing::new(Vec::new());
+    let mut body = body;
+    let collect = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                err(
+                    ErrorCode::BadRequest,
+                    format!("reading the request body: {e}"),
+                )
+            })?;
+            if let Some(data) = frame.data_ref() {
+                if buf.len() + data.len() > wire::MAX_REQUEST_BYTES {
+                    return Err(err(
+                        ErrorCode::BadRequest,
+                        format!("request body over {} bytes", wire::MAX_REQUEST_BYTES),
+                    ));
+                }
+                buf.extend_from_slice(data);
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(BODY_TIMEOUT, collect)
+        .await
+        .map_err(|_| err(ErrorCode::BadRequest, "request body not received in time"))??;
+    Ok(buf)
+}
+
+async fn decode<T: DeserializeOwned>(body: Incoming) -> Result<T, ApiError> {
+    let buf = read_body(body).await?;
+    serde_json::from_slice(&buf).map_err(|e| {
+        // serde_json's message names the field and position, never the input.
+        err(
+            ErrorCode::BadRequest,
+            format!("malformed request body: {e}"),
+        )
+    })
+}
+
+async fn route(
+    broker: &Broker,
+    ctx: &Ctx,
+    req: Request<Incoming>,
+) -> Result<Response<ZeroizingBody>, ApiError> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let admin_path = path
+        .strip_prefix(wire::ADMIN_SECRETS)
+        .and_then(|p| p.strip_prefix('/'))
+        .map(str::to_string);
+    match (&method, path.as_str(), admin_path) {
+        (&Method::POST, wire::FETCH, _) => {
+            let r: wire::FetchRequest = decode(req.into_body()).await?;
+            tracing::Span::current().record("workload", r.workload.as_str());
+            Ok(json(&broker.fetch(ctx, r).await?))
+        }
+        (&Method::POST, wire::RENEW, _) => {
+            let r: wire::RenewRequest = decode(req.into_body()).await?;
+            Ok(json(&broker.renew(ctx, &r.lease_id).await?))
+        }
+        (&Method::POST, wire::REVOKE, _) => {
+            let r: wire::RevokeRequest = decode(req.into_body()).await?;
+            broker.revoke(ctx, &r.lease_id)?;
+            Ok(no_content())
+        }
+        (&Method::GET, wire::HEALTH, _) => Ok(json(&broker.health())),
+        (&Method::GET, wire::ADMIN_LIST, _) => {
+            let prefix = query_param(&query, "prefix").unwrap_or_default();
+            Ok(json(&broker.list_secrets(ctx, &prefix).await?))
+        }
+        (&Method::PUT, _, Some(p)) => {
+            let body: wire::PutSecret = decode(req.into_body()).await?;
+            Ok(json(&broker.put_secret(ctx, &p, body).await?))
+        }
+        (&Method::GET, _, Some(p)) => Ok(json(&broker.get_secret(ctx, &p).await?)),
+        (&Method::DELETE, _, Some(p)) => {
+            broker.delete_secret(ctx, &p).await?;
+            Ok(no_content())
+        }
+        _ => Err(err(
+            ErrorCode::NotFound,
+            format!("no such endpoint: {method} {path}"),
+        )),
+    }
+}
+
+/// `prefix=a%2Fb` → `a/b`; only the escapes our client writes.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && bytes[i + 1].is_ascii_hexdigit()
+            && bytes[i + 2].is_ascii_hexdigit()
+        {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+static REQUEST_SEQ: AtomicU64 = AtomicU64::new(1);
+
+/// Accept connections until the listener fails or the task is dropped.
+pub async fn serve(listener: UnixListener, broker: Arc<Broker>) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .writev(true)
+        .max_buf_size(wire::MAX_REQUEST_BYTES + 64 * 1024);
+    let http = Arc::new(http);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let caller = match attest::unix::peer(&stream) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "no peer credentials: connection dropped");
+                continue;
+            }
+        };
+        let broker = broker.clone();
+        let http = http.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let broker = broker.clone();
+                let ctx = Ctx {
+                    caller: caller.clone(),
+                    request_id: format!("{:x}", REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)),
+                };
+                let span = tracing::info_span!(
+                    "request",
+                    id = %ctx.request_id,
+                    method = %req.method(),
+                    path = %req.uri().path(),
+                    uid = ctx.caller.uid,
+                    pid = ctx.caller.pid,
+                    workload = tracing::field::Empty,
+                );
+                async move {
+                    let res = match route(&broker, &ctx, req).await {
+                        Ok(res) => res,
+                        Err(e) => {
+                            tracing::debug!(code = ?e.code, message = %e.message, "request failed");
+                            error(&e)
+                        }
+                    };
+                    Ok::<_, Infallible>(res)
+                }
+                .instrument(span)
+            });
+            if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Bind the socket: its directory created if missing, a stale socket file
+/// replaced, a live one refused, mode 0660.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket: remove it or choose another --socket",
+                    path.display()
+                ),
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "another broker is listening on {}: stop it or choose another --socket",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_decoded() {
+        assert_eq!(
+            query_param("prefix=app%2Fdb&x=1", "prefix").as_deref(),
+            Some("app/db")
+        );
+        assert_eq!(query_param("x=1", "prefix"), None);
+        assert_eq!(percent_decode("a%zz%2"), "a%zz%2");
+    }
+
+    #[test]
+    fn zeroizing_buf_advances() {
+        let mut b = ZeroizingBuf {
+            bytes: Zeroizing::new(b"abcdef".to_vec()),
+            pos: 0,
+        };
+        b.advance(4);
+        assert_eq!(b.chunk(), b"ef");
+        b.advance(10);
+        assert_eq!(b.remaining(), 0);
+    }
+}

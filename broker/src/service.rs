@@ -1,0 +1,506 @@
+//! The broker's decisions, independent of the transport: attest, authorize,
+//! read, lease, audit. The server turns HTTP into calls on [`Broker`].
+//!
+//! **Invariant:** nothing is released before its audit record is written
+//! (fail closed), and every denial is audited with its reason.
+//! **Invariant:** an error message never carries a secret value.
+
+use crate::audit::{Audit, CallerRef, Event, Record, SecretRef};
+use crate::lease::{new_lease_id, LeaseRecord, LeaseTable};
+use crate::store::{Store, StoreError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use unbaked_api::wire::{
+    ApiError, DeliveryKind, ErrorCode, FetchRequest, Health, Item, Lease, PutSecret, SecretData,
+    SecretList, SecretMeta,
+};
+use unbaked_policy::{Caller, Denial, Policy, PolicySet};
+
+/// The ttl of a lease that delivers nothing.
+const EMPTY_LEASE_TTL: Duration = Duration::from_secs(600);
+
+/// One request's identity: who called, and the id that ties logs to audit.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub caller: Caller,
+    pub request_id: String,
+}
+
+impl Ctx {
+    fn record(&self) -> Record {
+        Record {
+            request_id: Some(self.request_id.clone()),
+            caller: Some(CallerRef {
+                uid: self.caller.uid,
+                gid: self.caller.gid,
+                pid: self.caller.pid,
+            }),
+            ..Record::default()
+        }
+    }
+}
+
+pub struct Broker {
+    policies: RwLock<Arc<PolicySet>>,
+    store: Arc<dyn Store>,
+    leases: LeaseTable,
+    audit: Audit,
+    /// The admin API answers to root and to this uid.
+    admin_uid: u32,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("store", &self.store.name())
+            .field("leases", &self.leases.len())
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn err(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError {
+        code,
+        message: message.into(),
+    }
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    let code = match e {
+        StoreError::Unavailable { .. } => ErrorCode::StoreUnavailable,
+        StoreError::Unsupported { .. } | StoreError::Invalid(_) => ErrorCode::BadRequest,
+    };
+    err(code, e.to_string())
+}
+
+impl Broker {
+    pub fn new(policies: PolicySet, store: Arc<dyn Store>, audit: Audit, admin_uid: u32) -> Broker {
+        Broker {
+            policies: RwLock::new(Arc::new(policies)),
+            store,
+            leases: LeaseTable::default(),
+            audit,
+            admin_uid,
+        }
+    }
+
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Swap in a new, already validated, policy set at once.
+    pub fn replace_policies(&self, set: PolicySet) {
+        *self.policies.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+    }
+
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    pub fn health(&self) -> Health {
+        let audit_ok = self.audit.healthy();
+        Health {
+            status: if audit_ok { "ok" } else { "audit_failing" }.into(),
+            store: self.store.name().into(),
+            workloads: self.policies().len(),
+            leases: self.leases.len(),
+            audit_ok,
+        }
+    }
+
+    /// Audit a denial (best effort: the request is refused either way) and
+    /// hand back the error to answer with.
+    fn deny(&self, ctx: &Ctx, workload: &str, rule: &str, e: ApiError) -> ApiError {
+        let record = Record {
+            workload: Some(workload.into()),
+            rule: Some(rule.into()),
+            reason: Some(e.message.clone()),
+            ..ctx.record()
+        };
+        if let Err(audit_err) = self.audit.record(Event::Deny, record) {
+            tracing::error!(error = %audit_err, "could not audit a denial");
+        }
+        tracing::warn!(workload, rule, reason = %e.message, "denied");
+        e
+    }
+
+    /// Write a record that must exist before anything is released.
+    fn audit_or_withhold(&self, event: Event, record: Record) -> Result<(), ApiError> {
+        self.audit.record(event, record).map_err(|e| {
+            tracing::error!(error = %e, "audit sink failed: withholding secrets");
+            err(ErrorCode::AuditUnavailable, e.to_string())
+        })
+    }
+
+    /// Find the workload's policy and check the caller against its [match].
+    fn authorize<'p>(
+        &self,
+        ctx: &Ctx,
+        set: &'p PolicySet,
+        workload: &str,
+    ) -> Result<&'p Policy, ApiError> {
+        let policy = set.get(workload).ok_or_else(|| {
+            self.deny(
+                ctx,
+                workload,
+                "workload.unknown",
+                err(
+                    ErrorCode::NotFound,
+                    format!("no policy for workload {workload:?}: check the name, or add a policy file with workload = {workload:?}"),
+                ),
+            )
+        })?;
+        policy
+            .authorize(&ctx.caller)
+            .map_err(|Denial { rule, reason }| {
+                self.deny(ctx, workload, rule, err(ErrorCode::Denied, reason))
+            })?;
+        Ok(policy)
+    }
+
+    /// Read every grant of `kinds` as the store has it now.
+    async fn deliver(
+        &self,
+        ctx: &Ctx,
+        policy: &Policy,
+        kinds: &[DeliveryKind],
+    ) -> Result<Vec<Item>, ApiError> {
+        let mut items = Vec::new();
+        for grant in policy.grants_of(kinds) {
+            let found = self
+                .store
+                .read(&grant.secret, &grant.key)
+                .await
+                .map_err(store_error)?;
+            let Some(v) = found else {
+                return Err(self.deny(
+                    ctx,
+                    &policy.workload,
+                    "secret.missing",
+                    err(
+                        ErrorCode::NotFound,
+                        format!(
+                            "secret {:?} key {:?}, granted to workload {:?}, is not in the {} store: write it (unbaked secret put {} {}=-) or fix the grant in {}",
+                            grant.secret,
+                            grant.key,
+                            policy.workload,
+                            self.store.name(),
+                            grant.secret,
+                            grant.key,
+                            policy.source.display()
+                        ),
+                    ),
+                ));
+            };
+            items.push(Item {
+                id: grant.id(),
+                secret: grant.secret.clone(),
+                key: grant.key.clone(),
+                delivery: grant.wire_delivery(),
+                version: v.version,
+                ttl_secs: grant.ttl.as_secs(),
+                value: v.value,
+            });
+        }
+        Ok(items)
+    }
+
+    pub async fn fetch(&self, ctx: &Ctx, req: FetchRequest) -> Result<Lease, ApiError> {
+        let set = self.policies();
+        let policy = self.authorize(ctx, &set, &req.workload)?;
+        self.audit_or_withhold(
+            Event::Authenticate,
+            Record {
+                workload: Some(req.workload.clone()),
+                ..ctx.record()
+            },
+        )?;
+        let items = self.deliver(ctx, policy, &req.kinds).await?;
+        let ttl = lease_ttl(&items);
+        let id = new_lease_id();
+        self.audit_or_withhold(
+            Event::Grant,
+            Record {
+                workload: Some(req.workload.clone()),
+                lease: Some(id.clone()),
+                secrets: secret_refs(&items),
+                ..ctx.record()
+            },
+        )?;
+        self.leases.insert(LeaseRecord {
+            id: id.clone(),
+            workload: req.workload.clone(),
+            uid: ctx.caller.uid,
+            gid: ctx.caller.gid,
+            pid: ctx.caller.pid,
+            kinds: req.kinds,
+            ttl,
+            expires_at: Instant::now() + ttl,
+        });
+        tracing::info!(workload = %req.workload, lease = %id, items = items.len(), "granted");
+        Ok(Lease {
+            lease_id: id,
+            workload: req.workload,
+            ttl_secs: ttl.as_secs(),
+            items,
+        })
+    }
+
+    /// Renewal re-evaluates everything against the current policy and store:
+    /// a withdrawn grant is absent from the answer, a denied caller loses
+    /// the lease.
+    pub async fn renew(&self, ctx: &Ctx, lease_id: &str) -> Result<Lease, ApiError> {
+        let lease = self.owned_lease(ctx, lease_id)?;
+        let set = self.policies();
+        let policy = match self.authorize(ctx, &set, &lease.workload) {
+            Ok(p) => p,
+            Err(mut e) => {
+                self.leases.remove(lease_id);
+                // An unknown workload is a denial for a lease holder.
+                e.code = ErrorCode::Denied;
+                return Err(e);
+            }
+        };
+        let items = self.deliver(ctx, policy, &lease.kinds).await?;
+        let ttl = lease_ttl(&items);
+        self.audit_or_withhold(
+            Event::Renew,
+            Record {
+                workload: Some(lease.workload.clone()),
+                lease: Some(lease.id.clone()),
+                secrets: secret_refs(&items),
+                ..ctx.record()
+            },
+        )?;
+        if !self.leases.extend(lease_id, ttl, Instant::now()) {
+            return Err(lease_gone(lease_id));
+        }
+        Ok(Lease {
+            lease_id: lease.id,
+            workload: lease.workload,
+            ttl_secs: ttl.as_secs(),
+            items,
+        })
+    }
+
+    pub fn revoke(&self, ctx: &Ctx, lease_id: &str) -> Result<(), ApiError> {
+        let lease = self.owned_lease(ctx, lease_id)?;
+        self.leases.remove(lease_id);
+        let record = Record {
+            workload: Some(lease.workload),
+            lease: Some(lease.id),
+            reason: Some("revoked by its holder".into()),
+            ..ctx.record()
+        };
+        if let Err(e) = self.audit.record(Event::Revoke, record) {
+            tracing::error!(error = %e, "could not audit a revocation");
+        }
+        Ok(())
+    }
+
+    /// The lease, if it exists and belongs to the caller (or the caller is admin).
+    fn owned_lease(&self, ctx: &Ctx, lease_id: &str) -> Result<LeaseRecord, ApiError> {
+        let lease = self
+            .leases
+            .get(lease_id, Instant::now())
+            .ok_or_else(|| lease_gone(lease_id))?;
+        let owner = lease.uid == ctx.caller.uid && lease.gid == ctx.caller.gid;
+        if !owner && !self.is_admin(&ctx.caller) {
+            return Err(self.deny(
+                ctx,
+                &lease.workload,
+                "lease.owner",
+                err(
+                    ErrorCode::Denied,
+                    format!(
+                        "lease {lease_id} belongs to uid {} gid {}, not to the caller (uid {} gid {})",
+                        lease.uid, lease.gid, ctx.caller.uid, ctx.caller.gid
+                    ),
+                ),
+            ));
+        }
+        Ok(lease)
+    }
+
+    /// Drop leases past their deadline and audit each.
+    pub fn expire(&self, now: Instant) -> usize {
+        let expired = self.leases.drain_expired(now);
+        for lease in &expired {
+            let record = Record {
+                workload: Some(lease.workload.clone()),
+                lease: Some(lease.id.clone()),
+                caller: Some(CallerRef {
+                    uid: lease.uid,
+                    gid: lease.gid,
+                    pid: lease.pid,
+                }),
+                reason: Some("ttl passed without renewal".into()),
+                ..Record::default()
+            };
+            if let Err(e) = self.audit.record(Event::Expire, record) {
+                tracing::error!(error = %e, "could not audit a lease expiry");
+            }
+        }
+        expired.len()
+    }
+
+    fn is_admin(&self, caller: &Caller) -> bool {
+        caller.uid == 0 || caller.uid == self.admin_uid
+    }
+
+    fn require_admin(&self, ctx: &Ctx, what: &str) -> Result<(), ApiError> {
+        if self.is_admin(&ctx.caller) {
+            return Ok(());
+        }
+        Err(self.deny(
+            ctx,
+            "",
+            "admin",
+            err(
+                ErrorCode::Denied,
+                format!(
+                    "{what} is for root and the broker's uid {}; the caller is uid {}: run it as one of those",
+                    self.admin_uid, ctx.caller.uid
+                ),
+            ),
+        ))
+    }
+
+    pub async fn put_secret(
+        &self,
+        ctx: &Ctx,
+        path: &str,
+        body: PutSecret,
+    ) -> Result<SecretMeta, ApiError> {
+        self.require_admin(ctx, "writing secrets")?;
+        check_store_path(path)?;
+        if body.data.is_empty() {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("no keys given for {path}: give at least one KEY=VALUE"),
+            ));
+        }
+        if let Some(bad) = body.data.keys().find(|k| !valid_key(k)) {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!(
+                    "key {bad:?} of {path} is not valid: use letters, digits, '_', '-' and '.'"
+                ),
+            ));
+        }
+        let keys: Vec<String> = body.data.keys().cloned().collect();
+        let version = self
+            .store
+            .write(path, body.data)
+            .await
+            .map_err(store_error)?;
+        let record = Record {
+            path: Some(path.into()),
+            reason: Some(format!("version {version}, keys {}", keys.join(","))),
+            ..ctx.record()
+        };
+        if let Err(e) = self.audit.record(Event::SecretWrite, record) {
+            tracing::error!(error = %e, "could not audit a secret write");
+        }
+        Ok(SecretMeta {
+            path: path.into(),
+            version,
+            keys,
+        })
+    }
+
+    pub async fn get_secret(&self, ctx: &Ctx, path: &str) -> Result<SecretData, ApiError> {
+        self.require_admin(ctx, "reading secrets")?;
+        check_store_path(path)?;
+        let data = self
+            .store
+            .read_all(path)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| err(ErrorCode::NotFound, format!("no secret at {path}")))?;
+        self.audit_or_withhold(
+            Event::SecretRead,
+            Record {
+                path: Some(path.into()),
+                ..ctx.record()
+            },
+        )?;
+        Ok(SecretData {
+            path: path.into(),
+            version: data.version,
+            data: data.data,
+        })
+    }
+
+    pub async fn delete_secret(&self, ctx: &Ctx, path: &str) -> Result<(), ApiError> {
+        self.require_admin(ctx, "deleting secrets")?;
+        check_store_path(path)?;
+        if !self.store.delete(path).await.map_err(store_error)? {
+            return Err(err(ErrorCode::NotFound, format!("no secret at {path}")));
+        }
+        let record = Record {
+            path: Some(path.into()),
+            ..ctx.record()
+        };
+        if let Err(e) = self.audit.record(Event::SecretDelete, record) {
+            tracing::error!(error = %e, "could not audit a secret deletion");
+        }
+        Ok(())
+    }
+
+    pub async fn list_secrets(&self, ctx: &Ctx, prefix: &str) -> Result<SecretList, ApiError> {
+        self.require_admin(ctx, "listing secrets")?;
+        let paths = self.store.list(prefix).await.map_err(store_error)?;
+        Ok(SecretList { paths })
+    }
+}
+
+fn lease_gone(lease_id: &str) -> ApiError {
+    err(
+        ErrorCode::NotFound,
+        format!("lease {lease_id} is unknown or expired: fetch the workload's secrets again"),
+    )
+}
+
+fn lease_ttl(items: &[Item]) -> Duration {
+    items
+        .iter()
+        .map(|i| Duration::from_secs(i.ttl_secs))
+        .min()
+        .unwrap_or(EMPTY_LEASE_TTL)
+}
+
+fn secret_refs(items: &[Item]) -> Vec<SecretRef> {
+    items
+        .iter()
+        .map(|i| SecretRef {
+            id: i.id.clone(),
+            secret: i.secret.clone(),
+            key: i.key.clone(),
+            version: i.version,
+        })
+        .collect()
+}
+
+fn check_store_path(path: &str) -> Result<(), ApiError> {
+    unbaked_policy::check_secret_path(path).map_err(|why| {
+        err(
+            ErrorCode::BadRequest,
+            format!("secret path {path:?}: {why}"),
+        )
+    })
+}
+
+fn valid_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 128
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}

@@ -1,0 +1,249 @@
+//! Validated policy types. A value of these types only comes out of the
+//! parser after every check passed (or is built by hand, e.g. `--dev`), so
+//! the broker never re-validates.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use unbaked_api::wire::{Delivery, DeliveryKind};
+
+/// How long a delivered copy lives unless renewed, when `ttl` is absent.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10 * 60);
+/// File mode when `mode` is absent: the owner may read, nobody else.
+pub const DEFAULT_MODE: u32 = 0o400;
+
+/// Every loaded policy, by workload name.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    policies: BTreeMap<String, Policy>,
+}
+
+impl PolicySet {
+    pub fn get(&self, workload: &str) -> Option<&Policy> {
+        self.policies.get(workload)
+    }
+
+    /// Sorted by workload.
+    pub fn iter(&self) -> impl Iterator<Item = &Policy> + '_ {
+        self.policies.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// Adds or replaces the policy of `policy.workload`, returning the old one.
+    pub fn insert(&mut self, policy: Policy) -> Option<Policy> {
+        self.policies.insert(policy.workload.clone(), policy)
+    }
+}
+
+/// One workload: who it is, who may start it, how it must be isolated, and
+/// what it receives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub workload: String,
+    /// The file it came from, for messages.
+    pub source: PathBuf,
+    /// The `[match]` table.
+    pub matcher: Match,
+    pub launch: Launch,
+    pub isolation: Isolation,
+    /// `[[grant]]` tables in file order.
+    pub grants: Vec<Grant>,
+}
+
+/// Who may claim the workload: every non-empty selector must hold.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Match {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+    pub docker_labels: BTreeMap<String, String>,
+    /// A full image id, `sha256:` and 64 lowercase hex digits.
+    pub image: Option<String>,
+}
+
+impl Match {
+    /// Whether any selector is set; a matcher without one matches nobody.
+    pub fn has_selector(&self) -> bool {
+        !self.uids.is_empty()
+            || !self.gids.is_empty()
+            || !self.docker_labels.is_empty()
+            || self.image.is_some()
+    }
+}
+
+/// Who may start the workload with `unbaked run`; empty lets nobody.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Launch {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+}
+
+/// What the live container must look like before anything is released.
+/// Each `bool` except `read_only_rootfs` *allows* a weakening.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Isolation {
+    pub inter_container_traffic: bool,
+    pub privileged: bool,
+    pub host_network: bool,
+    pub host_pid: bool,
+    pub host_ipc: bool,
+    pub docker_socket: bool,
+    pub read_only_rootfs: bool,
+    /// Capability names without `CAP_`, e.g. `NET_BIND_SERVICE`.
+    pub cap_add: Vec<String>,
+}
+
+impl Default for Isolation {
+    /// The safe defaults: nothing weakened, root filesystem read-only.
+    fn default() -> Self {
+        Isolation {
+            inter_container_traffic: false,
+            privileged: false,
+            host_network: false,
+            host_pid: false,
+            host_ipc: false,
+            docker_socket: false,
+            read_only_rootfs: true,
+            cap_add: Vec::new(),
+        }
+    }
+}
+
+/// One secret value delivered to the workload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    /// Store path, e.g. `app/db`.
+    pub secret: String,
+    pub key: String,
+    pub delivery: GrantDelivery,
+    pub ttl: Duration,
+    /// File mode; always [`DEFAULT_MODE`] for env and fd grants.
+    pub mode: u32,
+    /// File owner; always `None` for env and fd grants.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl Grant {
+    /// Stable id within the workload: `file:db_password`, `env:API_TOKEN`,
+    /// `fd:TOKEN_FILE`. Unique because targets are unique per workload.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.delivery.kind(), self.delivery.target())
+    }
+
+    /// The wire delivery for this grant.
+    pub fn wire_delivery(&self) -> Delivery {
+        match &self.delivery {
+            GrantDelivery::File(path) => Delivery::File {
+                path: path.clone(),
+                mode: self.mode,
+                uid: self.uid,
+                gid: self.gid,
+            },
+            GrantDelivery::Env(name) => Delivery::Env { name: name.clone() },
+            GrantDelivery::Fd(name) => Delivery::Fd { name: name.clone() },
+        }
+    }
+}
+
+/// Where a grant goes: a file relative to the secrets directory, an
+/// environment variable, or a variable holding a sealed memfd's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantDelivery {
+    File(String),
+    Env(String),
+    Fd(String),
+}
+
+impl GrantDelivery {
+    pub fn kind(&self) -> DeliveryKind {
+        match self {
+            GrantDelivery::File(_) => DeliveryKind::File,
+            GrantDelivery::Env(_) => DeliveryKind::Env,
+            GrantDelivery::Fd(_) => DeliveryKind::Fd,
+        }
+    }
+
+    /// The file path or variable name.
+    pub fn target(&self) -> &str {
+        match self {
+            GrantDelivery::File(t) | GrantDelivery::Env(t) | GrantDelivery::Fd(t) => t,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isolation_defaults_are_safe() {
+        let i = Isolation::default();
+        assert!(!i.inter_container_traffic && !i.privileged && !i.host_network);
+        assert!(!i.host_pid && !i.host_ipc && !i.docker_socket);
+        assert!(i.read_only_rootfs);
+        assert!(i.cap_add.is_empty());
+    }
+
+    #[test]
+    fn grant_id_and_wire_delivery() {
+        let mut g = Grant {
+            secret: "app/db".into(),
+            key: "password".into(),
+            delivery: GrantDelivery::File("db_password".into()),
+            ttl: DEFAULT_TTL,
+            mode: 0o440,
+            uid: Some(1000),
+            gid: None,
+        };
+        assert_eq!(g.id(), "file:db_password");
+        assert_eq!(
+            g.wire_delivery(),
+            Delivery::File {
+                path: "db_password".into(),
+                mode: 0o440,
+                uid: Some(1000),
+                gid: None
+            }
+        );
+        g.delivery = GrantDelivery::Fd("TOKEN_FILE".into());
+        assert_eq!(g.id(), "fd:TOKEN_FILE");
+        assert_eq!(
+            g.wire_delivery(),
+            Delivery::Fd {
+                name: "TOKEN_FILE".into()
+            }
+        );
+        assert_eq!(g.wire_delivery().kind(), g.delivery.kind());
+        g.delivery = GrantDelivery::Env("API_TOKEN".into());
+        assert_eq!(g.id(), "env:API_TOKEN");
+        assert_eq!(g.delivery.target(), "API_TOKEN");
+    }
+
+    #[test]
+    fn set_is_sorted_and_insert_replaces() {
+        let p = |w: &str| Policy {
+            workload: w.into(),
+            source: PathBuf::new(),
+            matcher: Match::default(),
+            launch: Launch::default(),
+            isolation: Isolation::default(),
+            grants: vec![],
+        };
+        let mut set = PolicySet::default();
+        assert!(set.is_empty());
+        assert!(set.insert(p("b")).is_none());
+        assert!(set.insert(p("a")).is_none());
+        assert!(set.insert(p("b")).is_some());
+        let names: Vec<_> = set.iter().map(|p| p.workload.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(set.len(), 2);
+        assert!(set.get("a").is_some() && set.get("c").is_none());
+    }
+}

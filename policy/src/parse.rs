@@ -1,0 +1,688 @@
+//! One policy file: TOML text -> raw serde types with spans -> validated
+//! [`Policy`], collecting every semantic error of the file.
+//!
+//! Raw fields are all `Option` so that a missing key becomes our own
+//! diagnostic (with the others) rather than serde's first-error-wins.
+
+use crate::diagnostic::{line_column, rule, Diagnostic, Severity};
+use crate::model::{
+    Grant, GrantDelivery, Isolation, Launch, Match, Policy, DEFAULT_MODE, DEFAULT_TTL,
+};
+use crate::validate::{self, Problem};
+use serde::de;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a policy table")]
+struct RawPolicy {
+    workload: Option<Spanned<String>>,
+    #[serde(rename = "match")]
+    matcher: Option<Spanned<RawMatch>>,
+    launch: Option<Spanned<RawLaunch>>,
+    isolation: Option<Spanned<RawIsolation>>,
+    #[serde(default)]
+    grant: Vec<Spanned<RawGrant>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawMatch {
+    uids: Option<Spanned<Vec<u32>>>,
+    gids: Option<Spanned<Vec<u32>>>,
+    docker_labels: Option<Spanned<BTreeMap<Spanned<String>, String>>>,
+    image: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawLaunch {
+    uids: Option<Vec<u32>>,
+    gids: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawIsolation {
+    inter_container_traffic: Option<bool>,
+    privileged: Option<bool>,
+    host_network: Option<bool>,
+    host_pid: Option<bool>,
+    host_ipc: Option<bool>,
+    docker_socket: Option<bool>,
+    read_only_rootfs: Option<bool>,
+    cap_add: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawGrant {
+    secret: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    file: Option<Spanned<String>>,
+    env: Option<Spanned<String>>,
+    fd: Option<Spanned<String>>,
+    ttl: Option<Spanned<String>>,
+    mode: Option<Spanned<RawMode>>,
+    uid: Option<Spanned<u32>>,
+    gid: Option<Spanned<u32>>,
+}
+
+/// `mode = 0o440` or `mode = "0440"`; checked once we can see the literal.
+#[derive(Debug)]
+enum RawMode {
+    Int(i64),
+    Str(String),
+}
+
+impl<'de> Deserialize<'de> for RawMode {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = RawMode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an octal integer like 0o440 or a string like \"0440\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawMode, E> {
+                Ok(RawMode::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawMode, E> {
+                Ok(RawMode::Int(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawMode, E> {
+                Ok(RawMode::Str(v.to_owned()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// The outcome for one file. `workload` is set whenever the name itself is
+/// valid, even if the file has other errors, so duplicates across files are
+/// still reported.
+#[derive(Debug)]
+pub(crate) struct Parsed {
+    pub workload: Option<Spanned<String>>,
+    pub result: Result<Policy, Vec<Diagnostic>>,
+}
+
+/// Locates problems in one file's text.
+pub(crate) struct SourceFile<'a> {
+    pub path: &'a Path,
+    pub text: &'a str,
+}
+
+impl SourceFile<'_> {
+    pub fn diagnostic(
+        &self,
+        offset: usize,
+        field: impl Into<String>,
+        rule: &'static str,
+        message: String,
+        hint: Option<String>,
+    ) -> Diagnostic {
+        let (line, column) = line_column(self.text, offset);
+        Diagnostic {
+            severity: Severity::Error,
+            file: self.path.to_path_buf(),
+            line,
+            column,
+            field: field.into(),
+            message,
+            hint,
+            rule,
+        }
+    }
+}
+
+pub(crate) fn parse_policy(path: &Path, text: &str) -> Parsed {
+    let src = SourceFile { path, text };
+    let failed = |d| Parsed {
+        workload: None,
+        result: Err(vec![d]),
+    };
+    // The recovered tree still locates the field of a syntax error.
+    let (tree, errors) = DeTable::parse_recoverable(text);
+    if let Some(e) = errors.first() {
+        let span = e.span().unwrap_or(0..0);
+        let mut field = field_at(tree.get_ref(), span.start);
+        if field.is_empty() {
+            field = key_field(tree.get_ref(), text, span.clone());
+        }
+        let hint = (e.message() == "duplicate key")
+            .then(|| "a key may appear once per table: remove one of them".to_owned());
+        let message = e.message().to_owned();
+        return failed(src.diagnostic(span.start, field, rule::PARSE, message, hint));
+    }
+    let raw = match RawPolicy::deserialize(toml::de::Deserializer::from(tree.clone())) {
+        Ok(raw) => raw,
+        Err(e) => return failed(serde_error(&src, tree.get_ref(), &e)),
+    };
+    Checker {
+        src,
+        diags: Vec::new(),
+    }
+    .policy(raw)
+}
+
+/// A deserialization error (unknown field, wrong type) as a diagnostic.
+fn serde_error(src: &SourceFile<'_>, tree: &DeTable<'_>, e: &toml::de::Error) -> Diagnostic {
+    let offset = e.span().map_or(0, |s| s.start);
+    let field = field_at(tree, offset);
+    let message = e.message().to_owned();
+    let last = field.rsplit('.').next().unwrap_or_default();
+    let (rule, hint) = if message.starts_with("unknown field") {
+        let hint = match last {
+            "pki" | "common_name" => "dynamic PKI grants are not supported yet: remove this grant",
+            "k8s_service_accounts" => "kubernetes service-account matching is not supported yet",
+            _ => "remove it or fix its spelling",
+        };
+        (rule::UNKNOWN_FIELD, Some(hint))
+    } else {
+        let hint = if last == "ttl" {
+            Some("write a duration string, e.g. \"10m\" or \"1h\"")
+        } else if field == "grant" {
+            Some("write each grant as a [[grant]] table")
+        } else if ["uids", "gids"].iter().any(|k| last.starts_with(k)) {
+            Some("list numeric ids, e.g. [1000]")
+        } else if last == "uid" || last == "gid" {
+            Some("use a numeric id, e.g. 1000")
+        } else {
+            None
+        };
+        (rule::TYPE, hint)
+    };
+    src.diagnostic(offset, field, rule, message, hint.map(str::to_owned))
+}
+
+/// The dotted path of the deepest key or value whose span holds `offset`,
+/// e.g. `grant[1].mode`; empty if none does.
+fn field_at(table: &DeTable<'_>, offset: usize) -> String {
+    let mut best = (0, String::new());
+    walk(table, "", 1, &mut |path, depth, key, value| {
+        let hit = key.is_some_and(|k| holds(k, offset)) || holds(value.span(), offset);
+        if hit && depth > best.0 {
+            best = (depth, path.to_owned());
+        }
+    });
+    best.1
+}
+
+/// For a syntax error on a key that never made it into the recovered tree
+/// (a duplicate key): the key, prefixed by the `[table]` it sits under.
+fn key_field(table: &DeTable<'_>, text: &str, span: Range<usize>) -> String {
+    let Some(key) = text.get(span.clone()).filter(|k| is_bare_key(k)) else {
+        return String::new();
+    };
+    let mut header: Option<(usize, String)> = None;
+    walk(table, "", 1, &mut |path, _, _, value| {
+        let start = value.span().start;
+        // Only `[table]` / `[[table]]` headers, not inline tables.
+        let is_header = text.get(value.span()).is_some_and(|t| t.starts_with('['));
+        let later = header.as_ref().is_none_or(|(s, _)| start >= *s);
+        if matches!(value.get_ref(), DeValue::Table(_)) && is_header && start < span.start && later
+        {
+            header = Some((start, path.to_owned()));
+        }
+    });
+    match header {
+        Some((_, table)) => format!("{table}.{key}"),
+        None => key.to_owned(),
+    }
+}
+
+fn is_bare_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn holds(span: Range<usize>, offset: usize) -> bool {
+    span.contains(&offset) || (span.is_empty() && span.start == offset)
+}
+
+type Visit<'a, 'i> = dyn FnMut(&str, usize, Option<Range<usize>>, &Spanned<DeValue<'i>>) + 'a;
+
+/// Calls `f(path, depth, key span, value)` for every key and array item.
+fn walk<'i>(table: &DeTable<'i>, prefix: &str, depth: usize, f: &mut Visit<'_, 'i>) {
+    for (key, value) in table.iter() {
+        let name = key.get_ref();
+        let name = if is_bare_key(name) {
+            name.to_string()
+        } else {
+            format!("{name:?}")
+        };
+        let path = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}.{name}")
+        };
+        f(&path, depth, Some(key.span()), value);
+        walk_value(value, &path, depth, f);
+    }
+}
+
+fn walk_value<'i>(value: &Spanned<DeValue<'i>>, path: &str, depth: usize, f: &mut Visit<'_, 'i>) {
+    match value.get_ref() {
+        DeValue::Table(t) => walk(t, path, depth + 1, f),
+        DeValue::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("{path}[{i}]");
+                f(&path, depth + 1, None, item);
+                walk_value(item, &path, depth + 1, f);
+            }
+        }
+        _ => {}
+    }
+}
+
+struct Checker<'a> {
+    src: SourceFile<'a>,
+    diags: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn report(&mut self, offset: usize, field: impl Into<String>, p: Problem) {
+        let d = self
+            .src
+            .diagnostic(offset, field, p.rule, p.message, p.hint);
+        self.diags.push(d);
+    }
+
+    fn error(
+        &mut self,
+        offset: usize,
+        field: impl Into<String>,
+        rule: &'static str,
+        message: &str,
+        hint: &str,
+    ) {
+        self.report(
+            offset,
+            field,
+            Problem {
+                rule,
+                message: message.to_owned(),
+                hint: Some(hint.to_owned()),
+            },
+        );
+    }
+
+    /// Runs `check` on a spanned value, reporting at its span.
+    fn check<T>(
+        &mut self,
+        value: &Spanned<String>,
+        field: &str,
+        check: impl FnOnce(&str) -> Result<T, Problem>,
+    ) -> Option<T> {
+        match check(value.get_ref()) {
+            Ok(v) => Some(v),
+            Err(p) => {
+                self.report(value.span().start, field, p);
+                None
+            }
+        }
+    }
+
+    fn policy(mut self, raw: RawPolicy) -> Parsed {
+        let workload = match &raw.workload {
+            None => {
+                self.error(
+                    0,
+                    "workload",
+                    rule::MISSING_FIELD,
+                    "missing `workload`",
+                    "add `workload = \"NAME\"` at the top of the file",
+                );
+                None
+            }
+            Some(w) => self
+                .check(w, "workload", validate::workload_name)
+                .map(|()| w.clone()),
+        };
+        let matcher = self.matcher(raw.matcher);
+        let launch = raw.launch.map_or_else(Launch::default, |l| {
+            let l = l.into_inner();
+            Launch {
+                uids: l.uids.unwrap_or_default(),
+                gids: l.gids.unwrap_or_default(),
+            }
+        });
+        let isolation = raw
+            .isolation
+            .map_or_else(Isolation::default, |i| self.isolation(i.into_inner()));
+        let (grants, targets): (Vec<Option<Grant>>, Vec<Option<GrantDelivery>>) = raw
+            .grant
+            .iter()
+            .enumerate()
+            .map(|(i, g)| self.grant(i, g))
+            .unzip();
+        self.duplicate_targets(&raw.grant, &targets);
+
+        let result = match (&workload, self.diags.is_empty()) {
+            (Some(w), true) => Ok(Policy {
+                workload: w.get_ref().clone(),
+                source: self.src.path.to_path_buf(),
+                matcher,
+                launch,
+                isolation,
+                grants: grants.into_iter().flatten().collect(),
+            }),
+            _ => Err(self.diags),
+        };
+        Parsed { workload, result }
+    }
+
+    fn matcher(&mut self, raw: Option<Spanned<RawMatch>>) -> Match {
+        const HINT: &str =
+            "add at least one of `uids`, `gids`, `docker_labels`, `image` to [match]";
+        let Some(raw) = raw else {
+            self.error(
+                0,
+                "match",
+                rule::NO_SELECTOR,
+                "there is no [match] table, so the workload would match nobody",
+                HINT,
+            );
+            return Match::default();
+        };
+        let at = raw.span().start;
+        let raw = raw.into_inner();
+        if raw.uids.is_none()
+            && raw.gids.is_none()
+            && raw.docker_labels.is_none()
+            && raw.image.is_none()
+        {
+            self.error(
+                at,
+                "match",
+                rule::NO_SELECTOR,
+                "[match] has no selector, so the workload would match nobody",
+                HINT,
+            );
+        }
+        let mut ids = |list: Option<Spanned<Vec<u32>>>, name: &str| -> Vec<u32> {
+            let list = list.map(|l| (l.span().start, l.into_inner()));
+            if let Some((at, ids)) = &list {
+                if ids.is_empty() {
+                    self.error(
+                        *at,
+                        format!("match.{name}"),
+                        rule::EMPTY_SELECTOR,
+                        &format!("an empty `{name}` list matches no caller"),
+                        &format!("list the {name} to match, or remove `{name}`"),
+                    );
+                }
+            }
+            list.map(|(_, ids)| ids).unwrap_or_default()
+        };
+        let uids = ids(raw.uids, "uids");
+        let gids = ids(raw.gids, "gids");
+        let mut docker_labels = BTreeMap::new();
+        if let Some(labels) = raw.docker_labels {
+            if labels.get_ref().is_empty() {
+                self.error(labels.span().start, "match.docker_labels", rule::EMPTY_SELECTOR, "an empty `docker_labels` table matches no container", "add the labels to match, e.g. { app = \"billing\" }, or remove `docker_labels`");
+            }
+            for (name, value) in labels.into_inner() {
+                if name.get_ref().is_empty() {
+                    self.error(
+                        name.span().start,
+                        "match.docker_labels",
+                        rule::BAD_LABEL,
+                        "a docker label name is empty",
+                        "name the label, e.g. app = \"billing\"",
+                    );
+                }
+                docker_labels.insert(name.into_inner(), value);
+            }
+        }
+        let image = raw.image.and_then(|i| {
+            self.check(&i, "match.image", validate::image_id)
+                .map(|()| i.into_inner())
+        });
+        Match {
+            uids,
+            gids,
+            docker_labels,
+            image,
+        }
+    }
+
+    fn isolation(&mut self, raw: RawIsolation) -> Isolation {
+        let safe = Isolation::default();
+        let cap_add = raw.cap_add.unwrap_or_default();
+        for (i, cap) in cap_add.iter().enumerate() {
+            self.check(
+                cap,
+                &format!("isolation.cap_add[{i}]"),
+                validate::capability,
+            );
+        }
+        Isolation {
+            inter_container_traffic: raw
+                .inter_container_traffic
+                .unwrap_or(safe.inter_container_traffic),
+            privileged: raw.privileged.unwrap_or(safe.privileged),
+            host_network: raw.host_network.unwrap_or(safe.host_network),
+            host_pid: raw.host_pid.unwrap_or(safe.host_pid),
+            host_ipc: raw.host_ipc.unwrap_or(safe.host_ipc),
+            docker_socket: raw.docker_socket.unwrap_or(safe.docker_socket),
+            read_only_rootfs: raw.read_only_rootfs.unwrap_or(safe.read_only_rootfs),
+            cap_add: cap_add.into_iter().map(Spanned::into_inner).collect(),
+        }
+    }
+
+    /// The grant, `None` if it has errors (already reported), and its
+    /// delivery if that alone is valid, for the duplicate check.
+    fn grant(
+        &mut self,
+        index: usize,
+        raw: &Spanned<RawGrant>,
+    ) -> (Option<Grant>, Option<GrantDelivery>) {
+        let before = self.diags.len();
+        let at = raw.span().start;
+        let field = |name: &str| format!("grant[{index}].{name}");
+        let g = raw.get_ref();
+
+        let secret = match &g.secret {
+            Some(s) => self
+                .check(s, &field("secret"), validate::secret_path)
+                .map(|()| s.get_ref().clone()),
+            None => {
+                self.error(
+                    at,
+                    field("secret"),
+                    rule::MISSING_FIELD,
+                    "missing `secret`",
+                    "name the store path, e.g. secret = \"app/db\"",
+                );
+                None
+            }
+        };
+        let key = match &g.key {
+            Some(k) => self
+                .check(k, &field("key"), validate::secret_key)
+                .map(|()| k.get_ref().clone()),
+            None => {
+                self.error(
+                    at,
+                    field("key"),
+                    rule::MISSING_FIELD,
+                    "missing `key`",
+                    "name the key inside the secret, e.g. key = \"password\"",
+                );
+                None
+            }
+        };
+
+        let mut deliveries: Vec<(&str, &Spanned<String>)> =
+            [("file", &g.file), ("env", &g.env), ("fd", &g.fd)]
+                .into_iter()
+                .filter_map(|(kind, v)| v.as_ref().map(|v| (kind, v)))
+                .collect();
+        deliveries.sort_by_key(|(_, v)| v.span().start);
+        let delivery = match deliveries.as_slice() {
+            [] => {
+                self.error(at, format!("grant[{index}]"), rule::GRANT_DELIVERY, "a grant needs exactly one of `file`, `env`, `fd`", "add file = \"NAME\" for a file, env = \"NAME\" for an environment variable, or fd = \"NAME\" for a memfd");
+                None
+            }
+            [(kind, target)] => {
+                let checked = if *kind == "file" {
+                    self.check(target, &field(kind), validate::file_path)
+                } else {
+                    self.check(target, &field(kind), |t| validate::variable_name(t, kind))
+                };
+                let t = target.get_ref().clone();
+                checked.map(|()| match *kind {
+                    "file" => GrantDelivery::File(t),
+                    "env" => GrantDelivery::Env(t),
+                    _ => GrantDelivery::Fd(t),
+                })
+            }
+            [(first, _), rest @ ..] => {
+                let (second, target) = rest[0];
+                let message = format!("a grant needs exactly one of `file`, `env`, `fd`, but this one has `{first}` and `{second}`");
+                self.error(
+                    target.span().start,
+                    field(second),
+                    rule::GRANT_DELIVERY,
+                    &message,
+                    "split it into one [[grant]] per delivery",
+                );
+                None
+            }
+        };
+
+        let ttl = match &g.ttl {
+            Some(t) => self.check(t, &field("ttl"), validate::ttl),
+            None => Some(DEFAULT_TTL),
+        };
+
+        let mode = g.mode.as_ref().and_then(|m| {
+            let checked = match m.get_ref() {
+                RawMode::Str(s) => validate::mode_str(s),
+                RawMode::Int(n) => self.int_mode(*n, m.span()),
+            };
+            checked
+                .map_err(|p| self.report(m.span().start, field("mode"), p))
+                .ok()
+        });
+
+        // Owner and mode mean nothing for a variable; refusing them avoids a
+        // policy that looks stricter than what is enforced.
+        if let [(kind @ ("env" | "fd"), _)] = deliveries.as_slice() {
+            let file_only = [
+                ("mode", g.mode.as_ref().map(Spanned::span)),
+                ("uid", g.uid.as_ref().map(Spanned::span)),
+                ("gid", g.gid.as_ref().map(Spanned::span)),
+            ];
+            for (name, span) in file_only {
+                if let Some(span) = span {
+                    let message = format!("`{name}` applies to file grants only, but this grant delivers through `{kind}`");
+                    self.error(
+                        span.start,
+                        field(name),
+                        rule::FILE_ONLY,
+                        &message,
+                        &format!("remove `{name}`: a variable has no owner or mode"),
+                    );
+                }
+            }
+        }
+
+        let grant = match (secret, key, delivery.clone(), ttl) {
+            (Some(secret), Some(key), Some(delivery), Some(ttl)) if self.diags.len() == before => {
+                Some(Grant {
+                    secret,
+                    key,
+                    delivery,
+                    ttl,
+                    mode: mode.unwrap_or(DEFAULT_MODE),
+                    uid: g.uid.as_ref().map(|u| *u.get_ref()),
+                    gid: g.gid.as_ref().map(|u| *u.get_ref()),
+                })
+            }
+            _ => None,
+        };
+        (grant, delivery)
+    }
+
+    /// An integer mode must be written in octal: `mode = 440` is 0o670, a
+    /// classic way to hand a secret to the group for writing.
+    fn int_mode(&self, n: i64, span: Range<usize>) -> Result<u32, Problem> {
+        let literal = self.src.text.get(span).unwrap_or_default();
+        if !literal.starts_with("0o") {
+            let why = if n >= 0 {
+                format!("an integer without `0o` is read as decimal ({n} is {n:#o}): ")
+            } else {
+                String::new()
+            };
+            return Err(Problem {
+                rule: rule::BAD_MODE,
+                message: format!("mode {literal} is not written in octal"),
+                hint: Some(format!(
+                    "{why}write the mode in octal, e.g. 0o440 or \"0440\""
+                )),
+            });
+        }
+        let mode = u32::try_from(n).unwrap_or(u32::MAX);
+        validate::mode_value(mode)
+    }
+
+    fn duplicate_targets(&mut self, raw: &[Spanned<RawGrant>], targets: &[Option<GrantDelivery>]) {
+        let mut seen: Vec<(usize, &GrantDelivery)> = Vec::new();
+        for (j, d) in targets.iter().enumerate() {
+            let Some(d) = d else { continue };
+            let kind = d.kind().to_string();
+            let at = [
+                &raw[j].get_ref().file,
+                &raw[j].get_ref().env,
+                &raw[j].get_ref().fd,
+            ]
+            .into_iter()
+            .flatten()
+            .next()
+            .map_or(raw[j].span().start, |t| t.span().start);
+            let field = format!("grant[{j}].{kind}");
+            let hint = "give each grant its own target, or drop one of them";
+            for (i, earlier) in &seen {
+                let message = match (earlier, d) {
+                    (GrantDelivery::File(a), GrantDelivery::File(b)) if a == b => {
+                        format!("file {b:?} is already written by grant[{i}]")
+                    }
+                    (GrantDelivery::File(a), GrantDelivery::File(b)) if under(b, a) => {
+                        format!("file {b:?} needs {a:?} to be a directory, but grant[{i}] writes a file there")
+                    }
+                    (GrantDelivery::File(a), GrantDelivery::File(b)) if under(a, b) => {
+                        format!("file {b:?} is a directory of grant[{i}]'s file {a:?}")
+                    }
+                    (
+                        GrantDelivery::Env(a) | GrantDelivery::Fd(a),
+                        GrantDelivery::Env(b) | GrantDelivery::Fd(b),
+                    ) if a == b => {
+                        format!(
+                            "variable {b:?} is already set by grant[{i}] ({})",
+                            earlier.kind()
+                        )
+                    }
+                    _ => continue,
+                };
+                self.error(at, field.clone(), rule::DUPLICATE_TARGET, &message, hint);
+                break;
+            }
+            seen.push((j, d));
+        }
+    }
+}
+
+/// Whether file `path` lies under `dir` (as a directory).
+fn under(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.starts_with('/'))
+}

@@ -1,0 +1,500 @@
+//! `unbaked sidecar`: deliver a workload's file grants into a tmpfs, keep
+//! them current while the lease is renewed, wipe them when withdrawn,
+//! expired or on SIGTERM/SIGINT.
+
+use crate::client::{Client, ClientError};
+use crate::writer::SecretsDir;
+use ring::rand::{SecureRandom, SystemRandom};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::time::{sleep_until, Instant};
+use unbaked_api::exit;
+use unbaked_api::wire::{Delivery, DeliveryKind, ErrorCode, FetchRequest, Item, Lease};
+
+/// Default size of the tmpfs the sidecar mounts: plenty for secret files.
+pub const DEFAULT_TMPFS_SIZE: u64 = 1 << 20;
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    pub socket: PathBuf,
+    pub workload: String,
+    pub dir: PathBuf,
+    pub once: bool,
+    pub tmpfs_size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    #[error(
+        "{} is not on tmpfs (it is {fs_type}) and this process may not mount one there (that needs CAP_SYS_ADMIN): mount a tmpfs at {} (e.g. docker --tmpfs or emptyDir medium: Memory) or run the sidecar with CAP_SYS_ADMIN",
+        dir.display(), dir.display()
+    )]
+    NotTmpfs { dir: PathBuf, fs_type: String },
+    #[error(
+        "cannot mount a tmpfs at {}: mount one there yourself (e.g. docker --tmpfs or emptyDir medium: Memory)",
+        dir.display()
+    )]
+    Mount { dir: PathBuf, source: nix::Error },
+    #[error("cannot update {} in the secrets directory: check its permissions and free space", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("refusing to write {path}: {reason}")]
+    BadPath { path: String, reason: &'static str },
+    #[error("cannot install the SIGTERM/SIGINT handlers that wipe the secrets on exit")]
+    Signal(#[source] io::Error),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}: the first fetch was denied, so the sidecar stops; check the workload's policy ([match] and [isolation]) with `unbaked policy test`")]
+    Denied(String),
+}
+
+impl SidecarError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SidecarError::Client(e) => e.exit_code(),
+            SidecarError::Denied(_) => exit::DENIED,
+            _ => exit::FAILURE,
+        }
+    }
+}
+
+/// Runs until SIGTERM/SIGINT (or, with `once`, after the first delivery).
+pub async fn run(cfg: SidecarConfig) -> Result<(), SidecarError> {
+    // Refuse a non-tmpfs directory before any network call.
+    let mut dir = SecretsDir::open(&cfg.dir, cfg.tmpfs_size)?;
+    let mut sidecar = Sidecar {
+        client: Client::new(&cfg.socket),
+        cfg,
+        state: BTreeMap::new(),
+        lease_id: None,
+    };
+    let outcome = match Signals::new() {
+        Ok(mut signals) => sidecar.serve(&mut dir, &mut signals).await,
+        Err(e) => Err(SidecarError::Signal(e)),
+    };
+    if let Ok(Exit::Once) = outcome {
+        return Ok(()); // the files stay for the workload
+    }
+    let wiped = dir.wipe_all();
+    if let Err(e) = &wiped {
+        tracing::error!(error = %e, "could not wipe every secret file");
+    }
+    if let Some(id) = sidecar.lease_id.take() {
+        let client = sidecar.client.clone().with_timeout(REVOKE_TIMEOUT);
+        if let Err(e) = client.revoke(&id).await {
+            tracing::warn!(error = %e, lease_id = %id, "could not revoke the lease: it ends at its ttl");
+        }
+    }
+    tracing::info!(workload = %sidecar.cfg.workload, "secrets wiped");
+    outcome.and(wiped).map(drop)
+}
+
+enum Exit {
+    Once,
+    Shutdown,
+}
+
+/// What we delivered for one item.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivered {
+    pub(crate) path: String,
+    pub(crate) version: u64,
+    pub(crate) delivery: Delivery,
+    /// When the copy's ttl runs out unless a renewal confirms it.
+    pub(crate) expires: Instant,
+}
+
+/// What a lease answer changes on disk: indices of the items to write, and
+/// paths to wipe (no longer used by any item).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub(crate) write: Vec<usize>,
+    pub(crate) wipe: Vec<String>,
+}
+
+/// Items new or changed (version or delivery) are written; unchanged ones are
+/// left alone; paths no current item uses are wiped.
+pub(crate) fn plan(current: &BTreeMap<String, Delivered>, items: &[Item]) -> Plan {
+    let mut plan = Plan::default();
+    let mut paths = BTreeSet::new();
+    for (i, item) in items.iter().enumerate() {
+        let Delivery::File { path, .. } = &item.delivery else {
+            continue;
+        };
+        paths.insert(path.as_str());
+        match current.get(&item.id) {
+            Some(d) if d.version == item.version && d.delivery == item.delivery => {}
+            _ => plan.write.push(i),
+        }
+    }
+    let gone: BTreeSet<&str> = current
+        .values()
+        .map(|d| d.path.as_str())
+        .filter(|p| !paths.contains(p))
+        .collect();
+    plan.wipe = gone.into_iter().map(String::from).collect();
+    plan
+}
+
+struct Sidecar {
+    cfg: SidecarConfig,
+    client: Client,
+    /// Item id -> what is on disk for it.
+    state: BTreeMap<String, Delivered>,
+    lease_id: Option<String>,
+}
+
+impl Sidecar {
+    async fn serve(
+        &mut self,
+        dir: &mut SecretsDir,
+        signals: &mut Signals,
+    ) -> Result<Exit, SidecarError> {
+        let req = FetchRequest {
+            workload: self.cfg.workload.clone(),
+            kinds: vec![DeliveryKind::File],
+        };
+        let workload = self.cfg.workload.clone();
+        let mut next_call = Instant::now();
+        let mut transient = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        let mut denied = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        let mut delivered = false;
+        loop {
+            let expiry = self.state.values().map(|d| d.expires).min();
+            let renewing = self.lease_id.is_some();
+            let answer = tokio::select! {
+                _ = signals.recv() => return Ok(Exit::Shutdown),
+                _ = sleep_until_opt(expiry) => None,
+                r = async {
+                    sleep_until(next_call).await;
+                    let sent = Instant::now();
+                    let r = match &self.lease_id {
+                        Some(id) => self.client.renew(id).await,
+                        None => self.client.fetch(&req).await,
+                    };
+                    (sent, r)
+                } => Some(r),
+            };
+            let now = Instant::now();
+            match answer {
+                None => self.expire(dir, now),
+                Some((sent, Ok(lease))) => {
+                    let (written, wiped) = self.apply(dir, &lease, sent)?;
+                    transient.reset();
+                    denied.reset();
+                    let files = self.state.len();
+                    if !delivered || self.lease_id.as_deref() != Some(lease.lease_id.as_str()) {
+                        tracing::info!(%workload, lease_id = %lease.lease_id, files, "secrets delivered");
+                    } else if written + wiped > 0 {
+                        tracing::info!(%workload, lease_id = %lease.lease_id, files, written, wiped, "secrets updated");
+                    } else {
+                        tracing::debug!(%workload, lease_id = %lease.lease_id, "lease renewed");
+                    }
+                    self.lease_id = Some(lease.lease_id.clone());
+                    delivered = true;
+                    if self.cfg.once {
+                        return Ok(Exit::Once);
+                    }
+                    next_call = now + renew_after(lease.ttl_secs);
+                }
+                Some((_, Err(e))) => {
+                    let withdrawn = e.is_denied() || (!renewing && e.is_not_found());
+                    if withdrawn && delivered {
+                        self.wipe_files(dir);
+                        self.lease_id = None;
+                        tracing::warn!(%workload, reason = %e, "the broker withdrew the secrets: files wiped, retrying");
+                        next_call = now + denied.next();
+                    } else if e.is_denied() {
+                        return Err(SidecarError::Denied(match e {
+                            ClientError::Api(a) => a.message,
+                            other => other.to_string(),
+                        }));
+                    } else if renewing && e.is_not_found() {
+                        tracing::info!(%workload, "the broker does not know the lease (restarted?): fetching anew");
+                        self.lease_id = None;
+                        next_call = now;
+                    } else if !delivered && (self.cfg.once || !transient_error(&e)) {
+                        return Err(SidecarError::Client(e));
+                    } else {
+                        let wait = transient.next();
+                        tracing::warn!(%workload, error = %e, retry_in = ?wait, "cannot reach the broker: files stay until their ttl");
+                        next_call = now + wait;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bring the directory in line with a lease answer; (written, wiped).
+    fn apply(
+        &mut self,
+        dir: &mut SecretsDir,
+        lease: &Lease,
+        sent: Instant,
+    ) -> Result<(usize, usize), SidecarError> {
+        let plan = plan(&self.state, &lease.items);
+        // Wipe first: a path freed by one item may be taken by another.
+        for path in &plan.wipe {
+            dir.wipe(path)?;
+        }
+        for &i in &plan.write {
+            let item = &lease.items[i];
+            if let Delivery::File {
+                path,
+                mode,
+                uid,
+                gid,
+            } = &item.delivery
+            {
+                dir.write(path, item.value.expose_secret(), *mode, *uid, *gid)?;
+            }
+        }
+        // Expiry counts from before the request: the broker's clock started no later.
+        self.state = lease
+            .items
+            .iter()
+            .filter_map(|item| match &item.delivery {
+                Delivery::File { path, .. } => Some((
+                    item.id.clone(),
+                    Delivered {
+                        path: path.clone(),
+                        version: item.version,
+                        delivery: item.delivery.clone(),
+                        expires: sent + Duration::from_secs(item.ttl_secs),
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        Ok((plan.write.len(), plan.wipe.len()))
+    }
+
+    /// Wipe the files whose ttl ran out without a renewal.
+    fn expire(&mut self, dir: &mut SecretsDir, now: Instant) {
+        let expired: Vec<String> = self
+            .state
+            .iter()
+            .filter(|(_, d)| d.expires <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Some(d) = self.state.remove(&id) {
+                wipe_logged(dir, &d.path);
+                tracing::warn!(workload = %self.cfg.workload, path = %d.path, "secret file expired without renewal: wiped");
+            }
+        }
+    }
+
+    fn wipe_files(&mut self, dir: &mut SecretsDir) {
+        for d in std::mem::take(&mut self.state).into_values() {
+            wipe_logged(dir, &d.path);
+        }
+    }
+}
+
+fn wipe_logged(dir: &mut SecretsDir, path: &str) {
+    if let Err(e) = dir.wipe(path) {
+        tracing::error!(error = %e, path, "could not wipe a secret file");
+    }
+}
+
+/// Worth retrying: the broker or its store may come back.
+fn transient_error(e: &ClientError) -> bool {
+    match e {
+        ClientError::Unavailable { .. } | ClientError::Timeout { .. } => true,
+        ClientError::Api(a) => matches!(
+            a.code,
+            ErrorCode::StoreUnavailable | ErrorCode::AuditUnavailable | ErrorCode::Internal
+        ),
+        ClientError::Protocol(_) => false,
+    }
+}
+
+/// Renew at two thirds of the ttl, at least a second apart.
+fn renew_after(ttl_secs: u64) -> Duration {
+    Duration::from_millis(ttl_secs.saturating_mul(2000) / 3).max(Duration::from_secs(1))
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn new() -> io::Result<Self> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Capped exponential backoff with equal jitter, so sidecars that lost the
+/// broker together do not come back in step.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    start: Duration,
+    cap: Duration,
+    cur: Duration,
+    rng: SystemRandom,
+}
+
+impl Backoff {
+    pub(crate) fn new(start: Duration, cap: Duration) -> Self {
+        Backoff {
+            start,
+            cap,
+            cur: start,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.cur = self.start;
+    }
+
+    /// Between half and all of the current step; the step then doubles.
+    pub(crate) fn next(&mut self) -> Duration {
+        let base = self.cur;
+        self.cur = (self.cur * 2).min(self.cap);
+        let mut b = [0u8; 4];
+        let r = self.rng.fill(&mut b).map_or(0, |()| u32::from_le_bytes(b));
+        base / 2 + base.mul_f64(f64::from(r) / f64::from(u32::MAX)) / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unbaked_api::Secret;
+
+    fn item(id: &str, path: &str, version: u64, mode: u32) -> Item {
+        Item {
+            id: id.into(),
+            secret: "app/db".into(),
+            key: "k".into(),
+            delivery: Delivery::File {
+                path: path.into(),
+                mode,
+                uid: None,
+                gid: None,
+            },
+            version,
+            ttl_secs: 60,
+            value: Secret::from_slice(b"v"),
+        }
+    }
+
+    fn state(items: &[Item]) -> BTreeMap<String, Delivered> {
+        let now = Instant::now();
+        items
+            .iter()
+            .map(|i| {
+                let Delivery::File { path, .. } = &i.delivery else {
+                    unreachable!()
+                };
+                let d = Delivered {
+                    path: path.clone(),
+                    version: i.version,
+                    delivery: i.delivery.clone(),
+                    expires: now,
+                };
+                (i.id.clone(), d)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plan_writes_new_and_changed_wipes_removed_keeps_the_rest() {
+        let old = state(&[
+            item("a", "a", 1, 0o400),
+            item("b", "b", 1, 0o400),
+            item("c", "c", 1, 0o400),
+            item("d", "d", 1, 0o400),
+        ]);
+        let new = [
+            item("a", "a", 1, 0o400), // unchanged
+            item("b", "b", 2, 0o400), // rotated
+            item("c", "c", 1, 0o440), // delivery changed
+            item("e", "e", 1, 0o400), // new
+        ];
+        assert_eq!(
+            plan(&old, &new),
+            Plan {
+                write: vec![1, 2, 3],
+                wipe: vec!["d".into()]
+            }
+        );
+        assert_eq!(plan(&state(&new), &new), Plan::default());
+        assert_eq!(plan(&BTreeMap::new(), &new).write, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn plan_wipes_a_moved_path_but_not_one_taken_over() {
+        let old = state(&[item("a", "x", 1, 0o400), item("b", "y", 1, 0o400)]);
+        // a moves to z; b is withdrawn and c takes over its path y.
+        let new = [item("a", "z", 1, 0o400), item("c", "y", 1, 0o400)];
+        assert_eq!(
+            plan(&old, &new),
+            Plan {
+                write: vec![0, 1],
+                wipe: vec!["x".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn plan_ignores_non_file_items() {
+        let mut env = item("env:X", "", 1, 0);
+        env.delivery = Delivery::Env { name: "X".into() };
+        assert_eq!(plan(&BTreeMap::new(), &[env]), Plan::default());
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_in_range() {
+        let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        let mut step = Duration::from_millis(250);
+        for _ in 0..12 {
+            let d = b.next();
+            assert!(d >= step / 2 && d <= step, "{d:?} not within {step:?}");
+            step = (step * 2).min(Duration::from_secs(30));
+        }
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(250));
+    }
+
+    #[test]
+    fn renewal_comes_at_two_thirds_of_the_ttl_at_least_a_second() {
+        assert_eq!(renew_after(60), Duration::from_secs(40));
+        assert_eq!(renew_after(1), Duration::from_secs(1));
+        assert_eq!(renew_after(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(SidecarError::Denied("no".into()).exit_code(), exit::DENIED);
+        let e = SidecarError::NotTmpfs {
+            dir: "/x".into(),
+            fs_type: "ext4".into(),
+        };
+        assert_eq!(e.exit_code(), exit::FAILURE);
+        assert!(e.to_string().starts_with("/x is not on tmpfs (it is ext4)"));
+    }
+}

@@ -1,0 +1,75 @@
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, SealFlag};
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsFd;
+use unbaked_sidecar::sys;
+
+#[test]
+fn sealed_memfd_holds_the_bytes_and_refuses_changes() {
+    let fd = sys::sealed_memfd("API_TOKEN_FILE", b"t0ken\x00").unwrap();
+    let seals = SealFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GET_SEALS).unwrap());
+    assert!(seals.contains(
+        SealFlag::F_SEAL_WRITE
+            | SealFlag::F_SEAL_SHRINK
+            | SealFlag::F_SEAL_GROW
+            | SealFlag::F_SEAL_SEAL
+    ));
+    let mut f = std::fs::File::from(fd);
+    f.rewind().unwrap();
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).unwrap();
+    assert_eq!(buf, b"t0ken\x00");
+    f.rewind().unwrap();
+    assert_eq!(
+        f.write(b"x").unwrap_err().raw_os_error(),
+        Some(Errno::EPERM as i32)
+    );
+    assert_eq!(nix::unistd::ftruncate(&f, 0), Err(Errno::EPERM));
+    assert_eq!(nix::unistd::ftruncate(&f, 100), Err(Errno::EPERM));
+    assert_eq!(
+        fcntl(&f, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK)),
+        Err(Errno::EPERM)
+    );
+    // A fresh writable open of the same memfd cannot write either.
+    let mut again = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&f)
+        ))
+        .unwrap();
+    assert!(again.write(b"x").is_err());
+    assert_eq!(
+        std::fs::read(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&f)
+        ))
+        .unwrap(),
+        b"t0ken\x00"
+    );
+}
+
+#[test]
+fn clear_cloexec_clears_only_that_flag() {
+    let fd = sys::sealed_memfd("X", b"").unwrap();
+    let flags = |fd| FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).unwrap());
+    assert!(flags(fd.as_fd()).contains(FdFlag::FD_CLOEXEC));
+    sys::clear_cloexec(fd.as_fd()).unwrap();
+    assert!(!flags(fd.as_fd()).contains(FdFlag::FD_CLOEXEC));
+}
+
+#[test]
+fn tmpfs_detection() {
+    assert!(sys::is_tmpfs(std::path::Path::new("/dev/shm")).unwrap());
+    assert_eq!(sys::fs_type_name(std::path::Path::new("/dev/shm")), "tmpfs");
+    assert!(sys::is_tmpfs(std::path::Path::new("/nonexistent/x")).is_err());
+}
+
+#[test]
+fn core_dumps_are_disabled() {
+    sys::disable_core_dumps().unwrap();
+    assert!(!nix::sys::prctl::get_dumpable().unwrap());
+    let (soft, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_CORE).unwrap();
+    assert_eq!((soft, hard), (0, 0));
+}

@@ -1,0 +1,165 @@
+//! A fake broker on a unix socket in a temp dir, answering from a closure.
+#![allow(dead_code)] // each test binary uses its own part
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::UnixListener;
+use unbaked_api::wire::{to_json_zeroizing, ApiError, Delivery, ErrorCode, Item, Lease};
+use unbaked_api::Secret;
+
+/// One request as the fake broker saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub host: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+pub type Answer = (u16, Vec<u8>);
+type Handler = dyn Fn(&Seen) -> Answer + Send + Sync;
+
+pub struct FakeBroker {
+    pub socket: PathBuf,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeBroker {
+    /// Start serving on the current tokio runtime.
+    pub fn start(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> FakeBroker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("broker.sock");
+        let listener = UnixListener::bind(&socket).expect("bind");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let handler: Arc<Handler> = Arc::new(handler);
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (handler, log) = (handler.clone(), log.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (handler, log) = (handler.clone(), log.clone());
+                        async move {
+                            let header = |n: &str| {
+                                req.headers()
+                                    .get(n)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_owned()
+                            };
+                            let mut s = Seen {
+                                method: req.method().to_string(),
+                                uri: req.uri().to_string(),
+                                host: header("host"),
+                                content_type: header("content-type"),
+                                body: Vec::new(),
+                            };
+                            s.body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().to_vec())
+                                .unwrap_or_default();
+                            let (status, body) = handler(&s);
+                            log.lock().unwrap().push(s);
+                            let resp = Response::builder()
+                                .status(status)
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap();
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        FakeBroker {
+            socket,
+            seen,
+            _dir: dir,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self, uri: &str) -> usize {
+        self.seen().iter().filter(|s| s.uri == uri).count()
+    }
+}
+
+pub fn file_item(id: &str, path: &str, version: u64, ttl_secs: u64, value: &[u8]) -> Item {
+    Item {
+        id: id.into(),
+        secret: "app/db".into(),
+        key: "password".into(),
+        delivery: Delivery::File {
+            path: path.into(),
+            mode: 0o440,
+            uid: None,
+            gid: None,
+        },
+        version,
+        ttl_secs,
+        value: Secret::from_slice(value),
+    }
+}
+
+pub fn item(id: &str, delivery: Delivery, value: &[u8]) -> Item {
+    Item {
+        id: id.into(),
+        secret: "app/api".into(),
+        key: "token".into(),
+        delivery,
+        version: 1,
+        ttl_secs: 60,
+        value: Secret::from_slice(value),
+    }
+}
+
+pub fn lease(id: &str, ttl_secs: u64, items: Vec<Item>) -> Answer {
+    let l = Lease {
+        lease_id: id.into(),
+        workload: "billing".into(),
+        ttl_secs,
+        items,
+    };
+    (200, to_json_zeroizing(&l).to_vec())
+}
+
+pub fn api_error(code: ErrorCode, message: &str) -> Answer {
+    let e = ApiError {
+        code,
+        message: message.into(),
+    };
+    (code.http_status(), serde_json::to_vec(&e).unwrap())
+}
+
+/// Poll `cond` every 20 ms until it holds or `secs` pass.
+pub async fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn read(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
+}

@@ -1,0 +1,125 @@
+//! The command line, as clap types. The contract is ../shared/PRODUCT.md:
+//! names and flags here are what scripts rely on.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "unbaked",
+    version,
+    about = "Credentials never baked into images",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The broker's socket [env: UNBAKED_SOCKET] [default: /run/unbaked/broker.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Log format on stderr [env: UNBAKED_LOG_FORMAT]
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker daemon
+    Broker(BrokerArgs),
+    /// Write, read, list and remove secrets in the broker's memory store (root or the broker's uid)
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Write a workload's file grants into a tmpfs directory and keep them fresh
+    Sidecar(SidecarArgs),
+    /// Run a command with a workload's env and fd grants; nothing is written anywhere
+    Exec(ExecArgs),
+    /// Validate policy files
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Work with the audit log
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Configuration file (TOML; flags override it, it overrides the environment)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of policy files [default: /etc/unbaked/policies]
+    #[arg(long, value_name = "DIR")]
+    pub policies: Option<PathBuf>,
+    /// Where secrets come from [default: memory]
+    #[arg(long, value_parser = ["memory", "vault"])]
+    pub store: Option<String>,
+    /// Append the hash-chained audit log to FILE (without it, audit records go to the log)
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<PathBuf>,
+    /// Start on the embedded store with the example policies and a demo secret
+    #[arg(long)]
+    pub dev: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Write a new version of PATH. KEY=- reads the value from stdin, KEY=@FILE from a file
+    Put {
+        path: String,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<OsString>,
+    },
+    /// Print PATH's version and keys, or with KEY the value itself
+    Get { path: String, key: Option<String> },
+    /// List secret paths under PREFIX
+    List {
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Remove PATH
+    Rm { path: String },
+}
+
+#[derive(Debug, Args)]
+pub struct SidecarArgs {
+    #[arg(long)]
+    pub workload: String,
+    /// The secrets directory; must be tmpfs (mounted here when allowed)
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Write the files once and exit
+    #[arg(long)]
+    pub once: bool,
+    /// Size limit of a tmpfs the sidecar mounts itself, in bytes
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    pub tmpfs_size: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[arg(long)]
+    pub workload: String,
+    /// The command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate every policy file of DIR; errors name file:line:column and field
+    Check { dir: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the audit log's hash chain
+    Verify { file: PathBuf },
+}
