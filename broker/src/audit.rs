@@ -23,6 +23,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 #[serde(rename_all = "snake_case")]
 pub enum Event {
     Start,
+    Stop,
     Authenticate,
     Grant,
     Deny,
@@ -110,6 +111,9 @@ struct Chain {
     sink: Sink,
     prev: String,
     seq: u64,
+    /// Bytes of whole records in the file: a failed append is cut back to
+    /// this, so a torn line never breaks the chain.
+    len: u64,
 }
 
 enum Sink {
@@ -175,6 +179,13 @@ impl Audit {
                 path: path.into(),
                 source,
             })?;
+        let len = file
+            .metadata()
+            .map_err(|source| AuditError::Open {
+                path: path.into(),
+                source,
+            })?
+            .len();
         Ok(Audit {
             chain: Mutex::new(Chain {
                 sink: Sink::File {
@@ -183,6 +194,7 @@ impl Audit {
                 },
                 prev,
                 seq,
+                len,
             }),
             healthy: AtomicBool::new(true),
         })
@@ -195,6 +207,7 @@ impl Audit {
                 sink: Sink::Log,
                 prev: GENESIS.to_string(),
                 seq: 0,
+                len: 0,
             }),
             healthy: AtomicBool::new(true),
         }
@@ -219,10 +232,14 @@ impl Audit {
         let mut bytes = serde_json::to_vec(&line).expect("audit lines serialize");
         let hash = sha256_hex(&bytes);
         bytes.push(b'\n');
+        let len = chain.len;
         match &mut chain.sink {
             Sink::File { file, path } => {
                 if let Err(source) = file.write_all(&bytes) {
                     self.healthy.store(false, Ordering::Relaxed);
+                    if let Err(e) = file.set_len(len) {
+                        tracing::error!(error = %e, path = %path.display(), "cannot cut a torn audit record: the chain will not verify past it");
+                    }
                     return Err(AuditError::Write {
                         path: path.clone(),
                         source,
@@ -235,6 +252,7 @@ impl Audit {
         }
         chain.prev = hash;
         chain.seq += 1;
+        chain.len += bytes.len() as u64;
         self.healthy.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -360,6 +378,7 @@ mod tests {
                 },
                 prev: GENESIS.into(),
                 seq: 0,
+                len: 0,
             }),
             healthy: AtomicBool::new(true),
         };

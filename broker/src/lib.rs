@@ -140,5 +140,9 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
     watcher.abort();
     sweeper.abort();
     let _ = std::fs::remove_file(&socket);
+    // Closes the chain: an edit of the last real record now breaks a link.
+    if let Err(e) = broker.audit().record(Event::Stop, Record::default()) {
+        tracing::error!(error = %e, "could not audit the stop");
+    }
     Ok(())
 }

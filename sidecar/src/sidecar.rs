@@ -63,6 +63,9 @@ impl SidecarError {
 
 /// Runs until SIGTERM/SIGINT (or, with `once`, after the first delivery).
 pub async fn run(cfg: SidecarConfig) -> Result<(), SidecarError> {
+    // Handlers first, so a SIGTERM from here on wipes instead of killing us
+    // with a tmpfs mounted.
+    let mut signals = Signals::new().map_err(SidecarError::Signal)?;
     // Refuse a non-tmpfs directory before any network call.
     let mut dir = SecretsDir::open(&cfg.dir, cfg.tmpfs_size)?;
     let mut sidecar = Sidecar {
@@ -71,10 +74,7 @@ pub async fn run(cfg: SidecarConfig) -> Result<(), SidecarError> {
         state: BTreeMap::new(),
         lease_id: None,
     };
-    let outcome = match Signals::new() {
-        Ok(mut signals) => sidecar.serve(&mut dir, &mut signals).await,
-        Err(e) => Err(SidecarError::Signal(e)),
-    };
+    let outcome = sidecar.serve(&mut dir, &mut signals).await;
     if let Ok(Exit::Once) = outcome {
         return Ok(()); // the files stay for the workload
     }

@@ -46,10 +46,15 @@ pub struct Broker {
 impl Broker {
     /// Start with these policy files (name, content).
     pub fn start(policies: &[(&str, &str)]) -> Broker {
-        Self::start_with(policies, |_| {})
+        Self::start_inner(policies, None)
     }
 
-    pub fn start_with(policies: &[(&str, &str)], tweak: impl FnOnce(&mut Command)) -> Broker {
+    /// Start with the audit file at `audit` instead of inside the temp dir.
+    pub fn start_with_audit(policies: &[(&str, &str)], audit: &Path) -> Broker {
+        Self::start_inner(policies, Some(audit))
+    }
+
+    fn start_inner(policies: &[(&str, &str)], audit_at: Option<&Path>) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("broker.sock");
         let pdir = dir.path().join("policies");
@@ -57,7 +62,7 @@ impl Broker {
         for (name, text) in policies {
             std::fs::write(pdir.join(name), text).unwrap();
         }
-        let audit = dir.path().join("audit.log");
+        let audit = audit_at.map_or_else(|| dir.path().join("audit.log"), Path::to_path_buf);
         let log = dir.path().join("broker.log");
         let mut b = Broker {
             socket,
@@ -79,7 +84,6 @@ impl Broker {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&b.log).unwrap());
-        tweak(&mut cmd);
         b.child = Some(cmd.spawn().expect("start the broker"));
         b.wait_ready();
         b
