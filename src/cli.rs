@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(
     name = "unbaked",
-    version,
+    version = env!("UNBAKED_BUILD"),
     about = "Credentials never baked into images",
     propagate_version = true
 )]
@@ -48,6 +48,13 @@ pub enum Command {
     /// Work with the audit log
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff)
+    Man,
 }
 
 #[derive(Debug, Args)]

@@ -143,6 +143,17 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Policy(PolicyCommand::Check { dir }) => policy_check(&dir),
         Command::Audit(AuditCommand::Verify { file }) => audit_verify(&file),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "unbaked", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(|e| Failure::new(exit::FAILURE, e))
+        }
     }
 }
 

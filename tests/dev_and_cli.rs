@@ -106,3 +106,28 @@ fn usage_errors_exit_2() {
     let out = output(Command::new(BIN).args(["policy", "check", "/nonexistent/dir"]));
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn version_completions_and_man_page_come_from_the_command_line_definitions() {
+    let out = output(Command::new(BIN).arg("--version"));
+    let version = text(&out.stdout);
+    assert!(
+        version.starts_with("unbaked 0.") && version.contains("commit "),
+        "{version}"
+    );
+    let out = output(Command::new(BIN).args(["completions", "bash"]));
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains("sidecar"));
+    let out = output(Command::new(BIN).arg("man"));
+    assert!(text(&out.stdout).contains(".TH unbaked"));
+}
+
+#[test]
+fn the_shipped_broker_config_loads() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = unbaked_broker::config::FileConfig::load(&root.join("dist/broker.toml")).unwrap();
+    assert_eq!(
+        cfg.broker.socket.unwrap(),
+        std::path::Path::new("/run/unbaked/broker.sock")
+    );
+}
