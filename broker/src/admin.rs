@@ -1,0 +1,71 @@
+//! The admin listener (`--admin-addr`, off by default, loopback unless told
+//! otherwise): `/healthz` (alive), `/readyz` (policies loaded, audit sink
+//! writable, store reachable) and `/metrics` (Prometheus text).
+//!
+//! **Invariant:** it serves no secret and takes no input beyond the path;
+//! it is a separate listener so the API socket's permissions stay the only
+//! way to a secret.
+
+use crate::service::Broker;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    res
+}
+
+async fn route(broker: &Broker, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, PLAIN, "ok\n".into()),
+        "/readyz" => match broker.ready().await {
+            Ok(()) => text(StatusCode::OK, PLAIN, "ready\n".into()),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("not ready: {why}\n")),
+        },
+        "/metrics" => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            broker.metrics().render(),
+        ),
+        _ => text(StatusCode::NOT_FOUND, PLAIN, "try /healthz, /readyz or /metrics\n".into()),
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(5));
+    let http = Arc::new(http);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let broker = broker.clone();
+        let http = http.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let broker = broker.clone();
+                async move { Ok::<_, Infallible>(route(&broker, req).await) }
+            });
+            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
