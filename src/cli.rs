@@ -42,7 +42,9 @@ pub enum Command {
     Sidecar(SidecarArgs),
     /// Run a command with a workload's env and fd grants; nothing is written anywhere
     Exec(ExecArgs),
-    /// Validate policy files
+    /// `docker run` under the workload's isolation policy, with its secrets injected at start
+    Run(RunArgs),
+    /// Review policy files: check (lint), test (assertions), diff (for pull requests)
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Work with the audit log
@@ -119,10 +121,75 @@ pub struct ExecArgs {
     pub command: Vec<OsString>,
 }
 
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The workload to launch [default: the one your uid may launch]
+    #[arg(long)]
+    pub workload: Option<String>,
+    /// Print the final docker command (it never holds a secret) instead of running it
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The `docker run` options, image and command
+    #[arg(
+        last = true,
+        required = true,
+        allow_hyphen_values = true,
+        value_name = "DOCKER_RUN_ARGS"
+    )]
+    pub docker_args: Vec<OsString>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate every policy file of DIR; errors name file:line:column and field
-    Check { dir: PathBuf },
+    /// Validate and lint every policy file of DIR; findings name file:line:column, field and rule
+    Check {
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = CheckFormat::Human)]
+        format: CheckFormat,
+        /// Exit 1 on warnings too, not only on errors
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Run the assertion files DIR/tests/*.toml ([[case]] workload, secret, expect) against DIR
+    Test { dir: PathBuf },
+    /// Who gains or loses which secret and what got weaker, per workload, from OLD to NEW
+    Diff {
+        /// The old policy directory (with --git: its path, read at REV)
+        old: PathBuf,
+        /// The new policy directory [default with --git: OLD as it is on disk]
+        #[arg(required_unless_present = "git")]
+        new: Option<PathBuf>,
+        /// Read OLD at this git revision (branch, tag or commit)
+        #[arg(long, value_name = "REV")]
+        git: Option<String>,
+        #[arg(long, value_enum, default_value_t = DiffFormat::Human)]
+        format: DiffFormat,
+        /// Exit 1 when a change is weaker (weaken), also when a secret is gained (gain), or on any change (any)
+        #[arg(long, value_enum, value_name = "WHAT")]
+        fail_on: Option<FailOn>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckFormat {
+    Human,
+    Json,
+    Sarif,
+    Markdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiffFormat {
+    Human,
+    Json,
+    Markdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailOn {
+    Weaken,
+    Gain,
+    Any,
 }
 
 #[derive(Debug, Subcommand)]

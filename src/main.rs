@@ -3,10 +3,12 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod policy_cmd;
+mod run;
 mod secret_args;
 
 use clap::Parser;
-use cli::{AuditCommand, Cli, Command, LogFormat, PolicyCommand, SecretCommand};
+use cli::{AuditCommand, Cli, Command, LogFormat, SecretCommand};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,7 +64,9 @@ fn main() -> ExitCode {
 
 fn init_logging(cli: &Cli) {
     let default = match cli.command {
-        Command::Broker(_) | Command::Sidecar(_) => "info",
+        // vaultrs logs every error answer (a 404 too); the broker reports
+        // store errors itself, with their context.
+        Command::Broker(_) | Command::Sidecar(_) => "info,vaultrs=off,rustify=off",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("UNBAKED_LOG")
@@ -129,6 +133,15 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 .block_on(unbaked_sidecar::sidecar::run(cfg))
                 .map_err(|e| Failure::new(e.exit_code(), e))
         }
+        Command::Run(args) => {
+            let cfg = run::RunConfig {
+                socket: client_socket(cli.socket),
+                workload: args.workload,
+                dry_run: args.dry_run,
+                args: args.docker_args,
+            };
+            run::run(cfg).map_err(|e| Failure::new(e.exit_code(), e))
+        }
         Command::Exec(args) => {
             let cfg = unbaked_sidecar::exec::ExecConfig {
                 socket: client_socket(cli.socket),
@@ -141,7 +154,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             let e = prepared.exec();
             Err(Failure::new(e.exit_code(), e))
         }
-        Command::Policy(PolicyCommand::Check { dir }) => policy_check(&dir),
+        Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Audit(AuditCommand::Verify { file }) => audit_verify(&file),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -217,33 +230,6 @@ fn secret(socket: PathBuf, cmd: SecretCommand) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-fn policy_check(dir: &std::path::Path) -> Result<(), Failure> {
-    if !dir.is_dir() {
-        return Err(Failure::msg(
-            exit::USAGE,
-            format!("{} is not a directory", dir.display()),
-        ));
-    }
-    match unbaked_policy::load_dir(dir) {
-        Ok(set) => {
-            println!("{}: {} workloads, no errors", dir.display(), set.len());
-            Ok(())
-        }
-        Err(diags) => {
-            println!("{diags}");
-            let n = diags.0.len();
-            Err(Failure::msg(
-                exit::FAILURE,
-                format!(
-                    "{}: {n} error{}",
-                    dir.display(),
-                    if n == 1 { "" } else { "s" }
-                ),
-            ))
-        }
-    }
 }
 
 fn audit_verify(file: &std::path::Path) -> Result<(), Failure> {

@@ -10,6 +10,7 @@
 //! | DELETE | [`ADMIN_SECRETS`]`/{path}` | | 204 |
 //! | GET | [`ADMIN_LIST`]`?prefix=P` | | 200 [`SecretList`] |
 //! | GET | [`HEALTH`] | | 200 [`Health`] |
+//! | POST | [`LAUNCH`] | [`LaunchRequest`] | 200 [`LaunchPlan`] |
 //!
 //! Every error is a non-2xx status with an [`ApiError`] body.
 
@@ -24,6 +25,7 @@ pub const REVOKE: &str = "/v1/revoke";
 pub const ADMIN_SECRETS: &str = "/v1/admin/secrets";
 pub const ADMIN_LIST: &str = "/v1/admin/list";
 pub const HEALTH: &str = "/v1/health";
+pub const LAUNCH: &str = "/v1/launch";
 
 /// Largest request body the broker reads.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
@@ -158,6 +160,44 @@ pub struct Health {
     pub workloads: usize,
     pub leases: usize,
     pub audit_ok: bool,
+}
+
+/// `unbaked run`: ask for the plan of one `docker run`. The broker checks
+/// the caller against the workload's `[launch]`, refuses arguments that break
+/// its `[isolation]`, and answers with the final argument list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchRequest {
+    /// `None`: the one workload the caller may launch.
+    #[serde(default)]
+    pub workload: Option<String>,
+    /// The `docker run` arguments as given after `--`: options, image, command.
+    pub args: Vec<String>,
+    /// Host path of the static `unbaked` binary, bind-mounted read-only into
+    /// the container as the exec shim.
+    pub shim: String,
+    /// Plan only: create no network and no secrets mount.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The answer to a [`LaunchRequest`]. Holds names and paths, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchPlan {
+    pub workload: String,
+    /// Also the container's `io.unbaked.launch` label.
+    pub launch_id: String,
+    /// The `docker` arguments, starting with `run`.
+    pub args: Vec<String>,
+    /// Things the caller should know, each prefixed with its rule id.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// The ICC-disabled network the container joins, if unbaked chose it.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// The host tmpfs mounted read-only at `/run/secrets`, if the workload has file grants.
+    #[serde(default)]
+    pub secrets_dir: Option<String>,
 }
 
 /// What went wrong, as a machine-readable code.

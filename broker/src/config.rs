@@ -2,11 +2,21 @@
 //! environment say ([`BrokerOptions`], [`FileConfig`]), then one validated
 //! [`BrokerConfig`]. Flags override the file, which overrides the environment.
 
+use crate::store::vault::{VaultAuth, VaultConfig};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use unbaked_api::Secret;
 
 pub const ENV_SOCKET: &str = "UNBAKED_SOCKET";
+/// The Vault conventions; each `BAO_*` name wins over its `VAULT_*` twin.
+/// An address variable may list several nodes, comma-separated.
+pub const ENV_VAULT_ADDR: [&str; 2] = ["BAO_ADDR", "VAULT_ADDR"];
+pub const ENV_VAULT_TOKEN: [&str; 2] = ["BAO_TOKEN", "VAULT_TOKEN"];
+pub const ENV_VAULT_CACERT: [&str; 2] = ["BAO_CACERT", "VAULT_CACERT"];
+pub const ENV_VAULT_NAMESPACE: [&str; 2] = ["BAO_NAMESPACE", "VAULT_NAMESPACE"];
+pub const DEFAULT_KV_MOUNT: &str = "secret";
+pub const DEFAULT_APPROLE_MOUNT: &str = "approle";
 pub const DEFAULT_SOCKET: &str = "/run/unbaked/broker.sock";
 pub const DEFAULT_POLICIES: &str = "/etc/unbaked/policies";
 
@@ -45,6 +55,53 @@ pub struct BrokerOptions {
 pub struct FileConfig {
     #[serde(default)]
     pub broker: BrokerSection,
+    pub vault: Option<VaultSection>,
+}
+
+/// `[vault]`: used with `store = "vault"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSection {
+    /// One address, or a list for an HA cluster.
+    pub address: Option<OneOrMany>,
+    pub kv_mount: Option<String>,
+    pub namespace: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub auth: Option<VaultAuthSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    Token,
+    Approle,
+}
+
+/// `[vault.auth]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultAuthSection {
+    pub method: AuthMethod,
+    #[serde(default, deserialize_with = "secret_string")]
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+    pub role_id_file: Option<PathBuf>,
+    pub secret_id_file: Option<PathBuf>,
+    /// Where the approle auth method is mounted (default "approle").
+    pub mount: Option<String>,
+}
+
+/// A string that becomes a [`Secret`] at once, never a plain `String` field.
+fn secret_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok(Some(Secret::new(s.into_bytes())))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,6 +122,8 @@ pub struct BrokerConfig {
     pub store: StoreKind,
     pub audit: Option<PathBuf>,
     pub dev: bool,
+    /// Set exactly when `store` is `Vault`.
+    pub vault: Option<VaultConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +140,8 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
+    #[error("the vault store is not configured: {0}")]
+    Vault(String),
 }
 
 impl FileConfig {
@@ -127,16 +188,93 @@ impl BrokerConfig {
                 Some(PathBuf::from(DEFAULT_POLICIES))
             }
         });
+        let store = opts
+            .store
+            .or(file.broker.store)
+            .unwrap_or(StoreKind::Memory);
+        let vault = match store {
+            StoreKind::Vault => Some(resolve_vault(file.vault.unwrap_or_default(), &env)?),
+            StoreKind::Memory => None,
+        };
         Ok(BrokerConfig {
             socket,
             policies,
-            store: opts
-                .store
-                .or(file.broker.store)
-                .unwrap_or(StoreKind::Memory),
+            store,
             audit: opts.audit.or(file.broker.audit),
             dev: opts.dev,
+            vault,
         })
+    }
+}
+
+/// `[vault]` over the environment. Messages name variables, never values.
+fn resolve_vault(
+    v: VaultSection,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<VaultConfig, ConfigError> {
+    let bad = |m: &str| ConfigError::Vault(m.to_string());
+    let first = |names: [&str; 2]| names.iter().find_map(|n| env(n).filter(|v| !v.is_empty()));
+    let addresses: Vec<String> = match v.address {
+        Some(OneOrMany::One(a)) => vec![a],
+        Some(OneOrMany::Many(list)) => list,
+        None => first(ENV_VAULT_ADDR)
+            .map(|a| a.split(',').map(|s| s.trim().to_string()).collect())
+            .unwrap_or_default(),
+    };
+    if addresses.is_empty() {
+        return Err(bad(
+            "no address: set VAULT_ADDR (or BAO_ADDR), or address in [vault] of the config file",
+        ));
+    }
+    for a in &addresses {
+        crate::store::vault::check_address(a).map_err(|e| ConfigError::Vault(e.to_string()))?;
+    }
+    let auth = match v.auth {
+        Some(a) => vault_auth(a)?,
+        None => match first(ENV_VAULT_TOKEN) {
+            Some(t) => VaultAuth::Token(Secret::new(t.into_bytes())),
+            None => return Err(bad(
+                "no credentials: set VAULT_TOKEN (or BAO_TOKEN), or [vault.auth] with method = \"approle\" (role_id_file, secret_id_file) or method = \"token\" (token_file)",
+            )),
+        },
+    };
+    Ok(VaultConfig {
+        addresses,
+        kv_mount: v.kv_mount.unwrap_or_else(|| DEFAULT_KV_MOUNT.into()),
+        namespace: v.namespace.or_else(|| first(ENV_VAULT_NAMESPACE)),
+        ca_cert: v
+            .ca_cert
+            .or_else(|| first(ENV_VAULT_CACERT).map(PathBuf::from)),
+        auth,
+    })
+}
+
+fn vault_auth(a: VaultAuthSection) -> Result<VaultAuth, ConfigError> {
+    let bad = |m: &str| Err(ConfigError::Vault(m.to_string()));
+    match a.method {
+        AuthMethod::Token => {
+            if a.role_id_file.is_some() || a.secret_id_file.is_some() || a.mount.is_some() {
+                return bad("[vault.auth] method = \"token\" takes token or token_file; role_id_file, secret_id_file and mount are for method = \"approle\"");
+            }
+            match (a.token, a.token_file) {
+                (Some(t), None) => Ok(VaultAuth::Token(t)),
+                (None, Some(f)) => Ok(VaultAuth::TokenFile(f)),
+                _ => bad("[vault.auth] method = \"token\" needs exactly one of token and token_file (prefer token_file: a file only the broker may read)"),
+            }
+        }
+        AuthMethod::Approle => {
+            if a.token.is_some() || a.token_file.is_some() {
+                return bad("[vault.auth] method = \"approle\" takes role_id_file and secret_id_file, not token or token_file");
+            }
+            match (a.role_id_file, a.secret_id_file) {
+                (Some(role_id_file), Some(secret_id_file)) => Ok(VaultAuth::AppRole {
+                    mount: a.mount.unwrap_or_else(|| DEFAULT_APPROLE_MOUNT.into()),
+                    role_id_file,
+                    secret_id_file,
+                }),
+                _ => bad("[vault.auth] method = \"approle\" needs role_id_file and secret_id_file"),
+            }
+        }
     }
 }
 
@@ -173,6 +311,97 @@ mod tests {
         let c = BrokerConfig::resolve(BrokerOptions::default(), env).unwrap();
         assert_eq!(c.socket, PathBuf::from("/env.sock"));
         assert_eq!(c.store, StoreKind::Memory);
+    }
+
+    #[test]
+    fn vault_from_the_environment_and_from_the_file() {
+        let vars = [
+            ("VAULT_ADDR", "http://v:8200"),
+            ("BAO_ADDR", "http://a:8200, http://b:8200"),
+            ("VAULT_TOKEN", "s.env-token"),
+            ("VAULT_NAMESPACE", "team"),
+        ];
+        let env = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        let opts = BrokerOptions {
+            store: Some(StoreKind::Vault),
+            ..Default::default()
+        };
+        let c = BrokerConfig::resolve(opts.clone(), env).unwrap();
+        let v = c.vault.unwrap();
+        assert_eq!(v.addresses, ["http://a:8200", "http://b:8200"], "BAO_ wins");
+        assert_eq!(v.kv_mount, "secret");
+        assert_eq!(v.namespace.as_deref(), Some("team"));
+        assert_eq!(v.auth, VaultAuth::Token(Secret::from_slice(b"s.env-token")));
+        assert!(!format!("{:?}", v.auth).contains("env-token"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(
+            &file,
+            "[broker]\nstore = \"vault\"\n[vault]\naddress = [\"https://n1:8200\", \"https://n2:8200\"]\nkv_mount = \"kv\"\n[vault.auth]\nmethod = \"approle\"\nrole_id_file = \"/r\"\nsecret_id_file = \"/s\"\n",
+        )
+        .unwrap();
+        let c = BrokerConfig::resolve(
+            BrokerOptions {
+                config: Some(file.clone()),
+                ..Default::default()
+            },
+            env,
+        )
+        .unwrap();
+        let v = c.vault.unwrap();
+        assert_eq!(v.addresses, ["https://n1:8200", "https://n2:8200"]);
+        assert_eq!(v.kv_mount, "kv");
+        assert_eq!(
+            v.auth,
+            VaultAuth::AppRole {
+                mount: "approle".into(),
+                role_id_file: "/r".into(),
+                secret_id_file: "/s".into()
+            }
+        );
+
+        // Nothing to log in with, a bad address, mixed methods: each refused.
+        let none = |_: &str| None;
+        let e = BrokerConfig::resolve(opts.clone(), none)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("VAULT_ADDR"), "{e}");
+        let addr_only = |k: &str| (k == "VAULT_ADDR").then(|| "http://v:8200".to_string());
+        let e = BrokerConfig::resolve(opts.clone(), addr_only)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("VAULT_TOKEN"), "{e}");
+        let bad_addr = |k: &str| (k == "VAULT_ADDR").then(|| "v:8200".to_string());
+        assert!(BrokerConfig::resolve(opts, bad_addr).is_err());
+        std::fs::write(
+            &file,
+            "[vault.auth]\nmethod = \"token\"\ntoken = \"s.file-token\"\nrole_id_file = \"/r\"\n",
+        )
+        .unwrap();
+        let e = BrokerConfig::resolve(
+            BrokerOptions {
+                config: Some(file),
+                store: Some(StoreKind::Vault),
+                ..Default::default()
+            },
+            env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("role_id_file") && !e.contains("file-token"),
+            "{e}"
+        );
+        // The memory store does not need any of it.
+        assert!(BrokerConfig::resolve(BrokerOptions::default(), none)
+            .unwrap()
+            .vault
+            .is_none());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub fn demo_policy(uid: u32) -> Policy {
     let grant = |delivery| Grant {
         secret: DEMO_SECRET.into(),
         key: DEMO_KEY.into(),
+        dynamic: None,
         delivery,
         ttl: Duration::from_secs(60),
         mode: 0o400,

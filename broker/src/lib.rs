@@ -8,8 +8,13 @@
 pub mod attest;
 pub mod audit;
 pub mod config;
+pub mod containers;
 pub mod dev;
+pub mod events;
+pub mod isolation;
+pub mod launch;
 pub mod lease;
+pub mod metrics;
 pub mod reload;
 pub mod server;
 pub mod service;
@@ -42,8 +47,6 @@ pub enum BrokerError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the {0} store is not available in this build yet: use --store memory")]
-    StoreNotBuilt(&'static str),
     #[error("cannot start: {0}")]
     Start(String),
 }
@@ -58,13 +61,23 @@ fn fallback_dev_socket(uid: u32) -> PathBuf {
 /// Run the broker until SIGTERM or SIGINT.
 pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
     let uid = nix::unistd::geteuid().as_raw();
-    let store: Arc<dyn Store> =
-        match cfg.store {
-            StoreKind::Memory => Arc::new(MemoryStore::new().map_err(|_| {
-                BrokerError::Start("no system randomness for the sealing key".into())
-            })?),
-            StoreKind::Vault => return Err(BrokerError::StoreNotBuilt("vault")),
-        };
+    let store: Arc<dyn Store> = match (cfg.store, &cfg.vault) {
+        (StoreKind::Vault, Some(vault)) => {
+            let store = store::vault::VaultStore::new(vault.clone())
+                .map_err(|e| BrokerError::Start(e.to_string()))?;
+            // Renews the broker's token and logs in again when it is refused.
+            store.spawn_token_keeper();
+            store
+        }
+        (StoreKind::Vault, None) => {
+            return Err(BrokerError::Start(
+                "--store vault without a [vault] configuration".into(),
+            ))
+        }
+        (StoreKind::Memory, _) => Arc::new(MemoryStore::new().map_err(|_| {
+            BrokerError::Start("no system randomness for the sealing key".into())
+        })?),
+    };
     let extra: reload::Extra = if cfg.dev {
         Arc::new(move |set| dev::add_demo(set, uid))
     } else {
@@ -111,6 +124,18 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
         path: socket.clone(),
         source,
     })?;
+    // Docker: container attestation, `unbaked run` launches, events. Without
+    // an engine the broker still serves host processes; callers inside
+    // containers are denied (their isolation cannot be verified).
+    let engine = attest::docker::Engine::from_env().await;
+    let abs_socket = std::path::absolute(&socket).unwrap_or_else(|_| socket.clone());
+    let docker_side = Arc::new(containers::Containers::new(engine, &abs_socket));
+    docker_side.sweep_leftovers();
+    broker.set_containers(docker_side);
+    let docker_tasks = [
+        tokio::spawn(events::follow(broker.clone())),
+        tokio::spawn(containers::renewals(broker.clone())),
+    ];
     tracing::info!(socket = %socket.display(), store = broker.store().name(), workloads, "broker listening");
     if cfg.dev {
         println!(
@@ -139,6 +164,12 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
     }
     watcher.abort();
     sweeper.abort();
+    for t in docker_tasks {
+        t.abort();
+    }
+    if let Some(c) = broker.containers() {
+        c.wipe_all();
+    }
     let _ = std::fs::remove_file(&socket);
     // Closes the chain: an edit of the last real record now breaks a link.
     if let Err(e) = broker.audit().record(Event::Stop, Record::default()) {

@@ -172,6 +172,13 @@ async fn route(
             Ok(no_content())
         }
         (&Method::GET, wire::HEALTH, _) => Ok(json(&broker.health())),
+        (&Method::POST, wire::LAUNCH, _) => {
+            let r: wire::LaunchRequest = decode(req.into_body()).await?;
+            if let Some(w) = &r.workload {
+                tracing::Span::current().record("workload", w.as_str());
+            }
+            Ok(json(&broker.launch(ctx, r).await?))
+        }
         (&Method::GET, wire::ADMIN_LIST, _) => {
             let prefix = query_param(&query, "prefix").unwrap_or_default();
             Ok(json(&broker.list_secrets(ctx, &prefix).await?))
@@ -241,7 +248,7 @@ pub async fn serve(listener: UnixListener, broker: Arc<Broker>) {
                 continue;
             }
         };
-        let caller = match attest::unix::peer(&stream) {
+        let mut caller = match attest::unix::peer(&stream) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "no peer credentials: connection dropped");
@@ -251,11 +258,19 @@ pub async fn serve(listener: UnixListener, broker: Arc<Broker>) {
         let broker = broker.clone();
         let http = http.clone();
         tokio::spawn(async move {
+            // pid → cgroup → container, inspected once per connection (a
+            // renewal comes on a new one, so it sees the live config again).
+            let attestation = match broker.containers() {
+                Some(c) => c.engine.attest(caller.pid).await,
+                None => attest::docker::Attestation::Host,
+            };
+            caller.container = attestation.container_info();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let broker = broker.clone();
                 let ctx = Ctx {
                     caller: caller.clone(),
                     request_id: format!("{:x}", REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)),
+                    attestation: attestation.clone(),
                 };
                 let span = tracing::info_span!(
                     "request",

@@ -7,6 +7,7 @@
 
 use crate::audit::{Audit, CallerRef, Event, Record, SecretRef};
 use crate::lease::{new_lease_id, LeaseRecord, LeaseTable};
+use crate::store::issued::{self, IssuedTable, Released};
 use crate::store::{Store, StoreError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -24,6 +25,8 @@ const EMPTY_LEASE_TTL: Duration = Duration::from_secs(600);
 pub struct Ctx {
     pub caller: Caller,
     pub request_id: String,
+    /// The container the caller runs in, as inspected for this connection.
+    pub attestation: crate::attest::docker::Attestation,
 }
 
 impl Ctx {
@@ -47,6 +50,11 @@ pub struct Broker {
     audit: Audit,
     /// The admin API answers to root and to this uid.
     admin_uid: u32,
+    /// Dynamic credentials (certificates, database credentials) per lease,
+    /// revoked in the store when the lease ends.
+    issued: IssuedTable,
+    /// The Docker side (engine, launches); unset without Docker support.
+    containers: std::sync::OnceLock<Arc<crate::containers::Containers>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -81,7 +89,18 @@ impl Broker {
             leases: LeaseTable::default(),
             audit,
             admin_uid,
+            issued: IssuedTable::new().expect("the system random source works"),
+            containers: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Attach the Docker side once, at startup.
+    pub fn set_containers(&self, c: Arc<crate::containers::Containers>) {
+        let _ = self.containers.set(c);
+    }
+
+    pub fn containers(&self) -> Option<&Arc<crate::containers::Containers>> {
+        self.containers.get()
     }
 
     pub fn policies(&self) -> Arc<PolicySet> {
@@ -157,26 +176,55 @@ impl Broker {
                 ),
             )
         })?;
+        self.attestation_gate(ctx, workload)?;
         policy
             .authorize(&ctx.caller)
             .map_err(|Denial { rule, reason }| {
                 self.deny(ctx, workload, rule, err(ErrorCode::Denied, reason))
             })?;
+        self.check_isolation(ctx, policy)?;
         Ok(policy)
     }
 
-    /// Read every grant of `kinds` as the store has it now.
+    /// Read every grant of `kinds` as the store has it now; a dynamic
+    /// grant's credential is the one `lease_id` holds, renewed or re-issued
+    /// when it would not outlive the next lease period.
     async fn deliver(
         &self,
         ctx: &Ctx,
         policy: &Policy,
         kinds: &[DeliveryKind],
+        lease_id: &str,
     ) -> Result<Vec<Item>, ApiError> {
         let mut items = Vec::new();
         for grant in policy.grants_of(kinds) {
+            if let Some(req) = issued::request_for(grant) {
+                let (cred, replaced) = self
+                    .issued
+                    .obtain(&*self.store, lease_id, &req)
+                    .await
+                    .map_err(store_error)?;
+                self.revoke_released(
+                    lease_id,
+                    replaced.into_iter().collect(),
+                    "replaced by a fresh one",
+                );
+                let dynamic = issued::items(grant, &cred).map_err(|m| {
+                    self.deny(
+                        ctx,
+                        &policy.workload,
+                        "secret.missing",
+                        err(ErrorCode::NotFound, m),
+                    )
+                })?;
+                items.extend(dynamic);
+                continue;
+            }
+            // A cached copy at most a third of the ttl old: with renewal at
+            // two thirds, a rotation reaches the workload within one ttl.
             let found = self
                 .store
-                .read(&grant.secret, &grant.key)
+                .read_fresh(&grant.secret, &grant.key, grant.ttl / 3)
                 .await
                 .map_err(store_error)?;
             let Some(v) = found else {
@@ -222,29 +270,41 @@ impl Broker {
                 ..ctx.record()
             },
         )?;
-        let items = self.deliver(ctx, policy, &req.kinds).await?;
-        let ttl = lease_ttl(&items);
         let id = new_lease_id();
-        self.audit_or_withhold(
-            Event::Grant,
-            Record {
-                workload: Some(req.workload.clone()),
-                lease: Some(id.clone()),
-                secrets: secret_refs(&items),
-                ..ctx.record()
-            },
-        )?;
+        let delivered = match self.deliver(ctx, policy, &req.kinds, &id).await {
+            Ok(items) => self
+                .audit_or_withhold(
+                    Event::Grant,
+                    Record {
+                        workload: Some(req.workload.clone()),
+                        lease: Some(id.clone()),
+                        secrets: secret_refs(&items),
+                        ..ctx.record()
+                    },
+                )
+                .map(|()| items),
+            Err(e) => Err(e),
+        };
+        let items = delivered.inspect_err(|_| {
+            // Nothing was released: credentials issued on the way go back.
+            self.release_issued(&id, "the fetch failed");
+        })?;
+        let ttl = lease_ttl(&items);
         self.leases.insert(LeaseRecord {
             id: id.clone(),
             workload: req.workload.clone(),
             uid: ctx.caller.uid,
             gid: ctx.caller.gid,
             pid: ctx.caller.pid,
-            kinds: req.kinds,
+            kinds: req.kinds.clone(),
             ttl,
             expires_at: Instant::now() + ttl,
         });
         tracing::info!(workload = %req.workload, lease = %id, items = items.len(), "granted");
+        // A container's leases end with it; an `unbaked run` shim's fetch
+        // first puts the file grants into the container's secrets tmpfs.
+        self.container_fetched(ctx, &req.workload, &req.kinds, &id)
+            .await?;
         Ok(Lease {
             lease_id: id,
             workload: req.workload,
@@ -263,12 +323,20 @@ impl Broker {
             Ok(p) => p,
             Err(mut e) => {
                 self.leases.remove(lease_id);
+                self.release_issued(lease_id, "renewal denied");
                 // An unknown workload is a denial for a lease holder.
                 e.code = ErrorCode::Denied;
                 return Err(e);
             }
         };
-        let items = self.deliver(ctx, policy, &lease.kinds).await?;
+        let items = self.deliver(ctx, policy, &lease.kinds, lease_id).await?;
+        // Credentials of grants withdrawn since the last answer go back.
+        let used: Vec<_> = policy
+            .grants_of(&lease.kinds)
+            .filter_map(issued::request_for)
+            .collect();
+        let withdrawn = self.issued.retain(lease_id, &used);
+        self.revoke_released(lease_id, withdrawn, "grant withdrawn");
         let ttl = lease_ttl(&items);
         self.audit_or_withhold(
             Event::Renew,
@@ -280,6 +348,7 @@ impl Broker {
             },
         )?;
         if !self.leases.extend(lease_id, ttl, Instant::now()) {
+            self.release_issued(lease_id, "lease ended during renewal");
             return Err(lease_gone(lease_id));
         }
         Ok(Lease {
@@ -293,6 +362,7 @@ impl Broker {
     pub fn revoke(&self, ctx: &Ctx, lease_id: &str) -> Result<(), ApiError> {
         let lease = self.owned_lease(ctx, lease_id)?;
         self.leases.remove(lease_id);
+        self.release_issued(lease_id, "revoked by its holder");
         let record = Record {
             workload: Some(lease.workload),
             lease: Some(lease.id),
@@ -303,6 +373,30 @@ impl Broker {
             tracing::error!(error = %e, "could not audit a revocation");
         }
         Ok(())
+    }
+
+    /// End a lease on the broker's own decision (its container died), audited
+    /// as a revocation; false if it was already gone.
+    pub fn end_lease(&self, lease_id: &str, reason: &str) -> bool {
+        let Some(lease) = self.leases.remove(lease_id) else {
+            return false;
+        };
+        self.release_issued(lease_id, "lease ended");
+        let record = Record {
+            workload: Some(lease.workload),
+            lease: Some(lease.id),
+            caller: Some(CallerRef {
+                uid: lease.uid,
+                gid: lease.gid,
+                pid: lease.pid,
+            }),
+            reason: Some(reason.into()),
+            ..Record::default()
+        };
+        if let Err(e) = self.audit.record(Event::Revoke, record) {
+            tracing::error!(error = %e, "could not audit a revocation");
+        }
+        true
     }
 
     /// The lease, if it exists and belongs to the caller (or the caller is admin).
@@ -333,6 +427,7 @@ impl Broker {
     pub fn expire(&self, now: Instant) -> usize {
         let expired = self.leases.drain_expired(now);
         for lease in &expired {
+            self.release_issued(&lease.id, "lease expired");
             let record = Record {
                 workload: Some(lease.workload.clone()),
                 lease: Some(lease.id.clone()),
@@ -349,6 +444,39 @@ impl Broker {
             }
         }
         expired.len()
+    }
+
+    /// Revoke what a lease held in the store (it ended, or never began).
+    fn release_issued(&self, lease_id: &str, why: &'static str) {
+        let released = self.issued.release(lease_id);
+        self.revoke_released(lease_id, released, why);
+    }
+
+    /// Audit, then revoke in the background: a lease's end does not wait
+    /// on Vault, and a credential Vault cannot revoke now ends at its ttl.
+    fn revoke_released(&self, lease_id: &str, released: Vec<Released>, why: &'static str) {
+        if released.is_empty() {
+            return;
+        }
+        let record = Record {
+            lease: Some(lease_id.to_string()),
+            secrets: released
+                .iter()
+                .map(|r| SecretRef {
+                    id: r.handle.to_string(),
+                    secret: r.path.clone(),
+                    key: String::new(),
+                    version: 0,
+                })
+                .collect(),
+            reason: Some(format!("revoking dynamic credentials in the store: {why}")),
+            ..Record::default()
+        };
+        if let Err(e) = self.audit.record(Event::Revoke, record) {
+            tracing::error!(error = %e, "could not audit a credential revocation");
+        }
+        let store = self.store.clone();
+        tokio::spawn(async move { issued::revoke_all(&*store, released, why).await });
     }
 
     fn is_admin(&self, caller: &Caller) -> bool {

@@ -56,6 +56,15 @@ pub mod rule {
     pub const BAD_TTL: &str = "bad-ttl";
     /// A file mode that is not octal, exceeds 0o777 or hides the file from its owner.
     pub const BAD_MODE: &str = "bad-mode";
+    /// A grant without exactly one of `secret`, `pki`, `dynamic`, or with a
+    /// key that belongs to another kind of grant (`key` on a pki grant).
+    pub const GRANT_SOURCE: &str = "grant-source";
+    /// A `pki` path that is not MOUNT/issue/ROLE, or a bad `common_name`,
+    /// `alt_names` or `ip_sans` entry.
+    pub const BAD_PKI: &str = "bad-pki";
+    /// A `dynamic` path or `field` that is not valid, or an env/fd dynamic
+    /// grant without the `field` it delivers.
+    pub const BAD_FIELD: &str = "bad-field";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

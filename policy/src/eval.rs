@@ -191,6 +191,7 @@ mod tests {
         let grant = |d| Grant {
             secret: "app/db".into(),
             key: "password".into(),
+            dynamic: None,
             delivery: d,
             ttl: DEFAULT_TTL,
             mode: 0o400,

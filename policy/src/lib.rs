@@ -23,9 +23,10 @@ mod validate;
 
 pub use diagnostic::{rule, Diagnostic, Diagnostics, Severity};
 pub use eval::{Caller, ContainerInfo, Denial};
-pub use load::{from_sources, load_dir};
+pub use load::{from_sources, load_dir, read_dir_sources};
 pub use model::{
-    Grant, GrantDelivery, Isolation, Launch, Match, Policy, PolicySet, DEFAULT_MODE, DEFAULT_TTL,
+    Dynamic, Grant, GrantDelivery, Isolation, Launch, Match, PkiIssue, Policy, PolicySet,
+    DEFAULT_MODE, DEFAULT_TTL, PKI_FIELDS,
 };
 
 /// 1-based line and column of a byte offset, for other TOML files the

@@ -11,12 +11,27 @@ use std::path::{Path, PathBuf};
 /// recursive: `dir/tests/` holds policy tests. Hidden files are skipped
 /// (editors' swap and lock files). Reports every error of every file at once.
 pub fn load_dir(dir: &Path) -> Result<PolicySet, Diagnostics> {
+    let (sources, Diagnostics(mut diags)) = read_dir_sources(dir);
+    match from_sources(&sources) {
+        Ok(set) if diags.is_empty() => Ok(set),
+        Ok(_) => Err(sorted(diags)),
+        Err(Diagnostics(more)) => {
+            diags.extend(more);
+            Err(sorted(diags))
+        }
+    }
+}
+
+/// The policy files [`load_dir`] reads, as `(path, text)` pairs sorted by
+/// path, and the files it could not read. For tools that need the text
+/// next to the parsed policies (`unbaked policy check` locates its lints).
+pub fn read_dir_sources(dir: &Path) -> (Vec<(PathBuf, String)>, Diagnostics) {
     let mut diags = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
             let d = io_error(dir, format!("cannot read the policy directory: {e}"));
-            return Err(Diagnostics(vec![d]));
+            return (Vec::new(), Diagnostics(vec![d]));
         }
     };
     let mut paths = Vec::new();
@@ -51,14 +66,7 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, Diagnostics> {
             Err(e) => diags.push(io_error(&path, format!("cannot read the file: {e}"))),
         }
     }
-    match from_sources(&sources) {
-        Ok(set) if diags.is_empty() => Ok(set),
-        Ok(_) => Err(sorted(diags)),
-        Err(Diagnostics(more)) => {
-            diags.extend(more);
-            Err(sorted(diags))
-        }
-    }
+    (sources, sorted(diags))
 }
 
 /// The same as [`load_dir`] from in-memory `(path, content)` pairs; the path

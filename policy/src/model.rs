@@ -118,9 +118,15 @@ impl Default for Isolation {
 /// One secret value delivered to the workload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grant {
-    /// Store path, e.g. `app/db`.
+    /// Store path, e.g. `app/db`; for a dynamic grant the Vault path it
+    /// issues from, e.g. `pki/issue/web` or `database/creds/billing`.
     pub secret: String,
+    /// The key inside the secret; for a dynamic grant the `field` of the
+    /// issued credential, or empty when a directory receives every field.
     pub key: String,
+    /// `None` for a stored (KV) secret; set for `pki` and `dynamic` grants,
+    /// whose credential is issued per lease and revoked when it ends.
+    pub dynamic: Option<Dynamic>,
     pub delivery: GrantDelivery,
     pub ttl: Duration,
     /// File mode; always [`DEFAULT_MODE`] for env and fd grants.
@@ -149,6 +155,45 @@ impl Grant {
             GrantDelivery::Env(name) => Delivery::Env { name: name.clone() },
             GrantDelivery::Fd(name) => Delivery::Fd { name: name.clone() },
         }
+    }
+}
+
+/// How a dynamic grant's credential is issued. Each lease gets its own
+/// credential, revoked in Vault when the lease ends; grants of one workload
+/// naming the same issue share one credential per lease.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Dynamic {
+    /// `pki = "MOUNT/issue/ROLE"`: a fresh certificate per lease.
+    Pki(PkiIssue),
+    /// `dynamic = "PATH"`: a read of PATH answered with a Vault lease, e.g.
+    /// `database/creds/ROLE` (fields `username`, `password`).
+    Leased,
+}
+
+/// The parameters of a PKI issue request.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PkiIssue {
+    pub mount: String,
+    pub role: String,
+    pub common_name: String,
+    pub alt_names: Vec<String>,
+    pub ip_sans: Vec<String>,
+}
+
+/// The fields of a PKI certificate and the files a directory grant writes.
+pub const PKI_FIELDS: [(&str, &str); 3] = [
+    ("certificate", "cert.pem"),
+    ("private_key", "key.pem"),
+    ("issuing_ca", "ca.pem"),
+];
+
+impl Grant {
+    /// A directory grant: a dynamic `file` grant without `field`, which
+    /// receives one file per field of the credential.
+    pub fn is_directory(&self) -> bool {
+        self.dynamic.is_some()
+            && self.key.is_empty()
+            && matches!(self.delivery, GrantDelivery::File(_))
     }
 }
 
@@ -196,6 +241,7 @@ mod tests {
         let mut g = Grant {
             secret: "app/db".into(),
             key: "password".into(),
+            dynamic: None,
             delivery: GrantDelivery::File("db_password".into()),
             ttl: DEFAULT_TTL,
             mode: 0o440,

@@ -6,7 +6,8 @@
 
 use crate::diagnostic::{line_column, rule, Diagnostic, Severity};
 use crate::model::{
-    Grant, GrantDelivery, Isolation, Launch, Match, Policy, DEFAULT_MODE, DEFAULT_TTL,
+    Dynamic, Grant, GrantDelivery, Isolation, Launch, Match, PkiIssue, Policy, DEFAULT_MODE,
+    DEFAULT_TTL,
 };
 use crate::validate::{self, Problem};
 use serde::de;
@@ -64,6 +65,12 @@ struct RawIsolation {
 struct RawGrant {
     secret: Option<Spanned<String>>,
     key: Option<Spanned<String>>,
+    pki: Option<Spanned<String>>,
+    dynamic: Option<Spanned<String>>,
+    field: Option<Spanned<String>>,
+    common_name: Option<Spanned<String>>,
+    alt_names: Option<Vec<Spanned<String>>>,
+    ip_sans: Option<Vec<Spanned<String>>>,
     file: Option<Spanned<String>>,
     env: Option<Spanned<String>>,
     fd: Option<Spanned<String>>,
@@ -178,7 +185,6 @@ fn serde_error(src: &SourceFile<'_>, tree: &DeTable<'_>, e: &toml::de::Error) ->
     let last = field.rsplit('.').next().unwrap_or_default();
     let (rule, hint) = if message.starts_with("unknown field") {
         let hint = match last {
-            "pki" | "common_name" => "dynamic PKI grants are not supported yet: remove this grant",
             "k8s_service_accounts" => "kubernetes service-account matching is not supported yet",
             _ => "remove it or fix its spelling",
         };
@@ -490,37 +496,7 @@ impl Checker<'_> {
         let field = |name: &str| format!("grant[{index}].{name}");
         let g = raw.get_ref();
 
-        let secret = match &g.secret {
-            Some(s) => self
-                .check(s, &field("secret"), validate::secret_path)
-                .map(|()| s.get_ref().clone()),
-            None => {
-                self.error(
-                    at,
-                    field("secret"),
-                    rule::MISSING_FIELD,
-                    "missing `secret`",
-                    "name the store path, e.g. secret = \"app/db\"",
-                );
-                None
-            }
-        };
-        let key = match &g.key {
-            Some(k) => self
-                .check(k, &field("key"), validate::secret_key)
-                .map(|()| k.get_ref().clone()),
-            None => {
-                self.error(
-                    at,
-                    field("key"),
-                    rule::MISSING_FIELD,
-                    "missing `key`",
-                    "name the key inside the secret, e.g. key = \"password\"",
-                );
-                None
-            }
-        };
-
+        let source = self.source(index, raw);
         let mut deliveries: Vec<(&str, &Spanned<String>)> =
             [("file", &g.file), ("env", &g.env), ("fd", &g.fd)]
                 .into_iter()
@@ -596,11 +572,36 @@ impl Checker<'_> {
             }
         }
 
-        let grant = match (secret, key, delivery.clone(), ttl) {
-            (Some(secret), Some(key), Some(delivery), Some(ttl)) if self.diags.len() == before => {
+        // A dynamic env or fd grant delivers one value, so it names the field.
+        if let (Some((_, _, Some(_))), [(kind @ ("env" | "fd"), target)]) =
+            (&source, deliveries.as_slice())
+        {
+            if g.field.is_none() {
+                let message =
+                    format!("a dynamic `{kind}` grant delivers one value, but names no `field`");
+                let hint = if g.pki.is_some() {
+                    "add field = \"certificate\", \"private_key\" or \"issuing_ca\", or deliver the whole certificate as a directory with file = \"tls\""
+                } else {
+                    "add the field to deliver, e.g. field = \"password\", or deliver every field as a directory with file = \"NAME\""
+                };
+                self.error(
+                    target.span().start,
+                    field("field"),
+                    rule::BAD_FIELD,
+                    &message,
+                    hint,
+                );
+            }
+        }
+
+        let grant = match (source, delivery.clone(), ttl) {
+            (Some((secret, key, dynamic)), Some(delivery), Some(ttl))
+                if self.diags.len() == before =>
+            {
                 Some(Grant {
                     secret,
                     key,
+                    dynamic,
                     delivery,
                     ttl,
                     mode: mode.unwrap_or(DEFAULT_MODE),
@@ -611,6 +612,197 @@ impl Checker<'_> {
             _ => None,
         };
         (grant, delivery)
+    }
+
+    /// Where the grant's value comes from: (path, key or field, dynamic).
+    /// Exactly one of `secret` (with `key`), `pki` (with `common_name`) or
+    /// `dynamic`; keys of another kind of grant are refused, not ignored.
+    fn source(
+        &mut self,
+        index: usize,
+        raw: &Spanned<RawGrant>,
+    ) -> Option<(String, String, Option<Dynamic>)> {
+        let at = raw.span().start;
+        let field = |name: &str| format!("grant[{index}].{name}");
+        let g = raw.get_ref();
+        let mut sources: Vec<(&str, &Spanned<String>)> = [
+            ("secret", &g.secret),
+            ("pki", &g.pki),
+            ("dynamic", &g.dynamic),
+        ]
+        .into_iter()
+        .filter_map(|(kind, v)| v.as_ref().map(|v| (kind, v)))
+        .collect();
+        sources.sort_by_key(|(_, v)| v.span().start);
+        let (kind, path) = match sources.as_slice() {
+            [] => {
+                self.error(
+                    at,
+                    field("secret"),
+                    rule::MISSING_FIELD,
+                    "missing `secret`",
+                    "name the store path, e.g. secret = \"app/db\"; or issue a credential with pki = \"pki/issue/ROLE\" or dynamic = \"database/creds/ROLE\"",
+                );
+                if g.key.is_none() {
+                    self.error(
+                        at,
+                        field("key"),
+                        rule::MISSING_FIELD,
+                        "missing `key`",
+                        "name the key inside the secret, e.g. key = \"password\"",
+                    );
+                }
+                return None;
+            }
+            [(kind, path)] => (*kind, *path),
+            [(first, _), (second, path), ..] => {
+                let message = format!("a grant names exactly one of `secret`, `pki`, `dynamic`, but this one has `{first}` and `{second}`");
+                self.error(
+                    path.span().start,
+                    field(second),
+                    rule::GRANT_SOURCE,
+                    &message,
+                    "split it into one [[grant]] per source",
+                );
+                return None;
+            }
+        };
+        // Keys that belong to another kind of grant.
+        let foreign: &[(&str, Option<Range<usize>>, &str)] = &[
+            (
+                "key",
+                g.key.as_ref().map(Spanned::span),
+                "a pki or dynamic grant picks its value with `field`",
+            ),
+            (
+                "field",
+                g.field.as_ref().map(Spanned::span),
+                "a `secret` grant picks its value with `key`",
+            ),
+            (
+                "common_name",
+                g.common_name.as_ref().map(Spanned::span),
+                "certificate names belong to `pki` grants",
+            ),
+            (
+                "alt_names",
+                g.alt_names
+                    .as_ref()
+                    .and_then(|v| v.first())
+                    .map(Spanned::span),
+                "certificate names belong to `pki` grants",
+            ),
+            (
+                "ip_sans",
+                g.ip_sans
+                    .as_ref()
+                    .and_then(|v| v.first())
+                    .map(Spanned::span),
+                "certificate names belong to `pki` grants",
+            ),
+        ];
+        let allowed: &[&str] = match kind {
+            "secret" => &["key"],
+            "pki" => &["field", "common_name", "alt_names", "ip_sans"],
+            _ => &["field"],
+        };
+        let before = self.diags.len();
+        for (name, span, why) in foreign {
+            if let (false, Some(span)) = (allowed.contains(name), span) {
+                let message = format!("`{name}` does not apply to a `{kind}` grant");
+                let hint = format!("remove `{name}`: {why}");
+                self.error(span.start, field(name), rule::GRANT_SOURCE, &message, &hint);
+            }
+        }
+        if self.diags.len() > before {
+            return None;
+        }
+        match kind {
+            "secret" => {
+                let secret = self.check(path, &field("secret"), validate::secret_path);
+                let key = match &g.key {
+                    Some(k) => self.check(k, &field("key"), validate::secret_key),
+                    None => {
+                        self.error(
+                            at,
+                            field("key"),
+                            rule::MISSING_FIELD,
+                            "missing `key`",
+                            "name the key inside the secret, e.g. key = \"password\"",
+                        );
+                        None
+                    }
+                };
+                secret?;
+                key?;
+                let key = g.key.as_ref().map(|k| k.get_ref().clone())?;
+                Some((path.get_ref().clone(), key, None))
+            }
+            "pki" => {
+                let mount_role = self.check(path, &field("pki"), validate::pki_path);
+                let value = self.field_value(g, &field("field"), true);
+                let common_name = match &g.common_name {
+                    Some(cn) => self
+                        .check(cn, &field("common_name"), |c| {
+                            validate::cert_name(c, "common_name")
+                        })
+                        .map(|()| cn.get_ref().clone()),
+                    None => {
+                        self.error(
+                            path.span().start,
+                            field("common_name"),
+                            rule::MISSING_FIELD,
+                            "a `pki` grant needs `common_name`",
+                            "add the certificate's name, e.g. common_name = \"billing.internal\"",
+                        );
+                        None
+                    }
+                };
+                let mut names =
+                    |list: &Option<Vec<Spanned<String>>>,
+                     name: &str,
+                     check: fn(&str) -> Result<(), Problem>| {
+                        let list = list.as_deref().unwrap_or_default();
+                        let ok = list.iter().enumerate().all(|(i, v)| {
+                            self.check(v, &field(&format!("{name}[{i}]")), check)
+                                .is_some()
+                        });
+                        ok.then(|| list.iter().map(|v| v.get_ref().clone()).collect::<Vec<_>>())
+                    };
+                let alt_names = names(&g.alt_names, "alt_names", |n| {
+                    validate::cert_name(n, "alt_names entry")
+                });
+                let ip_sans = names(&g.ip_sans, "ip_sans", validate::ip_san);
+                let (mount, role) = mount_role?;
+                Some((
+                    path.get_ref().clone(),
+                    value?,
+                    Some(Dynamic::Pki(PkiIssue {
+                        mount,
+                        role,
+                        common_name: common_name?,
+                        alt_names: alt_names?,
+                        ip_sans: ip_sans?,
+                    })),
+                ))
+            }
+            _ => {
+                let ok = self.check(path, &field("dynamic"), validate::dynamic_path);
+                let value = self.field_value(g, &field("field"), false);
+                ok?;
+                Some((path.get_ref().clone(), value?, Some(Dynamic::Leased)))
+            }
+        }
+    }
+
+    /// The `field` of a dynamic grant, empty when absent (a directory).
+    fn field_value(&mut self, g: &RawGrant, name: &str, pki: bool) -> Option<String> {
+        match &g.field {
+            Some(f) => self
+                .check(f, name, |v| validate::field(v, pki))
+                .map(|()| f.get_ref().clone()),
+            None => Some(String::new()),
+        }
     }
 
     /// An integer mode must be written in octal: `mode = 440` is 0o670, a

@@ -131,6 +131,108 @@ pub(crate) fn secret_path(path: &str) -> Result<(), Problem> {
     Ok(())
 }
 
+/// `MOUNT/issue/ROLE`, the mount possibly nested: (mount, role).
+pub(crate) fn pki_path(path: &str) -> Result<(String, String), Problem> {
+    let hint = "write the PKI issue endpoint as MOUNT/issue/ROLE, e.g. \"pki/issue/web\"";
+    let not_store_path = secret_path(path).err().map(|p| p.message);
+    match (not_store_path, path.rsplit_once("/issue/")) {
+        (None, Some((mount, role))) if !role.contains('/') => Ok((mount.into(), role.into())),
+        (Some(why), _) => Err(problem(
+            rule::BAD_PKI,
+            why.replacen("secret path", "pki path", 1),
+            hint,
+        )),
+        _ => Err(problem(
+            rule::BAD_PKI,
+            format!("pki path {path:?} is not MOUNT/issue/ROLE"),
+            hint,
+        )),
+    }
+}
+
+/// A Vault path read for a leased credential, e.g. `database/creds/ROLE`:
+/// a store path of at least two segments (a mount and what is under it).
+pub(crate) fn dynamic_path(path: &str) -> Result<(), Problem> {
+    let hint =
+        "name the Vault endpoint that issues the credential, e.g. \"database/creds/billing\"";
+    if let Err(p) = secret_path(path) {
+        return Err(problem(
+            rule::BAD_FIELD,
+            p.message.replacen("secret path", "dynamic path", 1),
+            hint,
+        ));
+    }
+    if !path.contains('/') {
+        return Err(problem(
+            rule::BAD_FIELD,
+            format!("dynamic path {path:?} names a mount but no endpoint under it"),
+            hint,
+        ));
+    }
+    Ok(())
+}
+
+/// A field of an issued credential. `pki` fields are fixed; a leased
+/// credential's are whatever its engine answers, so only their form is
+/// checked (a directory grant turns each into a file name).
+pub(crate) fn field(field: &str, pki: bool) -> Result<(), Problem> {
+    if pki {
+        if crate::model::PKI_FIELDS.iter().any(|(f, _)| *f == field) {
+            return Ok(());
+        }
+        return Err(problem(
+            rule::BAD_FIELD,
+            format!("field {field:?} is not a field of a PKI certificate"),
+            "use \"certificate\", \"private_key\" or \"issuing_ca\"",
+        ));
+    }
+    let ok = !field.is_empty()
+        && !field.starts_with('.')
+        && field
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        return Ok(());
+    }
+    Err(problem(
+        rule::BAD_FIELD,
+        format!("field {field:?} is not a valid field name"),
+        "name a field of the credential, e.g. \"username\" or \"password\"",
+    ))
+}
+
+/// A certificate name: Vault joins `alt_names` with commas, so a comma
+/// would smuggle in another name.
+pub(crate) fn cert_name(name: &str, what: &str) -> Result<(), Problem> {
+    let why = if name.is_empty() {
+        "is empty"
+    } else if name.contains(',') {
+        "contains a comma, which Vault reads as a separator"
+    } else if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        "contains whitespace or a control character"
+    } else if name.len() > 253 {
+        "is longer than 253 bytes"
+    } else {
+        return Ok(());
+    };
+    Err(problem(
+        rule::BAD_PKI,
+        format!("{what} {name:?} {why}"),
+        "use a DNS name or email address the PKI role allows, e.g. \"billing.internal\"",
+    ))
+}
+
+pub(crate) fn ip_san(ip: &str) -> Result<(), Problem> {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(_) => Ok(()),
+        Err(_) => Err(problem(
+            rule::BAD_PKI,
+            format!("ip_sans entry {ip:?} is not an IP address"),
+            "list IPv4 or IPv6 addresses, e.g. [\"10.0.0.5\"]; put DNS names in alt_names",
+        )),
+    }
+}
+
 pub(crate) fn secret_key(key: &str) -> Result<(), Problem> {
     if key.is_empty() {
         return Err(problem(
@@ -457,6 +559,48 @@ mod tests {
         ] {
             assert_eq!(rule_of(image_id(&bad)), rule::BAD_IMAGE, "{bad}");
         }
+    }
+
+    #[test]
+    fn dynamic_values() {
+        assert_eq!(
+            pki_path("pki/issue/web").ok(),
+            Some(("pki".to_string(), "web".to_string()))
+        );
+        assert_eq!(
+            pki_path("pki/int/issue/web").ok(),
+            Some(("pki/int".to_string(), "web".to_string()))
+        );
+        for bad in [
+            "pki",
+            "pki/web",
+            "issue/web",
+            "pki/issue/",
+            "pki/issue/a/b",
+            "/pki/issue/web",
+        ] {
+            assert_eq!(rule_of(pki_path(bad)), rule::BAD_PKI, "{bad}");
+        }
+        assert_eq!(rule_of(dynamic_path("database/creds/app")), "ok");
+        for bad in ["database", "", "a/../b"] {
+            assert_eq!(rule_of(dynamic_path(bad)), rule::BAD_FIELD, "{bad}");
+        }
+        assert_eq!(rule_of(field("private_key", true)), "ok");
+        assert_eq!(rule_of(field("password", true)), rule::BAD_FIELD);
+        assert_eq!(rule_of(field("password", false)), "ok");
+        for bad in ["", ".x", "a/b", "a b"] {
+            assert_eq!(rule_of(field(bad, false)), rule::BAD_FIELD, "{bad:?}");
+        }
+        assert_eq!(rule_of(cert_name("billing.internal", "common_name")), "ok");
+        for bad in ["", "a,b", "a b", "a\nb"] {
+            assert_eq!(
+                rule_of(cert_name(bad, "alt_names entry")),
+                rule::BAD_PKI,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(rule_of(ip_san("::1")), "ok");
+        assert_eq!(rule_of(ip_san("10.0.0.300")), rule::BAD_PKI);
     }
 
     #[test]

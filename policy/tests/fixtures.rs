@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use unbaked_policy::{load_dir, GrantDelivery, Policy, PolicySet, Severity};
+use unbaked_policy::{load_dir, Dynamic, GrantDelivery, Policy, PolicySet, Severity};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -105,6 +105,19 @@ fn summary(set: &PolicySet, dir: &Path) -> String {
                 g.ttl.as_secs()
             )
             .unwrap();
+            match &g.dynamic {
+                Some(Dynamic::Pki(p)) => write!(
+                    out,
+                    " pki mount={} role={} cn={} alt={:?} ip={:?}",
+                    p.mount, p.role, p.common_name, p.alt_names, p.ip_sans
+                )
+                .unwrap(),
+                Some(Dynamic::Leased) => out.push_str(" leased"),
+                None => {}
+            }
+            if g.is_directory() {
+                out.push_str(" dir");
+            }
             if let GrantDelivery::File(_) = g.delivery {
                 write!(out, " mode={:#o} uid={:?} gid={:?}", g.mode, g.uid, g.gid).unwrap();
             }

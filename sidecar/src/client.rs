@@ -136,6 +136,16 @@ impl Client {
         self.json(Method::GET, uri, None).await
     }
 
+    /// `unbaked run`: the launch plan for these `docker run` arguments.
+    pub async fn launch(&self, req: &wire::LaunchRequest) -> Result<wire::LaunchPlan, ClientError> {
+        self.json(
+            Method::POST,
+            wire::LAUNCH.into(),
+            Some(to_json_zeroizing(req)),
+        )
+        .await
+    }
+
     pub async fn health(&self) -> Result<Health, ClientError> {
         self.json(Method::GET, wire::HEALTH.into(), None).await
     }

@@ -2,6 +2,9 @@
 //! unix socket in a temporary directory, real tmpfs mounts.
 #![allow(dead_code)]
 
+pub mod bao;
+pub mod docker;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -2,6 +2,7 @@
 //! One module per kind of evidence; later ones (containers, service-account
 //! tokens) add to the same `Caller`.
 
+pub mod docker;
 pub mod token;
 pub mod unix;
 

@@ -3,12 +3,18 @@
 //! **Invariant:** a store hands out values only as [`Secret`]; what it keeps
 //! at rest in process memory is sealed.
 
+pub mod cache;
+pub mod issued;
 pub mod memory;
+pub mod vault;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 use unbaked_api::Secret;
+use unbaked_policy::Dynamic;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -26,7 +32,7 @@ pub struct VersionedData {
     pub data: BTreeMap<String, Secret>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("the {store} store at {address} is unavailable: {reason}")]
     Unavailable {
@@ -38,6 +44,61 @@ pub enum StoreError {
     Unsupported { store: &'static str, what: String },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// A dynamic credential to issue: a grant's `pki` or `dynamic` source.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IssueRequest {
+    /// The Vault path, e.g. `pki/issue/web` or `database/creds/billing`.
+    pub path: String,
+    pub kind: Dynamic,
+    /// The grant's ttl, the lease period. A store issues the credential
+    /// for twice this, so it outlives the lease that revokes it.
+    pub ttl: Duration,
+}
+
+/// What renews or revokes an issued credential in its store. Not a secret:
+/// acting on it takes the broker's own Vault token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssuedHandle {
+    /// A Vault lease (database credentials and other leased reads).
+    Lease(String),
+    /// A PKI certificate, revoked by its serial number.
+    Certificate { mount: String, serial: String },
+}
+
+impl fmt::Display for IssuedHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IssuedHandle::Lease(id) => write!(f, "vault lease {id}"),
+            IssuedHandle::Certificate { mount, serial } => {
+                write!(f, "certificate {serial} of {mount}")
+            }
+        }
+    }
+}
+
+/// A freshly issued credential.
+#[derive(Debug)]
+pub struct Issued {
+    /// Every field the store answered, e.g. `certificate`, `private_key`,
+    /// `issuing_ca`, or `username`, `password`.
+    pub fields: BTreeMap<String, Secret>,
+    pub handle: IssuedHandle,
+    /// How long the store keeps it valid, from now.
+    pub ttl: Duration,
+    /// Whether [`Store::renew_issued`] can extend it.
+    pub renewable: bool,
+}
+
+fn unsupported<'a, T: Send + 'a>(store: &'static str) -> BoxFuture<'a, Result<T, StoreError>> {
+    Box::pin(async move {
+        Err(StoreError::Unsupported {
+            store,
+            what: "dynamic secrets (pki and dynamic grants): run the broker with --store vault"
+                .into(),
+        })
+    })
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -62,4 +123,36 @@ pub trait Store: Send + Sync + 'static {
 
     /// Paths under `prefix`, sorted.
     fn list(&self, prefix: &str) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+
+    /// Like [`Store::read`], but a store that caches may answer from a copy
+    /// no older than `max_age` (the broker passes a third of the grant's
+    /// ttl, so a rotation still reaches the workload within one ttl).
+    fn read_fresh(
+        &self,
+        path: &str,
+        key: &str,
+        _max_age: Duration,
+    ) -> BoxFuture<'_, Result<Option<Versioned>, StoreError>> {
+        self.read(path, key)
+    }
+
+    /// Issue a dynamic credential (a certificate, database credentials).
+    fn issue(&self, _req: &IssueRequest) -> BoxFuture<'_, Result<Issued, StoreError>> {
+        unsupported(self.name())
+    }
+
+    /// Extend a renewable credential by about `increment`; the lifetime
+    /// the store granted (possibly shorter, at its max ttl).
+    fn renew_issued(
+        &self,
+        _handle: &IssuedHandle,
+        _increment: Duration,
+    ) -> BoxFuture<'_, Result<Duration, StoreError>> {
+        unsupported(self.name())
+    }
+
+    /// Revoke a credential in the store, so it stops working now.
+    fn revoke_issued(&self, _handle: &IssuedHandle) -> BoxFuture<'_, Result<(), StoreError>> {
+        unsupported(self.name())
+    }
 }
