@@ -529,3 +529,92 @@ fn rules_reference_is_current() {
     let doc = root().join("docs/policy-rules.md");
     check(&unbaked_review::rules::reference_markdown(), &doc).unwrap();
 }
+
+/// `policies/policy.schema.json` is what the parser's types generate, and
+/// every policy in the repository (examples, good fixtures) fits it.
+#[test]
+fn policy_schema_is_current_and_fits_the_examples() {
+    let schema = unbaked_policy::json_schema();
+    let mut text = serde_json::to_string_pretty(&schema).unwrap();
+    text.push('\n');
+    check(&text, &root().join("policies/policy.schema.json")).unwrap();
+
+    let mut checked = 0;
+    for dir in [
+        root().join("policies"),
+        root().join("tests/fixtures/policies/good"),
+    ] {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let visible = !name(&path).starts_with('.');
+            if visible && path.extension().is_some_and(|x| x == "toml") {
+                let doc: toml::Value = toml::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+                let doc = serde_json::to_value(doc).unwrap();
+                let mut errors = Vec::new();
+                fits(&schema, &doc, "", &mut errors);
+                assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 4);
+    // ...and the checker would notice a key the schema lacks.
+    let typo = serde_json::json!({ "workload": "w", "match": { "uidz": [1] } });
+    let mut errors = Vec::new();
+    fits(&schema, &typo, "", &mut errors);
+    assert_eq!(errors, ["match.uidz: not in the schema"]);
+}
+
+/// The subset of JSON Schema the generated schema uses: types, properties
+/// with `additionalProperties: false`, items, and `anyOf`.
+fn fits(schema: &Value, v: &Value, at: &str, errors: &mut Vec<String>) {
+    if let Some(alts) = schema["anyOf"].as_array() {
+        let ok = alts.iter().any(|a| {
+            let mut e = Vec::new();
+            fits(a, v, at, &mut e);
+            e.is_empty()
+        });
+        if !ok {
+            errors.push(format!("{at}: fits no alternative"));
+        }
+        return;
+    }
+    let ty = schema["type"].as_str().unwrap_or("any");
+    let ok = match ty {
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        "string" => v.is_string(),
+        "integer" => v.is_i64() || v.is_u64(),
+        "boolean" => v.is_boolean(),
+        _ => true,
+    };
+    if !ok {
+        errors.push(format!("{at}: not {ty}"));
+        return;
+    }
+    if let Some(map) = v.as_object() {
+        for (k, item) in map {
+            let path = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            match schema["properties"].get(k) {
+                Some(s) => fits(s, item, &path, errors),
+                None if schema["additionalProperties"] == false => {
+                    errors.push(format!("{path}: not in the schema"))
+                }
+                None => {
+                    if let Some(s) = schema.get("additionalProperties").filter(|s| s.is_object()) {
+                        fits(s, item, &path, errors);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(items) = v.as_array() {
+        for (i, item) in items.iter().enumerate() {
+            fits(&schema["items"], item, &format!("{at}[{i}]"), errors);
+        }
+    }
+}

@@ -81,7 +81,9 @@ fn spawn_sidecar(b: &Broker, workload: &str, dir: &Path) -> Child {
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(b.dir.path().join(format!("sidecar-{workload}.log"))).unwrap())
+        .stderr(
+            std::fs::File::create(b.dir.path().join(format!("sidecar-{workload}.log"))).unwrap(),
+        )
         .spawn()
         .unwrap()
 }
@@ -100,7 +102,11 @@ fn kv_reads_reach_exec_and_the_sidecar_and_rotation_reaches_a_running_sidecar() 
     let dev = Dev::start();
     kv_put(&dev, "app/db", "password", PW);
     let env = token_env(&dev);
-    let b = vault_broker(&[("app.toml", &host_policy("app", &grants("3s")))], "", &env_refs(&env));
+    let b = vault_broker(
+        &[("app.toml", &host_policy("app", &grants("3s")))],
+        "",
+        &env_refs(&env),
+    );
 
     let out = exec_value(&b, "DB_PASSWORD");
     assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -129,7 +135,11 @@ fn kv_reads_reach_exec_and_the_sidecar_and_rotation_reaches_a_running_sidecar() 
         "rotation not seen:\n{}",
         b.log_text()
     );
-    assert!(rotated_at.elapsed() <= Duration::from_millis(3500), "{:?}", rotated_at.elapsed());
+    assert!(
+        rotated_at.elapsed() <= Duration::from_millis(3500),
+        "{:?}",
+        rotated_at.elapsed()
+    );
     sigterm(&mut sidecar);
 
     // The admin API writes through to Vault's KV v2.
@@ -143,10 +153,17 @@ fn kv_reads_reach_exec_and_the_sidecar_and_rotation_reaches_a_running_sidecar() 
         "api-token-5eaf00d"
     );
     let out = output(b.cmd().args(["secret", "list", "app/"]));
-    assert!(text(&out.stdout).contains("app/api"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("app/api"),
+        "{}",
+        text(&out.stdout)
+    );
 
     for needle in [PW, ROTATED, b"api-token-5eaf00d".as_slice()] {
-        assert!(files_containing(b.dir.path(), needle).is_empty(), "a value reached the broker's log or audit");
+        assert!(
+            files_containing(b.dir.path(), needle).is_empty(),
+            "a value reached the broker's log or audit"
+        );
     }
     assert!(b.audit_text().contains("\"event\":\"grant\""));
 }
@@ -175,13 +192,22 @@ fn a_thousand_concurrent_fetches_make_one_vault_read() {
     let dev = Dev::start();
     kv_put(&dev, "app/db", "password", PW);
     let env = token_env(&dev);
-    let b = vault_broker(&[("app.toml", &host_policy("app", &grants("10m")))], "", &env_refs(&env));
+    let b = vault_broker(
+        &[("app.toml", &host_policy("app", &grants("10m")))],
+        "",
+        &env_refs(&env),
+    );
     let before = dev.audited("read", "secret/data/app/db");
     // Every request is on the wire before the first answer is read.
     let streams: Vec<UnixStream> = (0..1000).map(|_| start_fetch(&b.socket)).collect();
     let statuses: Vec<String> = streams.into_iter().map(finish).collect();
     let ok = statuses.iter().filter(|s| s.contains(" 200 ")).count();
-    assert_eq!(ok, 1000, "{:?}", statuses.iter().find(|s| !s.contains(" 200 ")));
+    assert_eq!(
+        ok,
+        1000,
+        "{:?}",
+        statuses.iter().find(|s| !s.contains(" 200 "))
+    );
     // The audit device of the real server saw one read of the path.
     assert_eq!(dev.audited("read", "secret/data/app/db") - before, 1);
 }
@@ -192,11 +218,20 @@ fn approle_login_from_files_renews_its_token_and_logs_in_again_when_revoked() {
     let files = tempfile::tempdir().unwrap();
     let (role_id, secret_id) = setup_approle(&dev.server, ROOT_TOKEN, "3s", files.path());
     kv_put(&dev, "app/db", "password", PW);
-    let config = approle_config(&[dev.server.addr.clone()], &role_id, &secret_id);
+    let config = approle_config(std::slice::from_ref(&dev.server.addr), &role_id, &secret_id);
     // No token anywhere in the broker's environment.
-    let b = vault_broker(&[("app.toml", &host_policy("app", &grants("3s")))], &config, &[]);
+    let b = vault_broker(
+        &[("app.toml", &host_policy("app", &grants("3s")))],
+        &config,
+        &[],
+    );
     let out = exec_value(&b, "DB_PASSWORD");
-    assert_eq!((out.code, out.stdout.as_slice()), (Some(0), PW), "{}", out.stderr);
+    assert_eq!(
+        (out.code, out.stdout.as_slice()),
+        (Some(0), PW),
+        "{}",
+        out.stderr
+    );
     assert_eq!(dev.audited("update", "auth/approle/login"), 1);
 
     // A 3 s token lives on through renew-self at two thirds of its ttl.
@@ -206,19 +241,37 @@ fn approle_login_from_files_renews_its_token_and_logs_in_again_when_revoked() {
     kv_put(&dev, "app/db", "password", ROTATED);
     std::thread::sleep(Duration::from_millis(1100)); // past the cache age (ttl / 3)
     let out = exec_value(&b, "DB_PASSWORD");
-    assert_eq!((out.code, out.stdout.as_slice()), (Some(0), ROTATED), "{}", out.stderr);
-    assert_eq!(dev.audited("update", "auth/approle/login"), 1, "no login while renewals work");
+    assert_eq!(
+        (out.code, out.stdout.as_slice()),
+        (Some(0), ROTATED),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        dev.audited("update", "auth/approle/login"),
+        1,
+        "no login while renewals work"
+    );
 
     // Revoke every token the approle issued: the broker logs in again.
     dev.must(&["token", "revoke", "-mode=path", "auth/approle/login"]);
     kv_put(&dev, "app/db", "password", PW);
     std::thread::sleep(Duration::from_millis(1100));
     let out = exec_value(&b, "DB_PASSWORD");
-    assert_eq!((out.code, out.stdout.as_slice()), (Some(0), PW), "{}\n{}", out.stderr, b.log_text());
+    assert_eq!(
+        (out.code, out.stdout.as_slice()),
+        (Some(0), PW),
+        "{}\n{}",
+        out.stderr,
+        b.log_text()
+    );
     assert!(dev.audited("update", "auth/approle/login") >= 2);
 
     let secret = std::fs::read(&secret_id).unwrap();
-    assert!(files_containing(b.dir.path(), &secret).is_empty(), "the secret id reached a log");
+    assert!(
+        files_containing(b.dir.path(), &secret).is_empty(),
+        "the secret id reached a log"
+    );
 }
 
 /// Serials of the certificates `pki/` has issued.
@@ -306,17 +359,25 @@ ttl = "3s"
     assert!(secrets.path().join("tls/ca.pem").exists());
     let serial = new_serial(&before, &serials(&dev));
     let issued = dev.json(&["read", "-format=json", &format!("pki/cert/{serial}")]);
-    assert_eq!(issued["data"]["certificate"].as_str().unwrap().trim(), pem.trim());
+    assert_eq!(
+        issued["data"]["certificate"].as_str().unwrap().trim(),
+        pem.trim()
+    );
     assert_eq!(revocation_time(&dev, &serial), 0);
 
     // The sidecar exits: its lease is revoked, and with it the certificate.
     sigterm(&mut sidecar);
     assert!(
-        wait_for(Duration::from_secs(5), || revocation_time(&dev, &serial) > 0),
+        wait_for(Duration::from_secs(5), || revocation_time(&dev, &serial)
+            > 0),
         "certificate {serial} not revoked:\n{}",
         b.log_text()
     );
-    assert!(b.audit_text().contains(&format!("certificate {}", serial.replace('-', ":"))) || b.audit_text().contains(&serial));
+    assert!(
+        b.audit_text()
+            .contains(&format!("certificate {}", serial.replace('-', ":")))
+            || b.audit_text().contains(&serial)
+    );
 
     // An fd grant of one field: its own lease, its own certificate.
     let before = serials(&dev);
@@ -345,11 +406,14 @@ ttl = "3s"
     let serial = new_serial(&before, &serials(&dev));
     assert_eq!(revocation_time(&dev, &serial), 0);
     assert!(
-        wait_for(Duration::from_secs(8), || revocation_time(&dev, &serial) > 0),
+        wait_for(Duration::from_secs(8), || revocation_time(&dev, &serial)
+            > 0),
         "expired lease's certificate {serial} not revoked:\n{}",
         b.log_text()
     );
-    assert!(files_containing(b.dir.path(), key.trim().lines().nth(1).unwrap().as_bytes()).is_empty());
+    assert!(
+        files_containing(b.dir.path(), key.trim().lines().nth(1).unwrap().as_bytes()).is_empty()
+    );
 }
 
 #[test]
@@ -367,5 +431,9 @@ fn a_vault_policy_without_dynamic_grants_refuses_them_on_the_memory_store() {
             .arg(dir.path()),
     );
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("--store vault"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--store vault"),
+        "{}",
+        text(&out.stderr)
+    );
 }

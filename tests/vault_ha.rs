@@ -11,7 +11,11 @@ const PW: &[u8] = b"ha-pw-0d15ea5e";
 const ROTATED: &[u8] = b"ha-pw-r07a7ed1";
 
 fn kv_put(s: &Server, token: &str, value: &[u8]) {
-    let out = s.cli(token, &["kv", "put", "secret/app/db", "password=-"], Some(value));
+    let out = s.cli(
+        token,
+        &["kv", "put", "secret/app/db", "password=-"],
+        Some(value),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
@@ -73,9 +77,16 @@ fn an_outage_fails_fast_and_the_broker_recovers_without_a_restart() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
-    assert!(err.contains("vault store") && err.contains(&bao.server.addr), "{err}");
+    assert!(
+        err.contains("vault store") && err.contains(&bao.server.addr),
+        "{err}"
+    );
     assert!(!err.contains(&bao.root_token), "{err}");
-    assert_eq!(std::fs::read(&file).unwrap(), PW, "the file stays while its lease is valid");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        PW,
+        "the file stays while its lease is valid"
+    );
 
     // Back, unsealed: the same broker serves again, the rotation included.
     bao.restart();
@@ -135,8 +146,15 @@ fn a_raft_cluster_keeps_serving_when_its_leader_is_killed() {
         let out = exec(&b);
         out.status.success() && out.stdout == ROTATED
     });
-    assert!(served, "the broker did not follow the new leader:\n{}", b.log_text());
-    eprintln!("served from the new leader {:?} after its election", started.elapsed());
+    assert!(
+        served,
+        "the broker did not follow the new leader:\n{}",
+        b.log_text()
+    );
+    eprintln!(
+        "served from the new leader {:?} after its election",
+        started.elapsed()
+    );
     // And keeps serving, whichever node it asks first.
     for _ in 0..5 {
         let out = exec(&b);

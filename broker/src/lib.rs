@@ -61,23 +61,24 @@ fn fallback_dev_socket(uid: u32) -> PathBuf {
 /// Run the broker until SIGTERM or SIGINT.
 pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
     let uid = nix::unistd::geteuid().as_raw();
-    let store: Arc<dyn Store> = match (cfg.store, &cfg.vault) {
-        (StoreKind::Vault, Some(vault)) => {
-            let store = store::vault::VaultStore::new(vault.clone())
-                .map_err(|e| BrokerError::Start(e.to_string()))?;
-            // Renews the broker's token and logs in again when it is refused.
-            store.spawn_token_keeper();
-            store
-        }
-        (StoreKind::Vault, None) => {
-            return Err(BrokerError::Start(
-                "--store vault without a [vault] configuration".into(),
-            ))
-        }
-        (StoreKind::Memory, _) => Arc::new(MemoryStore::new().map_err(|_| {
-            BrokerError::Start("no system randomness for the sealing key".into())
-        })?),
-    };
+    let store: Arc<dyn Store> =
+        match (cfg.store, &cfg.vault) {
+            (StoreKind::Vault, Some(vault)) => {
+                let store = store::vault::VaultStore::new(vault.clone())
+                    .map_err(|e| BrokerError::Start(e.to_string()))?;
+                // Renews the broker's token and logs in again when it is refused.
+                store.spawn_token_keeper();
+                store
+            }
+            (StoreKind::Vault, None) => {
+                return Err(BrokerError::Start(
+                    "--store vault without a [vault] configuration".into(),
+                ))
+            }
+            (StoreKind::Memory, _) => Arc::new(MemoryStore::new().map_err(|_| {
+                BrokerError::Start("no system randomness for the sealing key".into())
+            })?),
+        };
     let extra: reload::Extra = if cfg.dev {
         Arc::new(move |set| dev::add_demo(set, uid))
     } else {

@@ -19,6 +19,7 @@ mod eval;
 mod load;
 mod model;
 mod parse;
+mod schema;
 mod validate;
 
 pub use diagnostic::{rule, Diagnostic, Diagnostics, Severity};
@@ -28,6 +29,7 @@ pub use model::{
     Dynamic, Grant, GrantDelivery, Isolation, Launch, Match, PkiIssue, Policy, PolicySet,
     DEFAULT_MODE, DEFAULT_TTL, PKI_FIELDS,
 };
+pub use schema::json_schema;
 
 /// 1-based line and column of a byte offset, for other TOML files the
 /// project reads (the broker's config) to report positions the same way.

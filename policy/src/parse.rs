@@ -10,6 +10,7 @@ use crate::model::{
     DEFAULT_TTL,
 };
 use crate::validate::{self, Problem};
+use schemars::JsonSchema;
 use serde::de;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -19,35 +20,44 @@ use std::path::Path;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a policy table")]
-struct RawPolicy {
+pub(crate) struct RawPolicy {
+    #[schemars(with = "Option<String>")]
     workload: Option<Spanned<String>>,
     #[serde(rename = "match")]
+    #[schemars(with = "Option<RawMatch>")]
     matcher: Option<Spanned<RawMatch>>,
+    #[schemars(with = "Option<RawLaunch>")]
     launch: Option<Spanned<RawLaunch>>,
+    #[schemars(with = "Option<RawIsolation>")]
     isolation: Option<Spanned<RawIsolation>>,
     #[serde(default)]
+    #[schemars(with = "Vec<RawGrant>")]
     grant: Vec<Spanned<RawGrant>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 struct RawMatch {
+    #[schemars(with = "Option<Vec<u32>>")]
     uids: Option<Spanned<Vec<u32>>>,
+    #[schemars(with = "Option<Vec<u32>>")]
     gids: Option<Spanned<Vec<u32>>>,
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
     docker_labels: Option<Spanned<BTreeMap<Spanned<String>, String>>>,
+    #[schemars(with = "Option<String>")]
     image: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 struct RawLaunch {
     uids: Option<Vec<u32>>,
     gids: Option<Vec<u32>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 struct RawIsolation {
     inter_container_traffic: Option<bool>,
@@ -57,26 +67,42 @@ struct RawIsolation {
     host_ipc: Option<bool>,
     docker_socket: Option<bool>,
     read_only_rootfs: Option<bool>,
+    #[schemars(with = "Option<Vec<String>>")]
     cap_add: Option<Vec<Spanned<String>>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 struct RawGrant {
+    #[schemars(with = "Option<String>")]
     secret: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     key: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     pki: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     dynamic: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     field: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     common_name: Option<Spanned<String>>,
+    #[schemars(with = "Option<Vec<String>>")]
     alt_names: Option<Vec<Spanned<String>>>,
+    #[schemars(with = "Option<Vec<String>>")]
     ip_sans: Option<Vec<Spanned<String>>>,
+    #[schemars(with = "Option<String>")]
     file: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     env: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     fd: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     ttl: Option<Spanned<String>>,
+    #[schemars(with = "Option<crate::schema::Mode>")]
     mode: Option<Spanned<RawMode>>,
+    #[schemars(with = "Option<u32>")]
     uid: Option<Spanned<u32>>,
+    #[schemars(with = "Option<u32>")]
     gid: Option<Spanned<u32>>,
 }
 

@@ -77,7 +77,10 @@ pub fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> Option
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
     Some((status, body))
 }
 
@@ -288,11 +291,20 @@ impl Persistent {
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         let config = format!(
-            "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"solo\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{port}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\n",
+            "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"solo\"\n  performance_multiplier = 1\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{port}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\n",
             data.display()
         );
         let server = Server::spawn(dir.path(), "disk", &config, false, port);
-        let init = server.json("", &["operator", "init", "-key-shares=1", "-key-threshold=1", "-format=json"]);
+        let init = server.json(
+            "",
+            &[
+                "operator",
+                "init",
+                "-key-shares=1",
+                "-key-threshold=1",
+                "-format=json",
+            ],
+        );
         let mut p = Persistent {
             root_token: init["root_token"].as_str().unwrap().to_string(),
             unseal_key: init["unseal_keys_b64"][0].as_str().unwrap().to_string(),
@@ -307,7 +319,9 @@ impl Persistent {
     pub fn unseal(&mut self) {
         self.server
             .must("", &["operator", "unseal", &self.unseal_key]);
-        let ok = wait_for(Duration::from_secs(15), || self.server.health() == Some(200));
+        let ok = wait_for(Duration::from_secs(15), || {
+            self.server.health() == Some(200)
+        });
         assert!(ok, "not active after unseal:\n{}", self.server.log_text());
     }
 
@@ -338,14 +352,23 @@ impl Cluster {
             let node_dir = dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(node_dir.join("raft")).unwrap();
             let config = format!(
-                "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"node{i}\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{api}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{api}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\n",
+                "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"node{i}\"\n  performance_multiplier = 1\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{api}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{api}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\n",
                 node_dir.join("raft").display()
             );
             let mut s = Server::spawn(&node_dir, &format!("node{i}"), &config, false, *api);
             s.cluster_port = *cluster;
             nodes.push(s);
         }
-        let init = nodes[0].json("", &["operator", "init", "-key-shares=1", "-key-threshold=1", "-format=json"]);
+        let init = nodes[0].json(
+            "",
+            &[
+                "operator",
+                "init",
+                "-key-shares=1",
+                "-key-threshold=1",
+                "-format=json",
+            ],
+        );
         let root_token = init["root_token"].as_str().unwrap().to_string();
         let key = init["unseal_keys_b64"][0].as_str().unwrap().to_string();
         nodes[0].must("", &["operator", "unseal", &key]);
@@ -354,6 +377,18 @@ impl Cluster {
             wait_for(Duration::from_secs(20), || nodes[0].health() == Some(200)),
             "node0 not active:\n{}",
             nodes[0].log_text()
+        );
+        // Joined nodes vote only once autopilot deems them stable (10 s by
+        // default); a leader killed before that leaves no quorum.
+        nodes[0].must(
+            &root_token,
+            &[
+                "operator",
+                "raft",
+                "autopilot",
+                "set-config",
+                "-server-stabilization-time=1s",
+            ],
         );
         for node in &nodes[1..] {
             node.must("", &["operator", "raft", "join", &leader]);
@@ -369,22 +404,22 @@ impl Cluster {
             root_token,
             _dir: dir,
         };
-        // Joined nodes vote only once autopilot deems them stable (10 s by
-        // default); a leader killed before that leaves no quorum.
-        c.nodes[0].must(
-            &c.root_token,
-            &["operator", "raft", "autopilot", "set-config", "-server-stabilization-time=1s"],
-        );
         let voters = wait_for(Duration::from_secs(30), || {
             let peers = c.nodes[0].json(
                 &c.root_token,
                 &["operator", "raft", "list-peers", "-format=json"],
             );
-            let servers = peers["data"]["config"]["servers"].as_array().cloned().unwrap_or_default();
+            let servers = peers["data"]["config"]["servers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             servers.len() == n && servers.iter().all(|s| s["voter"] == true)
         });
         assert!(voters, "the joined nodes did not become voters");
-        c.nodes[0].must(&c.root_token, &["secrets", "enable", "-path=secret", "kv-v2"]);
+        c.nodes[0].must(
+            &c.root_token,
+            &["secrets", "enable", "-path=secret", "kv-v2"],
+        );
         c
     }
 
@@ -409,7 +444,11 @@ pub fn vault_broker(policies: &[(&str, &str)], config: &str, env: &[(&str, &str)
         std::fs::write(pdir.join(name), text).unwrap();
     }
     let config_file = dir.path().join("broker.toml");
-    std::fs::write(&config_file, format!("[broker]\nstore = \"vault\"\n\n{config}")).unwrap();
+    std::fs::write(
+        &config_file,
+        format!("[broker]\nstore = \"vault\"\n\n{config}"),
+    )
+    .unwrap();
     let mut b = Broker {
         socket,
         policies: pdir,
@@ -467,26 +506,70 @@ pub fn setup_pki(s: &Server, token: &str) {
     s.must(token, &["secrets", "tune", "-max-lease-ttl=24h", "pki"]);
     s.must(
         token,
-        &["write", "-field=serial_number", "pki/root/generate/internal", "common_name=unbaked test root", "ttl=24h", "key_type=ec"],
+        &[
+            "write",
+            "-field=serial_number",
+            "pki/root/generate/internal",
+            "common_name=unbaked test root",
+            "ttl=24h",
+            "key_type=ec",
+        ],
     );
     s.must(
         token,
-        &["write", "pki/roles/web", "allowed_domains=internal", "allow_subdomains=true", "max_ttl=1h", "key_type=ec", "allow_ip_sans=true"],
+        &[
+            "write",
+            "pki/roles/web",
+            "allowed_domains=internal",
+            "allow_subdomains=true",
+            "max_ttl=1h",
+            "key_type=ec",
+            "allow_ip_sans=true",
+        ],
     );
 }
 
 /// An AppRole `unbaked` whose tokens hold [`BROKER_POLICY`]; the role id and
 /// a secret id written to files under `dir`: (role_id_file, secret_id_file).
 pub fn setup_approle(s: &Server, token: &str, token_ttl: &str, dir: &Path) -> (PathBuf, PathBuf) {
-    let out = s.cli(token, &["policy", "write", "unbaked", "-"], Some(BROKER_POLICY.as_bytes()));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = s.cli(
+        token,
+        &["policy", "write", "unbaked", "-"],
+        Some(BROKER_POLICY.as_bytes()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     s.must(token, &["auth", "enable", "approle"]);
     s.must(
         token,
-        &["write", "auth/approle/role/unbaked", "token_policies=unbaked", &format!("token_ttl={token_ttl}"), "token_max_ttl=1h"],
+        &[
+            "write",
+            "auth/approle/role/unbaked",
+            "token_policies=unbaked",
+            &format!("token_ttl={token_ttl}"),
+            "token_max_ttl=1h",
+        ],
     );
-    let role_id = s.must(token, &["read", "-field=role_id", "auth/approle/role/unbaked/role-id"]);
-    let secret_id = s.must(token, &["write", "-f", "-field=secret_id", "auth/approle/role/unbaked/secret-id"]);
+    let role_id = s.must(
+        token,
+        &[
+            "read",
+            "-field=role_id",
+            "auth/approle/role/unbaked/role-id",
+        ],
+    );
+    let secret_id = s.must(
+        token,
+        &[
+            "write",
+            "-f",
+            "-field=secret_id",
+            "auth/approle/role/unbaked/secret-id",
+        ],
+    );
     let (r, sid) = (dir.join("role_id"), dir.join("secret_id"));
     std::fs::write(&r, role_id).unwrap();
     std::fs::write(&sid, secret_id).unwrap();

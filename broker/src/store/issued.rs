@@ -279,7 +279,12 @@ pub fn items(grant: &Grant, cred: &Credential) -> Result<Vec<Item>, String> {
                 cred.fields.keys().cloned().collect::<Vec<_>>().join(", ")
             )
         })?;
-        return Ok(vec![item(grant.id(), &grant.key, grant.wire_delivery(), value)]);
+        return Ok(vec![item(
+            grant.id(),
+            &grant.key,
+            grant.wire_delivery(),
+            value,
+        )]);
     }
     let dir = grant.delivery.target();
     let pki = matches!(grant.dynamic, Some(Dynamic::Pki(_)));
@@ -456,7 +461,9 @@ mod tests {
                 ("file:tls/key.pem", "private_key", 298, 9),
             ]
         );
-        assert!(matches!(&got[2].delivery, Delivery::File { path, mode: 0o440, uid: Some(7), .. } if path == "tls/key.pem"));
+        assert!(
+            matches!(&got[2].delivery, Delivery::File { path, mode: 0o440, uid: Some(7), .. } if path == "tls/key.pem")
+        );
         assert_eq!(got[2].value.expose_secret(), b"private_key");
 
         grant.key = "private_key".into();

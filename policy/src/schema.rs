@@ -1,0 +1,167 @@
+//! The JSON Schema of a policy file, generated from the raw serde types in
+//! `parse` (so it cannot drift from what the parser accepts) and checked in
+//! as `policies/policy.schema.json` for editors (taplo / Even Better TOML:
+//! `#:schema ./policy.schema.json`). A test regenerates it.
+//!
+//! The schema says which keys exist and their types; the value rules
+//! (paths, names, ttl range, octal modes, one delivery per grant) stay the
+//! parser's, which reports them with a location and a hint.
+
+use schemars::generate::SchemaSettings;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+/// What the editor shows for each key, by dotted path (`grant.ttl`: a key
+/// of every `[[grant]]`). Every path must exist in the schema.
+const DESCRIPTIONS: &[(&str, &str)] = &[
+    ("", "One workload's policy: who it is, who may start it, how it must be isolated, and which secrets it receives. One workload per file."),
+    ("workload", "The workload's name: 1 to 63 lowercase letters, digits, `_`, `.` or `-`, starting with a letter or digit."),
+    ("match", "Who may claim this workload: every selector listed must hold for the caller."),
+    ("match.uids", "Host processes (or containers) running as one of these uids, by peer credentials on the broker socket."),
+    ("match.gids", "Callers running with one of these gids, by peer credentials."),
+    ("match.docker_labels", "Containers carrying every one of these labels. Never matches a process outside a container."),
+    ("match.image", "Pin the container's image id: `sha256:` and 64 lowercase hex digits."),
+    ("launch", "Who may start this workload with `unbaked run` (peer credentials). Without it nobody may."),
+    ("launch.uids", "Uids that may start the workload."),
+    ("launch.gids", "Gids that may start the workload."),
+    ("isolation", "Checked on the live container before anything is released. Absent keys take the safe defaults."),
+    ("isolation.inter_container_traffic", "Allow traffic between containers on the workload's network (default false)."),
+    ("isolation.privileged", "Allow a privileged container (default false)."),
+    ("isolation.host_network", "Allow the host's network namespace (default false)."),
+    ("isolation.host_pid", "Allow the host's PID namespace (default false)."),
+    ("isolation.host_ipc", "Allow the host's IPC namespace (default false)."),
+    ("isolation.docker_socket", "Allow the Docker socket mounted into the container (default false)."),
+    ("isolation.read_only_rootfs", "Require a read-only root filesystem (default true)."),
+    ("isolation.cap_add", "Capabilities the container may add, without `CAP_`, e.g. `NET_BIND_SERVICE`."),
+    ("grant", "One secret (or issued credential) delivered to the workload: exactly one source and exactly one of `file`, `env`, `fd`."),
+    ("grant.secret", "Path of a stored secret, e.g. `app/db` (memory store, or Vault KV v2 under the configured mount)."),
+    ("grant.key", "The key inside the stored secret, e.g. `password`."),
+    ("grant.pki", "A fresh Vault PKI certificate per lease: `MOUNT/issue/ROLE`."),
+    ("grant.dynamic", "A Vault-leased credential per lease, e.g. `database/creds/ROLE`."),
+    ("grant.field", "The field of an issued credential to deliver; a `file` grant without it is a directory of every field."),
+    ("grant.common_name", "The certificate's common name (pki grants)."),
+    ("grant.alt_names", "DNS subject alternative names of the certificate (pki grants)."),
+    ("grant.ip_sans", "IP subject alternative names of the certificate (pki grants)."),
+    ("grant.file", "A file relative to the secrets directory (tmpfs), mode 0400 unless `mode` says otherwise."),
+    ("grant.env", "An environment variable of the workload's process (readable in /proc/PID/environ: prefer `fd`)."),
+    ("grant.fd", "A variable holding the path of a sealed memfd, `/proc/self/fd/N` (the `_FILE` convention)."),
+    ("grant.ttl", "How long a delivered copy lives unless renewed, \"1s\" to \"24h\" (default \"10m\")."),
+    ("grant.mode", "File mode, in octal: `0o440` or \"0440\" (file grants only; default 0o400)."),
+    ("grant.uid", "File owner (file grants only)."),
+    ("grant.gid", "File group (file grants only)."),
+];
+
+/// `mode = 0o440` or `mode = "0440"`: TOML integers are written in octal,
+/// which JSON cannot show, so the schema only bounds the value.
+pub(crate) struct Mode;
+
+impl JsonSchema for Mode {
+    fn schema_name() -> Cow<'static, str> {
+        "Mode".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "anyOf": [
+                { "type": "integer", "minimum": 0o400, "maximum": 0o777 },
+                { "type": "string", "pattern": "^(0o)?0?[4-7][0-7]{2}$" }
+            ]
+        })
+    }
+}
+
+/// The schema, ready to be written as pretty JSON.
+pub fn json_schema() -> Value {
+    let generator = SchemaSettings::draft2020_12()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator();
+    let mut schema = generator
+        .into_root_schema_for::<crate::parse::RawPolicy>()
+        .to_value();
+    no_null(&mut schema);
+    for (path, text) in DESCRIPTIONS {
+        let node = locate(&mut schema, path)
+            .unwrap_or_else(|| panic!("schema has no {path:?}: update DESCRIPTIONS"));
+        node.insert("description".into(), Value::from(*text));
+    }
+    let root = schema
+        .as_object_mut()
+        .expect("the root schema is an object");
+    root.insert("title".into(), "unbaked policy".into());
+    root.insert(
+        "$id".into(),
+        "https://github.com/unbaked/unbaked/blob/main/policies/policy.schema.json".into(),
+    );
+    schema
+}
+
+/// TOML has no null: an absent key is how a policy leaves a field out.
+fn no_null(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::Array(types)) = map.get_mut("type") {
+                types.retain(|t| t != "null");
+                if types.len() == 1 {
+                    let only = types.remove(0);
+                    map.insert("type".into(), only);
+                }
+            }
+            if let Some(Value::Array(alts)) = map.get_mut("anyOf") {
+                alts.retain(|a| a.get("type").is_none_or(|t| t != "null"));
+                if alts.len() == 1 {
+                    if let Some(Value::Object(only)) = alts.pop() {
+                        map.remove("anyOf");
+                        map.extend(only);
+                    }
+                }
+            }
+            map.values_mut().for_each(no_null);
+        }
+        Value::Array(items) => items.iter_mut().for_each(no_null),
+        _ => {}
+    }
+}
+
+/// The schema object of a dotted key path; array items are looked through.
+fn locate<'v>(schema: &'v mut Value, path: &str) -> Option<&'v mut Map<String, Value>> {
+    let mut node = schema;
+    for key in path.split('.').filter(|k| !k.is_empty()) {
+        if node.get("items").is_some() {
+            node = node.get_mut("items")?;
+        }
+        node = node.get_mut("properties")?.get_mut(key)?;
+    }
+    node.as_object_mut()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_types_and_no_nulls() {
+        let s = json_schema();
+        let text = s.to_string();
+        assert!(!text.contains("null"), "{text}");
+        assert_eq!(s["additionalProperties"], false);
+        assert_eq!(
+            s["required"],
+            Value::Null,
+            "every key is optional to the schema"
+        );
+        let grant = &s["properties"]["grant"]["items"];
+        assert_eq!(grant["additionalProperties"], false);
+        assert_eq!(grant["properties"]["uid"]["type"], "integer");
+        assert_eq!(
+            s["properties"]["match"]["properties"]["uids"]["type"],
+            "array"
+        );
+        assert!(grant["properties"]["mode"]["anyOf"].is_array());
+        assert!(
+            s["properties"]["isolation"]["properties"]["privileged"]["description"]
+                .as_str()
+                .is_some()
+        );
+    }
+}
