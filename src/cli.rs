@@ -76,6 +76,9 @@ pub struct BrokerArgs {
     /// Start on the embedded store with the example policies and a demo secret
     #[arg(long)]
     pub dev: bool,
+    /// Serve /healthz, /readyz and /metrics on ADDR (127.0.0.1:9464 when given without a value)
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+    pub admin_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,12 +113,18 @@ pub struct SidecarArgs {
     /// Size limit of a tmpfs the sidecar mounts itself, in bytes
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     pub tmpfs_size: u64,
+    /// Also prove identity with this projected service-account token (Kubernetes)
+    #[arg(long, env = "UNBAKED_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     #[arg(long)]
     pub workload: String,
+    /// Also prove identity with this projected service-account token (Kubernetes)
+    #[arg(long, env = "UNBAKED_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,

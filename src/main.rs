@@ -110,6 +110,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                     .map(|s| s.parse().expect("clap restricts the values")),
                 audit: args.audit,
                 dev: args.dev,
+                admin_addr: args.admin_addr,
             };
             let cfg = BrokerConfig::resolve(opts, |k| std::env::var(k).ok())
                 .map_err(|e| Failure::new(exit::FAILURE, e))?;
@@ -128,6 +129,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 dir: args.dir,
                 once: args.once,
                 tmpfs_size: args.tmpfs_size,
+                token_file: args.token_file,
             };
             runtime()?
                 .block_on(unbaked_sidecar::sidecar::run(cfg))
@@ -147,6 +149,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 socket: client_socket(cli.socket),
                 workload: args.workload,
                 command: args.command,
+                token_file: args.token_file,
             };
             let prepared = runtime()?
                 .block_on(unbaked_sidecar::exec::prepare(&cfg))

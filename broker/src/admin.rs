@@ -33,14 +33,22 @@ async fn route(broker: &Broker, req: Request<hyper::body::Incoming>) -> Response
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n".into()),
         "/readyz" => match broker.ready().await {
             Ok(()) => text(StatusCode::OK, PLAIN, "ready\n".into()),
-            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("not ready: {why}\n")),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                PLAIN,
+                format!("not ready: {why}\n"),
+            ),
         },
         "/metrics" => text(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            broker.metrics().render(),
+            broker.render_metrics(),
         ),
-        _ => text(StatusCode::NOT_FOUND, PLAIN, "try /healthz, /readyz or /metrics\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            "try /healthz, /readyz or /metrics\n".into(),
+        ),
     }
 }
 

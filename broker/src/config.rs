@@ -47,6 +47,7 @@ pub struct BrokerOptions {
     pub store: Option<StoreKind>,
     pub audit: Option<PathBuf>,
     pub dev: bool,
+    pub admin_addr: Option<std::net::SocketAddr>,
 }
 
 /// The `--config FILE` format.
@@ -56,6 +57,28 @@ pub struct FileConfig {
     #[serde(default)]
     pub broker: BrokerSection,
     pub vault: Option<VaultSection>,
+    pub kubernetes: Option<KubernetesConfig>,
+}
+
+/// `[kubernetes]`: verify pods' projected service-account tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// The cluster's service-account issuer (`iss`).
+    pub issuer: String,
+    /// The audience the projected token must carry.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// The issuer's JWKS, from `kubectl get --raw /openid/v1/jwks`...
+    pub jwks_file: Option<PathBuf>,
+    /// ...or fetched at start from this URL.
+    pub jwks_url: Option<String>,
+    /// CA bundle for `jwks_url` (the cluster CA).
+    pub jwks_ca_cert: Option<PathBuf>,
+}
+
+fn default_audience() -> String {
+    "unbaked".into()
 }
 
 /// `[vault]`: used with `store = "vault"`.
@@ -111,6 +134,8 @@ pub struct BrokerSection {
     pub policies: Option<PathBuf>,
     pub store: Option<StoreKind>,
     pub audit: Option<PathBuf>,
+    /// `/healthz`, `/readyz` and `/metrics`; off unless set.
+    pub admin_addr: Option<std::net::SocketAddr>,
 }
 
 /// The validated configuration the broker runs with.
@@ -124,6 +149,8 @@ pub struct BrokerConfig {
     pub dev: bool,
     /// Set exactly when `store` is `Vault`.
     pub vault: Option<VaultConfig>,
+    pub kubernetes: Option<KubernetesConfig>,
+    pub admin_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +230,8 @@ impl BrokerConfig {
             audit: opts.audit.or(file.broker.audit),
             dev: opts.dev,
             vault,
+            kubernetes: file.kubernetes,
+            admin_addr: opts.admin_addr.or(file.broker.admin_addr),
         })
     }
 }

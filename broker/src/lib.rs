@@ -5,6 +5,7 @@
 //! store; clients speak to it through `unbaked-sidecar`'s client.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod attest;
 pub mod audit;
 pub mod config;
@@ -112,6 +113,24 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
     }
     let workloads = policies.len();
     let broker = Arc::new(Broker::new(policies, store, audit, uid));
+    if let Some(k8s) = &cfg.kubernetes {
+        let verifier = attest::token::load(k8s).await.map_err(BrokerError::Start)?;
+        tracing::info!(issuer = %k8s.issuer, audience = %k8s.audience, "service-account tokens accepted");
+        broker.set_token_verifier(verifier);
+    }
+    let admin_task = match cfg.admin_addr {
+        Some(addr) => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "the admin listener is not on loopback: anyone who reaches it sees metrics and health");
+            }
+            let listener = admin::bind(addr).await.map_err(|source| {
+                BrokerError::Start(format!("cannot listen on --admin-addr {addr}: {source}"))
+            })?;
+            tracing::info!(%addr, "admin listener: /healthz /readyz /metrics");
+            Some(tokio::spawn(admin::serve(listener, broker.clone())))
+        }
+        None => None,
+    };
 
     let mut socket = cfg.socket.clone();
     let listener = match server::bind(&socket) {
@@ -164,6 +183,9 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
     }
     watcher.abort();
+    if let Some(t) = admin_task {
+        t.abort();
+    }
     sweeper.abort();
     for t in docker_tasks {
         t.abort();

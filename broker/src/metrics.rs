@@ -155,6 +155,14 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Bring the cache counters up to the store's running totals.
+    pub fn cache_counts(&self, store: &'static str, hits: u64, misses: u64) {
+        for (family, total) in [(&self.cache_hits, hits), (&self.cache_misses, misses)] {
+            let c = family.get_or_create(&StoreLabels { store });
+            c.inc_by(total.saturating_sub(c.get()));
+        }
+    }
+
     pub fn reload(&self, ok: bool) {
         let outcome = if ok { "ok" } else { "rejected" };
         self.reloads.get_or_create(&OutcomeLabels { outcome }).inc();

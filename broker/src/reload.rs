@@ -33,6 +33,7 @@ pub fn reload(broker: &Broker, dir: Option<&Path>, extra: &Extra, why: &str) -> 
         Ok(set) => {
             let n = set.len();
             broker.replace_policies(set);
+            broker.metrics().reload(true);
             tracing::info!(workloads = n, trigger = why, "policies reloaded");
             let record = Record {
                 reason: Some(format!("{why}: {n} workloads")),
@@ -44,6 +45,7 @@ pub fn reload(broker: &Broker, dir: Option<&Path>, extra: &Extra, why: &str) -> 
             true
         }
         Err(diags) => {
+            broker.metrics().reload(false);
             for d in &diags.0 {
                 tracing::error!(diagnostic = %d, "policy reload rejected");
             }

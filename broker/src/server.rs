@@ -229,6 +229,29 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The bearer token of the request, if any, in a zeroizing buffer: it is a
+/// credential, so it never reaches a log.
+fn bearer(req: &Request<Incoming>) -> Option<Zeroizing<String>> {
+    let value = req.headers().get(hyper::header::AUTHORIZATION)?;
+    let text = value.to_str().ok()?;
+    let token = text.strip_prefix("Bearer ")?.trim();
+    Some(Zeroizing::new(token.to_string()))
+}
+
+/// A bounded label for the metrics: admin paths name secrets, so they
+/// collapse into one value.
+fn endpoint_label(path: &str) -> &'static str {
+    match path {
+        wire::FETCH => "fetch",
+        wire::RENEW => "renew",
+        wire::REVOKE => "revoke",
+        wire::LAUNCH => "launch",
+        wire::HEALTH => "health",
+        p if p.starts_with("/v1/admin/") => "admin",
+        _ => "other",
+    }
+}
+
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(1);
 
 /// Accept connections until the listener fails or the task is dropped.
@@ -267,7 +290,7 @@ pub async fn serve(listener: UnixListener, broker: Arc<Broker>) {
             caller.container = attestation.container_info();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let broker = broker.clone();
-                let ctx = Ctx {
+                let mut ctx = Ctx {
                     caller: caller.clone(),
                     request_id: format!("{:x}", REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)),
                     attestation: attestation.clone(),
@@ -281,14 +304,30 @@ pub async fn serve(listener: UnixListener, broker: Arc<Broker>) {
                     pid = ctx.caller.pid,
                     workload = tracing::field::Empty,
                 );
+                let endpoint = endpoint_label(req.uri().path());
+                // Per request: projected tokens rotate under a live connection.
+                let token = bearer(&req);
                 async move {
-                    let res = match route(&broker, &ctx, req).await {
+                    let routed =
+                        match broker.attest_token(&mut ctx, token.as_deref().map(|t| t.as_str())) {
+                            Ok(()) => route(&broker, &ctx, req).await,
+                            Err(e) => Err(e),
+                        };
+                    let res = match routed {
                         Ok(res) => res,
                         Err(e) => {
                             tracing::debug!(code = ?e.code, message = %e.message, "request failed");
                             error(&e)
                         }
                     };
+                    broker
+                        .metrics()
+                        .requests
+                        .get_or_create(&crate::metrics::RequestLabels {
+                            endpoint: endpoint.into(),
+                            status: res.status().as_u16(),
+                        })
+                        .inc();
                     Ok::<_, Infallible>(res)
                 }
                 .instrument(span)

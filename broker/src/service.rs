@@ -55,6 +55,9 @@ pub struct Broker {
     issued: IssuedTable,
     /// The Docker side (engine, launches); unset without Docker support.
     containers: std::sync::OnceLock<Arc<crate::containers::Containers>>,
+    metrics: crate::metrics::Metrics,
+    /// Verifies pods' service-account tokens; unset without [kubernetes].
+    tokens: std::sync::OnceLock<crate::attest::token::TokenVerifier>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -91,6 +94,69 @@ impl Broker {
             admin_uid,
             issued: IssuedTable::new().expect("the system random source works"),
             containers: std::sync::OnceLock::new(),
+            metrics: crate::metrics::Metrics::new(),
+            tokens: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Accept service-account tokens, verified by `v`; set once at startup.
+    pub fn set_token_verifier(&self, v: crate::attest::token::TokenVerifier) {
+        let _ = self.tokens.set(v);
+    }
+
+    /// Add what a bearer token proves to the caller. Without a token the
+    /// caller is what the socket says; a token that does not verify is a
+    /// denial (audited), never a silent downgrade to the socket identity.
+    pub fn attest_token(&self, ctx: &mut Ctx, token: Option<&str>) -> Result<(), ApiError> {
+        let Some(token) = token else {
+            return Ok(());
+        };
+        let Some(verifier) = self.tokens.get() else {
+            return Err(self.deny(
+                ctx,
+                "",
+                "token.unconfigured",
+                err(
+                    ErrorCode::Denied,
+                    "a service-account token was sent, but this broker has no [kubernetes] section to verify it: configure issuer, audience and jwks, or drop --token-file",
+                ),
+            ));
+        };
+        match verifier.verify(token) {
+            Ok(sa) => {
+                ctx.caller.service_account = Some(unbaked_policy::ServiceAccount {
+                    namespace: sa.namespace,
+                    name: sa.name,
+                });
+                Ok(())
+            }
+            Err(e) => Err(self.deny(ctx, "", "token", err(ErrorCode::Denied, e.to_string()))),
+        }
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The Prometheus text, with the gauges and the store's counters
+    /// brought up to date first (not on the request path).
+    pub fn render_metrics(&self) -> String {
+        self.metrics.active_leases.set(self.leases.len() as i64);
+        if let Some((hits, misses)) = self.store.cache_stats() {
+            self.metrics.cache_counts(self.store.name(), hits, misses);
+        }
+        self.metrics.render()
+    }
+
+    /// Ready to serve: the audit sink takes records and the store answers.
+    pub async fn ready(&self) -> Result<(), String> {
+        if !self.audit.healthy() {
+            return Err("the audit sink is failing, so nothing is released".into());
+        }
+        // A read of a path no grant can name: only reachability matters.
+        match self.store.read(".unbaked-readiness", "probe").await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -147,6 +213,7 @@ impl Broker {
             tracing::error!(error = %audit_err, "could not audit a denial");
         }
         tracing::warn!(workload, rule, reason = %e.message, "denied");
+        self.metrics.denied(workload, rule);
         e
     }
 
@@ -222,11 +289,14 @@ impl Broker {
             }
             // A cached copy at most a third of the ttl old: with renewal at
             // two thirds, a rotation reaches the workload within one ttl.
+            let started = Instant::now();
             let found = self
                 .store
                 .read_fresh(&grant.secret, &grant.key, grant.ttl / 3)
                 .await
                 .map_err(store_error)?;
+            self.metrics
+                .store_read(self.store.name(), started.elapsed());
             let Some(v) = found else {
                 return Err(self.deny(
                     ctx,
@@ -301,6 +371,7 @@ impl Broker {
             expires_at: Instant::now() + ttl,
         });
         tracing::info!(workload = %req.workload, lease = %id, items = items.len(), "granted");
+        self.metrics.workload(&self.metrics.grants, &req.workload);
         // A container's leases end with it; an `unbaked run` shim's fetch
         // first puts the file grants into the container's secrets tmpfs.
         self.container_fetched(ctx, &req.workload, &req.kinds, &id)
@@ -351,6 +422,8 @@ impl Broker {
             self.release_issued(lease_id, "lease ended during renewal");
             return Err(lease_gone(lease_id));
         }
+        self.metrics
+            .workload(&self.metrics.renewals, &lease.workload);
         Ok(Lease {
             lease_id: lease.id,
             workload: lease.workload,

@@ -32,6 +32,9 @@ pub mod rule {
     pub const EMPTY_SELECTOR: &str = "empty-selector";
     /// A docker label selector with an empty name.
     pub const BAD_LABEL: &str = "bad-label";
+    /// A `k8s_service_accounts` / `k8s_namespaces` entry that is not a
+    /// Kubernetes name (`namespace/name`).
+    pub const BAD_SERVICE_ACCOUNT: &str = "bad-service-account";
     /// `match.image` is not a `sha256:` image id.
     pub const BAD_IMAGE: &str = "bad-image";
     /// An unknown or disallowed capability in `isolation.cap_add`.

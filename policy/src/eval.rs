@@ -15,6 +15,15 @@ pub struct Caller {
     pub pid: Option<i32>,
     /// The container the caller runs in, if any.
     pub container: Option<ContainerInfo>,
+    /// The pod's service account, from a verified projected token.
+    pub service_account: Option<ServiceAccount>,
+}
+
+/// A Kubernetes service account, as a verified token names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccount {
+    pub namespace: String,
+    pub name: String,
 }
 
 /// The live container, as the runtime reports it.
@@ -120,6 +129,33 @@ impl Policy {
                 );
             }
         }
+        if !m.k8s_service_accounts.is_empty() || !m.k8s_namespaces.is_empty() {
+            let Some(sa) = &caller.service_account else {
+                return deny(
+                    "match.k8s",
+                    format!("the caller presented no verified service-account token, but [match] of {whose} only matches pods: run the client with --token-file pointing at a projected token with audience unbaked"),
+                );
+            };
+            let full = format!("{}/{}", sa.namespace, sa.name);
+            if !m.k8s_service_accounts.is_empty() && !m.k8s_service_accounts.contains(&full) {
+                return deny(
+                    "match.k8s_service_accounts",
+                    format!(
+                        "service account {full} is not in [match] k8s_service_accounts {:?} of {whose}: run the pod as one of those or add it to the policy",
+                        m.k8s_service_accounts
+                    ),
+                );
+            }
+            if !m.k8s_namespaces.is_empty() && !m.k8s_namespaces.contains(&sa.namespace) {
+                return deny(
+                    "match.k8s_namespaces",
+                    format!(
+                        "namespace {} is not in [match] k8s_namespaces {:?} of {whose}",
+                        sa.namespace, m.k8s_namespaces
+                    ),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -218,6 +254,7 @@ mod tests {
             gid,
             pid: Some(42),
             container: None,
+            service_account: None,
         }
     }
 

@@ -23,7 +23,7 @@ mod schema;
 mod validate;
 
 pub use diagnostic::{rule, Diagnostic, Diagnostics, Severity};
-pub use eval::{Caller, ContainerInfo, Denial};
+pub use eval::{Caller, ContainerInfo, Denial, ServiceAccount};
 pub use load::{from_sources, load_dir, read_dir_sources};
 pub use model::{
     Dynamic, Grant, GrantDelivery, Isolation, Launch, Match, PkiIssue, Policy, PolicySet,

@@ -65,6 +65,11 @@ pub struct Match {
     pub docker_labels: BTreeMap<String, String>,
     /// A full image id, `sha256:` and 64 lowercase hex digits.
     pub image: Option<String>,
+    /// Pods, by the service account (`namespace/name`) their projected
+    /// token proves.
+    pub k8s_service_accounts: Vec<String>,
+    /// Pods, by the namespace their projected token proves.
+    pub k8s_namespaces: Vec<String>,
 }
 
 impl Match {
@@ -74,6 +79,8 @@ impl Match {
             || !self.gids.is_empty()
             || !self.docker_labels.is_empty()
             || self.image.is_some()
+            || !self.k8s_service_accounts.is_empty()
+            || !self.k8s_namespaces.is_empty()
     }
 }
 

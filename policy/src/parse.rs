@@ -48,6 +48,10 @@ struct RawMatch {
     docker_labels: Option<Spanned<BTreeMap<Spanned<String>, String>>>,
     #[schemars(with = "Option<String>")]
     image: Option<Spanned<String>>,
+    #[schemars(with = "Option<Vec<String>>")]
+    k8s_service_accounts: Option<Spanned<Vec<Spanned<String>>>>,
+    #[schemars(with = "Option<Vec<String>>")]
+    k8s_namespaces: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -413,7 +417,7 @@ impl Checker<'_> {
 
     fn matcher(&mut self, raw: Option<Spanned<RawMatch>>) -> Match {
         const HINT: &str =
-            "add at least one of `uids`, `gids`, `docker_labels`, `image` to [match]";
+            "add at least one of `uids`, `gids`, `docker_labels`, `image`, `k8s_service_accounts`, `k8s_namespaces` to [match]";
         let Some(raw) = raw else {
             self.error(
                 0,
@@ -430,6 +434,8 @@ impl Checker<'_> {
             && raw.gids.is_none()
             && raw.docker_labels.is_none()
             && raw.image.is_none()
+            && raw.k8s_service_accounts.is_none()
+            && raw.k8s_namespaces.is_none()
         {
             self.error(
                 at,
@@ -478,12 +484,55 @@ impl Checker<'_> {
             self.check(&i, "match.image", validate::image_id)
                 .map(|()| i.into_inner())
         });
+        let k8s_service_accounts = self.names(
+            raw.k8s_service_accounts,
+            "k8s_service_accounts",
+            validate::k8s_service_account,
+        );
+        let k8s_namespaces = self.names(
+            raw.k8s_namespaces,
+            "k8s_namespaces",
+            validate::k8s_namespace,
+        );
         Match {
             uids,
             gids,
             docker_labels,
             image,
+            k8s_service_accounts,
+            k8s_namespaces,
         }
+    }
+
+    /// A list of names under [match], each checked; empty is an error.
+    fn names(
+        &mut self,
+        list: Option<Spanned<Vec<Spanned<String>>>>,
+        name: &str,
+        rule_of: fn(&str) -> Result<(), Problem>,
+    ) -> Vec<String> {
+        let Some(list) = list else {
+            return Vec::new();
+        };
+        if list.get_ref().is_empty() {
+            self.error(
+                list.span().start,
+                format!("match.{name}"),
+                rule::EMPTY_SELECTOR,
+                &format!("an empty `{name}` list matches no pod"),
+                &format!("list the {name} to match, or remove `{name}`"),
+            );
+        }
+        let mut out = Vec::new();
+        for (i, item) in list.into_inner().into_iter().enumerate() {
+            if self
+                .check(&item, &format!("match.{name}[{i}]"), rule_of)
+                .is_some()
+            {
+                out.push(item.into_inner());
+            }
+        }
+        out
     }
 
     fn isolation(&mut self, raw: RawIsolation) -> Isolation {

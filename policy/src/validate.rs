@@ -342,6 +342,46 @@ pub(crate) fn variable_name(name: &str, kind: &str) -> Result<(), Problem> {
 }
 
 /// A full image id as `docker image inspect` prints it.
+/// A DNS-1123 label: what Kubernetes allows for a namespace.
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A DNS-1123 subdomain: what Kubernetes allows for a service account.
+fn dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(dns_label)
+}
+
+pub(crate) fn k8s_namespace(ns: &str) -> Result<(), Problem> {
+    if dns_label(ns) {
+        return Ok(());
+    }
+    Err(problem(
+        rule::BAD_SERVICE_ACCOUNT,
+        format!("{ns:?} is not a Kubernetes namespace name"),
+        "use lowercase letters, digits and `-`, at most 63, e.g. \"payments\"",
+    ))
+}
+
+pub(crate) fn k8s_service_account(sa: &str) -> Result<(), Problem> {
+    let ok = sa
+        .split_once('/')
+        .is_some_and(|(ns, name)| dns_label(ns) && dns_subdomain(name));
+    if ok {
+        return Ok(());
+    }
+    Err(problem(
+        rule::BAD_SERVICE_ACCOUNT,
+        format!("{sa:?} is not a service account as \"namespace/name\""),
+        "write the namespace and the service account name, e.g. \"payments/billing\"",
+    ))
+}
+
 pub(crate) fn image_id(image: &str) -> Result<(), Problem> {
     let ok = image.strip_prefix("sha256:").is_some_and(|hex| {
         hex.len() == 64

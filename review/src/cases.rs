@@ -302,6 +302,7 @@ fn decide(set: &PolicySet, case: &RawCase) -> (Option<bool>, String) {
                 labels: c.docker_labels.clone(),
                 image_id: c.image.clone().unwrap_or_default(),
             }),
+            service_account: None,
         };
         if let Err(denial) = policy.authorize(&caller) {
             return (

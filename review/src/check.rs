@@ -36,6 +36,7 @@ pub struct Finding {
     pub level: Level,
     /// A stable id from [`crate::rules::RULES`].
     pub rule: &'static str,
+    #[serde(serialize_with = "lossy")]
     pub file: PathBuf,
     /// 1-based; 0 when the problem has no position (an unreadable file).
     pub line: usize,
@@ -46,6 +47,11 @@ pub struct Finding {
     pub message: String,
     /// How to fix it.
     pub hint: Option<String>,
+}
+
+/// Paths as text, even the rare one that is not UTF-8 (JSON cannot hold it).
+fn lossy<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
 }
 
 impl From<Diagnostic> for Finding {
@@ -88,6 +94,7 @@ impl fmt::Display for Finding {
 /// The outcome of checking one policy directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
+    #[serde(serialize_with = "lossy")]
     pub dir: PathBuf,
     /// Policy files read (unreadable ones are findings).
     pub files: usize,
@@ -169,5 +176,59 @@ pub fn check_sources(
         files: sources.len(),
         workloads: set.len(),
         findings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::{render, Format};
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn a_non_utf8_file_name_still_renders_as_json() {
+        let name = Path::new(OsStr::from_bytes(b"p/\xff.toml")).to_path_buf();
+        let text = "workload = \"a\"\n[match]\nuids = [1]\n[[grant]]\nsecret = \"s\"\nkey = \"k\"\nenv = \"E\"\n";
+        let report = check_sources(
+            Path::new("p"),
+            &[(name, text.into())],
+            Diagnostics::default(),
+            &Limits::default(),
+        );
+        assert_eq!(report.count(Level::Warning), 1);
+        assert!(render(&report, Format::Json).contains("\"p/\u{fffd}.toml\""));
+        assert!(render(&report, Format::Sarif).contains("\"p/%EF%BF%BD.toml\""));
+    }
+
+    #[test]
+    fn exit_codes() {
+        let mut r = Report {
+            dir: "p".into(),
+            files: 0,
+            workloads: 0,
+            findings: vec![],
+        };
+        assert_eq!((r.exit_code(false), r.exit_code(true)), (0, 0));
+        let f = |level| Finding {
+            level,
+            rule: "x",
+            file: "f".into(),
+            line: 1,
+            column: 1,
+            field: String::new(),
+            message: "m".into(),
+            hint: None,
+        };
+        r.findings.push(f(Level::Info));
+        assert_eq!((r.exit_code(false), r.exit_code(true)), (0, 0));
+        r.findings.push(f(Level::Warning));
+        assert_eq!((r.exit_code(false), r.exit_code(true)), (0, 1));
+        r.findings.push(f(Level::Error));
+        assert_eq!((r.exit_code(false), r.exit_code(true)), (1, 1));
+        assert_eq!(
+            r.summary(),
+            "p: 0 files, 0 workloads: 1 error, 1 warning, 1 info"
+        );
     }
 }

@@ -49,7 +49,7 @@ fn human(report: &Report) -> String {
 
 fn json(report: &Report) -> Value {
     json!({
-        "dir": report.dir,
+        "dir": report.dir.to_string_lossy(),
         "files": report.files,
         "workloads": report.workloads,
         "errors": report.count(Level::Error),

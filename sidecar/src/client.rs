@@ -28,6 +28,9 @@ type ReqBody = Full<Cursor<Zeroizing<Vec<u8>>>>;
 pub struct Client {
     socket: PathBuf,
     timeout: Duration,
+    /// A projected service-account token, re-read for every request
+    /// because the kubelet rotates it.
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,8 @@ pub enum ClientError {
     Api(ApiError),
     #[error("{0}")]
     Protocol(String),
+    #[error("cannot read the service-account token {}: {source}: check --token-file and the projected volume", path.display())]
+    Token { path: PathBuf, source: io::Error },
 }
 
 impl ClientError {
@@ -53,7 +58,7 @@ impl ClientError {
         match self {
             ClientError::Api(e) => e.code.exit_code(),
             ClientError::Unavailable { .. } | ClientError::Timeout { .. } => exit::UNAVAILABLE,
-            ClientError::Protocol(_) => exit::FAILURE,
+            ClientError::Protocol(_) | ClientError::Token { .. } => exit::FAILURE,
         }
     }
 
@@ -79,6 +84,16 @@ impl Client {
         Client {
             socket: socket.into(),
             timeout: DEFAULT_TIMEOUT,
+            token_file: None,
+        }
+    }
+
+    /// Prove identity with the bearer token in `path` as well as the
+    /// socket's peer credentials (Kubernetes pods).
+    pub fn with_token_file(self, path: Option<PathBuf>) -> Self {
+        Client {
+            token_file: path,
+            ..self
         }
     }
 
@@ -177,11 +192,28 @@ impl Client {
         body: Option<Zeroizing<Vec<u8>>>,
     ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
         let what = format!("{method} {}", path_only(&uri));
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(uri)
             .header(hyper::header::HOST, "unbaked")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(path) = &self.token_file {
+            let token = std::fs::read_to_string(path)
+                .map(Zeroizing::new)
+                .map_err(|source| ClientError::Token {
+                    path: path.clone(),
+                    source,
+                })?;
+            let bearer = Zeroizing::new(format!("Bearer {}", token.trim()));
+            let mut value =
+                hyper::header::HeaderValue::from_str(&bearer).map_err(|_| ClientError::Token {
+                    path: path.clone(),
+                    source: io::Error::new(io::ErrorKind::InvalidData, "not a JWT"),
+                })?;
+            value.set_sensitive(true);
+            req = req.header(hyper::header::AUTHORIZATION, value);
+        }
+        let req = req
             .body(Full::new(Cursor::new(body.unwrap_or_default())))
             .map_err(|e| ClientError::Protocol(format!("cannot build the request {what}: {e}")))?;
         let (status, answer) = tokio::time::timeout(self.timeout, self.exchange(req))

@@ -20,6 +20,8 @@ pub struct ExecConfig {
     pub socket: PathBuf,
     pub workload: String,
     pub command: Vec<OsString>,
+    /// A service-account token to send with the fetch (Kubernetes).
+    pub token_file: Option<PathBuf>,
 }
 
 /// The command with its environment set and the memfds it will inherit.
@@ -79,6 +81,7 @@ impl ExecError {
 pub async fn prepare(cfg: &ExecConfig) -> Result<Prepared, ExecError> {
     let (program, args) = cfg.command.split_first().ok_or(ExecError::EmptyCommand)?;
     let lease = Client::new(&cfg.socket)
+        .with_token_file(cfg.token_file.clone())
         .fetch(&FetchRequest {
             workload: cfg.workload.clone(),
             kinds: vec![DeliveryKind::Env, DeliveryKind::Fd],

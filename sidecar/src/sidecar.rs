@@ -25,6 +25,8 @@ pub struct SidecarConfig {
     pub dir: PathBuf,
     pub once: bool,
     pub tmpfs_size: u64,
+    /// A service-account token to send with every request (Kubernetes).
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +71,7 @@ pub async fn run(cfg: SidecarConfig) -> Result<(), SidecarError> {
     // Refuse a non-tmpfs directory before any network call.
     let mut dir = SecretsDir::open(&cfg.dir, cfg.tmpfs_size)?;
     let mut sidecar = Sidecar {
-        client: Client::new(&cfg.socket),
+        client: Client::new(&cfg.socket).with_token_file(cfg.token_file.clone()),
         cfg,
         state: BTreeMap::new(),
         lease_id: None,
@@ -310,6 +312,8 @@ fn transient_error(e: &ClientError) -> bool {
             ErrorCode::StoreUnavailable | ErrorCode::AuditUnavailable | ErrorCode::Internal
         ),
         ClientError::Protocol(_) => false,
+        // The kubelet swaps projected tokens in place; the next read works.
+        ClientError::Token { .. } => true,
     }
 }
 

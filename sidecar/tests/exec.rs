@@ -34,6 +34,7 @@ fn grants() -> util::Answer {
 
 fn config(socket: impl Into<std::path::PathBuf>, command: &[&str]) -> ExecConfig {
     ExecConfig {
+        token_file: None,
         socket: socket.into(),
         workload: "billing".into(),
         command: command.iter().map(OsString::from).collect(),

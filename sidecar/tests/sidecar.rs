@@ -12,6 +12,7 @@ use util::{api_error, file_item, lease, read, wait_for, FakeBroker};
 
 fn config(socket: &std::path::Path, dir: &std::path::Path, once: bool) -> SidecarConfig {
     SidecarConfig {
+        token_file: None,
         socket: socket.into(),
         workload: "billing".into(),
         dir: dir.into(),

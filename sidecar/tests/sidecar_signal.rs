@@ -52,6 +52,7 @@ async fn deliver_rotate_withdraw_restore_and_wipe_on_sigterm() {
     let t = tempfile::tempdir_in("/dev/shm").unwrap();
     let dir = t.path().join("secrets");
     let cfg = SidecarConfig {
+        token_file: None,
         socket: broker.socket.clone(),
         workload: "billing".into(),
         dir: dir.clone(),

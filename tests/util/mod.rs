@@ -57,7 +57,21 @@ impl Broker {
         Self::start_inner(policies, Some(audit))
     }
 
+    /// Start with extra arguments after the harness's own (flags win over
+    /// a `--config` file among them).
+    pub fn start_with_args(policies: &[(&str, &str)], args: &[&std::ffi::OsStr]) -> Broker {
+        Self::start_full(policies, None, args)
+    }
+
     fn start_inner(policies: &[(&str, &str)], audit_at: Option<&Path>) -> Broker {
+        Self::start_full(policies, audit_at, &[])
+    }
+
+    fn start_full(
+        policies: &[(&str, &str)],
+        audit_at: Option<&Path>,
+        args: &[&std::ffi::OsStr],
+    ) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("broker.sock");
         let pdir = dir.path().join("policies");
@@ -83,6 +97,7 @@ impl Broker {
             .arg(&b.policies)
             .arg("--audit")
             .arg(&b.audit)
+            .args(args)
             .env("UNBAKED_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

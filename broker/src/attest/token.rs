@@ -101,6 +101,38 @@ fn algorithm(params: &AlgorithmParameters) -> Result<Algorithm, TokenError> {
     }
 }
 
+/// Build the verifier `[kubernetes]` describes, reading or fetching the JWKS.
+pub async fn load(cfg: &crate::config::KubernetesConfig) -> Result<TokenVerifier, String> {
+    let jwks = match (&cfg.jwks_file, &cfg.jwks_url) {
+        (Some(path), None) => std::fs::read(path)
+            .map_err(|e| format!("cannot read [kubernetes] jwks_file {}: {e}", path.display()))?,
+        (None, Some(url)) => fetch_jwks(url, cfg.jwks_ca_cert.as_deref())
+            .await
+            .map_err(|e| format!("cannot fetch [kubernetes] jwks_url {url}: {e}"))?,
+        _ => return Err("[kubernetes] needs exactly one of jwks_file and jwks_url".into()),
+    };
+    TokenVerifier::from_jwks(&jwks, &cfg.issuer, &cfg.audience).map_err(|e| e.to_string())
+}
+
+async fn fetch_jwks(url: &str, ca: Option<&std::path::Path>) -> Result<Vec<u8>, String> {
+    // rustls is built without a default provider: ring is the one we link.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).map_err(|e| format!("jwks_ca_cert {}: {e}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| e.to_string())?;
+        builder = builder.add_root_certificate(cert);
+    }
+    let client = builder.build().map_err(|e| e.to_string())?;
+    let res = client
+        .get(url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| e.to_string())?;
+    Ok(res.bytes().await.map_err(|e| e.to_string())?.to_vec())
+}
+
 impl TokenVerifier {
     /// Keys from a JWKS document (the cluster's `/openid/v1/jwks`).
     pub fn from_jwks(

@@ -11,5 +11,6 @@ pub fn peer(stream: &UnixStream) -> std::io::Result<Caller> {
         gid: cred.gid(),
         pid: cred.pid(),
         container: None,
+        service_account: None,
     })
 }

@@ -41,6 +41,9 @@ pub struct Cache {
     sealer: Sealer,
     ceiling: Duration,
     slots: Mutex<HashMap<String, Slot>>,
+    /// Reads asked of the cache, and the store fetches they cost.
+    reads: std::sync::atomic::AtomicU64,
+    fetches: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Cache {
@@ -62,7 +65,17 @@ impl Cache {
             sealer: Sealer::new()?,
             ceiling,
             slots: Mutex::new(HashMap::new()),
+            reads: Default::default(),
+            fetches: Default::default(),
         })
+    }
+
+    /// (hits, misses) since start: reads answered from a copy or a shared
+    /// flight, and reads that went to the store.
+    pub fn stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let fetches = self.fetches.load(Relaxed);
+        (self.reads.load(Relaxed).saturating_sub(fetches), fetches)
     }
 
     /// The secret at `path`, from a copy at most `max_age` old, or from one
@@ -78,6 +91,8 @@ impl Cache {
         Fut: Future<Output = Result<Option<VersionedData>, StoreError>>,
     {
         let max_age = max_age.min(self.ceiling);
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let slot = {
             let mut slots = self.lock();
             let usable = slots.get(path).filter(|s| match s.get() {
@@ -99,6 +114,8 @@ impl Cache {
         };
         let fetched = slot
             .get_or_init(|| async {
+                self.fetches
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let outcome = fetch()
                     .await
                     .map(|found| found.map(|d| Arc::new(self.seal(path, d))));

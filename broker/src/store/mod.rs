@@ -136,6 +136,11 @@ pub trait Store: Send + Sync + 'static {
         self.read(path, key)
     }
 
+    /// (hits, misses) of the store's read cache, if it has one.
+    fn cache_stats(&self) -> Option<(u64, u64)> {
+        None
+    }
+
     /// Issue a dynamic credential (a certificate, database credentials).
     fn issue(&self, _req: &IssueRequest) -> BoxFuture<'_, Result<Issued, StoreError>> {
         unsupported(self.name())

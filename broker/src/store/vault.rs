@@ -658,6 +658,10 @@ impl Store for VaultStore {
         STORE
     }
 
+    fn cache_stats(&self) -> Option<(u64, u64)> {
+        Some(self.cache.stats())
+    }
+
     fn read(&self, path: &str, key: &str) -> BoxFuture<'_, Result<Option<Versioned>, StoreError>> {
         self.read_fresh(path, key, CACHE_CEILING)
     }
