@@ -22,6 +22,8 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ("match.gids", "Callers running with one of these gids, by peer credentials."),
     ("match.docker_labels", "Containers carrying every one of these labels. Never matches a process outside a container."),
     ("match.image", "Pin the container's image id: `sha256:` and 64 lowercase hex digits."),
+    ("match.k8s_service_accounts", "Pods, by the service account (`namespace/name`) their projected token proves."),
+    ("match.k8s_namespaces", "Pods, by the namespace their projected token proves."),
     ("launch", "Who may start this workload with `unbaked run` (peer credentials). Without it nobody may."),
     ("launch.uids", "Uids that may start the workload."),
     ("launch.gids", "Gids that may start the workload."),

@@ -11,7 +11,7 @@ use crate::text::{human_duration, md_cell, md_code, plural};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use unbaked_policy::{Dynamic, Grant, GrantDelivery, Isolation, Match, Policy, PolicySet};
 
 /// Change kinds: stable ids for JSON consumers and CI filters.
@@ -429,6 +429,12 @@ impl Differ<'_> {
     fn matcher(&mut self, o: &Match, n: &Match) {
         self.id_selector(&o.uids, &n.uids, "match.uids");
         self.id_selector(&o.gids, &n.gids, "match.gids");
+        self.id_selector(
+            &o.k8s_service_accounts,
+            &n.k8s_service_accounts,
+            "match.k8s_service_accounts",
+        );
+        self.id_selector(&o.k8s_namespaces, &n.k8s_namespaces, "match.k8s_namespaces");
         let keys: BTreeSet<&String> = o
             .docker_labels
             .keys()
@@ -495,7 +501,12 @@ impl Differ<'_> {
     }
 
     /// An empty list does not constrain (`[match]`): dropping it widens.
-    fn id_selector(&mut self, o: &[u32], n: &[u32], subject: &str) {
+    fn id_selector<T: PartialEq + Clone + fmt::Display>(
+        &mut self,
+        o: &[T],
+        n: &[T],
+        subject: &str,
+    ) {
         let (added, removed) = set_delta(o, n);
         let (effect, kind, note) = match (o.is_empty(), n.is_empty()) {
             (false, true) => (
@@ -834,14 +845,24 @@ fn owner(g: &Grant) -> String {
     format!("uid {} gid {}", id(g.uid), id(g.gid))
 }
 
-fn set_delta(o: &[u32], n: &[u32]) -> (Vec<u32>, Vec<u32>) {
-    let added = n.iter().filter(|x| !o.contains(x)).copied().collect();
-    let removed = o.iter().filter(|x| !n.contains(x)).copied().collect();
+fn set_delta<T: PartialEq + Clone>(o: &[T], n: &[T]) -> (Vec<T>, Vec<T>) {
+    let added = n.iter().filter(|x| !o.contains(x)).cloned().collect();
+    let removed = o.iter().filter(|x| !n.contains(x)).cloned().collect();
     (added, removed)
 }
 
-fn ids(v: &[u32]) -> String {
-    v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+fn ids<T: fmt::Display>(v: &[T]) -> String {
+    v.iter().map(T::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// `[1000, 1001]`, or `empty` for an empty list (which means "any" in
+/// `[match]` and "nobody" in `[launch]`).
+fn list<T: fmt::Display>(v: &[T], empty: &str) -> String {
+    if v.is_empty() {
+        empty.into()
+    } else {
+        format!("[{}]", ids(v))
+    }
 }
 
 /// Label names and values are the only free text in a policy: their control
@@ -856,16 +877,6 @@ fn printable(s: &str) -> String {
             }
         })
         .collect()
-}
-
-/// `[1000, 1001]`, or `empty` for an empty list (which means "any" in
-/// `[match]` and "nobody" in `[launch]`).
-fn list(v: &[u32], empty: &str) -> String {
-    if v.is_empty() {
-        empty.into()
-    } else {
-        format!("[{}]", ids(v))
-    }
 }
 
 /// `uids [1000], docker_labels app=billing`
@@ -887,6 +898,15 @@ fn selectors(m: &Match) -> String {
     }
     if let Some(image) = &m.image {
         parts.push(format!("image {image}"));
+    }
+    if !m.k8s_service_accounts.is_empty() {
+        parts.push(format!(
+            "k8s_service_accounts {}",
+            list(&m.k8s_service_accounts, "any")
+        ));
+    }
+    if !m.k8s_namespaces.is_empty() {
+        parts.push(format!("k8s_namespaces {}", list(&m.k8s_namespaces, "any")));
     }
     parts.join(", ")
 }
@@ -956,6 +976,37 @@ mod tests {
         assert_eq!(
             (launch.kind, launch.after.as_deref()),
             (kind::LAUNCH_NARROWED, Some("nobody"))
+        );
+    }
+
+    #[test]
+    fn kubernetes_selectors_widen_and_narrow() {
+        let k8s = |m: &str| {
+            let text = format!("workload = \"w\"\n[match]\n{m}\n");
+            unbaked_policy::from_sources(&[(PathBuf::from("w.toml"), text)]).unwrap()
+        };
+        let sa = k8s("k8s_service_accounts = [\"pay/billing\"]");
+        let ns = k8s("k8s_namespaces = [\"pay\"]");
+        let both = k8s("k8s_service_accounts = [\"pay/billing\", \"pay/web\"]");
+        let d = diff(&sa, &both);
+        assert_eq!(
+            (d[0].kind, d[0].subject.as_str(), d[0].note.as_deref()),
+            (
+                kind::MATCH_WIDENED,
+                "match.k8s_service_accounts",
+                Some("adds pay/web")
+            )
+        );
+        let kinds: Vec<_> = diff(&sa, &ns)
+            .into_iter()
+            .map(|c| (c.subject, c.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("match.k8s_service_accounts".to_owned(), kind::MATCH_WIDENED),
+                ("match.k8s_namespaces".to_owned(), kind::MATCH_NARROWED),
+            ]
         );
     }
 

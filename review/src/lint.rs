@@ -121,7 +121,12 @@ fn matcher(p: &Policy, site: &Site<'_>, limits: &Limits, out: &mut Vec<Finding>)
             .map(|(k, v)| format!("--label {k}={v}"))
             .collect::<Vec<_>>()
             .join(" ");
-        if m.uids.is_empty() && m.gids.is_empty() && m.image.is_none() {
+        let only_labels = m.uids.is_empty()
+            && m.gids.is_empty()
+            && m.image.is_none()
+            && m.k8s_service_accounts.is_empty()
+            && m.k8s_namespaces.is_empty();
+        if only_labels {
             out.push(site.finding(
                 lint::BROAD_MATCH,
                 "match.docker_labels",
@@ -136,6 +141,14 @@ fn matcher(p: &Policy, site: &Site<'_>, limits: &Limits, out: &mut Vec<Finding>)
                 "add image = \"sha256:...\" from `docker image inspect --format '{{.Id}}' IMAGE` once releases are reproducible",
             ));
         }
+    }
+    if !m.k8s_namespaces.is_empty() && m.k8s_service_accounts.is_empty() {
+        out.push(site.finding(
+            lint::BROAD_MATCH,
+            "match.k8s_namespaces",
+            "a namespace selector matches every pod of the namespace, whatever its service account".into(),
+            "match the workload's own service account with k8s_service_accounts = [\"NAMESPACE/NAME\"]",
+        ));
     }
 }
 
@@ -379,6 +392,18 @@ mod tests {
                 ("c.toml".into(), 5, "shared-secret"),
             ]
         );
+    }
+
+    #[test]
+    fn a_namespace_alone_is_broad_a_service_account_is_not() {
+        let p = |m: &str| format!("workload = \"a\"\n[match]\n{m}\n");
+        let ns = p("k8s_namespaces = [\"pay\"]");
+        assert_eq!(
+            rules(&[("a.toml", &ns)], &Limits::default()),
+            [("a.toml".into(), 3, "broad-match")]
+        );
+        let sa = p("k8s_service_accounts = [\"pay/billing\"]\nk8s_namespaces = [\"pay\"]");
+        assert!(rules(&[("a.toml", &sa)], &Limits::default()).is_empty());
     }
 
     #[test]

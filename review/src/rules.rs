@@ -117,6 +117,7 @@ pub const RULES: &[Rule] = &[
     error(parse::NO_SELECTOR, "[match] has no selector, so the workload matches nobody", "Add at least one of `uids`, `gids`, `docker_labels`, `image` to [match]."),
     error(parse::EMPTY_SELECTOR, "a [match] selector that can never hold", "List what to match, or remove the empty selector."),
     error(parse::BAD_LABEL, "a docker label selector with an empty name", "Name the label, e.g. `app = \"billing\"`."),
+    error(parse::BAD_SERVICE_ACCOUNT, "a k8s_service_accounts or k8s_namespaces entry that is not a Kubernetes name", "Write service accounts as `namespace/name` and namespaces as DNS labels, e.g. `payments/billing`."),
     error(parse::BAD_IMAGE, "match.image is not a full image id", "Pin the id from `docker image inspect --format '{{.Id}}' IMAGE`: `sha256:` and 64 lowercase hex digits."),
     error(parse::BAD_CAP, "an unknown or disallowed capability in isolation.cap_add", "Use a capability name from capabilities(7) without `CAP_`, e.g. `NET_BIND_SERVICE`; `ALL` is refused."),
     error(parse::BAD_SECRET, "grant.secret is not a valid store path", "Use `/`-separated segments of letters, digits, `_`, `.` and `-`, e.g. `app/db`."),
@@ -167,7 +168,7 @@ pub const RULES: &[Rule] = &[
         id: lint::BROAD_MATCH,
         level: Level::Warning,
         summary: "a [match] selector that matches far more callers than one workload",
-        help: "uid or gid 0 matches every root process and every container running as root without a user namespace; a long uid list lets each of them claim the workload; docker labels alone can be set by anyone who may start a container. Match a dedicated uid, and pin the image for containers.",
+        help: "uid or gid 0 matches every root process and every container running as root without a user namespace; a long uid list lets each of them claim the workload; docker labels alone can be set by anyone who may start a container; a Kubernetes namespace alone matches every pod in it. Match a dedicated uid or service account, and pin the image for containers.",
     },
     Rule {
         id: lint::UNPINNED_IMAGE,
