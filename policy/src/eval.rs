@@ -388,4 +388,35 @@ mod tests {
         );
         assert_eq!(ids(&[DeliveryKind::File]), ["file:db"]);
     }
+
+    #[test]
+    fn pods_match_by_service_account_and_namespace() {
+        let p = policy(Match {
+            k8s_service_accounts: vec!["payments/billing".into()],
+            k8s_namespaces: vec!["payments".into()],
+            ..Match::default()
+        });
+        let pod = |ns: &str, name: &str| Caller {
+            service_account: Some(ServiceAccount {
+                namespace: ns.into(),
+                name: name.into(),
+            }),
+            ..host(65534, 65534)
+        };
+        assert_eq!(p.authorize(&pod("payments", "billing")), Ok(()));
+        assert_eq!(
+            p.authorize(&pod("payments", "other")).unwrap_err().rule,
+            "match.k8s_service_accounts"
+        );
+        assert_eq!(p.authorize(&host(0, 0)).unwrap_err().rule, "match.k8s");
+        let ns_only = policy(Match {
+            k8s_namespaces: vec!["payments".into()],
+            ..Match::default()
+        });
+        assert_eq!(ns_only.authorize(&pod("payments", "any")), Ok(()));
+        assert_eq!(
+            ns_only.authorize(&pod("billing", "x")).unwrap_err().rule,
+            "match.k8s_namespaces"
+        );
+    }
 }
