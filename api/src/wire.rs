@@ -214,6 +214,9 @@ pub enum ErrorCode {
     AuditUnavailable,
     /// The secret store could not be reached (503).
     StoreUnavailable,
+    /// The broker is at its connection limit; retry after the answer's
+    /// `Retry-After` seconds (503).
+    Overloaded,
     /// A bug or an unexpected failure (500).
     Internal,
 }
@@ -224,7 +227,9 @@ impl ErrorCode {
             ErrorCode::BadRequest => 400,
             ErrorCode::Denied => 403,
             ErrorCode::NotFound => 404,
-            ErrorCode::AuditUnavailable | ErrorCode::StoreUnavailable => 503,
+            ErrorCode::AuditUnavailable | ErrorCode::StoreUnavailable | ErrorCode::Overloaded => {
+                503
+            }
             ErrorCode::Internal => 500,
         }
     }
@@ -233,7 +238,7 @@ impl ErrorCode {
     pub fn exit_code(self) -> i32 {
         match self {
             ErrorCode::Denied | ErrorCode::AuditUnavailable => crate::exit::DENIED,
-            ErrorCode::StoreUnavailable => crate::exit::UNAVAILABLE,
+            ErrorCode::StoreUnavailable | ErrorCode::Overloaded => crate::exit::UNAVAILABLE,
             _ => crate::exit::FAILURE,
         }
     }
@@ -294,6 +299,15 @@ mod tests {
         assert_eq!(back.items[0].delivery, lease.items[0].delivery);
         assert_eq!(format!("{back:?}").matches("[redacted]").count(), 1);
         assert!(!format!("{back:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn overload_is_a_retryable_503_and_exit_unavailable() {
+        assert_eq!(ErrorCode::Overloaded.http_status(), 503);
+        assert_eq!(ErrorCode::Overloaded.exit_code(), crate::exit::UNAVAILABLE);
+        let e: ApiError =
+            serde_json::from_str(r#"{"code":"overloaded","message":"busy"}"#).unwrap();
+        assert_eq!(e.code, ErrorCode::Overloaded);
     }
 
     #[test]

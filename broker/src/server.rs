@@ -1,6 +1,12 @@
 //! HTTP/1.1 + JSON over the unix socket (hyper). Routing, size limits,
-//! timeouts and one tracing span per request; the decisions are in
-//! [`crate::service`].
+//! timeouts, backpressure and one tracing span per request; the decisions
+//! are in [`crate::service`].
+//!
+//! **Backpressure:** at most [`Limits::max_connections`] connections are
+//! served at once; the next ones wait in a bounded queue for up to
+//! [`QUEUE_WAIT`], then get `503` (`overloaded`) with `Retry-After`. Past
+//! the queue a connection is closed unanswered. So a flood costs a bounded
+//! number of tasks and buffers, never unbounded growth.
 //!
 //! **Invariant:** bodies that may hold secrets live in zeroizing buffers:
 //! requests are collected into one, answers are sent from one
@@ -23,13 +29,75 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 use unbaked_api::wire::{self, ApiError, ErrorCode};
 use zeroize::Zeroizing;
 
+/// Headers of each request, from the first byte awaited: also the idle
+/// timeout of a connection that sends nothing.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Whole connections, so a client that never reads its answer (or a
+/// keep-alive one that never stops) cannot hold a slot for good.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request headers (a bearer token is a few KiB at most).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// How long a connection waits for a slot before it is answered 503.
+pub const QUEUE_WAIT: Duration = Duration::from_millis(250);
+/// What `Retry-After` tells an overloaded client.
+pub const RETRY_AFTER_SECS: u64 = 1;
+/// An overloaded answer is sent within this, or the connection is dropped.
+const REJECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Sets [`Limits::max_connections`].
+pub const MAX_CONNECTIONS_ENV: &str = "UNBAKED_MAX_CONNECTIONS";
+const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// The broker's concurrency bound. Each served connection holds at most one
+/// request body ([`wire::MAX_REQUEST_BYTES`]), so memory under load stays
+/// near `max_connections` times that, however many clients come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Connections waiting for a slot (then answered 503); past this they
+    /// are closed at once.
+    pub max_queued: usize,
+}
+
+impl Limits {
+    pub fn new(max_connections: usize) -> Limits {
+        let max_connections = max_connections.max(1);
+        Limits {
+            max_connections,
+            max_queued: (4 * max_connections).max(64),
+        }
+    }
+
+    /// From `UNBAKED_MAX_CONNECTIONS`, else the default (256).
+    pub fn from_env() -> Limits {
+        let n = match std::env::var(MAX_CONNECTIONS_ENV) {
+            Err(_) => DEFAULT_MAX_CONNECTIONS,
+            Ok(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    tracing::warn!(
+                        "{MAX_CONNECTIONS_ENV} is not a positive number: using {DEFAULT_MAX_CONNECTIONS}"
+                    );
+                    DEFAULT_MAX_CONNECTIONS
+                }
+            },
+        };
+        Limits::new(n)
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::new(DEFAULT_MAX_CONNECTIONS)
+    }
+}
 
 /// A response body that zeroizes its bytes when hyper drops it.
 #[derive(Debug)]
@@ -105,6 +173,19 @@ fn error(e: &ApiError) -> Response<ZeroizingBody> {
 }
 
 async fn read_body(body: Incoming) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    let too_large = || {
+        err(
+            ErrorCode::BadRequest,
+            format!(
+                "request body over {} bytes: no request of this API needs that much",
+                wire::MAX_REQUEST_BYTES
+            ),
+        )
+    };
+    // A declared length over the limit is refused before a byte is read.
+    if body.size_hint().lower() > wire::MAX_REQUEST_BYTES as u64 {
+        return Err(too_large());
+    }
     let mut buf = Zeroizing::new(Vec::new());
     let mut body = body;
     let collect = async {
@@ -117,11 +198,9 @@ async fn read_body(body: Incoming) -> Result<Zeroizing<Vec<u8>>, ApiError> {
             })?;
             if let Some(data) = frame.data_ref() {
                 if buf.len() + data.len() > wire::MAX_REQUEST_BYTES {
-                    return Err(err(
-                        ErrorCode::BadRequest,
-                        format!("request body over {} bytes", wire::MAX_REQUEST_BYTES),
-                    ));
+                    return Err(too_large());
                 }
+                grow_zeroizing(&mut buf, data.len());
                 buf.extend_from_slice(data);
             }
         }
@@ -129,8 +208,28 @@ async fn read_body(body: Incoming) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     };
     tokio::time::timeout(BODY_TIMEOUT, collect)
         .await
-        .map_err(|_| err(ErrorCode::BadRequest, "request body not received in time"))??;
+        .map_err(|_| {
+            err(
+                ErrorCode::BadRequest,
+                format!(
+                    "request body not received within {}s: send the whole body at once",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+        })??;
     Ok(buf)
+}
+
+/// Make room for `more` bytes by moving into a bigger zeroizing buffer:
+/// `Vec`'s own reallocation would free the old block without zeroizing it.
+fn grow_zeroizing(buf: &mut Zeroizing<Vec<u8>>, more: usize) {
+    let need = buf.len() + more;
+    if need > buf.capacity() {
+        let cap = need.max(buf.capacity() * 2).min(wire::MAX_REQUEST_BYTES);
+        let mut bigger = Zeroizing::new(Vec::with_capacity(cap.max(need)));
+        bigger.extend_from_slice(buf);
+        *buf = bigger; // the old block is zeroized on drop
+    }
 }
 
 async fn decode<T: DeserializeOwned>(body: Incoming) -> Result<T, ApiError> {
@@ -254,14 +353,21 @@ fn endpoint_label(path: &str) -> &'static str {
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(1);
 
-/// Accept connections until the listener fails or the task is dropped.
+/// Accept connections until the listener fails or the task is dropped,
+/// within the limits from the environment ([`Limits::from_env`]).
 pub async fn serve(listener: UnixListener, broker: Arc<Broker>) {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .writev(true)
-        .max_buf_size(wire::MAX_REQUEST_BYTES + 64 * 1024);
-    let http = Arc::new(http);
+    serve_with(listener, broker, Limits::from_env()).await
+}
+
+/// [`serve`] with explicit limits.
+pub async fn serve_with(listener: UnixListener, broker: Arc<Broker>, limits: Limits) {
+    let active = Arc::new(Semaphore::new(limits.max_connections));
+    let queued = Arc::new(Semaphore::new(limits.max_queued));
+    tracing::debug!(
+        max_connections = limits.max_connections,
+        max_queued = limits.max_queued,
+        "serving"
+    );
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -271,72 +377,150 @@ pub async fn serve(listener: UnixListener, broker: Arc<Broker>) {
                 continue;
             }
         };
-        let mut caller = match attest::unix::peer(&stream) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "no peer credentials: connection dropped");
-                continue;
-            }
-        };
         let broker = broker.clone();
-        let http = http.clone();
+        if let Ok(permit) = active.clone().try_acquire_owned() {
+            tokio::spawn(async move {
+                connection(stream, broker).await;
+                drop(permit);
+            });
+            continue;
+        }
+        // Full: wait in the bounded queue, else close at once.
+        let Ok(slot) = queued.clone().try_acquire_owned() else {
+            tracing::debug!("connection queue full: connection closed unanswered");
+            continue;
+        };
+        let active = active.clone();
         tokio::spawn(async move {
-            // pid → cgroup → container, inspected once per connection (a
-            // renewal comes on a new one, so it sees the live config again).
+            match tokio::time::timeout(QUEUE_WAIT, active.acquire_owned()).await {
+                Ok(Ok(permit)) => {
+                    drop(slot);
+                    connection(stream, broker).await;
+                    drop(permit);
+                }
+                _ => {
+                    reject(stream, &broker, limits.max_connections).await;
+                    drop(slot);
+                }
+            }
+        });
+    }
+}
+
+/// Serve one connection to its end (or [`CONNECTION_TIMEOUT`]).
+///
+/// Attestation happens per request, at the time of the request: the
+/// container is looked up from the peer's pid then, and afterwards the
+/// pidfd pinned at connect time must show the connecting process alive,
+/// so the pid cannot have been handed to another process in between.
+pub async fn connection(stream: UnixStream, broker: Arc<Broker>) {
+    let caller = match attest::unix::peer(&stream) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "no peer credentials: connection dropped");
+            return;
+        }
+    };
+    let process = Arc::new(attest::unix::PeerProcess::of(&stream));
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let broker = broker.clone();
+        let process = process.clone();
+        let mut caller = caller.clone();
+        let request_id = format!("{:x}", REQUEST_SEQ.fetch_add(1, Ordering::Relaxed));
+        let span = tracing::info_span!(
+            "request",
+            id = %request_id,
+            method = %req.method(),
+            path = %req.uri().path(),
+            uid = caller.uid,
+            pid = caller.pid,
+            workload = tracing::field::Empty,
+        );
+        let endpoint = endpoint_label(req.uri().path());
+        // Per request: projected tokens rotate under a live connection.
+        let token = bearer(&req);
+        async move {
+            // pid → cgroup → container, inspected for each request, so a
+            // renewal sees the live config again.
             let attestation = match broker.containers() {
                 Some(c) => c.engine.attest(caller.pid).await,
                 None => attest::docker::Attestation::Host,
             };
             caller.container = attestation.container_info();
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let broker = broker.clone();
-                let mut ctx = Ctx {
-                    caller: caller.clone(),
-                    request_id: format!("{:x}", REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)),
-                    attestation: attestation.clone(),
-                };
-                let span = tracing::info_span!(
-                    "request",
-                    id = %ctx.request_id,
-                    method = %req.method(),
-                    path = %req.uri().path(),
-                    uid = ctx.caller.uid,
-                    pid = ctx.caller.pid,
-                    workload = tracing::field::Empty,
-                );
-                let endpoint = endpoint_label(req.uri().path());
-                // Per request: projected tokens rotate under a live connection.
-                let token = bearer(&req);
-                async move {
-                    let routed =
-                        match broker.attest_token(&mut ctx, token.as_deref().map(|t| t.as_str())) {
-                            Ok(()) => route(&broker, &ctx, req).await,
-                            Err(e) => Err(e),
-                        };
-                    let res = match routed {
-                        Ok(res) => res,
-                        Err(e) => {
-                            tracing::debug!(code = ?e.code, message = %e.message, "request failed");
-                            error(&e)
-                        }
-                    };
-                    broker
-                        .metrics()
-                        .requests
-                        .get_or_create(&crate::metrics::RequestLabels {
-                            endpoint: endpoint.into(),
-                            status: res.status().as_u16(),
-                        })
-                        .inc();
-                    Ok::<_, Infallible>(res)
+            let mut ctx = Ctx {
+                caller,
+                request_id,
+                attestation,
+            };
+            let routed = match broker.attest_token(&mut ctx, token.as_deref().map(|t| t.as_str())) {
+                // After every /proc read of this request: still the caller's pid?
+                Ok(()) if process.exited() => Err(broker.deny_exited_peer(&ctx)),
+                Ok(()) => route(&broker, &ctx, req).await,
+                Err(e) => Err(e),
+            };
+            let res = match routed {
+                Ok(res) => res,
+                Err(e) => {
+                    tracing::debug!(code = ?e.code, message = %e.message, "request failed");
+                    error(&e)
                 }
-                .instrument(span)
-            });
-            if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+            };
+            count(&broker, endpoint, res.status());
+            Ok::<_, Infallible>(res)
+        }
+        .instrument(span)
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_header_size(MAX_HEADER_BYTES)
+        .writev(true)
+        .max_buf_size(wire::MAX_REQUEST_BYTES + 64 * 1024);
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+        Err(_) => tracing::debug!("connection closed after {}s", CONNECTION_TIMEOUT.as_secs()),
     }
+}
+
+/// Answer the one request of an overloaded connection with 503 and
+/// `Retry-After`, within [`REJECT_TIMEOUT`]; its body is never read.
+async fn reject(stream: UnixStream, broker: &Arc<Broker>, limit: usize) {
+    let broker = broker.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let e = err(
+            ErrorCode::Overloaded,
+            format!(
+                "the broker is serving its limit of {limit} connections: retry in {RETRY_AFTER_SECS}s (clients back off by themselves; raise {MAX_CONNECTIONS_ENV} if this is the normal load)"
+            ),
+        );
+        let mut res = error(&e);
+        res.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from(RETRY_AFTER_SECS),
+        );
+        count(&broker, endpoint_label(req.uri().path()), res.status());
+        std::future::ready(Ok::<_, Infallible>(res))
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(REJECT_TIMEOUT)
+        .max_header_size(MAX_HEADER_BYTES)
+        .keep_alive(false);
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(REJECT_TIMEOUT, conn).await;
+}
+
+fn count(broker: &Broker, endpoint: &'static str, status: StatusCode) {
+    broker
+        .metrics()
+        .requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            endpoint: endpoint.into(),
+            status: status.as_u16(),
+        })
+        .inc();
 }
 
 /// Bind the socket: its directory created if missing, a stale socket file

@@ -124,6 +124,11 @@ impl Broker {
         };
         match verifier.verify(token) {
             Ok(sa) => {
+                // A token copied out of one pod and replayed from another.
+                let pod = crate::attest::token::caller_pod(ctx.caller.pid);
+                if let Err(reason) = crate::attest::token::check_pod_binding(&sa, pod.as_deref()) {
+                    return Err(self.deny(ctx, "", "token.pod", err(ErrorCode::Denied, reason)));
+                }
                 ctx.caller.service_account = Some(unbaked_policy::ServiceAccount {
                     namespace: sa.namespace,
                     name: sa.name,
@@ -132,6 +137,24 @@ impl Broker {
             }
             Err(e) => Err(self.deny(ctx, "", "token", err(ErrorCode::Denied, e.to_string()))),
         }
+    }
+
+    /// The process that opened the connection has exited, so its pid (and
+    /// what `/proc` says of it) may now belong to another process: refused
+    /// and audited (rule `attest.exited`).
+    pub fn deny_exited_peer(&self, ctx: &Ctx) -> ApiError {
+        self.deny(
+            ctx,
+            "",
+            "attest.exited",
+            err(
+                ErrorCode::Denied,
+                format!(
+                    "the process that opened this connection (pid {}) has exited, so the broker cannot tell who is asking: send requests from the process that connects",
+                    ctx.caller.pid.unwrap_or(0)
+                ),
+            ),
+        )
     }
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {

@@ -5,7 +5,23 @@ use crate::model::PolicySet;
 use crate::parse::parse_policy;
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+
+/// Largest policy file read: one workload's policy is a few KiB, so this
+/// only stops a runaway (or hostile) file from costing the broker memory
+/// and parse time. Reported as an `io` error, like an unreadable file.
+pub const MAX_POLICY_BYTES: usize = 256 * 1024;
+
+fn too_large(path: &Path, len: u64) -> Diagnostic {
+    io_error(
+        path,
+        format!(
+            "the file is {len} bytes, over the {} KiB limit for a policy file: one workload per file needs far less; split or trim it",
+            MAX_POLICY_BYTES / 1024
+        ),
+    )
+}
 
 /// Reads every `*.toml` file directly in `dir`, sorted by name. Not
 /// recursive: `dir/tests/` holds policy tests. Hidden files are skipped
@@ -53,6 +69,9 @@ pub fn read_dir_sources(dir: &Path) -> (Vec<(PathBuf, String)>, Diagnostics) {
         }
         // Follows symlinks: policies are often linked in by config management.
         match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.len() > MAX_POLICY_BYTES as u64 => {
+                diags.push(too_large(&path, meta.len()));
+            }
             Ok(meta) if meta.is_file() => paths.push(path),
             Ok(_) => {}
             Err(e) => diags.push(io_error(&path, format!("cannot read the file: {e}"))),
@@ -61,8 +80,15 @@ pub fn read_dir_sources(dir: &Path) -> (Vec<(PathBuf, String)>, Diagnostics) {
     paths.sort();
     let mut sources = Vec::with_capacity(paths.len());
     for path in paths {
-        match fs::read_to_string(&path) {
-            Ok(text) => sources.push((path, text)),
+        // Bounded even if the file grew since it was measured.
+        let mut text = String::new();
+        let read = fs::File::open(&path).and_then(|f| {
+            f.take(MAX_POLICY_BYTES as u64 + 1)
+                .read_to_string(&mut text)
+        });
+        match read {
+            Ok(n) if n > MAX_POLICY_BYTES => diags.push(too_large(&path, n as u64)),
+            Ok(_) => sources.push((path, text)),
             Err(e) => diags.push(io_error(&path, format!("cannot read the file: {e}"))),
         }
     }
@@ -79,6 +105,10 @@ pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, Diagnost
     let mut diags = Vec::new();
     let mut declared: BTreeMap<String, (&Path, usize, usize)> = BTreeMap::new();
     for (path, text) in order {
+        if text.len() > MAX_POLICY_BYTES {
+            diags.push(too_large(path, text.len() as u64));
+            continue;
+        }
         let parsed = parse_policy(path, text);
         if let Some(workload) = &parsed.workload {
             let (line, column) = line_column(text, workload.span().start);
@@ -227,6 +257,31 @@ mod tests {
             "{}: error: cannot read the policy directory",
             missing.display()
         )));
+    }
+
+    #[test]
+    fn oversized_policy_files_are_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = "workload = \"a\"\n[match]\nuids = [1]\n";
+        fs::write(dir.path().join("a.toml"), ok).unwrap();
+        let big = format!("{ok}#{}\n", "x".repeat(MAX_POLICY_BYTES));
+        fs::write(dir.path().join("b.toml"), &big).unwrap();
+        let diags = load_dir(dir.path()).unwrap_err();
+        assert_eq!(diags.len(), 1, "{diags}");
+        assert_eq!(diags.0[0].rule, rule::IO);
+        assert!(
+            diags.0[0].message.contains("over the 256 KiB limit"),
+            "{diags}"
+        );
+        // The same limit holds for in-memory sources (git revisions, fuzzing).
+        let srcs = sources(&[("p/a.toml", ok), ("p/b.toml", &big)]);
+        let diags = from_sources(&srcs).unwrap_err();
+        assert_eq!(diags.0[0].file, Path::new("p/b.toml"));
+        assert!(diags.0[0].message.contains("limit"));
+        // Exactly at the limit is fine.
+        let edge = format!("{ok}#{}", "x".repeat(MAX_POLICY_BYTES - ok.len() - 1));
+        assert_eq!(edge.len(), MAX_POLICY_BYTES);
+        assert!(from_sources(&sources(&[("p/a.toml", &edge)])).is_ok());
     }
 
     #[test]

@@ -72,10 +72,16 @@ pub async fn run(cfg: SidecarConfig) -> Result<(), SidecarError> {
     let mut dir = SecretsDir::open(&cfg.dir, cfg.tmpfs_size)?;
     let mut sidecar = Sidecar {
         client: Client::new(&cfg.socket).with_token_file(cfg.token_file.clone()),
+        state: inherited(&dir, Instant::now()),
         cfg,
-        state: BTreeMap::new(),
         lease_id: None,
     };
+    if !sidecar.state.is_empty() {
+        tracing::warn!(
+            files = sidecar.state.len(),
+            "a previous sidecar left files here: they are replaced by this delivery or wiped at their ttl"
+        );
+    }
     let outcome = sidecar.serve(&mut dir, &mut signals).await;
     if let Ok(Exit::Once) = outcome {
         return Ok(()); // the files stay for the workload
@@ -97,6 +103,28 @@ pub async fn run(cfg: SidecarConfig) -> Result<(), SidecarError> {
 enum Exit {
     Once,
     Shutdown,
+}
+
+/// A killed predecessor's files, as placeholders that no lease item
+/// matches: a delivery rewrites or wipes each, else it expires on time.
+fn inherited(dir: &SecretsDir, now: Instant) -> BTreeMap<String, Delivered> {
+    dir.inherited()
+        .iter()
+        .map(|(path, left)| {
+            let delivered = Delivered {
+                path: path.clone(),
+                version: u64::MAX,
+                delivery: Delivery::File {
+                    path: path.clone(),
+                    mode: 0,
+                    uid: None,
+                    gid: None,
+                },
+                expires: now + *left,
+            };
+            (format!("inherited:{path}"), delivered)
+        })
+        .collect()
 }
 
 /// What we delivered for one item.
@@ -182,7 +210,10 @@ impl Sidecar {
             };
             let now = Instant::now();
             match answer {
-                None => self.expire(dir, now),
+                None => {
+                    self.expire(dir, now);
+                    self.persist(dir);
+                }
                 Some((sent, Ok(lease))) => {
                     let (written, wiped) = self.apply(dir, &lease, sent)?;
                     transient.reset();
@@ -198,14 +229,18 @@ impl Sidecar {
                     self.lease_id = Some(lease.lease_id.clone());
                     delivered = true;
                     if self.cfg.once {
+                        // Nobody renews these: no deadline for a successor to enforce.
+                        dir.forget_state();
                         return Ok(Exit::Once);
                     }
+                    self.persist(dir);
                     next_call = now + renew_after(lease.ttl_secs);
                 }
                 Some((_, Err(e))) => {
                     let withdrawn = e.is_denied() || (!renewing && e.is_not_found());
                     if withdrawn && delivered {
                         self.wipe_files(dir);
+                        self.persist(dir);
                         self.lease_id = None;
                         tracing::warn!(%workload, reason = %e, "the broker withdrew the secrets: files wiped, retrying");
                         next_call = now + denied.next();
@@ -274,6 +309,20 @@ impl Sidecar {
         Ok((plan.write.len(), plan.wipe.len()))
     }
 
+    /// Record what is on disk and until when, for a successor if we are killed.
+    fn persist(&self, dir: &mut SecretsDir) {
+        let now = Instant::now();
+        let mut ttls: BTreeMap<String, Duration> = BTreeMap::new();
+        for d in self.state.values() {
+            let left = d.expires.saturating_duration_since(now);
+            let e = ttls.entry(d.path.clone()).or_default();
+            *e = (*e).max(left);
+        }
+        if let Err(e) = dir.save_state(&ttls) {
+            tracing::warn!(error = %e, "cannot record the delivered files: a sidecar restarted after a crash would not know their ttl");
+        }
+    }
+
     /// Wipe the files whose ttl ran out without a renewal.
     fn expire(&mut self, dir: &mut SecretsDir, now: Instant) {
         let expired: Vec<String> = self
@@ -309,7 +358,10 @@ fn transient_error(e: &ClientError) -> bool {
         ClientError::Unavailable { .. } | ClientError::Timeout { .. } => true,
         ClientError::Api(a) => matches!(
             a.code,
-            ErrorCode::StoreUnavailable | ErrorCode::AuditUnavailable | ErrorCode::Internal
+            ErrorCode::StoreUnavailable
+                | ErrorCode::AuditUnavailable
+                | ErrorCode::Overloaded
+                | ErrorCode::Internal
         ),
         ClientError::Protocol(_) => false,
         // The kubelet swaps projected tokens in place; the next read works.

@@ -93,3 +93,14 @@ pub fn disable_core_dumps() -> io::Result<()> {
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)?;
     Ok(())
 }
+
+/// Milliseconds on CLOCK_BOOTTIME: shared by every process since boot
+/// (suspend included), so one sidecar's deadline means the same to its
+/// successor; a reboot empties the tmpfs anyway.
+pub fn boottime_ms() -> u64 {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1000
+            + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000
+    })
+}

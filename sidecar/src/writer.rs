@@ -3,6 +3,13 @@
 //!
 //! Every path below the root is walked with `openat` and `O_NOFOLLOW`, so a
 //! symlink planted in the directory never redirects a write or a wipe.
+//!
+//! Crash safety: a sidecar killed mid-write leaves at most a hidden
+//! `.NAME.tmp-HEX` file (never a torn target); the next [`SecretsDir::open`]
+//! zeroes and removes those. The sidecar records the files it wrote and
+//! their deadlines in [`STATE_FILE`] (names and times, never a value), so a
+//! successor wipes what a killed predecessor left, on time, even with the
+//! broker away.
 
 use crate::sidecar::SidecarError;
 use crate::sys;
@@ -13,10 +20,32 @@ use nix::unistd::{fchown, unlinkat, Gid, Uid, UnlinkatFlags};
 use ring::rand::{SecureRandom, SystemRandom};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long a version replaced by a rotation stays readable through a
+/// descriptor opened before the rename: an app mid-read of the old version
+/// gets all of it, never a half-zeroed copy.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(1);
+
+/// The sidecar's record of what it wrote, in the root of the directory:
+/// hidden, mode 0600, removed by [`SecretsDir::wipe_all`].
+pub const STATE_FILE: &str = ".unbaked-sidecar";
+const MAX_STATE_BYTES: u64 = 256 * 1024;
+/// How many entries [`SecretsDir::open`] looks at for leftover temp files.
+const MAX_SWEEP_ENTRIES: usize = 10_000;
+
+/// What [`STATE_FILE`] holds.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct State {
+    /// The sidecar mounted the tmpfs, so whoever wipes last unmounts it.
+    mounted: bool,
+    /// Relative path -> deadline (CLOCK_BOOTTIME milliseconds).
+    files: BTreeMap<String, u64>,
+}
 
 #[derive(Debug)]
 pub struct SecretsDir {
@@ -27,6 +56,10 @@ pub struct SecretsDir {
     files: BTreeMap<String, u64>,
     /// Subdirectories we created, parents first.
     dirs: Vec<String>,
+    /// Files a previous sidecar recorded, still within their ttl at open.
+    inherited: BTreeMap<String, Duration>,
+    /// Versions replaced by a rotation, open until they are zeroed.
+    retired: Vec<(File, Instant)>,
 }
 
 impl SecretsDir {
@@ -64,13 +97,139 @@ impl SecretsDir {
             }
             mounted = true;
         }
-        Ok(SecretsDir {
+        let mut opened = SecretsDir {
             root: dir.to_path_buf(),
             mounted,
             created_root,
             files: BTreeMap::new(),
             dirs: Vec::new(),
-        })
+            inherited: BTreeMap::new(),
+            retired: Vec::new(),
+        };
+        opened.sweep_temp_files();
+        opened.adopt_state();
+        Ok(opened)
+    }
+
+    /// Files a previous sidecar on this directory wrote (it crashed or was
+    /// killed), with the time each may still live: the caller wipes them
+    /// then unless a fresh delivery replaces them. Expired ones are already
+    /// gone.
+    pub fn inherited(&self) -> &BTreeMap<String, Duration> {
+        &self.inherited
+    }
+
+    /// Record the files and how long each may live, for a successor.
+    pub fn save_state(&mut self, ttls: &BTreeMap<String, Duration>) -> Result<(), SidecarError> {
+        self.zero_retired(false);
+        let now = sys::boottime_ms();
+        let state = State {
+            mounted: self.mounted,
+            files: ttls
+                .iter()
+                .map(|(p, ttl)| {
+                    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                    (p.clone(), now.saturating_add(ms))
+                })
+                .collect(),
+        };
+        // Names and times only: serializing cannot fail.
+        let bytes = serde_json::to_vec(&state).unwrap_or_default();
+        let root = open_dir(&self.root).map_err(|e| self.io(STATE_FILE, e))?;
+        self.replace(&root, STATE_FILE, STATE_FILE, &bytes, 0o600, None, None)
+            .map(drop)
+    }
+
+    /// Remove [`STATE_FILE`]: what is in the directory now is nobody's to
+    /// wipe (`sidecar --once`).
+    pub fn forget_state(&mut self) {
+        if let Ok(root) = open_dir(&self.root) {
+            let _ = unlinkat(&root, STATE_FILE, UnlinkatFlags::NoRemoveDir);
+        }
+    }
+
+    /// Zero and remove `.NAME.tmp-HEX` files a killed writer left behind.
+    fn sweep_temp_files(&mut self) {
+        let mut stack = vec![String::new()];
+        let mut seen = 0;
+        while let Some(sub) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(self.root.join(&sub)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                seen += 1;
+                if seen > MAX_SWEEP_ENTRIES {
+                    return;
+                }
+                let (Ok(kind), Some(name)) = (
+                    entry.file_type(),
+                    entry.file_name().to_str().map(String::from),
+                ) else {
+                    continue;
+                };
+                let rel = if sub.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{sub}/{name}")
+                };
+                if kind.is_dir() {
+                    stack.push(rel);
+                } else if is_temp_name(&name) {
+                    // `wipe` walks with O_NOFOLLOW: a swapped-in symlink is refused.
+                    if let Err(e) = self.wipe(&rel) {
+                        tracing::warn!(error = %e, "could not remove a leftover temporary file");
+                    } else {
+                        tracing::info!(path = %rel, "removed a temporary file a killed sidecar left");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Take over the files a previous sidecar recorded: wipe those past
+    /// their deadline now, remember the others for [`Self::inherited`].
+    fn adopt_state(&mut self) {
+        let Some(state) = self.read_state() else {
+            return;
+        };
+        if state.mounted && !self.mounted && sys::is_tmpfs(&self.root).unwrap_or(false) {
+            self.mounted = true; // ours to unmount now
+        }
+        let now = sys::boottime_ms();
+        for (rel, deadline) in state.files {
+            if split(&rel).is_err() {
+                continue;
+            }
+            self.files.insert(rel.clone(), 0);
+            if deadline <= now {
+                match self.wipe(&rel) {
+                    Ok(()) => {
+                        tracing::warn!(path = %rel, "a previous sidecar's file outlived its ttl: wiped")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not wipe a previous sidecar's expired file")
+                    }
+                }
+            } else {
+                self.inherited
+                    .insert(rel, Duration::from_millis(deadline - now));
+            }
+        }
+    }
+
+    fn read_state(&self) -> Option<State> {
+        let root = open_dir(&self.root).ok()?;
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let fd = openat(&root, STATE_FILE, flags, Mode::empty()).ok()?;
+        let file = File::from(fd);
+        let st = fstat(&file).ok()?;
+        let regular = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
+        if !regular || st.st_uid != nix::unistd::geteuid().as_raw() {
+            return None; // not something we wrote
+        }
+        let mut text = Vec::new();
+        file.take(MAX_STATE_BYTES).read_to_end(&mut text).ok()?;
+        serde_json::from_slice(&text).ok()
     }
 
     pub fn root(&self) -> &Path {
@@ -88,7 +247,9 @@ impl SecretsDir {
 
     /// Write `rel` atomically: a private temp file in the same directory,
     /// owned and moded as asked, renamed over the target. A previous copy we
-    /// wrote is zeroed once no name reaches it.
+    /// wrote is zeroed [`RETIRE_GRACE`] after no name reaches it (at a later
+    /// write, wipe or [`Self::save_state`], or at once by [`Self::wipe_all`]),
+    /// so a reader that opened it just before the rename reads it whole.
     pub fn write(
         &mut self,
         rel: &str,
@@ -97,26 +258,61 @@ impl SecretsDir {
         uid: Option<u32>,
         gid: Option<u32>,
     ) -> Result<(), SidecarError> {
+        self.zero_retired(false);
         let (parents, name) = split(rel)?;
         let Some(dir) = self.walk(rel, &parents, true)? else {
             return Err(self.io(rel, Errno::ENOENT));
         };
-        let tmp = format!(
-            ".{name}.tmp-{}",
-            random_hex().map_err(|e| self.io_err(rel, e))?
-        );
-        let fd = openat(
-            &dir,
-            tmp.as_str(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(|e| self.io(rel, e))?;
         let previous = if self.files.contains_key(rel) {
             open_no_follow(&dir, name).ok()
         } else {
             None
         };
+        self.replace(&dir, name, rel, bytes, mode, uid, gid)?;
+        if let Some(old) = previous {
+            // Unlinked by the rename: its pages are zeroed after the grace.
+            self.retired.push((File::from(old), Instant::now()));
+        }
+        self.files.insert(rel.to_owned(), bytes.len() as u64);
+        Ok(())
+    }
+
+    /// Zero the replaced versions whose grace has passed (`all`: every one).
+    fn zero_retired(&mut self, all: bool) {
+        let now = Instant::now();
+        self.retired.retain(|(file, at)| {
+            let due = all || now.duration_since(*at) >= RETIRE_GRACE;
+            if due {
+                let _ = zero_fill(file, 0);
+            }
+            !due
+        });
+    }
+
+    /// Put `bytes` at `name` in `dir` atomically: a private temp file,
+    /// owned and moded as asked, renamed over it.
+    #[allow(clippy::too_many_arguments)]
+    fn replace(
+        &self,
+        dir: &OwnedFd,
+        name: &str,
+        rel: &str,
+        bytes: &[u8],
+        mode: u32,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<(), SidecarError> {
+        let tmp = format!(
+            ".{name}.tmp-{}",
+            random_hex().map_err(|e| self.io_err(rel, e))?
+        );
+        let fd = openat(
+            dir,
+            tmp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| self.io(rel, e))?;
         let mut file = File::from(fd);
         let done = file
             .write_all(bytes)
@@ -129,24 +325,20 @@ impl SecretsDir {
                 // Permission bits only: setuid/setgid/sticky make no sense here.
                 fchmod(&file, Mode::from_bits_truncate(mode & 0o777))
                     .map_err(|e| self.io(rel, e))?;
-                renameat(&dir, tmp.as_str(), &dir, name).map_err(|e| self.io(rel, e))
+                renameat(dir, tmp.as_str(), dir, name).map_err(|e| self.io(rel, e))
             });
         if let Err(e) = done {
             let _ = zero_fill(&file, 1);
-            let _ = unlinkat(&dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
             return Err(e);
         }
-        if let Some(old) = previous {
-            // Unlinked by the rename: zero the old version's pages.
-            let _ = zero_fill(&File::from(old), 0);
-        }
-        self.files.insert(rel.to_owned(), bytes.len() as u64);
         Ok(())
     }
 
     /// Zero `rel` and unlink it. A missing file is fine; a symlink is unlinked
     /// without touching what it points to.
     pub fn wipe(&mut self, rel: &str) -> Result<(), SidecarError> {
+        self.zero_retired(false);
         let (parents, name) = split(rel)?;
         let Some(dir) = self.walk(rel, &parents, false)? else {
             self.files.remove(rel);
@@ -173,6 +365,7 @@ impl SecretsDir {
     /// unmount the tmpfs if we mounted it. Goes on after a failure and
     /// reports the first one.
     pub fn wipe_all(&mut self) -> Result<(), SidecarError> {
+        self.zero_retired(true);
         let mut first = None;
         let files: Vec<String> = self.files.keys().cloned().collect();
         for rel in files {
@@ -180,7 +373,12 @@ impl SecretsDir {
                 first.get_or_insert(e);
             }
         }
+        self.inherited.clear();
         if let Ok(root) = open_dir(&self.root) {
+            // Last: a crash before this point leaves a successor the list.
+            if first.is_none() {
+                let _ = unlinkat(&root, STATE_FILE, UnlinkatFlags::NoRemoveDir);
+            }
             for d in self.dirs.drain(..).rev() {
                 // Not empty means someone else's file is there: leave it.
                 let _ = unlinkat(&root, d.as_str(), UnlinkatFlags::RemoveDir);
@@ -300,6 +498,14 @@ fn zero_fill(file: &File, links: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// `.NAME.tmp-` and 16 hex digits: a temp file of [`SecretsDir::write`].
+fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.')
+        && name
+            .rsplit_once(".tmp-")
+            .is_some_and(|(_, hex)| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 fn random_hex() -> io::Result<String> {
     let mut b = [0u8; 8];
     SystemRandom::new()
@@ -311,6 +517,68 @@ fn random_hex() -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shm() -> tempfile::TempDir {
+        tempfile::tempdir_in("/dev/shm").unwrap()
+    }
+
+    #[test]
+    fn open_removes_what_a_killed_writer_left_half_done() {
+        let t = shm();
+        std::fs::create_dir(t.path().join("db")).unwrap();
+        let leftover = t.path().join("db/.password.tmp-00112233445566aa");
+        std::fs::write(&leftover, b"half-written").unwrap();
+        std::fs::write(t.path().join(".keep"), b"not ours").unwrap();
+        let mut old = File::open(&leftover).unwrap();
+        let dir = SecretsDir::open(t.path(), 1 << 20).unwrap();
+        assert!(!leftover.exists());
+        let mut seen = Vec::new();
+        old.read_to_end(&mut seen).unwrap();
+        assert_eq!(seen, vec![0; 12], "zeroed before unlinking");
+        assert!(t.path().join(".keep").exists());
+        assert!(dir.inherited().is_empty());
+    }
+
+    #[test]
+    fn a_successor_wipes_expired_files_and_inherits_the_rest() {
+        let t = shm();
+        let mut first = SecretsDir::open(t.path(), 1 << 20).unwrap();
+        first.write("live", b"value-1", 0o400, None, None).unwrap();
+        first.write("dead", b"value-2", 0o400, None, None).unwrap();
+        let ttls = BTreeMap::from([
+            ("live".to_string(), Duration::from_secs(60)),
+            ("dead".to_string(), Duration::ZERO),
+        ]);
+        first.save_state(&ttls).unwrap();
+        let state = std::fs::read_to_string(t.path().join(STATE_FILE)).unwrap();
+        assert!(
+            state.contains("\"live\"") && !state.contains("value-"),
+            "{state}"
+        );
+        drop(first); // killed: no wipe
+
+        let mut second = SecretsDir::open(t.path(), 1 << 20).unwrap();
+        assert!(!t.path().join("dead").exists(), "expired file left");
+        let left = second.inherited()["live"];
+        assert!(left > Duration::from_secs(55) && left <= Duration::from_secs(60));
+        assert_eq!(second.files().collect::<Vec<_>>(), ["live"]);
+        second.wipe_all().unwrap();
+        assert!(std::fs::read_dir(t.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn temp_names_are_recognised() {
+        assert!(is_temp_name(".db_password.tmp-0123456789abcdef"));
+        assert!(is_temp_name(".unbaked-sidecar.tmp-0123456789abcdef"));
+        for not in [
+            "db_password",
+            ".db.tmp-0123",
+            "x.tmp-0123456789abcdef",
+            ".db.tmp-0123456789abcdeg",
+        ] {
+            assert!(!is_temp_name(not), "{not}");
+        }
+    }
 
     #[test]
     fn split_refuses_escapes() {

@@ -62,15 +62,29 @@ fn write_is_atomic_with_mode_and_owner_and_leaves_no_temp_file() {
 }
 
 #[test]
-fn a_rewrite_zeroes_the_old_version() {
+fn a_rewrite_zeroes_the_old_version_after_a_grace_for_readers() {
     let t = shm();
     let mut dir = SecretsDir::open(t.path(), 1 << 20).unwrap();
     dir.write("k", b"old-secret", 0o600, None, None).unwrap();
+    let read = |f: &mut fs::File| {
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).unwrap();
+        buf
+    };
     let mut old = fs::File::open(t.path().join("k")).unwrap();
     dir.write("k", b"new", 0o600, None, None).unwrap();
-    let mut buf = Vec::new();
-    old.read_to_end(&mut buf).unwrap();
-    assert_eq!(buf, vec![0; 10]);
+    // A reader that opened the old version just before the rename reads it whole.
+    assert_eq!(read(&mut old), b"old-secret");
+    let mut old = fs::File::open(t.path().join("k")).unwrap();
+    dir.write("k", b"newer", 0o600, None, None).unwrap();
+    std::thread::sleep(unbaked_sidecar::writer::RETIRE_GRACE);
+    dir.write("k", b"newest", 0o600, None, None).unwrap();
+    assert_eq!(read(&mut old), vec![0; 3], "zeroed after the grace");
+    // wipe_all zeroes a replaced version at once.
+    let mut old = fs::File::open(t.path().join("k")).unwrap();
+    dir.write("k", b"last", 0o600, None, None).unwrap();
+    dir.wipe_all().unwrap();
+    assert_eq!(read(&mut old), vec![0; 6]);
 }
 
 #[test]

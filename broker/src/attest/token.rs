@@ -21,6 +21,8 @@ pub struct ServiceAccount {
     pub name: String,
     /// The pod the token was bound to, when the token is pod-bound.
     pub pod: Option<String>,
+    /// That pod's uid: a caller in another pod is refused ([`check_pod_binding`]).
+    pub pod_uid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,7 +55,13 @@ struct Claims {
 struct K8sClaims {
     namespace: String,
     serviceaccount: Named,
-    pod: Option<Named>,
+    pod: Option<Pod>,
+}
+
+#[derive(Deserialize)]
+struct Pod {
+    name: String,
+    uid: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -188,10 +196,15 @@ impl TokenVerifier {
                         .claims
                         .kubernetes
                         .ok_or(TokenError::NotServiceAccount)?;
+                    let (pod, pod_uid) = match k8s.pod {
+                        Some(p) => (Some(p.name), p.uid),
+                        None => (None, None),
+                    };
                     return Ok(ServiceAccount {
                         namespace: k8s.namespace,
                         name: k8s.serviceaccount.name,
-                        pod: k8s.pod.map(|p| p.name),
+                        pod,
+                        pod_uid,
                     });
                 }
                 Err(e) => {
@@ -218,6 +231,62 @@ impl TokenVerifier {
             }
         }
         Err(last)
+    }
+}
+
+/// The uid of the Kubernetes pod a `/proc/<pid>/cgroup` places its process
+/// in: `/kubepods/<qos>/pod<uid>/...` (cgroupfs) or
+/// `kubepods-<qos>-pod<uid with _>.slice` (systemd); `None` outside a pod.
+pub fn pod_uid_from_cgroup(text: &str) -> Option<String> {
+    for line in text.lines() {
+        let Some(path) = line.splitn(3, ':').nth(2) else {
+            continue;
+        };
+        if !path.contains("kubepods") {
+            continue;
+        }
+        for comp in path.split('/') {
+            let comp = comp.strip_suffix(".slice").unwrap_or(comp);
+            let tail = match comp.rfind("-pod") {
+                Some(i) => &comp[i + 4..],
+                None => match comp.strip_prefix("pod") {
+                    Some(t) => t,
+                    None => continue,
+                },
+            };
+            let uid = tail.replace('_', "-");
+            let shaped = uid.len() == 36
+                && uid
+                    .bytes()
+                    .all(|b| b == b'-' || (b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            if shaped {
+                return Some(uid);
+            }
+        }
+    }
+    None
+}
+
+/// The pod the process `pid` runs in, from its cgroup; `None` for a
+/// process outside any pod (or gone: the server's liveness check refuses
+/// a caller whose process has exited).
+pub fn caller_pod(pid: Option<i32>) -> Option<String> {
+    let pid = pid.filter(|p| *p > 0)?;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    pod_uid_from_cgroup(&text)
+}
+
+/// A pod-bound token proves one pod: a caller the kernel places in another
+/// pod is presenting a token it copied (a replay), so it is refused. A
+/// caller outside any pod (a host process, which could read every pod's
+/// token anyway) is judged by the token alone.
+pub fn check_pod_binding(sa: &ServiceAccount, caller_pod: Option<&str>) -> Result<(), String> {
+    match (sa.pod_uid.as_deref(), caller_pod) {
+        (Some(bound), Some(actual)) if bound != actual => Err(format!(
+            "the service-account token was issued to pod {} (uid {bound}), but the caller runs in pod uid {actual}: a token proves only its own pod; mount this pod's projected token",
+            sa.pod.as_deref().unwrap_or("?")
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -300,9 +369,53 @@ pub(crate) mod tests {
             ServiceAccount {
                 namespace: "payments".into(),
                 name: "billing".into(),
-                pod: Some("billing-7d9f".into())
+                pod: Some("billing-7d9f".into()),
+                pod_uid: Some("aa11".into()),
             }
         );
+    }
+
+    const POD: &str = "0b6f4a52-8c3e-4d7a-9f11-2b5c6d7e8f90";
+
+    #[test]
+    fn pods_are_read_from_both_cgroup_layouts() {
+        let cgroupfs = format!("12:pids:/kubepods/besteffort/pod{POD}/0d10011f164b69fedae04229d2321585aaaabbbbccccddddeeeeffff00001111\n");
+        assert_eq!(pod_uid_from_cgroup(&cgroupfs).as_deref(), Some(POD));
+        let guaranteed = format!("0::/kubepods/pod{POD}/abc\n");
+        assert_eq!(pod_uid_from_cgroup(&guaranteed).as_deref(), Some(POD));
+        let systemd = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-abc.scope\n",
+            POD.replace('-', "_")
+        );
+        assert_eq!(pod_uid_from_cgroup(&systemd).as_deref(), Some(POD));
+        for outside in [
+            "0::/\n",
+            "0::/system.slice/docker-abc.scope\n",
+            "0::/podman/pod0b6f4a52-8c3e-4d7a-9f11-2b5c6d7e8f90\n",
+            "0::/kubepods/besteffort/podnot-a-uid\n",
+        ] {
+            assert_eq!(pod_uid_from_cgroup(outside), None, "{outside}");
+        }
+    }
+
+    #[test]
+    fn a_token_from_another_pod_is_refused() {
+        let sa = ServiceAccount {
+            namespace: "payments".into(),
+            name: "billing".into(),
+            pod: Some("billing-1".into()),
+            pod_uid: Some(POD.into()),
+        };
+        assert!(check_pod_binding(&sa, Some(POD)).is_ok());
+        assert!(check_pod_binding(&sa, None).is_ok());
+        let other = "11111111-2222-4333-8444-555555555555";
+        let e = check_pod_binding(&sa, Some(other)).unwrap_err();
+        assert!(e.contains("billing-1") && e.contains(other), "{e}");
+        let unbound = ServiceAccount {
+            pod_uid: None,
+            ..sa
+        };
+        assert!(check_pod_binding(&unbound, Some(other)).is_ok());
     }
 
     #[test]

@@ -1,0 +1,193 @@
+//! Long-running `unbaked` processes the reliability tests control by hand:
+//! a broker started with extra environment, killed with SIGKILL and
+//! restarted on the same socket, policies and audit file; sidecars killed
+//! at random moments. Also raw HTTP over the broker socket, for requests
+//! the real client would never send.
+
+use super::{wait_for, BIN};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A broker in `dir` (which holds `policies/`): `dir/broker.sock`,
+/// `dir/audit.log`, its log appended to `dir/broker.log` across restarts.
+pub struct BrokerProcess {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub audit: PathBuf,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl BrokerProcess {
+    pub fn start(dir: &Path, env: &[(&str, &str)]) -> BrokerProcess {
+        let mut b = BrokerProcess {
+            dir: dir.to_path_buf(),
+            socket: dir.join("broker.sock"),
+            audit: dir.join("audit.log"),
+            log: dir.join("broker.log"),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("broker")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--policies")
+            .arg(self.dir.join("policies"))
+            .arg("--audit")
+            .arg(&self.audit)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("UNBAKED_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the broker");
+        self.child = Some(child);
+        let socket = self.socket.clone();
+        let ready = wait_for(Duration::from_secs(15), || {
+            UnixStream::connect(&socket).is_ok()
+        });
+        assert!(ready, "broker did not listen:\n{}", self.log_text());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no stop record, no cleanup, the socket file left behind.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same socket, policies and audit file.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn audit_text(&self) -> String {
+        std::fs::read_to_string(&self.audit).unwrap_or_default()
+    }
+
+    /// The broker's resident memory, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+}
+
+/// VmRSS of `pid`, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One raw HTTP/1.1 exchange: (status, lowercase header lines, body).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<String>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let prefix = format!("{}:", name.to_ascii_lowercase());
+        self.headers
+            .iter()
+            .find(|h| h.starts_with(&prefix))
+            .map(|h| h[prefix.len()..].trim())
+    }
+}
+
+/// Send `head` (request line and headers, no blank line) and `body` on a
+/// fresh connection with `Connection: close`, and read the whole answer.
+pub fn http(socket: &Path, head: &str, body: &[u8]) -> std::io::Result<Answer> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let req = format!(
+        "{head}\r\nHost: unbaked\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    read_answer(&mut s)
+}
+
+/// Read one answer until the server closes the connection.
+pub fn read_answer(s: &mut UnixStream) -> std::io::Result<Answer> {
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_answer(&raw).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not an HTTP answer: {:?}", String::from_utf8_lossy(&raw)),
+        )
+    })
+}
+
+pub fn parse_answer(raw: &[u8]) -> Option<Answer> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    Some(Answer {
+        status,
+        headers: lines.map(|l| l.to_ascii_lowercase()).collect(),
+        body: body.to_string(),
+    })
+}
+
+/// PUT a secret through the admin API without a CLI process per write.
+pub fn put_secret(socket: &Path, path: &str, key: &str, value: &[u8]) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+    let body = format!("{{\"data\":{{\"{key}\":\"{b64}\"}}}}");
+    let a = http(
+        socket,
+        &format!("PUT /v1/admin/secrets/{path} HTTP/1.1\r\nContent-Type: application/json"),
+        body.as_bytes(),
+    )
+    .expect("the broker answers a put");
+    assert_eq!(a.status, 200, "put failed: {}", a.body);
+}
