@@ -21,7 +21,15 @@ fn broker() -> Broker {
 /// A fetch through the real client still works, promptly.
 fn fetch_works(b: &Broker) -> Duration {
     let t = Instant::now();
-    let out = output(b.cmd().args(["exec", "--workload", "h", "--", "sh", "-c", "printf %s \"$H\""]));
+    let out = output(b.cmd().args([
+        "exec",
+        "--workload",
+        "h",
+        "--",
+        "sh",
+        "-c",
+        "printf %s \"$H\"",
+    ]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(out.stdout, VALUE);
     t.elapsed()
@@ -46,10 +54,19 @@ fn assert_bad_request(a: &Answer, needle: &str) {
 fn malformed_json_gets_a_clear_400_naming_the_problem() {
     let b = broker();
     let cases: &[(&[u8], &str)] = &[
-        (b"{\"workload\": ", "malformed request body: EOF while parsing"),
+        (
+            b"{\"workload\": ",
+            "malformed request body: EOF while parsing",
+        ),
         (b"{\"workload\":\"h\",\"uid\":0}", "unknown field `uid`"),
-        (b"{\"workload\": 5}", "invalid type: integer `5`, expected a string"),
-        (b"{\"workload\":\"h\",\"kinds\":[\"disk\"]}", "unknown variant `disk`"),
+        (
+            b"{\"workload\": 5}",
+            "invalid type: integer `5`, expected a string",
+        ),
+        (
+            b"{\"workload\":\"h\",\"kinds\":[\"disk\"]}",
+            "unknown variant `disk`",
+        ),
         (b"\xff\xfe\x00garbage", "malformed request body"),
         (b"", "malformed request body: EOF while parsing"),
         (b"[1,2,3]", "malformed request body"),
@@ -58,7 +75,10 @@ fn malformed_json_gets_a_clear_400_naming_the_problem() {
         assert_bad_request(&fetch(&b.socket, body), needle);
     }
     // The error never echoes the body back (it may hold anything).
-    let a = fetch(&b.socket, b"{\"workload\":\"h\",\"secret-ish\":\"zz-echo-me-zz\"}");
+    let a = fetch(
+        &b.socket,
+        b"{\"workload\":\"h\",\"secret-ish\":\"zz-echo-me-zz\"}",
+    );
     assert_bad_request(&a, "unknown field");
     assert!(!a.body.contains("zz-echo-me-zz"), "{}", a.body);
     let a = http(&b.socket, "GET /v1/nowhere HTTP/1.1", b"").unwrap();
@@ -90,7 +110,7 @@ fn oversized_requests_are_refused_by_the_size_limits() {
     let writer = std::thread::spawn(move || {
         let _ = write!(
             w,
-            "POST /v1/admin/secrets/app/big HTTP/1.1\r\nHost: u\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            "PUT /v1/admin/secrets/app/big HTTP/1.1\r\nHost: u\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         );
         let chunk = vec![b'a'; 64 * 1024];
         for _ in 0..20 {
@@ -111,14 +131,20 @@ fn oversized_requests_are_refused_by_the_size_limits() {
     // Headers over 64 KiB: 431.
     let a = http(
         &b.socket,
-        &format!("GET /v1/health HTTP/1.1\r\nX-Pad: {}", "p".repeat(100 * 1024)),
+        &format!(
+            "GET /v1/health HTTP/1.1\r\nX-Pad: {}",
+            "p".repeat(100 * 1024)
+        ),
         b"",
     );
     match a {
         Ok(a) => assert_eq!(a.status, 431, "{a:?}"),
         // Or the broker closed the connection while we were still writing.
         Err(e) => assert!(
-            matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset),
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
             "{e}"
         ),
     }
@@ -197,7 +223,10 @@ fn slow_and_idle_connections_time_out_and_others_are_served_meanwhile() {
     assert!(slowest < Duration::from_secs(2), "a fetch took {slowest:?}");
 
     let (t, got) = idle.join().unwrap();
-    assert!(within(t) && got.is_empty(), "idle connection closed after {t:?}: {got:?}");
+    assert!(
+        within(t) && got.is_empty(),
+        "idle connection closed after {t:?}: {got:?}"
+    );
     let (t, _) = slow_head.join().unwrap();
     assert!(within(t), "slow headers cut after {t:?}");
     let (t, got) = slow_body.join().unwrap();
@@ -227,7 +256,10 @@ fn an_oversized_policy_file_is_refused_and_the_old_set_keeps_serving() {
     let out = output(b.cmd().args(["policy", "check"]).arg(&b.policies));
     assert_eq!(out.status.code(), Some(1));
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(all.contains("huge.toml") && all.contains("256 KiB limit"), "{all}");
+    assert!(
+        all.contains("huge.toml") && all.contains("256 KiB limit"),
+        "{all}"
+    );
 }
 
 /// The checks the fuzz targets run (`fuzz/src/checks.rs`), over the
@@ -244,9 +276,7 @@ fn the_checked_in_fuzz_corpora_replay_cleanly() {
     for (target, check) in checks::TARGETS {
         let dir = root.join(target);
         let mut n = 0;
-        for entry in std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
             let path = entry.unwrap().path();
             let data = std::fs::read(&path).unwrap();
             let outcome = std::panic::catch_unwind(|| check(&data));

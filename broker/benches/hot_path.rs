@@ -96,7 +96,11 @@ fn audit(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let audit = Audit::open(&dir.path().join("audit.log")).unwrap();
     c.bench_function("audit/grant_record_to_file", |b| {
-        b.iter(|| audit.record(Event::Grant, black_box(grant_record())).unwrap())
+        b.iter(|| {
+            audit
+                .record(Event::Grant, black_box(grant_record()))
+                .unwrap()
+        })
     });
 }
 

@@ -331,6 +331,14 @@ pub fn parse(args: &[String]) -> Result<Parsed, Vec<Refusal>> {
         ));
         return Err(errors);
     };
+    // After `--` any word is the image, but the plan drops the `--`: docker
+    // would then read a leading '-' as an option (found by fuzzing).
+    if image.starts_with('-') {
+        errors.push(refusal(
+            "launch.args",
+            format!("{image:?} is not an image name: an image never starts with '-'"),
+        ));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -856,9 +864,10 @@ mod tests {
                 ("network", Some("none")),
             ]
         );
-        // `--` ends the options; the image may then look like a flag.
-        let p = parse(&s(&["--rm", "--", "-weird", "x"])).unwrap();
-        assert_eq!((p.image.as_str(), p.command.len()), ("-weird", 1));
+        // `--` ends the options, but no image starts with '-' (the plan
+        // drops the `--`, so docker would read it as an option).
+        let e = parse(&s(&["--rm", "--", "-weird", "x"])).unwrap_err();
+        assert_eq!(e[0].rule, "launch.args");
     }
 
     #[test]

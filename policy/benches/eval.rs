@@ -17,7 +17,7 @@ const IMAGE: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123
 /// Even workloads match host uids, odd ones containers by labels and image;
 /// each has eight grants over the three delivery kinds.
 fn policy(i: usize) -> String {
-    let matcher = if i % 2 == 0 {
+    let matcher = if i.is_multiple_of(2) {
         "uids = [1000, 1001]\ngids = [1000]".to_string()
     } else {
         format!("docker_labels = {{ app = \"w{i:04}\", tier = \"web\" }}\nimage = \"{IMAGE}\"")

@@ -215,18 +215,21 @@ impl Sidecar {
                     self.persist(dir);
                 }
                 Some((sent, Ok(lease))) => {
+                    let new_lease =
+                        !delivered || self.lease_id.as_deref() != Some(lease.lease_id.as_str());
+                    // Ours from here: revoked on the way out even if a write fails.
+                    self.lease_id = Some(lease.lease_id.clone());
                     let (written, wiped) = self.apply(dir, &lease, sent)?;
                     transient.reset();
                     denied.reset();
                     let files = self.state.len();
-                    if !delivered || self.lease_id.as_deref() != Some(lease.lease_id.as_str()) {
+                    if new_lease {
                         tracing::info!(%workload, lease_id = %lease.lease_id, files, "secrets delivered");
                     } else if written + wiped > 0 {
                         tracing::info!(%workload, lease_id = %lease.lease_id, files, written, wiped, "secrets updated");
                     } else {
                         tracing::debug!(%workload, lease_id = %lease.lease_id, "lease renewed");
                     }
-                    self.lease_id = Some(lease.lease_id.clone());
                     delivered = true;
                     if self.cfg.once {
                         // Nobody renews these: no deadline for a successor to enforce.
@@ -541,6 +544,19 @@ mod tests {
         assert_eq!(renew_after(60), Duration::from_secs(40));
         assert_eq!(renew_after(1), Duration::from_secs(1));
         assert_eq!(renew_after(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_overloaded_broker_is_retried_like_an_absent_one() {
+        let api = |code| {
+            ClientError::Api(unbaked_api::wire::ApiError {
+                code,
+                message: String::new(),
+            })
+        };
+        assert!(transient_error(&api(ErrorCode::Overloaded)));
+        assert!(transient_error(&api(ErrorCode::StoreUnavailable)));
+        assert!(!transient_error(&api(ErrorCode::BadRequest)));
     }
 
     #[test]

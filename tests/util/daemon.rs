@@ -154,10 +154,21 @@ pub fn http(socket: &Path, head: &str, body: &[u8]) -> std::io::Result<Answer> {
     read_answer(&mut s)
 }
 
-/// Read one answer until the server closes the connection.
+/// Read one answer until the server closes the connection. A reset after
+/// the answer (the server closed with part of our request unread) still
+/// leaves the answer.
 pub fn read_answer(s: &mut UnixStream) -> std::io::Result<Answer> {
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) if !raw.is_empty() => break,
+            Err(e) => return Err(e),
+        }
+    }
     parse_answer(&raw).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,

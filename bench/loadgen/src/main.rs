@@ -1,9 +1,12 @@
 //! Load generator for the broker's unix socket (wrk speaks TCP only).
 //!
-//! Sustained mode: N connections each post `/v1/fetch` back to back for T
-//! seconds (HTTP/1.1 keep-alive, or `--new-conn` for a fresh connection per
+//! Sustained mode: N connections each post `/v1/fetch` for T seconds
+//! (HTTP/1.1 keep-alive, or `--new-conn` for a fresh connection per
 //! request as the sidecar makes), then one `key=value` line with throughput
-//! and latency percentiles. Burst mode (`--burst N`): N connections, every
+//! and latency percentiles. Back to back by default (closed loop: the most
+//! the broker serves, latency = N / throughput); with `--rate R` the N
+//! connections together offer R requests/s on a schedule (open loop: the
+//! latency at that load). Burst mode (`--burst N`): N connections, every
 //! request written before the first answer is read (single-flight).
 //!
 //! The answers carry the benchmark's (dummy) secret: only their status
@@ -19,7 +22,7 @@ use tokio::net::UnixStream;
 
 const USAGE: &str = "usage: unbaked-loadgen --socket PATH --workload NAME [--kinds file,env]
   [--connections N] [--duration SECS] [--warmup SECS] [--new-conn] [--threads K]
-  [--pid BROKER_PID] [--burst N]";
+  [--rate REQUESTS_PER_SEC] [--pid BROKER_PID] [--burst N]";
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -33,6 +36,7 @@ struct Args {
     threads: usize,
     pid: Option<u32>,
     burst: Option<usize>,
+    rate: Option<f64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -47,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
         threads: 1,
         pid: None,
         burst: None,
+        rate: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
             "--threads" => a.threads = num(&value)?.max(1.0) as usize,
             "--pid" => a.pid = Some(num(&value)? as u32),
             "--burst" => a.burst = Some(num(&value)?.max(1.0) as usize),
+            "--rate" => a.rate = Some(num(&value)?.max(1.0)),
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
@@ -145,13 +151,25 @@ struct Tally {
     lat: Vec<u64>,
 }
 
-async fn worker(a: Args, req: Vec<u8>, start: Instant) -> Tally {
+async fn worker(a: Args, req: Vec<u8>, start: Instant, index: usize) -> Tally {
     let count_from = start + a.warmup;
     let end = count_from + a.duration;
     let mut t = Tally::default();
     let mut buf = Vec::with_capacity(16 << 10);
     let mut conn: Option<UnixStream> = None;
+    // Open loop: this connection's share of the rate, its start staggered
+    // so the connections do not fire together. A request that is due while
+    // the previous one is still out goes as soon as it returns (no catch-up
+    // burst), so a saturated broker shows as a lower achieved rate.
+    let interval = a
+        .rate
+        .map(|r| Duration::from_secs_f64(a.connections as f64 / r));
+    let mut due = interval.map(|i| start + i.mul_f64(index as f64 / a.connections as f64));
     loop {
+        if let (Some(at), Some(i)) = (due, interval) {
+            tokio::time::sleep_until(at.into()).await;
+            due = Some((at + i).max(Instant::now()));
+        }
         let sent = Instant::now();
         if sent >= end {
             break;
@@ -178,7 +196,8 @@ async fn worker(a: Args, req: Vec<u8>, start: Instant) -> Tally {
             Ok(200) => {}
             Ok(status) => {
                 t.errors += 1;
-                t.first_error.get_or_insert_with(|| format!("HTTP {status}"));
+                t.first_error
+                    .get_or_insert_with(|| format!("HTTP {status}"));
             }
             Err(e) => {
                 t.errors += 1;
@@ -213,8 +232,8 @@ async fn sustained(a: Args) -> Result<String, String> {
     let req = request(&a);
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..a.connections {
-        tasks.push(tokio::spawn(worker(a.clone(), req.clone(), start)));
+    for i in 0..a.connections {
+        tasks.push(tokio::spawn(worker(a.clone(), req.clone(), start, i)));
     }
     // CPU of the broker and of this process over the counted window only.
     tokio::time::sleep_until((start + a.warmup).into()).await;
@@ -233,9 +252,10 @@ async fn sustained(a: Args) -> Result<String, String> {
     all.lat.sort_unstable();
     let secs = a.duration.as_secs_f64();
     let mut line = format!(
-        "clients={} mode={} seconds={secs:.1} ok={} errors={} rps={:.0} p50_us={:.0} p99_us={:.0} p999_us={:.0} max_us={:.0}",
+        "clients={} mode={}{} seconds={secs:.1} ok={} errors={} rps={:.0} p50_us={:.0} p99_us={:.0} p999_us={:.0} max_us={:.0}",
         a.connections,
         if a.new_conn { "new-conn" } else { "keep-alive" },
+        a.rate.map_or(String::new(), |r| format!(" offered_rps={r:.0}")),
         all.ok,
         all.errors,
         all.ok as f64 / secs,
@@ -271,9 +291,7 @@ async fn burst(a: Args, n: usize) -> Result<String, String> {
     }
     let start = Instant::now();
     for s in &mut conns {
-        s.write_all(&req)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
+        s.write_all(&req).await.map_err(|e| format!("write: {e}"))?;
     }
     let tasks: Vec<_> = conns
         .into_iter()
