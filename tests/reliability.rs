@@ -9,9 +9,12 @@
 mod util;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use ring::rand::{SecureRandom, SystemRandom};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use util::daemon::{http, put_secret, BrokerProcess};
 use util::*;
@@ -70,6 +73,215 @@ fn signal(child: &mut Child, sig: Signal) -> std::process::ExitStatus {
     child.wait().unwrap()
 }
 
+/// Every name under `dir`, recursively, relative.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn random_below(rng: &SystemRandom, n: u64) -> u64 {
+    let mut b = [0u8; 8];
+    rng.fill(&mut b).unwrap();
+    u64::from_le_bytes(b) % n.max(1)
+}
+
+/// Version `i` of the rotated secret: 64 KiB, its index up front and a
+/// filler derived from it, so a torn or mixed file cannot pass for any.
+fn rotation_value(i: usize) -> Vec<u8> {
+    const LEN: usize = 64 * 1024;
+    let mut v = format!("rot-{i:06}|").into_bytes();
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while v.len() < LEN {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.push(b'a' + (x % 26) as u8);
+    }
+    v
+}
+
+fn rotation_index(bytes: &[u8]) -> Option<usize> {
+    let head = bytes.get(..11)?;
+    let digits = std::str::from_utf8(head.strip_prefix(b"rot-")?.strip_suffix(b"|")?).ok()?;
+    digits.parse().ok()
+}
+
+/// What the app saw while the sidecar was being killed.
+#[derive(Default)]
+struct Seen {
+    reads: u64,
+    versions: BTreeSet<usize>,
+    bad: Vec<String>,
+}
+
+/// Crash safety. The app reads its file in a tight loop while the test
+/// rotates the secret and kills a fresh sidecar at a random moment of each
+/// round (before, during or after its fetch and write). Every read must be
+/// a complete value that was written; never empty, torn or missing; and a
+/// superseded value never outlives the ttl of the lease that delivered it.
+/// On a loaded machine, where a fresh sidecar may need far longer than
+/// measured, a round that follows a long run without any delivery lets its
+/// sidecar deliver before the kill: the files would expire otherwise, as
+/// they should, which is not what this test is about.
+#[test]
+fn a_sidecar_killed_at_random_moments_never_leaves_a_torn_empty_or_stale_file() {
+    let _heavy = heavy();
+    let rounds = env_or("UNBAKED_ROTATIONS", 200);
+    let ttl = Duration::from_secs(5);
+    let dir = broker_dir("rot", "secret", "5s");
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let secrets = shm_dir("rotate");
+    let file = secrets.path().join("secret");
+    let log = dir.path().join("sidecars.log");
+    // Three calibration rounds, the killed ones, and one for the last sidecar.
+    const CALIBRATE: usize = 3;
+    let values: Arc<Vec<Vec<u8>>> =
+        Arc::new((0..CALIBRATE + rounds + 1).map(rotation_value).collect());
+    // When each version stopped being current: taken before its successor is put.
+    let superseded: Arc<Mutex<Vec<Option<Instant>>>> =
+        Arc::new(Mutex::new(vec![None; values.len()]));
+
+    // How long a fresh sidecar takes from spawn to the file on disk.
+    let mut deliver = Duration::ZERO;
+    for (i, v) in values.iter().enumerate().take(CALIBRATE) {
+        if i > 0 {
+            superseded.lock().unwrap()[i - 1] = Some(Instant::now());
+        }
+        put_secret(&broker.socket, "app/rot", "v", v);
+        let spawned = Instant::now();
+        let mut child = sidecar(&broker.socket, "rot", secrets.path(), &log);
+        assert!(
+            wait_for(Duration::from_secs(30), || std::fs::read(&file)
+                .is_ok_and(|b| &b == v)),
+            "delivery:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        deliver = deliver.max(spawned.elapsed());
+        signal(&mut child, Signal::SIGKILL);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (stop, values, superseded, file) = (
+            stop.clone(),
+            values.clone(),
+            superseded.clone(),
+            file.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut seen = Seen::default();
+            while !stop.load(Ordering::Relaxed) {
+                let got = std::fs::read(&file);
+                let now = Instant::now();
+                seen.reads += 1;
+                let bytes = match got {
+                    Ok(b) => b,
+                    Err(e) => {
+                        seen.bad.push(format!("read {}: {e}", seen.reads));
+                        continue;
+                    }
+                };
+                let Some(i) = rotation_index(&bytes).filter(|i| values.get(*i) == Some(&bytes))
+                else {
+                    seen.bad.push(format!(
+                        "read {}: {} bytes that are no written value (torn or empty)",
+                        seen.reads,
+                        bytes.len()
+                    ));
+                    continue;
+                };
+                seen.versions.insert(i);
+                if let Some(gone) = superseded.lock().unwrap()[i] {
+                    let age = now.saturating_duration_since(gone);
+                    if age > ttl + Duration::from_secs(1) {
+                        seen.bad.push(format!(
+                            "read {}: version {i} still there {age:?} after it was rotated (ttl {ttl:?})",
+                            seen.reads
+                        ));
+                    }
+                }
+            }
+            seen
+        })
+    };
+
+    let rng = SystemRandom::new();
+    let started = Instant::now();
+    let window = u64::try_from(deliver.as_micros() * 2).unwrap();
+    let mut delivered_at = Instant::now();
+    let mut let_deliver = 0;
+    let newest = values.len() - 1;
+    for i in CALIBRATE..newest {
+        superseded.lock().unwrap()[i - 1] = Some(Instant::now());
+        put_secret(&broker.socket, "app/rot", "v", &values[i]);
+        let mut child = sidecar(&broker.socket, "rot", secrets.path(), &log);
+        let holds_it = || std::fs::read(&file).is_ok_and(|b| b == values[i]);
+        if delivered_at.elapsed() > ttl / 4 {
+            let_deliver += 1;
+            assert!(
+                wait_for(Duration::from_secs(30), holds_it),
+                "no delivery:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        // Anywhere from before the fetch to well after the write.
+        std::thread::sleep(Duration::from_micros(random_below(&rng, window)));
+        signal(&mut child, Signal::SIGKILL);
+        if holds_it() {
+            delivered_at = Instant::now();
+        }
+    }
+    let elapsed = started.elapsed();
+
+    // A last, well-behaved sidecar brings the file to the newest value,
+    // and its SIGTERM leaves nothing behind, not even a killed one's temp files.
+    // (A version of its own: once it has it, its SIGTERM handler is set.)
+    superseded.lock().unwrap()[newest - 1] = Some(Instant::now());
+    put_secret(&broker.socket, "app/rot", "v", &values[newest]);
+    let mut last = sidecar(&broker.socket, "rot", secrets.path(), &log);
+    assert!(wait_for(Duration::from_secs(30), || std::fs::read(&file)
+        .is_ok_and(|b| b == values[newest])));
+    stop.store(true, Ordering::Relaxed);
+    let seen = reader.join().unwrap();
+    assert!(signal(&mut last, Signal::SIGTERM).success());
+    assert_eq!(entries(secrets.path()), Vec::<String>::new(), "left behind");
+
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let swept = logs.matches("removed a temporary file").count();
+    let adopted = logs.matches("a previous sidecar left files here").count();
+    eprintln!(
+        "{rounds} rotations in {elapsed:?} (kills within {:?} of the spawn; {let_deliver} rounds let deliver first): {} reads, {} versions seen, {swept} temp files swept, {adopted} sidecars took over a predecessor's files",
+        Duration::from_micros(window),
+        seen.reads,
+        seen.versions.len()
+    );
+    assert!(
+        seen.bad.is_empty(),
+        "{} bad reads, first: {:?}",
+        seen.bad.len(),
+        &seen.bad[..seen.bad.len().min(5)]
+    );
+    assert!(seen.reads > rounds as u64, "the reader barely ran");
+    // The kills land on both sides of the write: many rounds deliver.
+    assert!(seen.versions.len() > rounds / 10, "too few rotations seen");
+    assert!(
+        !broker
+            .log_text()
+            .contains(std::str::from_utf8(&values[newest][..40]).unwrap()),
+        "a value reached the broker log"
+    );
+}
+
 /// Parse `retry_in=1.5s` / `retry_in=250.3ms` (Duration's Debug) into ms.
 fn retry_waits(log: &str) -> Vec<f64> {
     log.lines()
@@ -116,7 +328,7 @@ fn a_broker_killed_and_restarted_is_rejoined_and_no_file_outlives_its_ttl() {
     let killed = Instant::now();
     for (_, file, _) in &kids {
         assert!(
-            wait_for(ttl + Duration::from_millis(800), || !file.exists()),
+            wait_for(ttl + Duration::from_secs(2), || !file.exists()),
             "a file outlived its ttl with the broker down"
         );
     }
@@ -151,7 +363,7 @@ fn a_broker_killed_and_restarted_is_rejoined_and_no_file_outlives_its_ttl() {
     put_secret(&broker.socket, "app/rs", "v", b"restart-value-two-77aa");
     for (_, file, log) in &kids {
         assert!(
-            wait_for(Duration::from_secs(12), || std::fs::read(file)
+            wait_for(Duration::from_secs(20), || std::fs::read(file)
                 .is_ok_and(|b| b == b"restart-value-two-77aa")),
             "not re-established:\n{}",
             std::fs::read_to_string(log).unwrap()
@@ -177,16 +389,20 @@ fn a_broker_killed_and_restarted_is_rejoined_and_no_file_outlives_its_ttl() {
     }
 }
 
-/// Load: many sidecars on one broker renewing every ~1.3 s, a rotation
-/// half-way through. Every sidecar gets every version, none reports a
+/// Load: many sidecars renewing against one broker, a rotation half-way
+/// through. Every sidecar gets every version, none reports a
 /// failure, no request is denied, and the broker's memory stays flat.
 #[test]
 fn many_sidecars_on_one_broker_get_every_delivery_and_memory_stays_flat() {
     let _heavy = heavy();
     let n = env_or("UNBAKED_LOAD_SIDECARS", 100);
     let secs = env_or("UNBAKED_LOAD_SECS", 10).max(8) as u64;
-    let dir = broker_dir("load", "secret", "2s");
-    let broker = BrokerProcess::start(dir.path(), &[]);
+    // Renewals come at 55-67% of the ttl: 3 s keeps 100 sidecars busy;
+    // larger runs keep the rate per sidecar (`UNBAKED_LOAD_TTL_SECS`).
+    let ttl = env_or("UNBAKED_LOAD_TTL_SECS", (n / 100).max(3));
+    let dir = broker_dir("load", "secret", &format!("{ttl}s"));
+    // A debug line per request would be most of the broker's work here.
+    let broker = BrokerProcess::start(dir.path(), &[("UNBAKED_LOG", "info")]);
     put_secret(&broker.socket, "app/load", "v", b"load-value-one-3c3c");
     let rss_idle = broker.rss_kib();
     let shm = shm_dir("load");
@@ -227,7 +443,7 @@ fn many_sidecars_on_one_broker_get_every_delivery_and_memory_stays_flat() {
         std::thread::sleep(Duration::from_millis(500));
     }
     // The rotation reached everyone within one ttl (plus scheduling slack).
-    assert!(rotated.unwrap().elapsed() > Duration::from_secs(3));
+    assert!(rotated.unwrap().elapsed() > Duration::from_secs(ttl as u64 + 1));
     assert!(
         all_have(b"load-value-two-9d9d"),
         "a sidecar missed the rotation"
@@ -253,7 +469,7 @@ fn many_sidecars_on_one_broker_get_every_delivery_and_memory_stays_flat() {
     assert_eq!(audit.matches("\"event\":\"revoke\"").count(), n);
     let peak = samples.iter().copied().max().unwrap_or(0);
     eprintln!(
-        "{n} sidecars: all delivered in {first_all:?}; {renewals} renewals in {secs}s; broker RSS KiB idle {rss_idle}, warm {rss_warm}, peak {peak}, end {rss_end}, after stop {rss_after}"
+        "{n} sidecars, ttl {ttl}s: all delivered in {first_all:?}; {renewals} renewals in {secs}s; broker RSS KiB idle {rss_idle}, warm {rss_warm}, peak {peak}, end {rss_end}, after stop {rss_after}"
     );
     // Flat: the run adds nothing to speak of over the warmed-up broker.
     let slack = 16 * 1024;
@@ -321,7 +537,7 @@ fn a_flood_beyond_the_connection_limit_gets_503_retry_after_and_bounded_memory()
         assert_eq!(a.header("retry-after"), Some("1"), "{a:?}");
         assert!(a.body.contains("\"code\":\"overloaded\""), "{}", a.body);
         assert!(a.body.contains("UNBAKED_MAX_CONNECTIONS"), "{}", a.body);
-        assert!(*took < Duration::from_millis(1500), "a 503 took {took:?}");
+        assert!(*took < Duration::from_secs(3), "a 503 took {took:?}");
         overloaded += 1;
     }
     assert!(overloaded > 24, "{overloaded}");

@@ -44,8 +44,9 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request headers (a bearer token is a few KiB at most).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// How long a connection waits for a slot before it is answered 503.
-pub const QUEUE_WAIT: Duration = Duration::from_millis(250);
+/// How long a connection waits for a slot before it is answered 503: long
+/// enough that a deploy's burst of sidecars queues instead of bouncing.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(1);
 /// What `Retry-After` tells an overloaded client.
 pub const RETRY_AFTER_SECS: u64 = 1;
 /// An overloaded answer is sent within this, or the connection is dropped.

@@ -23,6 +23,12 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Request bodies stay in a zeroizing buffer until hyper writes them.
 type ReqBody = Full<Cursor<Zeroizing<Vec<u8>>>>;
+/// Status, Retry-After seconds, body.
+type Answer = (StatusCode, Option<u64>, Zeroizing<Vec<u8>>);
+/// Tries of a request the broker answers `overloaded`.
+const OVERLOADED_ATTEMPTS: u32 = 5;
+/// The longest Retry-After we honour (a broken header must not stall us).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -185,6 +191,9 @@ impl Client {
     }
 
     /// One request on a fresh connection; the 2xx body, or the mapped error.
+    /// An `overloaded` answer is tried again after its Retry-After (with
+    /// jitter, so a thousand sidecars started together spread out), a few
+    /// times before it is returned.
     async fn call(
         &self,
         method: Method,
@@ -192,8 +201,45 @@ impl Client {
         body: Option<Zeroizing<Vec<u8>>>,
     ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
         let what = format!("{method} {}", path_only(&uri));
+        let body = body.unwrap_or_default();
+        let mut attempt = 1;
+        loop {
+            let req = self.request(&method, &uri, &body, &what)?;
+            let (status, retry_after, answer) =
+                tokio::time::timeout(self.timeout, self.exchange(req))
+                    .await
+                    .map_err(|_| ClientError::Timeout {
+                        socket: self.socket.clone(),
+                        after: self.timeout,
+                    })??;
+            if status.is_success() {
+                return Ok(answer);
+            }
+            let e = serde_json::from_slice::<ApiError>(&answer).map_err(|_| {
+                ClientError::Protocol(format!(
+                    "the broker at {} answered {status} to {what} without an error report: is it an unbaked broker of the same version?",
+                    self.socket.display()
+                ))
+            })?;
+            if e.code != ErrorCode::Overloaded || attempt >= OVERLOADED_ATTEMPTS {
+                return Err(ClientError::Api(e));
+            }
+            let wait = retry_wait(retry_after, jitter());
+            tracing::debug!(%what, attempt, ?wait, "the broker is overloaded: trying again");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    fn request(
+        &self,
+        method: &Method,
+        uri: &str,
+        body: &Zeroizing<Vec<u8>>,
+        what: &str,
+    ) -> Result<Request<ReqBody>, ClientError> {
         let mut req = Request::builder()
-            .method(method)
+            .method(method.clone())
             .uri(uri)
             .header(hyper::header::HOST, "unbaked")
             .header(hyper::header::CONTENT_TYPE, "application/json");
@@ -213,31 +259,11 @@ impl Client {
             value.set_sensitive(true);
             req = req.header(hyper::header::AUTHORIZATION, value);
         }
-        let req = req
-            .body(Full::new(Cursor::new(body.unwrap_or_default())))
-            .map_err(|e| ClientError::Protocol(format!("cannot build the request {what}: {e}")))?;
-        let (status, answer) = tokio::time::timeout(self.timeout, self.exchange(req))
-            .await
-            .map_err(|_| ClientError::Timeout {
-                socket: self.socket.clone(),
-                after: self.timeout,
-            })??;
-        if status.is_success() {
-            return Ok(answer);
-        }
-        match serde_json::from_slice::<ApiError>(&answer) {
-            Ok(e) => Err(ClientError::Api(e)),
-            Err(_) => Err(ClientError::Protocol(format!(
-                "the broker at {} answered {status} to {what} without an error report: is it an unbaked broker of the same version?",
-                self.socket.display()
-            ))),
-        }
+        req.body(Full::new(Cursor::new(body.clone())))
+            .map_err(|e| ClientError::Protocol(format!("cannot build the request {what}: {e}")))
     }
 
-    async fn exchange(
-        &self,
-        req: Request<ReqBody>,
-    ) -> Result<(StatusCode, Zeroizing<Vec<u8>>), ClientError> {
+    async fn exchange(&self, req: Request<ReqBody>) -> Result<Answer, ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|e| self.unavailable(e))?;
@@ -269,11 +295,12 @@ impl Client {
     }
 
     /// Read the body into one zeroizing buffer, capped.
-    async fn read(
-        &self,
-        resp: Response<Incoming>,
-    ) -> Result<(StatusCode, Zeroizing<Vec<u8>>), ClientError> {
+    async fn read(&self, resp: Response<Incoming>) -> Result<Answer, ClientError> {
         let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
         let hint = resp
             .headers()
             .get(hyper::header::CONTENT_LENGTH)
@@ -291,7 +318,7 @@ impl Client {
                 }
             }
         }
-        Ok((status, buf))
+        Ok((status, retry_after, buf))
     }
 
     fn unavailable(&self, source: io::Error) -> ClientError {
@@ -311,6 +338,25 @@ impl Client {
 
 /// Append within the cap, growing by hand: `Vec`'s own reallocation would
 /// free the old block without zeroizing it. False when over the cap.
+/// Retry-After (1 s if absent, at most [`MAX_RETRY_AFTER`]) scaled by
+/// `jitter` in [0.5, 1.5].
+fn retry_wait(retry_after: Option<u64>, jitter: f64) -> Duration {
+    Duration::from_secs(retry_after.unwrap_or(1).max(1))
+        .min(MAX_RETRY_AFTER)
+        .mul_f64(jitter.clamp(0.5, 1.5))
+}
+
+/// A number in [0.5, 1.5] from the system's random source (1 if it fails).
+fn jitter() -> f64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_or(1.0, |()| {
+            0.5 + f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
+        })
+}
+
 fn append(buf: &mut Zeroizing<Vec<u8>>, data: &[u8]) -> bool {
     let need = buf.len() + data.len();
     if need > MAX_RESPONSE_BYTES {
@@ -351,6 +397,19 @@ pub(crate) fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overloaded_answers_wait_their_retry_after_with_jitter_and_a_cap() {
+        assert_eq!(retry_wait(Some(2), 1.0), Duration::from_secs(2));
+        assert_eq!(retry_wait(Some(2), 0.5), Duration::from_secs(1));
+        assert_eq!(retry_wait(None, 1.5), Duration::from_millis(1500));
+        assert_eq!(retry_wait(Some(0), 1.0), Duration::from_secs(1));
+        assert_eq!(retry_wait(Some(3600), 1.0), MAX_RETRY_AFTER);
+        for _ in 0..100 {
+            let j = jitter();
+            assert!((0.5..=1.5).contains(&j), "{j}");
+        }
+    }
 
     #[test]
     fn encode_keeps_only_the_safe_set() {

@@ -237,7 +237,9 @@ impl Sidecar {
                         return Ok(Exit::Once);
                     }
                     self.persist(dir);
-                    next_call = now + renew_after(lease.ttl_secs);
+                    // From when the request left, like the expiry: a slow
+                    // answer does not push the next renewal towards it.
+                    next_call = sent + renew_after(lease.ttl_secs, unit_random());
                 }
                 Some((_, Err(e))) => {
                     let withdrawn = e.is_denied() || (!renewing && e.is_not_found());
@@ -372,9 +374,22 @@ fn transient_error(e: &ClientError) -> bool {
     }
 }
 
-/// Renew at two thirds of the ttl, at least a second apart.
-fn renew_after(ttl_secs: u64) -> Duration {
-    Duration::from_millis(ttl_secs.saturating_mul(2000) / 3).max(Duration::from_secs(1))
+/// Renew between 55% and two thirds of the ttl (`jitter` 1 to 0), at least
+/// a second apart: sidecars started together (a deploy) drift apart
+/// instead of renewing in bursts, and every renewal comes within two
+/// thirds of the ttl, so a rotation still arrives within one ttl.
+fn renew_after(ttl_secs: u64, jitter: f64) -> Duration {
+    let full = Duration::from_millis(ttl_secs.saturating_mul(2000) / 3);
+    let early = full.mul_f64((2.0 / 3.0 - 0.55) / (2.0 / 3.0) * jitter.clamp(0.0, 1.0));
+    (full - early).max(Duration::from_secs(1))
+}
+
+/// A number in [0, 1] from the system's random source (0 if it fails).
+fn unit_random() -> f64 {
+    let mut b = [0u8; 4];
+    SystemRandom::new().fill(&mut b).map_or(0.0, |()| {
+        f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
+    })
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {
@@ -540,10 +555,13 @@ mod tests {
     }
 
     #[test]
-    fn renewal_comes_at_two_thirds_of_the_ttl_at_least_a_second() {
-        assert_eq!(renew_after(60), Duration::from_secs(40));
-        assert_eq!(renew_after(1), Duration::from_secs(1));
-        assert_eq!(renew_after(0), Duration::from_secs(1));
+    fn renewal_comes_between_55_percent_and_two_thirds_of_the_ttl_at_least_a_second() {
+        assert_eq!(renew_after(60, 0.0), Duration::from_secs(40));
+        assert_eq!(renew_after(60, 1.0), Duration::from_secs(33));
+        let mid = renew_after(60, unit_random());
+        assert!(mid >= Duration::from_secs(33) && mid <= Duration::from_secs(40));
+        assert_eq!(renew_after(1, 0.5), Duration::from_secs(1));
+        assert_eq!(renew_after(0, 0.0), Duration::from_secs(1));
     }
 
     #[test]

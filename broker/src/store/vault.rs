@@ -812,15 +812,21 @@ impl Store for VaultStore {
                     .await?;
                 }
                 IssuedHandle::Certificate { mount, serial } => {
-                    self.call("revoke a certificate", |node: Arc<Node>| {
-                        let (mount, serial) = (mount.clone(), serial.clone());
-                        async move {
-                            vaultrs::pki::cert::revoke(&node.client, &mount, &serial)
-                                .await
-                                .map(drop)
-                        }
-                    })
-                    .await?;
+                    let answer = self
+                        .call("revoke a certificate", |node: Arc<Node>| {
+                            let (mount, serial) = (mount.clone(), serial.clone());
+                            async move {
+                                vaultrs::pki::cert::revoke(&node.client, &mount, &serial)
+                                    .await
+                                    .map(drop)
+                            }
+                        })
+                        .await?;
+                    // Vault answers without a revocation time for a
+                    // certificate that has already expired: nothing to do.
+                    if answer.is_none() {
+                        tracing::info!(%serial, "vault had no live certificate to revoke: it has expired");
+                    }
                 }
             }
             Ok(())
