@@ -423,9 +423,16 @@ pub async fn connection(stream: UnixStream, broker: Arc<Broker>) {
         }
     };
     let process = Arc::new(attest::unix::PeerProcess::of(&stream));
+    // The caller's cgroup, read at its first request. A pinned process
+    // cannot be replaced under its pid, and only root moves a process
+    // between cgroups: later requests on this connection skip the /proc
+    // read (a quarter of a keep-alive fetch's CPU). Containers are still
+    // inspected per request.
+    let cgroup = Arc::new(std::sync::OnceLock::<Vec<String>>::new());
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let broker = broker.clone();
         let process = process.clone();
+        let cgroup = cgroup.clone();
         let mut caller = caller.clone();
         let request_id = format!("{:x}", REQUEST_SEQ.fetch_add(1, Ordering::Relaxed));
         let span = tracing::info_span!(
@@ -443,9 +450,22 @@ pub async fn connection(stream: UnixStream, broker: Arc<Broker>) {
         async move {
             // pid → cgroup → container, inspected for each request, so a
             // renewal sees the live config again.
-            let attestation = match broker.containers() {
-                Some(c) => c.engine.attest(caller.pid).await,
-                None => attest::docker::Attestation::Host,
+            let attestation = match (broker.containers(), caller.pid.filter(|p| *p > 0)) {
+                (Some(c), Some(pid)) => match cgroup.get() {
+                    Some(ids) => c.engine.attest_ids(pid, ids).await,
+                    None => match c.engine.cgroup_ids(pid) {
+                        Ok(ids) => {
+                            let ids = if process.pinned() {
+                                cgroup.get_or_init(|| ids)
+                            } else {
+                                &ids
+                            };
+                            c.engine.attest_ids(pid, ids).await
+                        }
+                        Err(gone) => gone,
+                    },
+                },
+                _ => attest::docker::Attestation::Host,
             };
             caller.container = attestation.container_info();
             let mut ctx = Ctx {

@@ -212,26 +212,43 @@ impl Engine {
         let Some(pid) = pid.filter(|p| *p > 0) else {
             return Attestation::Host;
         };
-        let path = self.proc_root.join(pid.to_string()).join("cgroup");
-        let ids = match std::fs::read_to_string(&path) {
-            Ok(text) => container_ids_from_cgroup(&text),
-            Err(e) => {
-                return Attestation::Unverified {
-                    id: String::new(),
-                    reason: format!(
-                        "cannot read {} ({e}): the caller's process is gone",
-                        path.display()
-                    ),
-                }
-            }
-        };
-        let ids: Vec<String> = ids
-            .into_iter()
-            .filter(|i| Some(i) != self.own.as_ref())
-            .collect();
+        match self.cgroup_ids(pid) {
+            Ok(ids) => self.attest_ids(pid, &ids).await,
+            Err(unreadable) => unreadable,
+        }
+    }
+
+    /// The container ids in `pid`'s cgroup path, outermost first, this
+    /// broker's own left out; `Err`: the caller's process is gone.
+    pub fn cgroup_ids(&self, pid: i32) -> Result<Vec<String>, Attestation> {
+        let path = self.cgroup_path(pid);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(container_ids_from_cgroup(&text)
+                .into_iter()
+                .filter(|i| Some(i) != self.own.as_ref())
+                .collect()),
+            Err(e) => Err(Attestation::Unverified {
+                id: String::new(),
+                reason: format!(
+                    "cannot read {} ({e}): the caller's process is gone",
+                    path.display()
+                ),
+            }),
+        }
+    }
+
+    fn cgroup_path(&self, pid: i32) -> PathBuf {
+        self.proc_root.join(pid.to_string()).join("cgroup")
+    }
+
+    /// [`Engine::attest`] of `pid` whose cgroup names the containers `ids`
+    /// (from [`Engine::cgroup_ids`]): no container is a host process; a
+    /// container is inspected now, so its live configuration is judged.
+    pub async fn attest_ids(&self, pid: i32, ids: &[String]) -> Attestation {
         if ids.is_empty() {
             return Attestation::Host;
         }
+        let path = self.cgroup_path(pid);
         // Innermost first: the engine we talk to knows one of them.
         for id in ids.iter().rev() {
             match self.inspect(id).await {

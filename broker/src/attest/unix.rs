@@ -47,6 +47,12 @@ impl PeerProcess {
         }
     }
 
+    /// Whether a pidfd pins the connecting process, so `/proc/<pid>` names
+    /// it for as long as [`PeerProcess::exited`] says it lives.
+    pub fn pinned(&self) -> bool {
+        matches!(self, PeerProcess::Pidfd(_))
+    }
+
     /// Whether the connecting process has exited. A pidfd turns readable
     /// when its process exits, so a live process here means every
     /// `/proc/<pid>` read before this call was of the caller itself.
