@@ -394,9 +394,11 @@ impl Broker {
     /// dry run) create the network and the secrets tmpfs.
     pub async fn launch(&self, ctx: &Ctx, req: LaunchRequest) -> Result<LaunchPlan, ApiError> {
         let containers = self.containers().ok_or_else(|| {
+            // Only a broker embedded without its Docker side (a library
+            // user, the fuzz harness): to the caller the endpoint is absent.
             err(
-                ErrorCode::Internal,
-                "this broker was started without Docker support",
+                ErrorCode::NotFound,
+                "this broker has no Docker side, so no launches: `unbaked run` needs a broker started by `unbaked broker`",
             )
         })?;
         let set = self.policies();
