@@ -288,3 +288,33 @@ fn the_checked_in_fuzz_corpora_replay_cleanly() {
     }
     eprintln!("replayed {}", counts.join(", "));
 }
+
+/// A process that fetches in a loop and never renews or revokes holds at
+/// most 64 leases of a workload: each past that ends its oldest (audited),
+/// so the lease table cannot grow with its rate. Others keep theirs.
+#[test]
+fn a_process_fetching_in_a_loop_holds_a_bounded_number_of_leases() {
+    let b = broker();
+    // Another process's lease, which the loop must not touch.
+    fetch_works(&b);
+    let leases = |b: &Broker| -> u64 {
+        let h = http(&b.socket, "GET /v1/health HTTP/1.1", b"").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&h.body).unwrap();
+        v["leases"].as_u64().unwrap()
+    };
+    let others = leases(&b);
+    assert!(others >= 1, "the exec's lease is live: {others}");
+    for i in 0..100 {
+        let a = fetch(&b.socket, br#"{"workload":"h","kinds":["env"]}"#);
+        assert_eq!(a.status, 200, "fetch {i}: {a:?}");
+    }
+    assert_eq!(leases(&b), others + 64);
+    let audit = b.audit_text();
+    let evicted = audit
+        .lines()
+        .filter(|l| {
+            l.contains("\"event\":\"expire\"") && l.contains("more leases of this workload")
+        })
+        .count();
+    assert_eq!(evicted, 36, "{audit}");
+}

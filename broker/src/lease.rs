@@ -3,7 +3,7 @@
 //! **Invariant:** the table holds identities and deadlines, never values.
 
 use ring::rand::{SecureRandom, SystemRandom};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use unbaked_api::wire::DeliveryKind;
@@ -29,15 +29,37 @@ pub struct LeaseTable {
     inner: Mutex<Inner>,
 }
 
+/// Live leases one process may hold for one workload. A sidecar holds
+/// one and renews it; a caller that fetches in a loop would otherwise grow
+/// the table by its rate times the ttl: past this its oldest lease ends.
+pub const MAX_LEASES_PER_HOLDER: usize = 64;
+
+/// Who holds a lease: pid (uid when there is none), uid, workload.
+type Holder = (Option<i32>, u32, String);
+
 #[derive(Debug, Default)]
 struct Inner {
     leases: HashMap<String, LeaseRecord>,
     deadlines: BTreeSet<(Instant, String)>,
+    /// Each holder's lease ids, oldest first.
+    held: HashMap<Holder, VecDeque<String>>,
+}
+
+fn holder(lease: &LeaseRecord) -> Holder {
+    (lease.pid, lease.uid, lease.workload.clone())
 }
 
 impl Inner {
-    fn forget_deadline(&mut self, lease: &LeaseRecord) {
+    /// Take `lease` out of the deadline and holder indexes.
+    fn forget(&mut self, lease: &LeaseRecord) {
         self.deadlines.remove(&(lease.expires_at, lease.id.clone()));
+        let key = holder(lease);
+        if let Some(ids) = self.held.get_mut(&key) {
+            ids.retain(|id| *id != lease.id);
+            if ids.is_empty() {
+                self.held.remove(&key);
+            }
+        }
     }
 }
 
@@ -51,13 +73,29 @@ pub fn new_lease_id() -> String {
 }
 
 impl LeaseTable {
-    pub fn insert(&self, lease: LeaseRecord) {
+    /// Add a lease; the leases its holder held past
+    /// [`MAX_LEASES_PER_HOLDER`], oldest first, are removed and returned
+    /// for the caller to end.
+    pub fn insert(&self, lease: LeaseRecord) -> Vec<LeaseRecord> {
         let mut t = self.lock();
         let deadline = (lease.expires_at, lease.id.clone());
+        let (key, id) = (holder(&lease), lease.id.clone());
         if let Some(old) = t.leases.insert(lease.id.clone(), lease) {
-            t.forget_deadline(&old);
+            t.forget(&old);
         }
         t.deadlines.insert(deadline);
+        let ids = t.held.entry(key).or_default();
+        ids.push_back(id);
+        let over = ids.len().saturating_sub(MAX_LEASES_PER_HOLDER);
+        let evicted: Vec<String> = ids.drain(..over).collect();
+        evicted
+            .iter()
+            .filter_map(|id| {
+                let lease = t.leases.remove(id)?;
+                t.deadlines.remove(&(lease.expires_at, lease.id.clone()));
+                Some(lease)
+            })
+            .collect()
     }
 
     /// The lease if it exists and has not expired.
@@ -72,7 +110,9 @@ impl LeaseTable {
     /// Push the deadline out by a new ttl; false if the lease is gone.
     pub fn extend(&self, id: &str, ttl: Duration, now: Instant) -> bool {
         let mut t = self.lock();
-        let Inner { leases, deadlines } = &mut *t;
+        let Inner {
+            leases, deadlines, ..
+        } = &mut *t;
         match leases.get_mut(id) {
             Some(l) if l.expires_at > now => {
                 deadlines.remove(&(l.expires_at, l.id.clone()));
@@ -88,7 +128,7 @@ impl LeaseTable {
     pub fn remove(&self, id: &str) -> Option<LeaseRecord> {
         let mut t = self.lock();
         let lease = t.leases.remove(id)?;
-        t.forget_deadline(&lease);
+        t.forget(&lease);
         Some(lease)
     }
 
@@ -101,6 +141,7 @@ impl LeaseTable {
                 break;
             };
             if let Some(lease) = t.leases.remove(&id) {
+                t.forget(&lease);
                 expired.push(lease);
             }
         }
@@ -138,6 +179,36 @@ mod tests {
     }
 
     #[test]
+    fn a_holder_past_the_limit_loses_its_oldest_leases() {
+        let t = LeaseTable::default();
+        let now = Instant::now();
+        let ttl = Duration::from_secs(60);
+        for i in 0..MAX_LEASES_PER_HOLDER {
+            assert!(t.insert(lease(&format!("a{i}"), ttl, now)).is_empty());
+        }
+        // Another process's and another workload's leases count apart.
+        let mut other = lease("other-pid", ttl, now);
+        other.pid = Some(7);
+        assert!(t.insert(other).is_empty());
+        let mut other = lease("other-workload", ttl, now);
+        other.workload = "v".into();
+        assert!(t.insert(other).is_empty());
+        let evicted = t.insert(lease("a-new", ttl, now));
+        assert_eq!(
+            evicted.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+            ["a0"]
+        );
+        assert!(t.get("a0", now).is_none());
+        assert!(t.get("a1", now).is_some() && t.get("a-new", now).is_some());
+        assert_eq!(t.len(), MAX_LEASES_PER_HOLDER + 2);
+        // Ended leases leave the holder's count: room again, no eviction.
+        assert!(t.remove("a1").is_some());
+        assert!(t.insert(lease("a-after", ttl, now)).is_empty());
+        assert_eq!(t.drain_expired(now + ttl).len(), MAX_LEASES_PER_HOLDER + 2);
+        assert!(t.lock().held.is_empty() && t.lock().deadlines.is_empty());
+    }
+
+    #[test]
     fn leases_expire_extend_and_drain() {
         let t = LeaseTable::default();
         let now = Instant::now();
@@ -163,11 +234,16 @@ mod tests {
     fn the_sweep_takes_only_what_is_due_and_follows_extensions() {
         let t = LeaseTable::default();
         let now = Instant::now();
+        // A process each, so no holder reaches its limit.
+        let of = |i: u64, ttl: u64| LeaseRecord {
+            pid: Some(i as i32),
+            ..lease(&format!("l{i}"), Duration::from_secs(ttl), now)
+        };
         for i in 0..100u64 {
-            t.insert(lease(&format!("l{i}"), Duration::from_secs(i + 1), now));
+            t.insert(of(i, i + 1));
         }
         // Same id again: one lease, one deadline (the new one).
-        t.insert(lease("l0", Duration::from_secs(50), now));
+        t.insert(of(0, 50));
         assert!(t.remove("l1").is_some());
         assert!(t.extend("l2", Duration::from_secs(1000), now));
         let drained = t.drain_expired(now + Duration::from_secs(10));

@@ -427,7 +427,7 @@ impl Broker {
             self.release_issued(&id, "the fetch failed");
         })?;
         let ttl = lease_ttl(&items);
-        self.leases.insert(LeaseRecord {
+        let evicted = self.leases.insert(LeaseRecord {
             id: id.clone(),
             workload: req.workload.clone(),
             uid: ctx.caller.uid,
@@ -437,6 +437,15 @@ impl Broker {
             ttl,
             expires_at: Instant::now() + ttl,
         });
+        if !evicted.is_empty() {
+            self.end_leases(
+                &evicted,
+                &format!(
+                    "the process holds more leases of this workload than the limit ({}): its oldest ended",
+                    crate::lease::MAX_LEASES_PER_HOLDER
+                ),
+            );
+        }
         // Debug, not info: the audit record and the grants counter already
         // hold every grant, and this line (JSON, with the request span) was
         // a third of the broker's instructions per fetch.
@@ -571,7 +580,14 @@ impl Broker {
     /// Drop leases past their deadline and audit each.
     pub fn expire(&self, now: Instant) -> usize {
         let expired = self.leases.drain_expired(now);
-        for lease in &expired {
+        self.end_leases(&expired, "ttl passed without renewal");
+        expired.len()
+    }
+
+    /// Leases already out of the table: revoke their credentials and audit
+    /// each as expired, with `why`.
+    fn end_leases(&self, ended: &[LeaseRecord], why: &str) {
+        for lease in ended {
             self.release_issued(&lease.id, "lease expired");
             let record = Record {
                 workload: Some(lease.workload.clone()),
@@ -581,14 +597,13 @@ impl Broker {
                     gid: lease.gid,
                     pid: lease.pid,
                 }),
-                reason: Some("ttl passed without renewal".into()),
+                reason: Some(why.into()),
                 ..Record::default()
             };
             if let Err(e) = self.audit.record(Event::Expire, record) {
                 tracing::error!(error = %e, "could not audit a lease expiry");
             }
         }
-        expired.len()
     }
 
     /// Revoke what a lease held in the store (it ended, or never began).
