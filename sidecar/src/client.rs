@@ -193,7 +193,8 @@ impl Client {
     /// One request on a fresh connection; the 2xx body, or the mapped error.
     /// An `overloaded` answer is tried again after its Retry-After (with
     /// jitter, so a thousand sidecars started together spread out), a few
-    /// times before it is returned.
+    /// times before it is returned. Trying again is safe for every
+    /// endpoint: the broker answers `overloaded` before it reads a request.
     async fn call(
         &self,
         method: Method,
