@@ -94,9 +94,10 @@ fn recent_files_containing(
     skip: &[PathBuf],
 ) -> Vec<PathBuf> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(dev) = std::fs::metadata(root).map(|m| m.dev()) else {
-        return vec![];
-    };
+    // A root that cannot be read would pass the search without looking.
+    let dev = std::fs::metadata(root)
+        .map(|m| m.dev())
+        .unwrap_or_else(|e| panic!("cannot search {}: {e}", root.display()));
     let mut hits = vec![];
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {

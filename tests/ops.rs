@@ -1,15 +1,13 @@
 //! Operations: the admin listener (health, readiness, metrics) and
 //! Kubernetes service-account tokens, case by case.
 mod util;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use util::k8s::{Issuer, ISS};
 use util::*;
 
 const VALUE: &[u8] = b"ops-value-77d1e0";
-const ISS: &str = "https://kubernetes.default.svc.cluster.local";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -78,53 +76,6 @@ fn the_admin_listener_serves_health_readiness_and_metrics() {
         "secret paths stay out of metric labels"
     );
     assert_eq!(get(port, "/nope").0, 404);
-}
-
-/// A P-256 signing key for test tokens and its JWKS.
-struct Issuer {
-    pkcs8: Vec<u8>,
-    jwks: String,
-}
-
-impl Issuer {
-    fn new(kid: &str) -> Issuer {
-        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .unwrap();
-        let p = pair.public_key().as_ref();
-        let jwks = serde_json::json!({"keys": [{
-            "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
-            "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65]),
-        }]})
-        .to_string();
-        Issuer {
-            pkcs8: pkcs8.as_ref().to_vec(),
-            jwks,
-        }
-    }
-
-    fn token(&self, kid: &str, iss: &str, aud: &str, exp_in: i64, sa: (&str, &str)) -> String {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        let claims = serde_json::json!({
-            "iss": iss, "aud": [aud], "exp": now + exp_in, "iat": now - 5, "nbf": now - 5,
-            "sub": format!("system:serviceaccount:{}:{}", sa.0, sa.1),
-            "kubernetes.io": {"namespace": sa.0, "serviceaccount": {"name": sa.1, "uid": "u1"},
-                              "pod": {"name": "billing-1", "uid": "p1"}}
-        });
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-        header.kid = Some(kid.into());
-        jsonwebtoken::encode(
-            &header,
-            &claims,
-            &jsonwebtoken::EncodingKey::from_ec_der(&self.pkcs8),
-        )
-        .unwrap()
-    }
 }
 
 const POD_POLICY: &str = r#"workload = "billing"

@@ -6,8 +6,6 @@
 //! Some tests place a process in a cgroup by hand (as root), which is what
 //! the kernel then reports for it: the same evidence the broker reads.
 mod util;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use nix::sys::signal::Signal;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use util::docker::{docker_ok, test_image, unique, Cleanup};
+use util::k8s::{Issuer, ISS};
 use util::*;
 
 const VALUE: &[u8] = b"spoof-value-4b1d0e";
@@ -328,63 +327,14 @@ fn a_caller_in_a_user_namespace_is_judged_by_its_host_uid() {
     assert!(b.audit_text().contains("\"uid\":4242"));
 }
 
-/// A P-256 key that signs service-account tokens, and its JWKS.
-struct Issuer {
-    pkcs8: Vec<u8>,
-    jwks: String,
-}
-
-const ISS: &str = "https://kubernetes.default.svc.cluster.local";
 const POD_A: &str = "0b6f4a52-8c3e-4d7a-9f11-2b5c6d7e8f90";
 const POD_B: &str = "7c1d2e3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f";
-
-impl Issuer {
-    fn new() -> Issuer {
-        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .unwrap();
-        let p = pair.public_key().as_ref();
-        let jwks = serde_json::json!({"keys": [{
-            "kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig", "alg": "ES256",
-            "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65]),
-        }]})
-        .to_string();
-        Issuer {
-            pkcs8: pkcs8.as_ref().to_vec(),
-            jwks,
-        }
-    }
-
-    /// A valid token of payments/billing, bound to pod `pod_uid`.
-    fn token(&self, pod_uid: &str) -> String {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let claims = serde_json::json!({
-            "iss": ISS, "aud": ["unbaked"], "exp": now + 600, "iat": now, "nbf": now - 5,
-            "sub": "system:serviceaccount:payments:billing",
-            "kubernetes.io": {"namespace": "payments", "serviceaccount": {"name": "billing", "uid": "u1"},
-                              "pod": {"name": "billing-a", "uid": pod_uid}}
-        });
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-        header.kid = Some("k1".into());
-        jsonwebtoken::encode(
-            &header,
-            &claims,
-            &jsonwebtoken::EncodingKey::from_ec_der(&self.pkcs8),
-        )
-        .unwrap()
-    }
-}
 
 /// A still-valid token copied out of pod A and replayed from pod B is
 /// refused: the token names its pod, the kernel names the caller's.
 #[test]
 fn a_service_account_token_replayed_from_another_pod_is_refused() {
-    let issuer = Issuer::new();
+    let issuer = Issuer::new("k1");
     let conf = tempfile::tempdir().unwrap();
     let jwks = conf.path().join("jwks.json");
     std::fs::write(&jwks, &issuer.jwks).unwrap();
@@ -406,7 +356,18 @@ fn a_service_account_token_replayed_from_another_pod_is_refused() {
     b.put("app/x", "k", VALUE);
     let shm = shm_dir("token");
     let token = shm.path().join("token");
-    std::fs::write(&token, issuer.token(POD_A)).unwrap();
+    std::fs::write(
+        &token,
+        issuer.pod_token(
+            "k1",
+            ISS,
+            "unbaked",
+            600,
+            ("payments", "billing"),
+            ("billing-a", POD_A),
+        ),
+    )
+    .unwrap();
     let token_arg = token.display().to_string();
     let args = [
         "exec",

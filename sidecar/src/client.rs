@@ -337,8 +337,6 @@ impl Client {
     }
 }
 
-/// Append within the cap, growing by hand: `Vec`'s own reallocation would
-/// free the old block without zeroizing it. False when over the cap.
 /// Retry-After (1 s if absent, at most [`MAX_RETRY_AFTER`]) scaled by
 /// `jitter` in [0.5, 1.5].
 fn retry_wait(retry_after: Option<u64>, jitter: f64) -> Duration {
@@ -347,17 +345,13 @@ fn retry_wait(retry_after: Option<u64>, jitter: f64) -> Duration {
         .mul_f64(jitter.clamp(0.5, 1.5))
 }
 
-/// A number in [0.5, 1.5] from the system's random source (1 if it fails).
+/// A number in [0.5, 1.5].
 fn jitter() -> f64 {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 4];
-    ring::rand::SystemRandom::new()
-        .fill(&mut b)
-        .map_or(1.0, |()| {
-            0.5 + f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
-        })
+    0.5 + crate::jitter::unit()
 }
 
+/// Append within the cap, growing by hand: `Vec`'s own reallocation would
+/// free the old block without zeroizing it. False when over the cap.
 fn append(buf: &mut Zeroizing<Vec<u8>>, data: &[u8]) -> bool {
     let need = buf.len() + data.len();
     if need > MAX_RESPONSE_BYTES {

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod exec;
+mod jitter;
 pub mod sidecar;
 pub mod sys;
 pub mod writer;

@@ -4,7 +4,6 @@
 
 use crate::client::{Client, ClientError};
 use crate::writer::SecretsDir;
-use ring::rand::{SecureRandom, SystemRandom};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::PathBuf;
@@ -239,7 +238,7 @@ impl Sidecar {
                     self.persist(dir);
                     // From when the request left, like the expiry: a slow
                     // answer does not push the next renewal towards it.
-                    next_call = sent + renew_after(lease.ttl_secs, unit_random());
+                    next_call = sent + renew_after(lease.ttl_secs, crate::jitter::unit());
                 }
                 Some((_, Err(e))) => {
                     let withdrawn = e.is_denied() || (!renewing && e.is_not_found());
@@ -384,14 +383,6 @@ fn renew_after(ttl_secs: u64, jitter: f64) -> Duration {
     (full - early).max(Duration::from_secs(1))
 }
 
-/// A number in [0, 1] from the system's random source (0 if it fails).
-fn unit_random() -> f64 {
-    let mut b = [0u8; 4];
-    SystemRandom::new().fill(&mut b).map_or(0.0, |()| {
-        f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
-    })
-}
-
 async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => sleep_until(t).await,
@@ -427,7 +418,6 @@ pub(crate) struct Backoff {
     start: Duration,
     cap: Duration,
     cur: Duration,
-    rng: SystemRandom,
 }
 
 impl Backoff {
@@ -436,7 +426,6 @@ impl Backoff {
             start,
             cap,
             cur: start,
-            rng: SystemRandom::new(),
         }
     }
 
@@ -448,9 +437,7 @@ impl Backoff {
     pub(crate) fn next(&mut self) -> Duration {
         let base = self.cur;
         self.cur = (self.cur * 2).min(self.cap);
-        let mut b = [0u8; 4];
-        let r = self.rng.fill(&mut b).map_or(0, |()| u32::from_le_bytes(b));
-        base / 2 + base.mul_f64(f64::from(r) / f64::from(u32::MAX)) / 2
+        base / 2 + base.mul_f64(crate::jitter::unit()) / 2
     }
 }
 
@@ -558,7 +545,7 @@ mod tests {
     fn renewal_comes_between_55_percent_and_two_thirds_of_the_ttl_at_least_a_second() {
         assert_eq!(renew_after(60, 0.0), Duration::from_secs(40));
         assert_eq!(renew_after(60, 1.0), Duration::from_secs(33));
-        let mid = renew_after(60, unit_random());
+        let mid = renew_after(60, crate::jitter::unit());
         assert!(mid >= Duration::from_secs(33) && mid <= Duration::from_secs(40));
         assert_eq!(renew_after(1, 0.5), Duration::from_secs(1));
         assert_eq!(renew_after(0, 0.0), Duration::from_secs(1));

@@ -5,6 +5,7 @@
 pub mod bao;
 pub mod daemon;
 pub mod docker;
+pub mod k8s;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
