@@ -79,6 +79,12 @@ pub struct BrokerArgs {
     /// Serve /healthz, /readyz and /metrics on ADDR (127.0.0.1:9464 when given without a value)
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
     pub admin_addr: Option<std::net::SocketAddr>,
+    /// The socket's mode, octal [default: 0666: any local process may ask, attestation decides]
+    #[arg(long, value_name = "MODE")]
+    pub socket_mode: Option<String>,
+    /// The socket's group (name or gid), with --socket-mode 0660 for a group-only socket
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -111,6 +111,8 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 audit: args.audit,
                 dev: args.dev,
                 admin_addr: args.admin_addr,
+                socket_mode: args.socket_mode,
+                socket_group: args.socket_group,
             };
             let cfg = BrokerConfig::resolve(opts, |k| std::env::var(k).ok())
                 .map_err(|e| Failure::new(exit::FAILURE, e))?;

@@ -318,3 +318,75 @@ fn a_process_fetching_in_a_loop_holds_a_bounded_number_of_leases() {
         .count();
     assert_eq!(evicted, 36, "{audit}");
 }
+
+/// One uid holds connections open past its share: it alone is answered
+/// 503, and another caller is served at once meanwhile. (Without the
+/// per-caller limit its 40 connections take all 16 slots and the queue,
+/// and the other caller waits 1 s for a 503.)
+#[test]
+fn one_callers_flood_leaves_the_others_served() {
+    let b = Broker::start(&[("h.toml", &host_policy("h", GRANT))]);
+    std::fs::set_permissions(
+        b.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    b.put("app/h", "k", VALUE);
+    // uid 2002 opens 300 connections (past 256/4 = 64 of its own) and
+    // holds them, sending nothing; it reports how many the broker answered
+    // with 503 and closed, after 2.5 s (the reject timeout is 1 s, the idle
+    // timeout of a served connection 5 s).
+    let flood = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=2002",
+            "--regid=2002",
+            "--clear-groups",
+            "perl",
+            "-e",
+        ])
+        .arg(PERL_HOLD)
+        .arg(&b.socket)
+        .arg("300")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("perl holds the flood");
+    // Let the flood land, then fetch as another caller while it is held.
+    std::thread::sleep(Duration::from_millis(700));
+    let took = fetch_works(&b);
+    let out = flood.wait_with_output().unwrap();
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{report} {}", text(&out.stderr));
+    let counts: Vec<usize> = report
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let (opened, rejected) = (counts[0], counts[1]);
+    assert_eq!(opened, 300, "{report}");
+    assert!(
+        rejected >= 300 - 64,
+        "the flood's connections past its share are answered 503 and closed: {report}"
+    );
+    assert!(
+        took < Duration::from_millis(900),
+        "the other caller waited {took:?}"
+    );
+}
+
+/// Connects ARGV[1] sockets to ARGV[0], sends one request line on those
+/// the broker closes (a reject answers only a request), and prints
+/// "opened rejected".
+const PERL_HOLD: &str = r#"
+use strict; use IO::Socket::UNIX; use Socket; use IO::Select;
+my ($path, $n) = @ARGV;
+my @s;
+for (1..$n) { my $c = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Peer => $path) or last; push @s, $c; }
+for my $c (@s) { print $c "GET /v1/health HTTP/1.1\r\nHost: u\r\n"; $c->flush; }
+select(undef, undef, undef, 1.5);
+my $rejected = 0;
+for my $c (@s) {
+  my $sel = IO::Select->new($c);
+  if ($sel->can_read(0)) { my $buf; my $r = sysread($c, $buf, 4096); $rejected++ if defined $r && ($r == 0 || $buf =~ /^HTTP\/1.1 503/); }
+}
+print scalar(@s), " $rejected\n";
+"#;

@@ -125,8 +125,12 @@ fn a_pid_in_a_dead_containers_cgroup_or_a_reused_pid_gets_nothing() {
     );
     drop(cg);
 
-    // A running container: a process the kernel places in it is served.
+    // A running container. A host process that root moves into its cgroup
+    // is still not in it (its namespaces are the host's): refused. The
+    // container's own process (docker exec) is the control.
     let running = cleanup.container(&unique("spoof-running"));
+    let shim = util::docker::static_binary().display().to_string();
+    let socket = b.socket.display().to_string();
     docker_ok(&[
         "run",
         "-d",
@@ -134,6 +138,10 @@ fn a_pid_in_a_dead_containers_cgroup_or_a_reused_pid_gets_nothing() {
         &running,
         "--label",
         &format!("app={label}"),
+        "--mount",
+        &format!("type=bind,src={shim},dst=/u,readonly"),
+        "--mount",
+        &format!("type=bind,src={socket},dst=/s.sock"),
         image,
         "sleep 300",
     ]);
@@ -149,21 +157,33 @@ fn a_pid_in_a_dead_containers_cgroup_or_a_reused_pid_gets_nothing() {
         })
         .expect("the container's cgroup");
     let inside = Cgroup::existing(&rel);
-    let out = inside.run(
-        &b.socket,
-        &[
-            "exec",
-            "--workload",
-            &label,
-            "--",
-            "sh",
-            "-c",
-            "printf %s \"$X\"",
-        ],
+    let fetch = [
+        "exec",
+        "--workload",
+        &label,
+        "--",
+        "sh",
+        "-c",
+        "printf %s \"$X\"",
+    ];
+    let out = inside.run(&b.socket, &fetch);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not in this container"),
+        "{}",
+        text(&out.stderr)
     );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    let served = docker_ok(
+        &[
+            &["exec", &running, "/u", "--socket", "/s.sock"][..],
+            &fetch[..],
+        ]
+        .concat(),
+    );
     assert_eq!(
-        out.stdout, VALUE,
+        served.as_bytes(),
+        VALUE,
         "control: the container's own process is served"
     );
 
@@ -205,7 +225,7 @@ fn a_pid_in_a_dead_containers_cgroup_or_a_reused_pid_gets_nothing() {
     assert!(audit.contains("\"rule\":\"attest.exited\""), "{audit}");
     assert_eq!(
         audit.matches("\"rule\":\"isolation.unverified\"").count(),
-        2
+        3
     );
     drop(inside);
 }

@@ -9,6 +9,8 @@ use std::str::FromStr;
 use unbaked_api::Secret;
 
 pub const ENV_SOCKET: &str = "UNBAKED_SOCKET";
+/// `procfs` forces the peer-pinning fallback of kernels before 6.5 (tests).
+pub const ENV_PEER_PIN: &str = "UNBAKED_PEER_PIN";
 /// The Vault conventions; each `BAO_*` name wins over its `VAULT_*` twin.
 /// An address variable may list several nodes, comma-separated.
 pub const ENV_VAULT_ADDR: [&str; 2] = ["BAO_ADDR", "VAULT_ADDR"];
@@ -48,6 +50,8 @@ pub struct BrokerOptions {
     pub audit: Option<PathBuf>,
     pub dev: bool,
     pub admin_addr: Option<std::net::SocketAddr>,
+    pub socket_mode: Option<String>,
+    pub socket_group: Option<String>,
 }
 
 /// The `--config FILE` format.
@@ -136,6 +140,47 @@ pub struct BrokerSection {
     pub audit: Option<PathBuf>,
     /// `/healthz`, `/readyz` and `/metrics`; off unless set.
     pub admin_addr: Option<std::net::SocketAddr>,
+    /// The socket's mode, octal (`"0666"`: any local process may connect
+    /// and attestation decides, as SPIRE's workload API does).
+    pub socket_mode: Option<String>,
+    /// The socket's group (a name or a gid), for `socket_mode = "0660"`.
+    pub socket_group: Option<String>,
+}
+
+/// Who may connect to the broker's socket. The default lets any local
+/// process connect: every request is attested and judged by policy, and
+/// each caller has its own connection limit, so reaching the socket grants
+/// nothing by itself (SPIRE's workload API makes the same choice). A
+/// dedicated group (`socket_mode = "0660"`, `socket_group = "unbaked"`)
+/// narrows who can even ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketAccess {
+    pub mode: u32,
+    pub group: Option<String>,
+}
+
+impl Default for SocketAccess {
+    fn default() -> Self {
+        SocketAccess {
+            mode: DEFAULT_SOCKET_MODE,
+            group: None,
+        }
+    }
+}
+
+pub const DEFAULT_SOCKET_MODE: u32 = 0o666;
+
+/// `"0660"` (or `"660"`) as a mode: octal, permission bits only.
+fn parse_mode(text: &str) -> Result<u32, ConfigError> {
+    match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+        Ok(m) if m <= 0o777 && m & 0o600 == 0o600 => Ok(m),
+        _ => Err(ConfigError::Invalid {
+            field: "socket_mode",
+            message: format!(
+                "{text:?} is not an octal mode from 0600 to 0777 that lets the broker use its socket (e.g. \"0660\")"
+            ),
+        }),
+    }
 }
 
 /// The validated configuration the broker runs with.
@@ -151,6 +196,7 @@ pub struct BrokerConfig {
     pub vault: Option<VaultConfig>,
     pub kubernetes: Option<KubernetesConfig>,
     pub admin_addr: Option<std::net::SocketAddr>,
+    pub socket_access: SocketAccess,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +215,11 @@ pub enum ConfigError {
     },
     #[error("the vault store is not configured: {0}")]
     Vault(String),
+    #[error("[broker] {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 impl FileConfig {
@@ -223,7 +274,15 @@ impl BrokerConfig {
             StoreKind::Vault => Some(resolve_vault(file.vault.unwrap_or_default(), &env)?),
             StoreKind::Memory => None,
         };
+        let socket_access = SocketAccess {
+            mode: match opts.socket_mode.or(file.broker.socket_mode) {
+                Some(m) => parse_mode(&m)?,
+                None => DEFAULT_SOCKET_MODE,
+            },
+            group: opts.socket_group.or(file.broker.socket_group),
+        };
         Ok(BrokerConfig {
+            socket_access,
             socket,
             policies,
             store,

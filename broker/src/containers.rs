@@ -94,26 +94,29 @@ impl Containers {
         }
     }
 
-    /// Unmount and remove what a previous broker left under the base
-    /// directory (it crashed, or was killed): nobody renews those files.
-    pub fn sweep_leftovers(&self) -> usize {
+    /// Zero, unmount and remove what a previous broker left under the base
+    /// directory (it crashed, or was killed): nobody renews those files,
+    /// and their containers may still read them, so they are zeroed before
+    /// the mount goes. Returns the launch ids, for the audit.
+    pub fn sweep_leftovers(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.base) else {
-            return 0;
+            return Vec::new();
         };
-        let mut n = 0;
+        let mut swept = Vec::new();
         for e in entries.flatten() {
             let path = e.path();
             if e.file_type().is_ok_and(|t| t.is_dir()) {
+                zero_tree(&path, 2);
                 let _ = unbaked_sidecar::sys::unmount(&path);
                 if std::fs::remove_dir(&path).is_ok() {
-                    n += 1;
+                    swept.push(e.file_name().to_string_lossy().into_owned());
                 }
             }
         }
-        if n > 0 {
-            tracing::warn!(dirs = n, base = %self.base.display(), "removed the secrets mounts of a previous broker");
+        if !swept.is_empty() {
+            tracing::warn!(dirs = swept.len(), base = %self.base.display(), "zeroed and removed the secrets mounts of a previous broker: their containers keep running without them");
         }
-        n
+        swept
     }
 
     /// Where the launches' tmpfs mounts live.
@@ -168,6 +171,34 @@ impl Containers {
 }
 
 /// Zero every file, unmount the tmpfs, remove the directory.
+/// Overwrite every regular file under `dir` (to `depth` levels: a PKI
+/// grant is a directory) with zeros, in place: the bytes a container may
+/// still map go, not only the names. Links are never followed.
+fn zero_tree(dir: &Path, depth: u8) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(t) = e.file_type() else { continue };
+        if t.is_dir() && depth > 0 {
+            zero_tree(&e.path(), depth - 1);
+        } else if t.is_file() {
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                .open(e.path());
+            if let (Ok(mut f), Ok(meta)) = (opened, e.metadata()) {
+                let zeros = vec![0u8; usize::try_from(meta.len()).unwrap_or(0)];
+                if f.write_all(&zeros).and_then(|()| f.sync_all()).is_err() {
+                    tracing::warn!(file = %e.path().display(), "could not zero a leftover secrets file");
+                }
+            }
+        }
+    }
+}
+
 fn release_dir(launch_id: &str, dir: Option<SecretsDir>) {
     let Some(mut dir) = dir else { return };
     if let Err(e) = dir.wipe_all() {

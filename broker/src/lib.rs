@@ -61,6 +61,14 @@ fn fallback_dev_socket(uid: u32) -> PathBuf {
 
 /// Run the broker until SIGTERM or SIGINT.
 pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Handlers first: until a handler is installed, SIGHUP (a reload, a log
+    // rotation) takes its default action and kills the broker.
+    let signal_err =
+        |e: std::io::Error| BrokerError::Start(format!("cannot install signal handlers: {e}"));
+    let _hangup = signal(SignalKind::hangup()).map_err(signal_err)?;
+    let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
     let uid = nix::unistd::geteuid().as_raw();
     let store: Arc<dyn Store> =
         match (cfg.store, &cfg.vault) {
@@ -132,25 +140,36 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
         None => None,
     };
 
-    let mut socket = cfg.socket.clone();
-    let listener = match server::bind(&socket) {
-        Err(e) if cfg.dev && e.kind() == std::io::ErrorKind::PermissionDenied => {
-            socket = fallback_dev_socket(uid);
-            server::bind(&socket)
-        }
-        other => other,
-    }
-    .map_err(|source| BrokerError::Bind {
-        path: socket.clone(),
-        source,
-    })?;
     // Docker: container attestation, `unbaked run` launches, events. Without
     // an engine the broker still serves host processes; callers inside
-    // containers are denied (their isolation cannot be verified).
+    // containers are denied (their isolation cannot be verified). Set up
+    // before the socket exists: a caller that reaches the socket finds the
+    // broker fully started.
+    let mut socket = cfg.socket.clone();
+    if cfg.dev && server::bind_denied(&socket) {
+        socket = fallback_dev_socket(uid);
+    }
     let engine = attest::docker::Engine::from_env().await;
     let abs_socket = std::path::absolute(&socket).unwrap_or_else(|_| socket.clone());
     let docker_side = Arc::new(containers::Containers::new(engine, &abs_socket));
-    docker_side.sweep_leftovers();
+    let listener =
+        server::bind(&socket, &cfg.socket_access).map_err(|source| BrokerError::Bind {
+            path: socket.clone(),
+            source,
+        })?;
+    for launch in docker_side.sweep_leftovers() {
+        // A restart forgets the earlier launches' leases: say so, per launch.
+        broker.audit().record(
+            Event::Revoke,
+            Record {
+                workload: None,
+                reason: Some(format!(
+                    "launch {launch}: the previous broker stopped without wiping; its files were zeroed and unmounted, and its container is no longer served until it is started again"
+                )),
+                ..Record::default()
+            },
+        )?;
+    }
     broker.set_containers(docker_side);
     let docker_tasks = [
         tokio::spawn(events::follow(broker.clone())),
@@ -175,12 +194,10 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
             }
         })
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| BrokerError::Start(e.to_string()))?;
     tokio::select! {
         _ = server::serve(listener, broker.clone()) => {}
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
     }
     watcher.abort();
     if let Some(t) = admin_task {

@@ -65,6 +65,13 @@ pub struct Limits {
     /// Connections waiting for a slot (then answered 503); past this they
     /// are closed at once.
     pub max_queued: usize,
+    /// Connections one caller holds at once (a caller: a uid in one pid
+    /// namespace, so each container counts apart from the host's users);
+    /// past it that caller is answered 503, and the others stay served.
+    pub max_per_caller: usize,
+    /// How the connecting process is pinned (the procfs fallback can be
+    /// forced, to prove it on kernels that have SO_PEERPIDFD).
+    pub pin: attest::unix::PinMode,
 }
 
 impl Limits {
@@ -73,6 +80,8 @@ impl Limits {
         Limits {
             max_connections,
             max_queued: (4 * max_connections).max(64),
+            max_per_caller: (max_connections / 4).max(8),
+            pin: attest::unix::PinMode::Auto,
         }
     }
 
@@ -90,7 +99,16 @@ impl Limits {
                 }
             },
         };
-        Limits::new(n)
+        let mut limits = Limits::new(n);
+        match std::env::var(crate::config::ENV_PEER_PIN).as_deref() {
+            Ok("procfs") => limits.pin = attest::unix::PinMode::Procfs,
+            Ok("auto") | Err(_) => {}
+            Ok(_) => tracing::warn!(
+                "{} is neither auto nor procfs: using auto",
+                crate::config::ENV_PEER_PIN
+            ),
+        }
+        limits
     }
 }
 
@@ -364,9 +382,11 @@ pub async fn serve(listener: UnixListener, broker: Arc<Broker>) {
 pub async fn serve_with(listener: UnixListener, broker: Arc<Broker>, limits: Limits) {
     let active = Arc::new(Semaphore::new(limits.max_connections));
     let queued = Arc::new(Semaphore::new(limits.max_queued));
+    let callers = CallerSlots::new(limits.max_per_caller);
     tracing::debug!(
         max_connections = limits.max_connections,
         max_queued = limits.max_queued,
+        max_per_caller = limits.max_per_caller,
         "serving"
     );
     loop {
@@ -379,10 +399,26 @@ pub async fn serve_with(listener: UnixListener, broker: Arc<Broker>, limits: Lim
             }
         };
         let broker = broker.clone();
+        let key = caller_key(&stream);
+        let Some(mine) = callers.take(key) else {
+            // One caller at its limit: answered 503 from the shared queue
+            // (bounded), never from the others' connection slots.
+            if let Ok(slot) = queued.clone().try_acquire_owned() {
+                let why = format!(
+                    "uid {} holds its limit of {} connections to the broker (a quarter of {MAX_CONNECTIONS_ENV}): retry in {RETRY_AFTER_SECS}s",
+                    key.0, limits.max_per_caller
+                );
+                tokio::spawn(async move {
+                    reject(stream, &broker, why).await;
+                    drop(slot);
+                });
+            }
+            continue;
+        };
         if let Ok(permit) = active.clone().try_acquire_owned() {
             tokio::spawn(async move {
-                connection(stream, broker).await;
-                drop(permit);
+                connection_pinned(stream, broker, limits.pin).await;
+                drop((permit, mine));
             });
             continue;
         }
@@ -396,15 +432,85 @@ pub async fn serve_with(listener: UnixListener, broker: Arc<Broker>, limits: Lim
             match tokio::time::timeout(QUEUE_WAIT, active.acquire_owned()).await {
                 Ok(Ok(permit)) => {
                     drop(slot);
-                    connection(stream, broker).await;
+                    connection_pinned(stream, broker, limits.pin).await;
                     drop(permit);
                 }
                 _ => {
-                    reject(stream, &broker, limits.max_connections).await;
+                    let why = format!(
+                        "the broker is serving its limit of {} connections: retry in {RETRY_AFTER_SECS}s (clients back off by themselves; raise {MAX_CONNECTIONS_ENV} if this is the normal load)",
+                        limits.max_connections
+                    );
+                    reject(stream, &broker, why).await;
                     drop(slot);
                 }
             }
+            drop(mine);
         });
+    }
+}
+
+/// Who a connection counts against: its uid in its pid namespace (each
+/// container apart, the host's users apart from each other).
+type CallerKey = (u32, u64);
+
+fn caller_key(stream: &UnixStream) -> CallerKey {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(cred) = stream.peer_cred() else {
+        return (u32::MAX, 0);
+    };
+    let pidns = cred
+        .pid()
+        .and_then(|pid| std::fs::metadata(format!("/proc/{pid}/ns/pid")).ok())
+        .map_or(0, |m| m.ino());
+    (cred.uid(), pidns)
+}
+
+/// Live connections per caller. An entry exists only while its caller holds
+/// a connection, so the map is bounded by the connection and queue limits.
+#[derive(Debug, Clone)]
+struct CallerSlots {
+    max: usize,
+    held: Arc<std::sync::Mutex<std::collections::HashMap<CallerKey, usize>>>,
+}
+
+/// One connection's share of its caller's limit, returned on drop.
+#[derive(Debug)]
+struct CallerSlot {
+    key: CallerKey,
+    slots: CallerSlots,
+}
+
+impl CallerSlots {
+    fn new(max: usize) -> CallerSlots {
+        CallerSlots {
+            max: max.max(1),
+            held: Arc::default(),
+        }
+    }
+
+    fn take(&self, key: CallerKey) -> Option<CallerSlot> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(CallerSlot {
+            key,
+            slots: self.clone(),
+        })
+    }
+}
+
+impl Drop for CallerSlot {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -415,6 +521,15 @@ pub async fn serve_with(listener: UnixListener, broker: Arc<Broker>, limits: Lim
 /// pidfd pinned at connect time must show the connecting process alive,
 /// so the pid cannot have been handed to another process in between.
 pub async fn connection(stream: UnixStream, broker: Arc<Broker>) {
+    connection_pinned(stream, broker, attest::unix::PinMode::Auto).await
+}
+
+/// [`connection`], pinning the peer as `pin` says.
+pub async fn connection_pinned(
+    stream: UnixStream,
+    broker: Arc<Broker>,
+    pin: attest::unix::PinMode,
+) {
     let caller = match attest::unix::peer(&stream) {
         Ok(c) => c,
         Err(e) => {
@@ -422,7 +537,7 @@ pub async fn connection(stream: UnixStream, broker: Arc<Broker>) {
             return;
         }
     };
-    let process = Arc::new(attest::unix::PeerProcess::of(&stream));
+    let process = Arc::new(attest::unix::PeerProcess::of(&stream, pin));
     // The caller's cgroup, read at its first request. A pinned process
     // cannot be replaced under its pid, and only root moves a process
     // between cgroups: later requests on this connection skip the /proc
@@ -507,15 +622,10 @@ pub async fn connection(stream: UnixStream, broker: Arc<Broker>) {
 
 /// Answer the one request of an overloaded connection with 503 and
 /// `Retry-After`, within [`REJECT_TIMEOUT`]; its body is never read.
-async fn reject(stream: UnixStream, broker: &Arc<Broker>, limit: usize) {
+async fn reject(stream: UnixStream, broker: &Arc<Broker>, why: String) {
     let broker = broker.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let e = err(
-            ErrorCode::Overloaded,
-            format!(
-                "the broker is serving its limit of {limit} connections: retry in {RETRY_AFTER_SECS}s (clients back off by themselves; raise {MAX_CONNECTIONS_ENV} if this is the normal load)"
-            ),
-        );
+        let e = err(ErrorCode::Overloaded, why.clone());
         let mut res = error(&e);
         res.headers_mut().insert(
             hyper::header::RETRY_AFTER,
@@ -544,12 +654,14 @@ fn count(broker: &Broker, endpoint: &'static str, status: StatusCode) {
         .inc();
 }
 
-/// Bind the socket: its directory created if missing, a stale socket file
-/// replaced, a live one refused, mode 0660.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// Bind the socket: its directory created if missing (and refused if
+/// someone else could swap the socket in it), a stale socket file replaced,
+/// a live one refused; then the mode and group `access` says.
+pub fn bind(path: &Path, access: &crate::config::SocketAccess) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
+        check_socket_dir(dir)?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -573,8 +685,75 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         std::fs::remove_file(path)?;
     }
     let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(group) = &access.group {
+        let gid = resolve_group(group)?;
+        std::os::unix::fs::lchown(path, None, Some(gid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.mode))?;
     Ok(listener)
+}
+
+/// Whether this process may not create the socket's directory or the
+/// socket in it (`--dev` as an ordinary user then falls back to
+/// `$XDG_RUNTIME_DIR`).
+pub fn bind_denied(path: &Path) -> bool {
+    let mut dir = path.parent();
+    while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+        if d.exists() {
+            return nix::unistd::access(d, nix::unistd::AccessFlags::W_OK).is_err();
+        }
+        dir = d.parent();
+    }
+    false
+}
+
+/// A socket directory another user owns or may write to lets that user
+/// put their own socket where clients look for the broker's.
+fn check_socket_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    let problem = if !meta.is_dir() {
+        Some("is not a directory (a symlink?)".to_string())
+    } else if meta.uid() != 0 && meta.uid() != me {
+        Some(format!("is owned by uid {}, not root or the broker (uid {me}): chown it, or remove it and let the broker create it", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "is writable by others (mode {:04o}): chmod 0755 it",
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("the socket directory {} {p}", dir.display()),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A group name from `/etc/group` (read directly: the static binary links
+/// no NSS, and the group a packaging step creates is a local one).
+fn resolve_group(group: &str) -> std::io::Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group")?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(name, _)| *name == group)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("socket_group {group:?} is not in /etc/group (create it: groupadd --system {group})"),
+            )
+        })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! [`Attestation::Unverified`], which matches no docker selector and is
 //! released nothing (isolation cannot be checked).
 
+use super::kernel;
 use crate::isolation::{LiveContainer, LiveMount, LiveNetwork};
 use bollard::models::ContainerInspectResponse;
 use std::collections::{BTreeMap, HashMap};
@@ -248,20 +249,20 @@ impl Engine {
         if ids.is_empty() {
             return Attestation::Host;
         }
-        let path = self.cgroup_path(pid);
-        // Innermost first: the engine we talk to knows one of them.
+        // Innermost first: the engine we talk to knows one of them. The
+        // cgroup path only names a candidate: the kernel decides.
         for id in ids.iter().rev() {
             match self.inspect(id).await {
                 Ok(Some(c)) if c.running => {
-                    // The pid must still be in that container: narrows pid reuse.
-                    let still = std::fs::read_to_string(&path)
-                        .map(|t| container_ids_from_cgroup(&t).contains(id))
-                        .unwrap_or(false);
-                    if !still {
+                    let Some(init) = c.pid.and_then(|p| i32::try_from(p).ok()) else {
+                        return unverified(id, "the engine reports no process for it".into());
+                    };
+                    if let Err(why) = kernel::same_container(&self.proc_root, pid, init) {
+                        tracing::warn!(container = %id, name = %c.name, pid, reason = %why,
+                            "a caller names a running container in its cgroup path but is not in it");
                         return unverified(
                             id,
-                            "the caller's process left the container while it was being inspected"
-                                .into(),
+                            format!("the caller is not in this container: {why}"),
                         );
                     }
                     return Attestation::Container(Arc::new(c));

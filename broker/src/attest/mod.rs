@@ -3,6 +3,7 @@
 //! tokens) add to the same `Caller`.
 
 pub mod docker;
+pub mod kernel;
 pub mod token;
 pub mod unix;
 

@@ -11,7 +11,11 @@ use super::Caller;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sockopt};
-use std::os::fd::{AsFd, OwnedFd};
+use nix::time::{clock_gettime, ClockId};
+use nix::unistd::{sysconf, SysconfVar};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use tokio::net::UnixStream;
 
 pub fn peer(stream: &UnixStream) -> std::io::Result<Caller> {
@@ -25,37 +29,84 @@ pub fn peer(stream: &UnixStream) -> std::io::Result<Caller> {
     })
 }
 
+/// How the connecting process is pinned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PinMode {
+    /// SO_PEERPIDFD where the kernel has it (6.5+), else [`PinMode::Procfs`].
+    #[default]
+    Auto,
+    /// Always the `/proc/<pid>` directory descriptor, as on kernels before
+    /// 6.5: the test seam that proves the fallback on a newer kernel.
+    Procfs,
+}
+
 /// The process that opened a connection, as the kernel pinned it.
 #[derive(Debug)]
 pub enum PeerProcess {
     /// A pidfd of the connecting process (Linux 6.5 and later).
     Pidfd(OwnedFd),
+    /// Kernels without SO_PEERPIDFD: a descriptor of the `/proc/<pid>`
+    /// directory of the process that held the pid when the connection was
+    /// accepted, and that process's start time (clock ticks since boot).
+    /// Lookups through the descriptor fail once that process is gone, even
+    /// if the pid is handed out again (SPIRE's peer tracker does the same);
+    /// a process that started after the accept cannot be the one that
+    /// connected, so a pid reused before we opened it is refused too.
+    ProcDir { dir: File, start: u64 },
     /// The connecting process was already gone when we asked.
     Gone,
-    /// The kernel has no SO_PEERPIDFD: only the pid is known, and the
-    /// container attestation's own re-read narrows the reuse window.
-    Unsupported,
 }
 
 impl PeerProcess {
-    pub fn of(stream: &UnixStream) -> PeerProcess {
-        match getsockopt(stream, sockopt::PeerPidfd) {
-            Ok(fd) => PeerProcess::Pidfd(fd),
-            // The peer's struct pid has no task left: it exited (and was reaped).
-            Err(Errno::ESRCH | Errno::EINVAL) => PeerProcess::Gone,
-            Err(_) => PeerProcess::Unsupported,
+    pub fn of(stream: &UnixStream, mode: PinMode) -> PeerProcess {
+        if mode == PinMode::Auto {
+            match getsockopt(stream, sockopt::PeerPidfd) {
+                Ok(fd) => return PeerProcess::Pidfd(fd),
+                // The peer's struct pid has no task left: it exited (and was reaped).
+                Err(Errno::ESRCH | Errno::EINVAL) => return PeerProcess::Gone,
+                // ENOPROTOOPT: a kernel before 6.5.
+                Err(_) => {}
+            }
+        }
+        PeerProcess::by_procfs(stream)
+    }
+
+    fn by_procfs(stream: &UnixStream) -> PeerProcess {
+        // Taken before anything is opened: the caller connected before this.
+        let Some(accepted) = boot_ticks() else {
+            return PeerProcess::Gone;
+        };
+        let Some(pid) = stream
+            .peer_cred()
+            .ok()
+            .and_then(|c| c.pid())
+            .filter(|p| *p > 0)
+        else {
+            return PeerProcess::Gone;
+        };
+        let Ok(dir) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc_o_directory())
+            .open(format!("/proc/{pid}"))
+        else {
+            return PeerProcess::Gone;
+        };
+        match start_time(&dir) {
+            Some(start) if start <= accepted => PeerProcess::ProcDir { dir, start },
+            _ => PeerProcess::Gone,
         }
     }
 
-    /// Whether a pidfd pins the connecting process, so `/proc/<pid>` names
-    /// it for as long as [`PeerProcess::exited`] says it lives.
+    /// Whether the connecting process is pinned, so `/proc/<pid>` names it
+    /// for as long as [`PeerProcess::exited`] says it lives.
     pub fn pinned(&self) -> bool {
-        matches!(self, PeerProcess::Pidfd(_))
+        !matches!(self, PeerProcess::Gone)
     }
 
     /// Whether the connecting process has exited. A pidfd turns readable
-    /// when its process exits, so a live process here means every
-    /// `/proc/<pid>` read before this call was of the caller itself.
+    /// when its process exits, and a `/proc/<pid>` descriptor stops
+    /// answering, so a live process here means every `/proc/<pid>` read
+    /// before this call was of the caller itself.
     pub fn exited(&self) -> bool {
         match self {
             PeerProcess::Pidfd(fd) => {
@@ -69,23 +120,73 @@ impl PeerProcess {
                     Err(_) => true,
                 }
             }
+            PeerProcess::ProcDir { dir, start } => start_time(dir) != Some(*start),
             PeerProcess::Gone => true,
-            PeerProcess::Unsupported => false,
         }
     }
+}
+
+fn libc_o_directory() -> i32 {
+    nix::fcntl::OFlag::O_DIRECTORY.bits() | nix::fcntl::OFlag::O_CLOEXEC.bits()
+}
+
+/// Now, in the clock ticks `/proc/<pid>/stat` counts start times in.
+fn boot_ticks() -> Option<u64> {
+    let now = clock_gettime(ClockId::CLOCK_BOOTTIME).ok()?;
+    let hz = u64::try_from(sysconf(SysconfVar::CLK_TCK).ok()??).ok()?;
+    let secs = u64::try_from(now.tv_sec()).ok()?;
+    let nanos = u64::try_from(now.tv_nsec()).ok()?;
+    Some(secs * hz + nanos * hz / 1_000_000_000)
+}
+
+/// Field 22 of `stat`, read through the `/proc/<pid>` descriptor: `None`
+/// once its process is gone.
+fn start_time(dir: &File) -> Option<u64> {
+    let path = format!("/proc/self/fd/{}/stat", dir.as_raw_fd());
+    let text = std::fs::read_to_string(path).ok()?;
+    // `comm` (field 2) may hold spaces and parentheses: count after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
 
     #[tokio::test]
     async fn a_live_peer_is_pinned_and_not_exited() {
         let (a, _b) = UnixStream::pair().unwrap();
-        let pinned = PeerProcess::of(&a);
+        let pinned = PeerProcess::of(&a, PinMode::Auto);
         // The CI kernel (6.5+) has SO_PEERPIDFD; the peer is this process.
         assert!(matches!(pinned, PeerProcess::Pidfd(_)), "{pinned:?}");
         assert!(!pinned.exited());
         assert_eq!(peer(&a).unwrap().pid, Some(std::process::id() as i32));
+    }
+
+    /// The fallback, forced: pinned while the peer lives, exited once it is
+    /// gone (whatever then holds its pid).
+    #[tokio::test]
+    async fn the_procfs_fallback_sees_the_peer_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let mut child = Command::new("perl")
+            .args([
+                "-e",
+                "use IO::Socket::UNIX; my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die $!; <STDIN>;",
+            ])
+            .arg(&path)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("perl (perl-base) connects for the test");
+        let (stream, _) = listener.accept().await.unwrap();
+        let pinned = PeerProcess::of(&stream, PinMode::Procfs);
+        assert!(matches!(pinned, PeerProcess::ProcDir { .. }), "{pinned:?}");
+        assert!(!pinned.exited(), "control: the live peer is not exited");
+        child.stdin.take().unwrap().write_all(b"\n").unwrap();
+        assert!(child.wait().unwrap().success());
+        assert!(pinned.exited());
     }
 }
