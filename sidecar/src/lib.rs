@@ -18,4 +18,4 @@ pub mod writer;
 pub use client::{Client, ClientError};
 pub use exec::{ExecConfig, ExecError, Prepared};
 pub use sidecar::{SidecarConfig, SidecarError};
-pub use writer::SecretsDir;
+pub use writer::{DirProblem, SecretsDir};
