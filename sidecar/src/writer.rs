@@ -155,7 +155,12 @@ impl SecretsDir {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = match open(dir, flags, Mode::empty()) {
             Ok(fd) => fd,
-            Err(Errno::ELOOP) => return Err(refuse(DirProblem::Symlink)),
+            // ELOOP, or ENOTDIR when O_DIRECTORY is checked first.
+            Err(Errno::ELOOP | Errno::ENOTDIR)
+                if dir.symlink_metadata().is_ok_and(|m| m.is_symlink()) =>
+            {
+                return Err(refuse(DirProblem::Symlink))
+            }
             Err(Errno::ENOTDIR) => return Err(refuse(DirProblem::NotADirectory)),
             Err(e) => return Err(give_up(io_err(e.into()))),
         };
