@@ -91,15 +91,22 @@ impl DirProblem {
             DirProblem::NotADirectory => {
                 format!("{d} exists and is not a directory: remove it or pass another --dir")
             }
-            DirProblem::Owner { uid, euid } => format!(
-                "{d} is owned by uid {uid}, not by this sidecar's uid {euid} or root, so uid {uid} \
-                 could replace the files the workload reads: `chown {euid} {d}` and \
-                 `chmod 0711 {d}`, or remove it and let the sidecar create it"
-            ),
+            DirProblem::Owner { uid, euid } => {
+                let by = match euid {
+                    0 => "root".to_string(),
+                    _ => format!("this sidecar's uid {euid} or root"),
+                };
+                format!(
+                    "{d} is owned by uid {uid}, not by {by}, so uid {uid} could replace the \
+                     files the workload reads: `chown {euid} {d}` and `chmod 0711 {d}`, or \
+                     remove it and let the sidecar create it"
+                )
+            }
             DirProblem::Writable { mode } => format!(
                 "{d} is writable by its group or others (mode {mode:04o}), so they could replace \
                  the files the workload reads: `chmod 0711 {d}` (0700 if only this uid reads the \
-                 files), or mount the tmpfs with mode=0711 (e.g. docker --tmpfs {d}:mode=0711)"
+                 files), or mount the tmpfs with mode=0711 (e.g. docker --tmpfs {d}:mode=0711, \
+                 plus uid=N when the sidecar runs as uid N)"
             ),
             DirProblem::MountMoved { euid } => format!(
                 "a tmpfs was mounted on {d}, but the path no longer leads to it (was {d} or a \
@@ -195,10 +202,8 @@ impl SecretsDir {
                         },
                     })
                 }
-                Err(e) => {
-                    let _ = sys::unmount_fd(fd.as_fd());
-                    return Err(give_up(io_err(e)));
-                }
+                // /proc unreadable: what is mounted there cannot be told apart.
+                Err(e) => return Err(io_err(e)),
             }
         };
         let mut opened = SecretsDir {
