@@ -141,6 +141,9 @@ impl SecretsDir {
     /// ([`DirProblem`]) and make sure it is a tmpfs: use it if it is one,
     /// mount one on it if we may, refuse otherwise (writing nothing).
     pub fn open(dir: &Path, tmpfs_size: u64) -> Result<SecretsDir, SidecarError> {
+        // Without a trailing `/` or `/.`, which would make the kernel follow
+        // a symlink at the last component despite O_NOFOLLOW.
+        let dir = &dir.components().collect::<PathBuf>();
         let io_err = |source| SidecarError::Io {
             path: dir.to_path_buf(),
             source,

@@ -90,6 +90,16 @@ async fn a_symlinked_dir_is_refused_and_its_target_is_not_mounted_over() {
     assert!(!sys::is_tmpfs(&target).unwrap());
     assert_eq!(names(&target), ["passwd"]);
     assert!(fs::symlink_metadata(&link).unwrap().is_symlink());
+    // A trailing slash (which makes the kernel follow a final symlink) or
+    // `/.` changes nothing.
+    for spelled in [
+        format!("{}/", link.display()),
+        format!("{}/.", link.display()),
+    ] {
+        let err = SecretsDir::open(Path::new(&spelled), 1 << 20).unwrap_err();
+        assert_eq!(problem(&err), Some(&DirProblem::Symlink), "{spelled}");
+        assert!(!mounted_at(&target), "{spelled}");
+    }
 
     // The whole sidecar: refused before it asks the broker for anything.
     let b = broker();
