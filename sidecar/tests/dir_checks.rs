@@ -74,6 +74,7 @@ async fn a_symlinked_dir_is_refused_and_its_target_is_not_mounted_over() {
     let target = disk.path().join("etc");
     fs::create_dir(&target).unwrap();
     fs::write(target.join("passwd"), b"root:x:0:0").unwrap();
+    let _cleanup = util::UnmountOnDrop(target.clone());
     let shm = tempfile::tempdir_in("/dev/shm").unwrap();
     let link = shm.path().join("secrets");
     symlink(&target, &link).unwrap();

@@ -1,3 +1,5 @@
+mod util;
+
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, SealFlag};
 use std::io::{Read, Seek, Write};
@@ -90,6 +92,7 @@ fn a_tmpfs_is_mounted_on_the_checked_directory_even_after_a_swap() {
     );
     std::fs::create_dir(&dir).unwrap();
     std::fs::create_dir(&victim).unwrap();
+    let _cleanup = [moved.clone(), victim.clone()].map(util::UnmountOnDrop);
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let checked = open(&dir, flags, Mode::empty()).unwrap();
     std::fs::rename(&dir, &moved).unwrap();

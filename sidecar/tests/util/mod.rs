@@ -257,3 +257,13 @@ pub fn names(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Unmounts whatever is still mounted at its path when dropped, so a test
+/// that fails half-way leaves no tmpfs behind.
+pub struct UnmountOnDrop(pub PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        while mounted_at(&self.0) && unbaked_sidecar::sys::unmount(&self.0).is_ok() {}
+    }
+}
