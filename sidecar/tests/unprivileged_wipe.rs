@@ -261,3 +261,70 @@ fn a_file_that_cannot_be_unlinked_stays_listed_until_a_successor_wipes_it() {
     assert_eq!(third.files().count(), 0);
     third.wipe_all().unwrap();
 }
+
+/// Withdrawal with a file whose name cannot be removed: the others go, that
+/// one is zeroed and stays in the state file (it used to be rewritten as
+/// empty), and the running sidecar tries again until it is gone.
+#[test]
+fn a_withdrawn_file_that_cannot_be_unlinked_is_retried_and_stays_listed() {
+    let Some(base) = util::child_dir() else {
+        let base = util::shm_dir_for(SIDECAR_UID);
+        let name = "a_withdrawn_file_that_cannot_be_unlinked_is_retried_and_stays_listed";
+        util::rerun_as(SIDECAR_UID, name, base.path(), 60);
+        return;
+    };
+    util::assert_unprivileged(SIDECAR_UID);
+    let dir = base.join("secrets");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    runtime().block_on(async {
+        let phase = Arc::new(AtomicUsize::new(ISSUED));
+        let p = phase.clone();
+        let broker = FakeBroker::start(move |_| match p.load(Ordering::SeqCst) {
+            ISSUED => lease(
+                "l1",
+                1,
+                vec![
+                    read_only("file:db", "db_password", 1, 30, b"pw-one"),
+                    read_only("file:key", "tls/key.pem", 1, 30, b"key-one"),
+                ],
+            ),
+            _ => api_error(ErrorCode::Denied, "grant withdrawn"),
+        });
+        let task = tokio::spawn(run(config(&broker.socket, &dir)));
+        let (db, key, tls) = (
+            dir.join("db_password"),
+            dir.join("tls/key.pem"),
+            dir.join("tls"),
+        );
+        let both = vec!["db_password".to_string(), "tls/key.pem".to_string()];
+        wait_for(5, "delivery and state", || {
+            state_names(&dir) == Some(both.clone())
+        })
+        .await;
+        let held = std::fs::File::open(&key).unwrap();
+        std::fs::set_permissions(&tls, std::fs::Permissions::from_mode(0o500)).unwrap();
+
+        phase.store(DENIED, Ordering::SeqCst);
+        wait_for(5, "the other file wiped", || read(&db).is_none()).await;
+        wait_for(5, "the state listing the file left", || {
+            state_names(&dir) == Some(vec!["tls/key.pem".to_string()])
+        })
+        .await;
+        assert!(zeroed(&held), "zeroed though not unlinked");
+        // Still listed a few retries later.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(state_names(&dir), Some(vec!["tls/key.pem".to_string()]));
+        assert!(std::fs::symlink_metadata(&key).is_ok());
+
+        std::fs::set_permissions(&tls, std::fs::Permissions::from_mode(0o711)).unwrap();
+        wait_for(5, "the retry wiping it", || {
+            std::fs::symlink_metadata(&key).is_err()
+        })
+        .await;
+        wait_for(5, "an empty state", || state_names(&dir) == Some(vec![])).await;
+        assert!(!task.is_finished(), "the sidecar keeps asking");
+        assert!(sigterm_and_wait(task).await.is_ok());
+        assert!(names(&dir).is_empty(), "{:?}", names(&dir));
+    });
+}
