@@ -6,6 +6,10 @@
 //! **Invariant:** no log line, error message or `Debug` output of this crate
 //! holds a secret value; values stay in [`unbaked_api::Secret`] or
 //! `Zeroizing` buffers until they are written to their destination.
+//! **Invariant:** the secrets directory is looked up by path once, in
+//! [`SecretsDir::open`], which checks it (not a symlink, owner, mode,
+//! tmpfs) through the descriptor it keeps; every later write, wipe, listing
+//! and unmount starts from that descriptor.
 #![forbid(unsafe_code)]
 
 pub mod client;
@@ -18,4 +22,4 @@ pub mod writer;
 pub use client::{Client, ClientError};
 pub use exec::{ExecConfig, ExecError, Prepared};
 pub use sidecar::{SidecarConfig, SidecarError};
-pub use writer::SecretsDir;
+pub use writer::{DirProblem, SecretsDir};

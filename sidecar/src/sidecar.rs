@@ -3,7 +3,7 @@
 //! expired or on SIGTERM/SIGINT.
 
 use crate::client::{Client, ClientError};
-use crate::writer::SecretsDir;
+use crate::writer::{DirProblem, SecretsDir};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::PathBuf;
@@ -16,6 +16,8 @@ use unbaked_api::wire::{Delivery, DeliveryKind, ErrorCode, FetchRequest, Item, L
 /// Default size of the tmpfs the sidecar mounts: plenty for secret files.
 pub const DEFAULT_TMPFS_SIZE: u64 = 1 << 20;
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How soon a file whose wipe failed is tried again.
+const WIPE_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct SidecarConfig {
@@ -40,6 +42,8 @@ pub enum SidecarError {
         dir.display()
     )]
     Mount { dir: PathBuf, source: nix::Error },
+    #[error("refusing the secrets directory: {}", .problem.explain(.dir))]
+    UnsafeDir { dir: PathBuf, problem: DirProblem },
     #[error("cannot update {} in the secrets directory: check its permissions and free space", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error("refusing to write {path}: {reason}")]
@@ -86,16 +90,20 @@ pub async fn run(cfg: SidecarConfig) -> Result<(), SidecarError> {
         return Ok(()); // the files stay for the workload
     }
     let wiped = dir.wipe_all();
-    if let Err(e) = &wiped {
-        tracing::error!(error = %e, "could not wipe every secret file");
-    }
     if let Some(id) = sidecar.lease_id.take() {
         let client = sidecar.client.clone().with_timeout(REVOKE_TIMEOUT);
         if let Err(e) = client.revoke(&id).await {
             tracing::warn!(error = %e, lease_id = %id, "could not revoke the lease: it ends at its ttl");
         }
     }
-    tracing::info!(workload = %sidecar.cfg.workload, "secrets wiped");
+    let workload = &sidecar.cfg.workload;
+    match &wiped {
+        Ok(()) => tracing::info!(%workload, "secrets wiped"),
+        Err(e) => {
+            let left = dir.files().count();
+            tracing::error!(%workload, error = %e, files_left = left, "could not wipe every secret file: the next sidecar on this directory wipes the rest");
+        }
+    }
     outcome.and(wiped).map(drop)
 }
 
@@ -243,10 +251,14 @@ impl Sidecar {
                 Some((_, Err(e))) => {
                     let withdrawn = e.is_denied() || (!renewing && e.is_not_found());
                     if withdrawn && delivered {
-                        self.wipe_files(dir);
+                        let left = self.wipe_files(dir);
                         self.persist(dir);
                         self.lease_id = None;
-                        tracing::warn!(%workload, reason = %e, "the broker withdrew the secrets: files wiped, retrying");
+                        if left == 0 {
+                            tracing::warn!(%workload, reason = %e, "the broker withdrew the secrets: files wiped, retrying");
+                        } else {
+                            tracing::error!(%workload, reason = %e, files_left = left, "the broker withdrew the secrets: not every file could be wiped, trying again");
+                        }
                         next_call = now + denied.next();
                     } else if e.is_denied() {
                         return Err(SidecarError::Denied(match e {
@@ -337,22 +349,40 @@ impl Sidecar {
             .collect();
         for id in expired {
             if let Some(d) = self.state.remove(&id) {
-                wipe_logged(dir, &d.path);
-                tracing::warn!(workload = %self.cfg.workload, path = %d.path, "secret file expired without renewal: wiped");
+                let path = d.path.clone();
+                if self.wipe_or_retry(dir, d, now) {
+                    tracing::warn!(workload = %self.cfg.workload, %path, "secret file expired without renewal: wiped");
+                }
             }
         }
     }
 
-    fn wipe_files(&mut self, dir: &mut SecretsDir) {
-        for d in std::mem::take(&mut self.state).into_values() {
-            wipe_logged(dir, &d.path);
-        }
+    /// Wipe every file; how many are still there (to be tried again).
+    fn wipe_files(&mut self, dir: &mut SecretsDir) -> usize {
+        let now = Instant::now();
+        std::mem::take(&mut self.state)
+            .into_values()
+            .filter(|d| !self.wipe_or_retry(dir, d.clone(), now))
+            .count()
     }
-}
 
-fn wipe_logged(dir: &mut SecretsDir, path: &str) {
-    if let Err(e) = dir.wipe(path) {
-        tracing::error!(error = %e, path, "could not wipe a secret file");
+    /// Wipe `d`'s file. If its name is still there, it stays in the state
+    /// (and so in the state file) as a placeholder no lease item matches,
+    /// due again in [`WIPE_RETRY`]: a file leaves the record only once gone.
+    fn wipe_or_retry(&mut self, dir: &mut SecretsDir, d: Delivered, now: Instant) -> bool {
+        match dir.wipe(&d.path) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, path = %d.path, "could not wipe a secret file: trying again");
+                let retry = Delivered {
+                    version: u64::MAX,
+                    expires: now + WIPE_RETRY,
+                    ..d
+                };
+                self.state.insert(format!("unwiped:{}", retry.path), retry);
+                false
+            }
+        }
     }
 }
 

@@ -1,8 +1,17 @@
 //! The secrets directory: a tmpfs holding one file per file grant, written
 //! atomically and wiped (zeroed, then unlinked) when withdrawn.
 //!
-//! Every path below the root is walked with `openat` and `O_NOFOLLOW`, so a
-//! symlink planted in the directory never redirects a write or a wipe.
+//! The root itself is checked once, through a descriptor opened with
+//! `O_NOFOLLOW`: not a symlink, owned by this process's euid or root, not
+//! writable by group or others, on tmpfs (or a tmpfs we mount on that very
+//! directory). Everything after starts at that descriptor, and every path
+//! below it is walked with `openat` and `O_NOFOLLOW`, so neither a path
+//! swapped after the check nor a symlink planted in the directory redirects
+//! a write, a wipe or a mount.
+//!
+//! A wipe always unlinks: zeroing is best effort (a failure is logged, never
+//! a value) and reaches a 0400 file through `/proc/self/fd/N` after `u+w`,
+//! so a sidecar that is not root zeroes its own read-only files too.
 //!
 //! Crash safety: a sidecar killed mid-write leaves at most a hidden
 //! `.NAME.tmp-HEX` file (never a torn target); the next [`SecretsDir::open`]
@@ -15,14 +24,14 @@ use crate::sidecar::SidecarError;
 use crate::sys;
 use nix::errno::Errno;
 use nix::fcntl::{open, openat, renameat, OFlag};
-use nix::sys::stat::{fchmod, fstat, mkdirat, Mode, SFlag};
-use nix::unistd::{fchown, unlinkat, Gid, Uid, UnlinkatFlags};
+use nix::sys::stat::{fchmod, fstat, mkdirat, FileStat, Mode, SFlag};
+use nix::unistd::{fchown, geteuid, unlinkat, Gid, Uid, UnlinkatFlags};
 use ring::rand::{SecureRandom, SystemRandom};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -47,9 +56,73 @@ struct State {
     files: BTreeMap<String, u64>,
 }
 
+/// Why a secrets directory is refused; [`DirProblem::explain`] says what to
+/// do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirProblem {
+    /// The last component is a symlink.
+    Symlink,
+    NotADirectory,
+    /// Owned by neither this process's euid nor root.
+    Owner {
+        uid: u32,
+        euid: u32,
+    },
+    /// Writable by group or others (`mode`: the permission bits).
+    Writable {
+        mode: u32,
+    },
+    /// After our mount, the path no longer led to the new tmpfs.
+    MountMoved {
+        euid: u32,
+    },
+}
+
+impl DirProblem {
+    /// The whole message: what is wrong with `dir`, why it matters, what to do.
+    pub fn explain(&self, dir: &Path) -> String {
+        let d = dir.display();
+        match self {
+            DirProblem::Symlink => format!(
+                "{d} is a symlink, so whoever can change the link chooses where the secrets go \
+                 (and what a tmpfs is mounted over): pass the real directory, or remove the link \
+                 and let the sidecar create {d}"
+            ),
+            DirProblem::NotADirectory => {
+                format!("{d} exists and is not a directory: remove it or pass another --dir")
+            }
+            DirProblem::Owner { uid, euid } => {
+                let by = match euid {
+                    0 => "root".to_string(),
+                    _ => format!("this sidecar's uid {euid} or root"),
+                };
+                format!(
+                    "{d} is owned by uid {uid}, not by {by}, so uid {uid} could replace the \
+                     files the workload reads: `chown {euid} {d}` and `chmod 0711 {d}`, or \
+                     remove it and let the sidecar create it"
+                )
+            }
+            DirProblem::Writable { mode } => format!(
+                "{d} is writable by its group or others (mode {mode:04o}), so they could replace \
+                 the files the workload reads: `chmod 0711 {d}` (0700 if only this uid reads the \
+                 files), or mount the tmpfs with mode=0711 (e.g. docker --tmpfs {d}:mode=0711, \
+                 plus uid=N when the sidecar runs as uid N)"
+            ),
+            DirProblem::MountMoved { euid } => format!(
+                "a tmpfs was mounted on {d}, but the path no longer leads to it (was {d} or a \
+                 parent renamed meanwhile?); nothing was written and the empty tmpfs stays \
+                 mounted: make sure only root and uid {euid} can write the parent directories"
+            ),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct SecretsDir {
     root: PathBuf,
+    /// The checked directory (the tmpfs root, if we mounted one): every
+    /// operation starts here, never at `root` looked up again.
+    root_fd: OwnedFd,
     mounted: bool,
     created_root: bool,
     /// Files we wrote (relative path -> length); only these are ever wiped.
@@ -58,32 +131,59 @@ pub struct SecretsDir {
     dirs: Vec<String>,
     /// Files a previous sidecar recorded, still within their ttl at open.
     inherited: BTreeMap<String, Duration>,
-    /// Versions replaced by a rotation, open until they are zeroed.
-    retired: Vec<(File, Instant)>,
+    /// Versions replaced by a rotation (`O_PATH` descriptors), with their
+    /// relative path, until they are zeroed.
+    retired: Vec<(OwnedFd, String, Instant)>,
 }
 
 impl SecretsDir {
-    /// Create `dir` (0711) if missing and make sure it is a tmpfs: use it if
-    /// it is one, mount one if we may, refuse otherwise (writing nothing).
+    /// Create `dir` (0711) if missing, check it is safe to hold secrets
+    /// ([`DirProblem`]) and make sure it is a tmpfs: use it if it is one,
+    /// mount one on it if we may, refuse otherwise (writing nothing).
     pub fn open(dir: &Path, tmpfs_size: u64) -> Result<SecretsDir, SidecarError> {
+        // Without a trailing `/` or `/.`, which would make the kernel follow
+        // a symlink at the last component despite O_NOFOLLOW.
+        let dir = &dir.components().collect::<PathBuf>();
         let io_err = |source| SidecarError::Io {
             path: dir.to_path_buf(),
             source,
         };
-        let created_root = !dir.try_exists().map_err(io_err)?;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(dir)
-            .map_err(io_err)?;
-        let mut mounted = false;
-        if !sys::is_tmpfs(dir).map_err(io_err)? {
-            if let Err(e) = sys::mount_tmpfs(dir, tmpfs_size) {
-                let fs_type = sys::fs_type_name(dir);
-                if created_root {
-                    let _ = std::fs::remove_dir(dir);
-                }
-                return Err(if sys::refusal_for(e) {
+        let created_root = create_missing(dir).map_err(io_err)?;
+        let give_up = |e: SidecarError| {
+            if created_root {
+                let _ = std::fs::remove_dir(dir);
+            }
+            e
+        };
+        let refuse = |problem| {
+            give_up(SidecarError::UnsafeDir {
+                dir: dir.to_path_buf(),
+                problem,
+            })
+        };
+        // O_NOFOLLOW: a symlink as the last component is refused, not followed.
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = match open(dir, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            // ELOOP, or ENOTDIR when O_DIRECTORY is checked first.
+            Err(Errno::ELOOP | Errno::ENOTDIR)
+                if dir.symlink_metadata().is_ok_and(|m| m.is_symlink()) =>
+            {
+                return Err(refuse(DirProblem::Symlink))
+            }
+            Err(Errno::ENOTDIR) => return Err(refuse(DirProblem::NotADirectory)),
+            Err(e) => return Err(give_up(io_err(e.into()))),
+        };
+        let st = fstat(&fd).map_err(|e| give_up(io_err(e.into())))?;
+        check_owner_and_mode(&st).map_err(refuse)?;
+        let tmpfs = sys::is_tmpfs_fd(fd.as_fd()).map_err(|e| give_up(io_err(e)))?;
+        let (root_fd, mounted) = if tmpfs {
+            (fd, false)
+        } else {
+            // On the checked directory itself, wherever its path leads now.
+            if let Err(e) = sys::mount_tmpfs_fd(fd.as_fd(), tmpfs_size) {
+                let fs_type = sys::fs_type_name_fd(fd.as_fd());
+                return Err(give_up(if sys::refusal_for(e) {
                     SidecarError::NotTmpfs {
                         dir: dir.to_path_buf(),
                         fs_type,
@@ -93,12 +193,25 @@ impl SecretsDir {
                         dir: dir.to_path_buf(),
                         source: e,
                     }
-                });
+                }));
             }
-            mounted = true;
-        }
+            match open_our_mount(dir, fd.as_fd()) {
+                Ok(Some(root)) => (root, true),
+                Ok(None) => {
+                    return Err(SidecarError::UnsafeDir {
+                        dir: dir.to_path_buf(),
+                        problem: DirProblem::MountMoved {
+                            euid: geteuid().as_raw(),
+                        },
+                    })
+                }
+                // /proc unreadable: what is mounted there cannot be told apart.
+                Err(e) => return Err(io_err(e)),
+            }
+        };
         let mut opened = SecretsDir {
             root: dir.to_path_buf(),
+            root_fd,
             mounted,
             created_root,
             files: BTreeMap::new(),
@@ -123,7 +236,7 @@ impl SecretsDir {
     pub fn save_state(&mut self, ttls: &BTreeMap<String, Duration>) -> Result<(), SidecarError> {
         self.zero_retired(false);
         let now = sys::boottime_ms();
-        let state = State {
+        let mut state = State {
             mounted: self.mounted,
             files: ttls
                 .iter()
@@ -133,9 +246,14 @@ impl SecretsDir {
                 })
                 .collect(),
         };
+        // A file still here that the caller no longer tracks (its wipe
+        // failed) stays listed, due now: an entry goes only once unlinked.
+        for rel in self.files.keys() {
+            state.files.entry(rel.clone()).or_insert(now);
+        }
         // Names and times only: serializing cannot fail.
         let bytes = serde_json::to_vec(&state).unwrap_or_default();
-        let root = open_dir(&self.root).map_err(|e| self.io(STATE_FILE, e))?;
+        let root = self.dup_root().map_err(|e| self.io(STATE_FILE, e))?;
         self.replace(&root, STATE_FILE, STATE_FILE, &bytes, 0o600, None, None)
             .map(drop)
     }
@@ -143,9 +261,7 @@ impl SecretsDir {
     /// Remove [`STATE_FILE`]: what is in the directory now is nobody's to
     /// wipe (`sidecar --once`).
     pub fn forget_state(&mut self) {
-        if let Ok(root) = open_dir(&self.root) {
-            let _ = unlinkat(&root, STATE_FILE, UnlinkatFlags::NoRemoveDir);
-        }
+        let _ = unlinkat(&self.root_fd, STATE_FILE, UnlinkatFlags::NoRemoveDir);
     }
 
     /// Zero and remove `.NAME.tmp-HEX` files a killed writer left behind.
@@ -153,7 +269,12 @@ impl SecretsDir {
         let mut stack = vec![String::new()];
         let mut seen = 0;
         while let Some(sub) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(self.root.join(&sub)) else {
+            let comps: Vec<&str> = sub.split('/').filter(|c| !c.is_empty()).collect();
+            // Listed through the descriptor, reached with O_NOFOLLOW.
+            let Ok(Some(dir)) = self.walk(&sub, &comps, false) else {
+                continue;
+            };
+            let Ok(entries) = std::fs::read_dir(sys::fd_path(dir.as_fd())) else {
                 continue;
             };
             for entry in entries.flatten() {
@@ -192,7 +313,8 @@ impl SecretsDir {
         let Some(state) = self.read_state() else {
             return;
         };
-        if state.mounted && !self.mounted && sys::is_tmpfs(&self.root).unwrap_or(false) {
+        if state.mounted && !self.mounted && sys::is_tmpfs_fd(self.root_fd.as_fd()).unwrap_or(false)
+        {
             self.mounted = true; // ours to unmount now
         }
         let now = sys::boottime_ms();
@@ -218,9 +340,8 @@ impl SecretsDir {
     }
 
     fn read_state(&self) -> Option<State> {
-        let root = open_dir(&self.root).ok()?;
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-        let fd = openat(&root, STATE_FILE, flags, Mode::empty()).ok()?;
+        let fd = openat(&self.root_fd, STATE_FILE, flags, Mode::empty()).ok()?;
         let file = File::from(fd);
         let st = fstat(&file).ok()?;
         let regular = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
@@ -264,14 +385,14 @@ impl SecretsDir {
             return Err(self.io(rel, Errno::ENOENT));
         };
         let previous = if self.files.contains_key(rel) {
-            open_no_follow(&dir, name).ok()
+            open_path(&dir, name).ok()
         } else {
             None
         };
         self.replace(&dir, name, rel, bytes, mode, uid, gid)?;
         if let Some(old) = previous {
             // Unlinked by the rename: its pages are zeroed after the grace.
-            self.retired.push((File::from(old), Instant::now()));
+            self.retired.push((old, rel.to_owned(), Instant::now()));
         }
         self.files.insert(rel.to_owned(), bytes.len() as u64);
         Ok(())
@@ -280,10 +401,13 @@ impl SecretsDir {
     /// Zero the replaced versions whose grace has passed (`all`: every one).
     fn zero_retired(&mut self, all: bool) {
         let now = Instant::now();
-        self.retired.retain(|(file, at)| {
+        self.retired.retain(|(file, rel, at)| {
             let due = all || now.duration_since(*at) >= RETIRE_GRACE;
             if due {
-                let _ = zero_fill(file, 0);
+                // No name reaches it any more: zero links, or not ours.
+                if let Err(e) = zero_through(file.as_fd(), 0) {
+                    tracing::warn!(path = %rel, error = %e, "could not zero a replaced version of a secret file");
+                }
             }
             !due
         });
@@ -336,7 +460,9 @@ impl SecretsDir {
     }
 
     /// Zero `rel` and unlink it. A missing file is fine; a symlink is unlinked
-    /// without touching what it points to.
+    /// without touching what it points to. Zeroing is best effort: a file
+    /// that cannot be zeroed is still unlinked (and the failure logged); an
+    /// error means the name is still there, and `rel` stays in [`Self::files`].
     pub fn wipe(&mut self, rel: &str) -> Result<(), SidecarError> {
         self.zero_retired(false);
         let (parents, name) = split(rel)?;
@@ -344,14 +470,20 @@ impl SecretsDir {
             self.files.remove(rel);
             return Ok(());
         };
-        match open_no_follow(&dir, name) {
-            Ok(fd) => zero_fill(&File::from(fd), 1).map_err(|e| self.io_err(rel, e))?,
+        match open_path(&dir, name) {
+            // A symlink: zero_through leaves it (and its target) alone.
+            Ok(fd) => {
+                if let Err(e) = zero_through(fd.as_fd(), 1) {
+                    tracing::warn!(path = %rel, error = %e, "could not zero a secret file: unlinking it anyway");
+                }
+            }
             Err(Errno::ENOENT) => {
                 self.files.remove(rel);
                 return Ok(());
             }
-            Err(Errno::ELOOP) => {} // a symlink: only the link goes
-            Err(e) => return Err(self.io(rel, e)),
+            Err(e) => {
+                tracing::warn!(path = %rel, error = %e, "could not open a secret file to zero it: unlinking it anyway");
+            }
         }
         match unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => {}
@@ -374,18 +506,25 @@ impl SecretsDir {
             }
         }
         self.inherited.clear();
-        if let Ok(root) = open_dir(&self.root) {
-            // Last: a crash before this point leaves a successor the list.
-            if first.is_none() {
-                let _ = unlinkat(&root, STATE_FILE, UnlinkatFlags::NoRemoveDir);
-            }
-            for d in self.dirs.drain(..).rev() {
-                // Not empty means someone else's file is there: leave it.
-                let _ = unlinkat(&root, d.as_str(), UnlinkatFlags::RemoveDir);
+        // Last: a crash before this point leaves a successor the list.
+        if self.files.is_empty() {
+            let _ = unlinkat(&self.root_fd, STATE_FILE, UnlinkatFlags::NoRemoveDir);
+        } else {
+            // Only what is gone leaves the list; the rest is due at once.
+            let left = self.files.len();
+            match self.save_state(&BTreeMap::new()) {
+                Ok(()) => tracing::warn!(files = left, "files left for the next sidecar to wipe"),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
             }
         }
+        for d in self.dirs.drain(..).rev() {
+            // Not empty means someone else's file is there: leave it.
+            let _ = unlinkat(&self.root_fd, d.as_str(), UnlinkatFlags::RemoveDir);
+        }
         if self.mounted {
-            match sys::unmount(&self.root) {
+            match sys::unmount_fd(self.root_fd.as_fd()) {
                 Ok(()) => self.mounted = false,
                 Err(e) => {
                     first.get_or_insert(self.io("", e));
@@ -406,7 +545,7 @@ impl SecretsDir {
         parents: &[&str],
         create: bool,
     ) -> Result<Option<OwnedFd>, SidecarError> {
-        let mut dir = open_dir(&self.root).map_err(|e| self.io("", e))?;
+        let mut dir = self.dup_root().map_err(|e| self.io("", e))?;
         for (i, comp) in parents.iter().enumerate() {
             if create {
                 match mkdirat(&dir, *comp, Mode::from_bits_truncate(0o711)) {
@@ -429,6 +568,13 @@ impl SecretsDir {
             };
         }
         Ok(Some(dir))
+    }
+
+    /// Another descriptor on the checked root, for [`Self::walk`] to replace.
+    fn dup_root(&self) -> nix::Result<OwnedFd> {
+        self.root_fd
+            .try_clone()
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32)))
     }
 
     fn io(&self, rel: &str, e: Errno) -> SidecarError {
@@ -461,22 +607,131 @@ fn split(rel: &str) -> Result<(Vec<&str>, &str), SidecarError> {
     }
 }
 
-fn open_dir(path: &Path) -> nix::Result<OwnedFd> {
-    open(
-        path,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
+/// Create `dir` (mode 0711, parents too) unless something is at its name
+/// (even a dangling symlink); whether we created it.
+fn create_missing(dir: &Path) -> io::Result<bool> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o711).create(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
-fn open_no_follow(dir: &OwnedFd, name: &str) -> nix::Result<OwnedFd> {
-    // O_NONBLOCK: a planted FIFO must not hang us.
-    let flags = OFlag::O_WRONLY
-        | OFlag::O_NOFOLLOW
-        | OFlag::O_NONBLOCK
-        | OFlag::O_CLOEXEC
-        | OFlag::O_NOCTTY;
+/// Only our uid (or root) may change what is in the directory: another
+/// owner, or a group or others with write permission, could replace the
+/// files the workload reads (a sticky bit does not stop a new name).
+fn check_owner_and_mode(st: &FileStat) -> Result<(), DirProblem> {
+    let euid = geteuid().as_raw();
+    if st.st_uid != euid && st.st_uid != 0 {
+        return Err(DirProblem::Owner {
+            uid: st.st_uid,
+            euid,
+        });
+    }
+    if st.st_mode & 0o022 != 0 {
+        return Err(DirProblem::Writable {
+            mode: st.st_mode & 0o7777,
+        });
+    }
+    Ok(())
+}
+
+/// After mounting a tmpfs on the directory `under` is open on, open `dir`
+/// again and make sure it is that new tmpfs: a tmpfs, on a mount whose
+/// parent is `under`'s mount and whose mount point is where `under` is now,
+/// its root ours and 0711 as mounted. `None`: the path leads elsewhere.
+fn open_our_mount(dir: &Path, under: BorrowedFd) -> io::Result<Option<OwnedFd>> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = match open(dir, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ELOOP | Errno::ENOTDIR | Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let (old_mnt, new_mnt) = (sys::mount_id(under)?, sys::mount_id(fd.as_fd())?);
+    let under_path = std::fs::read_link(sys::fd_path(under))?;
+    let mounted_there = sys::mounts()?.iter().any(|m| {
+        m.id == new_mnt
+            && m.parent == old_mnt
+            && m.fs_type == "tmpfs"
+            && unescape_mountinfo(&m.mount_point) == under_path.as_os_str().as_encoded_bytes()
+    });
+    let st = fstat(&fd)?;
+    let ours = st.st_uid == geteuid().as_raw() && st.st_mode & 0o7777 == 0o711;
+    let tmpfs = sys::is_tmpfs_fd(fd.as_fd())?;
+    Ok((new_mnt != old_mnt && mounted_there && ours && tmpfs).then_some(fd))
+}
+
+/// `/proc/self/mountinfo` writes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') << 6 | (d[1] - b'0') << 3 | (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// An `O_PATH` descriptor on `name` itself (a symlink is not followed, the
+/// descriptor is on the link): it opens nothing, so a planted FIFO or
+/// device cannot block or react, and it needs no permission on the file.
+fn open_path(dir: &OwnedFd, name: &str) -> nix::Result<OwnedFd> {
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     openat(dir, name, flags, Mode::empty())
+}
+
+/// Zero the regular file `file` (an [`open_path`] descriptor) is on, when
+/// exactly `links` names reach it (a file hard-linked from elsewhere is not
+/// ours to zero); anything else is left alone.
+///
+/// Written through `/proc/self/fd/N`, which reaches that very inode even
+/// once unlinked. Files are 0400 as delivered: a sidecar that is not root
+/// gets EACCES opening its own file for writing, so it first gives itself
+/// `u+w`, which the owner may always do.
+fn zero_through(file: BorrowedFd, links: u64) -> io::Result<()> {
+    let st = fstat(file)?;
+    let regular = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
+    if !regular || st.st_nlink as u64 != links {
+        return Ok(());
+    }
+    let path = sys::fd_path(file);
+    // O_NONBLOCK and O_NOCTTY are moot on a regular file, kept for safety.
+    let reopen = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits())
+            .open(&path)
+    };
+    let writable = match reopen() {
+        Err(e)
+            if e.kind() == io::ErrorKind::PermissionDenied && st.st_uid == geteuid().as_raw() =>
+        {
+            let mode = (st.st_mode | 0o200) & 0o7777;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+            reopen()?
+        }
+        other => other?,
+    };
+    zero_fill(&writable, links)?;
+    writable.sync_data()
 }
 
 /// Overwrite a regular file with zeros, only when exactly `links` names reach

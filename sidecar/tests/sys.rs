@@ -1,3 +1,5 @@
+mod util;
+
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, SealFlag};
 use std::io::{Read, Seek, Write};
@@ -72,4 +74,51 @@ fn core_dumps_are_disabled() {
     let (soft, hard) =
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_CORE).unwrap();
     assert_eq!((soft, hard), (0, 0));
+}
+
+/// The mount goes on the directory the descriptor is open on, even after an
+/// attacker renamed it away and put a symlink to another directory at its
+/// name. CONTROL: mounting by the path, the same swap redirects the mount.
+#[test]
+fn a_tmpfs_is_mounted_on_the_checked_directory_even_after_a_swap() {
+    use nix::fcntl::{open, OFlag};
+    use nix::sys::stat::Mode;
+    let disk = tempfile::tempdir_in("/var/tmp").unwrap();
+    assert!(!sys::is_tmpfs(disk.path()).unwrap());
+    let (dir, moved, victim) = (
+        disk.path().join("secrets"),
+        disk.path().join("moved"),
+        disk.path().join("victim"),
+    );
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::create_dir(&victim).unwrap();
+    let _cleanup = [moved.clone(), victim.clone()].map(util::UnmountOnDrop);
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let checked = open(&dir, flags, Mode::empty()).unwrap();
+    std::fs::rename(&dir, &moved).unwrap();
+    std::os::unix::fs::symlink(&victim, &dir).unwrap();
+
+    sys::mount_tmpfs_fd(checked.as_fd(), 1 << 20).unwrap();
+    let mounted_at = |p: &std::path::Path| {
+        sys::mounts()
+            .unwrap()
+            .iter()
+            .any(|m| std::path::Path::new(&m.mount_point) == p)
+    };
+    assert!(mounted_at(&moved), "on the checked directory");
+    assert!(!mounted_at(&victim) && !mounted_at(&dir));
+    let root = open(&moved, flags, Mode::empty()).unwrap();
+    assert!(sys::is_tmpfs_fd(root.as_fd()).unwrap());
+    assert_ne!(
+        sys::mount_id(root.as_fd()).unwrap(),
+        sys::mount_id(checked.as_fd()).unwrap()
+    );
+    sys::unmount_fd(root.as_fd()).unwrap();
+    assert!(!mounted_at(&moved));
+
+    // CONTROL: the path now leads to the victim, and a mount by path lands there.
+    sys::mount_tmpfs(&dir, 1 << 20).unwrap();
+    let redirected = mounted_at(&victim);
+    sys::unmount(&victim).unwrap();
+    assert!(redirected);
 }

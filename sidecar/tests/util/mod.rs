@@ -163,3 +163,107 @@ pub async fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 pub fn read(path: &Path) -> Option<Vec<u8>> {
     std::fs::read(path).ok()
 }
+
+/// The env variable a test re-run by [`rerun_as`] finds its directory in.
+pub const CHILD_DIR: &str = "UNBAKED_TEST_CHILD_DIR";
+
+/// In the re-run child of [`rerun_as`]: the directory the parent handed over.
+pub fn child_dir() -> Option<PathBuf> {
+    std::env::var_os(CHILD_DIR).map(PathBuf::from)
+}
+
+/// A temp dir on tmpfs, mode 0700, owned by `uid`: a place where the
+/// process [`rerun_as`] starts may create things.
+pub fn shm_dir_for(uid: u32) -> tempfile::TempDir {
+    let t = tempfile::tempdir_in("/dev/shm").expect("temp dir on /dev/shm");
+    let id = Some(nix::unistd::Uid::from_raw(uid));
+    nix::unistd::chown(t.path(), id, Some(nix::unistd::Gid::from_raw(uid))).expect("chown");
+    t
+}
+
+/// Run the test `name` of this test binary again, alone, as uid and gid
+/// `uid` with no supplementary groups and no capabilities (util-linux
+/// `setpriv`; needs root), with `dir` in [`CHILD_DIR`]. Panics with the
+/// child's output unless it passed within `secs`.
+pub fn rerun_as(uid: u32, name: &str, dir: &Path, secs: u64) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs part of itself as uid {uid}: run the suite as root"
+    );
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let log = out.reopen().expect("reopen");
+    let id = uid.to_string();
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid", &id, "--regid", &id, "--clear-groups"])
+        .args(["--inh-caps=-all", "--bounding-set=-all", "--"])
+        .arg(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
+        .env(CHILD_DIR, dir)
+        .env("TMPDIR", "/tmp")
+        .stdin(std::process::Stdio::null())
+        // One open file for both, so neither overwrites the other.
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .spawn()
+        .expect("setpriv (util-linux) runs the unprivileged half of this test");
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(out.path()).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()) && text.contains("1 passed"),
+        "the part run as uid {uid} ({}):\n{text}",
+        status.map_or_else(|| format!("killed after {secs} s"), |s| s.to_string())
+    );
+}
+
+/// In the child: really unprivileged (root's CAP_DAC_OVERRIDE would hide
+/// what the test is about).
+pub fn assert_unprivileged(uid: u32) {
+    assert_eq!(nix::unistd::geteuid().as_raw(), uid);
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    assert_eq!(u64::from_str_radix(eff, 16).unwrap(), 0, "CapEff {eff}");
+}
+
+/// Whether something is mounted at `path` (as /proc/self/mountinfo says).
+/// `path` is compared as given, not resolved.
+pub fn mounted_at(path: &Path) -> bool {
+    unbaked_sidecar::sys::mounts()
+        .expect("/proc/self/mountinfo")
+        .iter()
+        .any(|m| Path::new(&m.mount_point) == path)
+}
+
+/// The sorted names in `dir`.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Unmounts whatever is still mounted at its path when dropped, so a test
+/// that fails half-way leaves no tmpfs behind.
+pub struct UnmountOnDrop(pub PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        while mounted_at(&self.0) && unbaked_sidecar::sys::unmount(&self.0).is_ok() {}
+    }
+}
