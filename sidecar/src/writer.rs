@@ -175,7 +175,14 @@ impl SecretsDir {
             Err(e) => return Err(give_up(io_err(e.into()))),
         };
         let st = fstat(&fd).map_err(|e| give_up(io_err(e.into())))?;
-        check_owner_and_mode(&st).map_err(refuse)?;
+        match check_owner_and_mode(&st) {
+            Ok(()) => {}
+            Err(DirProblem::Writable { mode }) if adoptable(fd.as_fd(), mode) => {
+                adopt(fd.as_fd()).map_err(|e| give_up(io_err(e)))?;
+                tracing::info!(dir = %dir.display(), mode = format!("{mode:04o}"), "an empty directory others could write (a Kubernetes emptyDir) was made 0711 before use");
+            }
+            Err(p) => return Err(refuse(p)),
+        }
         let tmpfs = sys::is_tmpfs_fd(fd.as_fd()).map_err(|e| give_up(io_err(e)))?;
         let (root_fd, mounted) = if tmpfs {
             (fd, false)
@@ -638,6 +645,36 @@ fn check_owner_and_mode(st: &FileStat) -> Result<(), DirProblem> {
         return Err(DirProblem::Writable {
             mode: st.st_mode & 0o7777,
         });
+    }
+    Ok(())
+}
+
+/// An empty directory we (or root) own, writable by others but not sticky,
+/// is what a Kubernetes `emptyDir` is (always 0777): nobody has put
+/// anything in it yet, so it is safe to take over by closing it first.
+/// A sticky one is a shared directory (/tmp, /dev/shm) and is never taken.
+fn adoptable(fd: BorrowedFd, mode: u32) -> bool {
+    mode & 0o1000 == 0 && is_empty(fd).unwrap_or(false)
+}
+
+fn is_empty(fd: BorrowedFd) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    Ok(
+        std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))?
+            .next()
+            .is_none(),
+    )
+}
+
+/// Close the directory (0711), then make sure nobody slipped an entry in
+/// before it closed: after the chmod, only its owner (and root) can.
+fn adopt(fd: BorrowedFd) -> io::Result<()> {
+    fchmod(fd, Mode::from_bits_truncate(0o711))?;
+    if !is_empty(fd)? {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "an entry appeared in the directory while it was being closed to others: refused",
+        ));
     }
     Ok(())
 }

@@ -271,3 +271,31 @@ fn a_sidecar_that_is_not_root_refuses_another_users_dir_and_accepts_its_own() {
     dir.wipe_all().unwrap();
     assert!(names(&ours).is_empty());
 }
+
+/// A Kubernetes `emptyDir` is root-owned 0777 and empty: taken over (made
+/// 0711) and used. The same with anything in it is refused (the control:
+/// `a_dir_another_user_owns_or_may_write_is_refused`), and a sticky shared
+/// directory is never taken over.
+#[tokio::test]
+async fn an_empty_world_writable_dir_like_an_emptydir_is_closed_then_used() {
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let dir = shm.path().join("emptydir");
+    fs::create_dir(&dir).unwrap();
+    chmod(&dir, 0o777);
+    let opened = SecretsDir::open(&dir, 1 << 20).expect("an empty emptyDir is taken over");
+    assert_eq!(
+        fs::metadata(&dir).unwrap().permissions().mode() & 0o7777,
+        0o711
+    );
+    drop(opened);
+
+    let sticky = shm.path().join("sticky");
+    fs::create_dir(&sticky).unwrap();
+    chmod(&sticky, 0o1777);
+    let err = SecretsDir::open(&sticky, 1 << 20).unwrap_err();
+    assert_eq!(problem(&err), Some(&DirProblem::Writable { mode: 0o1777 }));
+    assert_eq!(
+        fs::metadata(&sticky).unwrap().permissions().mode() & 0o7777,
+        0o1777
+    );
+}
