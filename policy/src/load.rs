@@ -176,10 +176,11 @@ fn read_relaxed(dir: &Path) -> (Vec<(PathBuf, String)>, Vec<Diagnostic>) {
     let mut sources = Vec::with_capacity(paths.len());
     for path in paths {
         match fs::File::open(&path) {
-            Ok(file) => match read_bounded(file, &path) {
-                Ok(text) => sources.push((path, text)),
-                Err(d) => diags.push(d),
-            },
+            Ok(file) => {
+                if let Some(text) = read_bounded(file, &path, &mut diags) {
+                    sources.push((path, text));
+                }
+            }
             Err(e) => diags.push(io_error(&path, format!("cannot read the file: {e}"))),
         }
     }
@@ -238,10 +239,11 @@ fn read_strict(dir: &Path, euid: u32) -> Strict {
     for name in names {
         let path = dir.join(&name);
         match dir_fd.open_file(&name) {
-            Ok(trust::Entry::Trusted(file)) => match read_bounded(file, &path) {
-                Ok(text) => out.sources.push((path, text)),
-                Err(d) => out.diags.push(d),
-            },
+            Ok(trust::Entry::Trusted(file)) => {
+                if let Some(text) = read_bounded(file, &path, &mut out.diags) {
+                    out.sources.push((path, text));
+                }
+            }
             Ok(trust::Entry::Skip) => {}
             Err(refused) => out.refused.extend(refused),
         }
@@ -251,24 +253,29 @@ fn read_strict(dir: &Path, euid: u32) -> Strict {
 
 /// Reads an opened policy file, at most [`MAX_POLICY_BYTES`]: the size is
 /// checked on the descriptor first, and the read is bounded even if the
-/// file grew since.
-fn read_bounded(file: fs::File, path: &Path) -> Result<String, Diagnostic> {
-    let len = file
-        .metadata()
-        .map_err(|e| io_error(path, format!("cannot read the file: {e}")))?
-        .len();
+/// file grew since. `None` when it cannot be read; the reason is in `diags`.
+fn read_bounded(file: fs::File, path: &Path, diags: &mut Vec<Diagnostic>) -> Option<String> {
+    let len = match file.metadata() {
+        Ok(meta) => meta.len(),
+        Err(e) => {
+            diags.push(io_error(path, format!("cannot read the file: {e}")));
+            return None;
+        }
+    };
     if len > MAX_POLICY_BYTES as u64 {
-        return Err(too_large(path, len));
+        diags.push(too_large(path, len));
+        return None;
     }
     let mut text = String::new();
     match file
         .take(MAX_POLICY_BYTES as u64 + 1)
         .read_to_string(&mut text)
     {
-        Ok(n) if n > MAX_POLICY_BYTES => Err(too_large(path, n as u64)),
-        Ok(_) => Ok(text),
-        Err(e) => Err(io_error(path, format!("cannot read the file: {e}"))),
+        Ok(n) if n > MAX_POLICY_BYTES => diags.push(too_large(path, n as u64)),
+        Ok(_) => return Some(text),
+        Err(e) => diags.push(io_error(path, format!("cannot read the file: {e}"))),
     }
+    None
 }
 
 /// A refusal as a diagnostic: the path to fix, what is wrong, the command
