@@ -1,4 +1,4 @@
-//! Reading a policy directory: the only I/O in this crate.
+//! Reading a policy directory: with `trust`, the only I/O in this crate.
 
 use crate::diagnostic::{line_column, rule, Diagnostic, Diagnostics, Severity};
 use crate::model::PolicySet;
