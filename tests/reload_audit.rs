@@ -2,6 +2,10 @@
 //! (hash chain, fail closed).
 mod util;
 use nix::sys::signal::Signal;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 use util::*;
 
@@ -43,6 +47,224 @@ fn a_broken_policy_set_is_rejected_whole_and_the_old_one_keeps_serving() {
     // Fixed: both are served.
     std::fs::remove_file(b.policies.join("broken.toml")).unwrap();
     assert!(wait_for(Duration::from_secs(5), || can_exec(&b, "b")));
+}
+
+/// Another local user: not root, not the broker's uid (the tests run as root).
+const ATTACKER: u32 = 2002;
+
+/// A policy granting the attacker's uid the secret, as the attacker would write it.
+fn attackers_policy() -> String {
+    format!(
+        "workload = \"mallory\"\n[match]\nuids = [{ATTACKER}]\n[[grant]]\nsecret = \"app/x\"\nkey = \"k\"\nenv = \"X\"\n"
+    )
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Lets the attacker reach the broker: the test directory (0700) becomes
+/// searchable, the socket 0666, and the attacker gets a binary it can run
+/// (the build directory need not be searchable by others).
+fn open_to_attacker(b: &Broker) -> PathBuf {
+    chmod(b.dir.path(), 0o711);
+    chmod(&b.socket, 0o666);
+    let searchable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.mode() & 0o001 != 0);
+    if Path::new(BIN).ancestors().all(searchable) {
+        return PathBuf::from(BIN);
+    }
+    let bin = b.dir.path().join("unbaked-attacker");
+    if std::fs::hard_link(BIN, &bin).is_err() {
+        std::fs::copy(BIN, &bin).unwrap();
+        chmod(&bin, 0o755);
+    }
+    bin
+}
+
+fn as_attacker(cmd: &mut Command) -> &mut Command {
+    cmd.uid(ATTACKER).gid(ATTACKER).current_dir("/")
+}
+
+/// Whether the attacker's process gets the secret through its workload.
+fn attacker_fetches(b: &Broker, bin: &Path) -> bool {
+    let out = output(
+        as_attacker(&mut Command::new(bin))
+            .env("UNBAKED_SOCKET", &b.socket)
+            .env_remove("UNBAKED_LOG")
+            .args([
+                "exec",
+                "--workload",
+                "mallory",
+                "--",
+                "sh",
+                "-c",
+                "printf %s \"$X\"",
+            ]),
+    );
+    out.status.success() && out.stdout == VALUE
+}
+
+/// The attacker (uid 2002) writes `text` to `path`, as far as the kernel lets it.
+fn attacker_writes(path: &Path, text: &str) -> bool {
+    run_stdin(
+        as_attacker(&mut Command::new("sh"))
+            .args(["-c", "cat > \"$0\""])
+            .arg(path),
+        text.as_bytes(),
+    )
+    .status
+    .success()
+}
+
+/// Waits up to 10 s for `f`, failing with the broker's log and audit.
+fn wait_or_fail(b: &Broker, what: &str, f: impl FnMut() -> bool) {
+    assert!(
+        wait_for(Duration::from_secs(10), f),
+        "{what}: not within 10s\n--- log:\n{}\n--- audit:\n{}",
+        b.log_text(),
+        b.audit_text()
+    );
+}
+
+/// Waits for a `reload_rejected` audit record whose reason holds `reason`.
+fn wait_rejected(b: &Broker, reason: &str) {
+    wait_or_fail(b, &format!("a reload rejected for {reason:?}"), || {
+        b.audit_text()
+            .lines()
+            .any(|l| l.contains("\"event\":\"reload_rejected\"") && l.contains(reason))
+    });
+}
+
+#[test]
+fn a_policy_file_others_can_write_is_refused_and_the_old_set_keeps_serving() {
+    let b = Broker::start(&[("a.toml", &policy("a"))]);
+    b.put("app/x", "k", VALUE);
+    let bin = open_to_attacker(&b);
+    assert!(can_exec(&b, "a"));
+    let file = b.policies.join("a.toml");
+
+    // A deploy left the file 0666; the attacker rewrites it to grant
+    // itself the secret. The chmod and the write each trigger a reload.
+    chmod(&file, 0o666);
+    assert!(attacker_writes(&file, &attackers_policy()));
+    wait_rejected(
+        &b,
+        &format!(
+            "{}: error: the file is writable by group and others (mode 0666) (hint: chmod 0644 {}",
+            file.display(),
+            file.display()
+        ),
+    );
+    assert!(b.log_text().contains("policy reload rejected"));
+    assert!(can_exec(&b, "a"), "the old set stopped serving");
+    assert!(!attacker_fetches(&b, &bin));
+
+    // A new 0666 file the attacker drops into a directory left 0777.
+    chmod(&b.policies, 0o777);
+    let dropped = b.policies.join("z.toml");
+    assert!(attacker_writes(
+        &dropped,
+        &attackers_policy().replace("mallory", "m2")
+    ));
+    chmod(&dropped, 0o666);
+    b.signal(Signal::SIGHUP);
+    wait_rejected(&b, "SIGHUP: 4 errors");
+    let audit = b.audit_text();
+    let last = audit
+        .lines()
+        .rev()
+        .find(|l| l.contains("reload_rejected"))
+        .unwrap();
+    assert!(
+        last.contains(&format!(
+            "first: {}: error: the directory is writable by group and others (mode 0777) (hint: chmod 0755",
+            b.policies.display()
+        )),
+        "{last}"
+    );
+    assert!(b
+        .log_text()
+        .contains("the file is owned by uid 2002, not root or the broker's uid 0"));
+    assert!(can_exec(&b, "a"));
+    assert!(!attacker_fetches(&b, &bin));
+
+    // Control: the same files, root's and 0644, in a 0755 directory, load;
+    // and then the attacker's grant works, so the refusal is what stopped it.
+    std::fs::remove_file(&dropped).unwrap();
+    chmod(&b.policies, 0o755);
+    chmod(&file, 0o644);
+    wait_or_fail(&b, "the fixed file loads", || attacker_fetches(&b, &bin));
+    assert!(b
+        .audit_text()
+        .contains("policies directory changed: 1 workloads"));
+}
+
+#[test]
+fn a_symlink_to_another_users_file_outside_the_directory_is_refused() {
+    let b = Broker::start(&[("a.toml", &policy("a"))]);
+    b.put("app/x", "k", VALUE);
+    let bin = open_to_attacker(&b);
+    // The attacker's own directory and file, outside the policies directory.
+    let home = b.dir.path().join("mallory");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(ATTACKER), Some(ATTACKER)).unwrap();
+    let theirs = home.join("mallory.toml");
+    assert!(attacker_writes(&theirs, &attackers_policy()));
+    let link = b.policies.join("mallory.toml");
+    std::os::unix::fs::symlink(&theirs, &link).unwrap();
+    b.signal(Signal::SIGHUP);
+    wait_rejected(
+        &b,
+        &format!(
+            "{}: error: the symlink points at {}, which is outside the policy directory",
+            link.display(),
+            theirs.display()
+        ),
+    );
+    assert!(can_exec(&b, "a"));
+    assert!(!attacker_fetches(&b, &bin));
+
+    // Control: a link to root's copy inside the directory is followed.
+    let available = b.policies.join("available");
+    std::fs::create_dir(&available).unwrap();
+    chmod(&available, 0o755);
+    std::fs::write(available.join("mallory.toml"), attackers_policy()).unwrap();
+    chmod(&available.join("mallory.toml"), 0o644);
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("available/mallory.toml", &link).unwrap();
+    b.signal(Signal::SIGHUP);
+    wait_or_fail(&b, "the link inside loads", || attacker_fetches(&b, &bin));
+    assert!(can_exec(&b, "a"));
+}
+
+#[test]
+fn a_policy_file_owned_by_another_user_is_refused() {
+    let b = Broker::start(&[("a.toml", &policy("a"))]);
+    b.put("app/x", "k", VALUE);
+    let bin = open_to_attacker(&b);
+    // Root's 0644 file, but the attacker's: chmod is theirs to make.
+    b.write_policy("mallory.toml", &attackers_policy());
+    let file = b.policies.join("mallory.toml");
+    std::os::unix::fs::chown(&file, Some(ATTACKER), Some(ATTACKER)).unwrap();
+    b.signal(Signal::SIGHUP);
+    wait_rejected(
+        &b,
+        &format!(
+            "{}: error: the file is owned by uid 2002, not root or the broker's uid 0 (hint: chown root {}",
+            file.display(),
+            file.display()
+        ),
+    );
+    assert!(can_exec(&b, "a"));
+    assert!(!attacker_fetches(&b, &bin));
+
+    // Control: root's again, it loads.
+    std::os::unix::fs::chown(&file, Some(0), Some(0)).unwrap();
+    b.signal(Signal::SIGHUP);
+    wait_or_fail(&b, "the root-owned file loads", || {
+        attacker_fetches(&b, &bin)
+    });
+    assert!(can_exec(&b, "a"));
 }
 
 #[test]

@@ -1,5 +1,9 @@
 //! Policy reloads on SIGHUP and on any change in the policies directory.
-//! A broken set is rejected whole and the old one keeps serving.
+//! A broken set is rejected whole and the old one keeps serving, and so is
+//! a set with a file another user could have written (sshd's `StrictModes`:
+//! [`unbaked_policy::Strictness::Strict`]). A chmod is a change too, so
+//! making a policy file writable by others triggers the reload that refuses
+//! it, and the rejection is audited with the file and the fix.
 
 use crate::audit::{Event, Record};
 use crate::service::Broker;
@@ -17,10 +21,10 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// What to add to every loaded set (the `--dev` demo workload).
 pub type Extra = Arc<dyn Fn(&mut PolicySet) + Send + Sync>;
 
-/// Load the directory (if any) and add the extras.
+/// Load the directory (if any), strictly, and add the extras.
 pub fn load(dir: Option<&Path>, extra: &Extra) -> Result<PolicySet, unbaked_policy::Diagnostics> {
     let mut set = match dir {
-        Some(dir) => unbaked_policy::load_dir(dir)?,
+        Some(dir) => unbaked_policy::load_dir_with(dir, unbaked_policy::Strictness::Strict)?,
         None => PolicySet::default(),
     };
     extra(&mut set);
@@ -104,4 +108,29 @@ pub async fn watch(broker: Arc<Broker>, dir: Option<PathBuf>, extra: Extra) -> s
         reload(&broker, dir.as_deref(), &extra, why);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_broker_loads_strictly() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.toml");
+        std::fs::write(&file, "workload = \"a\"\n[match]\nuids = [1]\n").unwrap();
+        let none: Extra = Arc::new(|_| {});
+        assert_eq!(load(Some(dir.path()), &none).unwrap().len(), 1);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let diags = load(Some(dir.path()), &none).unwrap_err();
+        assert!(
+            diags
+                .to_string()
+                .contains("writable by group and others (mode 0666) (hint: chmod 0644"),
+            "{diags}"
+        );
+        // Tools read the same directory as data.
+        assert!(unbaked_policy::load_dir(dir.path()).is_ok());
+    }
 }

@@ -8,9 +8,11 @@
 //!
 //! Code map: `parse` turns text into raw serde types with spans and then
 //! into the validated `model`, using the value checks in `validate`; `eval`
-//! decides; `load` reads files.
+//! decides; `load` reads files, through `trust` when the broker loads them
+//! (who may have written them: sshd's `StrictModes`).
 //!
-//! **Invariant:** only `load` does I/O; parsing and evaluation are pure.
+//! **Invariant:** only `load` and `trust` do I/O; parsing and evaluation
+//! are pure.
 
 #![forbid(unsafe_code)]
 
@@ -20,11 +22,15 @@ mod load;
 mod model;
 mod parse;
 mod schema;
+pub mod trust;
 mod validate;
 
 pub use diagnostic::{rule, Diagnostic, Diagnostics, Severity};
 pub use eval::{Caller, ContainerInfo, Denial, ServiceAccount};
-pub use load::{from_sources, load_dir, read_dir_sources};
+pub use load::{
+    from_sources, load_dir, load_dir_with, read_dir_sources, read_dir_sources_with, trust_warnings,
+    Strictness, MAX_POLICY_BYTES, MAX_POLICY_FILES,
+};
 pub use model::{
     Dynamic, Grant, GrantDelivery, Isolation, Launch, Match, PkiIssue, Policy, PolicySet,
     DEFAULT_MODE, DEFAULT_TTL, PKI_FIELDS,

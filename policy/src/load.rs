@@ -1,9 +1,11 @@
-//! Reading a policy directory: the only I/O in this crate.
+//! Reading a policy directory: with `trust`, the only I/O in this crate.
 
 use crate::diagnostic::{line_column, rule, Diagnostic, Diagnostics, Severity};
 use crate::model::PolicySet;
 use crate::parse::parse_policy;
+use crate::trust;
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -23,11 +25,45 @@ fn too_large(path: &Path, len: u64) -> Diagnostic {
     )
 }
 
-/// Reads every `*.toml` file directly in `dir`, sorted by name. Not
-/// recursive: `dir/tests/` holds policy tests. Hidden files are skipped
-/// (editors' swap and lock files). Reports every error of every file at once.
+/// Most policy files one directory may hold: a broker serves one host's
+/// workloads, far fewer than this; past it the set is refused whole (one
+/// error on the directory) rather than read, so a runaway generator cannot
+/// make a reload cost unbounded memory and time.
+pub const MAX_POLICY_FILES: usize = 4096;
+
+/// How far the loader trusts who could have written the files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strictness {
+    /// The files are read as data, by a tool that grants nothing: `policy
+    /// check`, `test` and `diff` on a developer's checkout, which is owned
+    /// by the developer, not root. Symlinks are followed (policies are
+    /// often linked in by config management); only the size and count
+    /// limits apply.
+    #[default]
+    Relaxed,
+    /// The broker: sshd's `StrictModes`. A file, the directory or any
+    /// directory above it up to `/` that is not owned by root or the
+    /// broker's euid or is writable by group or others (a root-owned
+    /// sticky ancestor such as /tmp excepted, see `trust::check_meta`), and
+    /// a symlink that leaves the directory, is an error naming the path and
+    /// the fix, and the file is not read. Files are opened `O_NOFOLLOW`
+    /// relative to the checked directory and judged by `fstat` of the
+    /// descriptor read, so nothing can be swapped between check and read.
+    Strict,
+}
+
+/// Reads every `*.toml` file directly in `dir`, sorted by name, as a tool
+/// reads a checkout ([`Strictness::Relaxed`]); the broker uses
+/// [`load_dir_with`] and [`Strictness::Strict`]. Not recursive: `dir/tests/`
+/// holds policy tests. Hidden files are skipped (editors' swap and lock
+/// files). Reports every error of every file at once.
 pub fn load_dir(dir: &Path) -> Result<PolicySet, Diagnostics> {
-    let (sources, Diagnostics(mut diags)) = read_dir_sources(dir);
+    load_dir_with(dir, Strictness::Relaxed)
+}
+
+/// [`load_dir`] with a choice of [`Strictness`].
+pub fn load_dir_with(dir: &Path, strictness: Strictness) -> Result<PolicySet, Diagnostics> {
+    let (sources, Diagnostics(mut diags)) = read_dir_sources_with(dir, strictness);
     match from_sources(&sources) {
         Ok(set) if diags.is_empty() => Ok(set),
         Ok(_) => Err(sorted(diags)),
@@ -42,12 +78,69 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, Diagnostics> {
 /// path, and the files it could not read. For tools that need the text
 /// next to the parsed policies (`unbaked policy check` locates its lints).
 pub fn read_dir_sources(dir: &Path) -> (Vec<(PathBuf, String)>, Diagnostics) {
+    read_dir_sources_with(dir, Strictness::Relaxed)
+}
+
+/// [`read_dir_sources`] with a choice of [`Strictness`]: under
+/// [`Strictness::Strict`] a file that may not be trusted is an error and is
+/// not read, and a directory that may not be trusted is an error of its
+/// own (its files are still checked, so every problem shows at once).
+pub fn read_dir_sources_with(
+    dir: &Path,
+    strictness: Strictness,
+) -> (Vec<(PathBuf, String)>, Diagnostics) {
+    let (sources, diags) = match strictness {
+        Strictness::Relaxed => read_relaxed(dir),
+        Strictness::Strict => {
+            let strict = read_strict(dir, nix::unistd::geteuid().as_raw());
+            let mut diags = strict.diags;
+            diags.extend(strict.refused.iter().map(refused_diag));
+            (strict.sources, diags)
+        }
+    };
+    (sources, sorted(diags))
+}
+
+/// What the broker would refuse in `dir` ([`Strictness::Strict`]), as
+/// warnings: for `policy check` to show next to its own findings, so an
+/// operator checking a deployed directory learns before a reload does.
+/// Judged against this process's euid, as if it were the broker's.
+pub fn trust_warnings(dir: &Path) -> Diagnostics {
+    let strict = read_strict(dir, nix::unistd::geteuid().as_raw());
+    let warnings = strict
+        .refused
+        .iter()
+        .filter(|r| !matches!(r.problem, trust::Problem::Io(_)))
+        .map(|r| Diagnostic {
+            severity: Severity::Warning,
+            ..refused_diag(r)
+        })
+        .collect();
+    sorted(warnings)
+}
+
+/// Whether a directory entry is a policy file by its name: visible, `*.toml`.
+fn is_policy_name(name: &OsStr) -> bool {
+    let hidden = name.as_encoded_bytes().starts_with(b".");
+    !hidden && Path::new(name).extension().is_some_and(|ext| ext == "toml")
+}
+
+fn too_many(dir: &Path, n: usize) -> Diagnostic {
+    io_error(
+        dir,
+        format!(
+            "the directory holds {n} policy files, over the limit of {MAX_POLICY_FILES}: none was read; split the workloads across brokers or remove generated files"
+        ),
+    )
+}
+
+fn read_relaxed(dir: &Path) -> (Vec<(PathBuf, String)>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
             let d = io_error(dir, format!("cannot read the policy directory: {e}"));
-            return (Vec::new(), Diagnostics(vec![d]));
+            return (Vec::new(), vec![d]);
         }
     };
     let mut paths = Vec::new();
@@ -62,11 +155,10 @@ pub fn read_dir_sources(dir: &Path) -> (Vec<(PathBuf, String)>, Diagnostics) {
                 continue;
             }
         };
-        let path = entry.path();
-        let hidden = entry.file_name().as_encoded_bytes().starts_with(b".");
-        if hidden || path.extension().is_none_or(|ext| ext != "toml") {
+        if !is_policy_name(&entry.file_name()) {
             continue;
         }
+        let path = entry.path();
         // Follows symlinks: policies are often linked in by config management.
         match fs::metadata(&path) {
             Ok(meta) if meta.is_file() && meta.len() > MAX_POLICY_BYTES as u64 => {
@@ -76,23 +168,129 @@ pub fn read_dir_sources(dir: &Path) -> (Vec<(PathBuf, String)>, Diagnostics) {
             Ok(_) => {}
             Err(e) => diags.push(io_error(&path, format!("cannot read the file: {e}"))),
         }
+        if paths.len() > MAX_POLICY_FILES {
+            return (Vec::new(), vec![too_many(dir, paths.len())]);
+        }
     }
     paths.sort();
     let mut sources = Vec::with_capacity(paths.len());
     for path in paths {
-        // Bounded even if the file grew since it was measured.
-        let mut text = String::new();
-        let read = fs::File::open(&path).and_then(|f| {
-            f.take(MAX_POLICY_BYTES as u64 + 1)
-                .read_to_string(&mut text)
-        });
-        match read {
-            Ok(n) if n > MAX_POLICY_BYTES => diags.push(too_large(&path, n as u64)),
-            Ok(_) => sources.push((path, text)),
+        match fs::File::open(&path) {
+            Ok(file) => {
+                if let Some(text) = read_bounded(file, &path, &mut diags) {
+                    sources.push((path, text));
+                }
+            }
             Err(e) => diags.push(io_error(&path, format!("cannot read the file: {e}"))),
         }
     }
-    (sources, sorted(diags))
+    (sources, diags)
+}
+
+/// What [`read_strict`] found: the files it read, the problems of reading
+/// (unreadable, too large, too many) and the refusals.
+struct Strict {
+    sources: Vec<(PathBuf, String)>,
+    diags: Vec<Diagnostic>,
+    refused: Vec<trust::Refused>,
+}
+
+fn read_strict(dir: &Path, euid: u32) -> Strict {
+    let mut out = Strict {
+        sources: Vec::new(),
+        diags: Vec::new(),
+        refused: Vec::new(),
+    };
+    let dir_fd = match trust::open_dir(dir, euid) {
+        Ok((dir_fd, refused)) => {
+            out.refused = refused;
+            dir_fd
+        }
+        Err(trust::Refused {
+            problem: trust::Problem::Io(e),
+            ..
+        }) => {
+            let d = io_error(dir, format!("cannot read the policy directory: {e}"));
+            out.diags.push(d);
+            return out;
+        }
+        Err(r) => {
+            out.refused.push(r);
+            return out;
+        }
+    };
+    let mut names = match dir_fd.names() {
+        Ok(names) => names,
+        Err(r) => {
+            let d = io_error(
+                dir,
+                format!("cannot list the policy directory: {}", r.problem),
+            );
+            out.diags.push(d);
+            return out;
+        }
+    };
+    names.retain(|name| is_policy_name(name));
+    if names.len() > MAX_POLICY_FILES {
+        out.diags.push(too_many(dir, names.len()));
+        return out;
+    }
+    names.sort();
+    for name in names {
+        let path = dir.join(&name);
+        match dir_fd.open_file(&name) {
+            Ok(trust::Entry::Trusted(file)) => {
+                if let Some(text) = read_bounded(file, &path, &mut out.diags) {
+                    out.sources.push((path, text));
+                }
+            }
+            Ok(trust::Entry::Skip) => {}
+            Err(refused) => out.refused.extend(refused),
+        }
+    }
+    out
+}
+
+/// Reads an opened policy file, at most [`MAX_POLICY_BYTES`]: the size is
+/// checked on the descriptor first, and the read is bounded even if the
+/// file grew since. `None` when it cannot be read; the reason is in `diags`.
+fn read_bounded(file: fs::File, path: &Path, diags: &mut Vec<Diagnostic>) -> Option<String> {
+    let len = match file.metadata() {
+        Ok(meta) => meta.len(),
+        Err(e) => {
+            diags.push(io_error(path, format!("cannot read the file: {e}")));
+            return None;
+        }
+    };
+    if len > MAX_POLICY_BYTES as u64 {
+        diags.push(too_large(path, len));
+        return None;
+    }
+    let mut text = String::new();
+    match file
+        .take(MAX_POLICY_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+    {
+        Ok(n) if n > MAX_POLICY_BYTES => diags.push(too_large(path, n as u64)),
+        Ok(_) => return Some(text),
+        Err(e) => diags.push(io_error(path, format!("cannot read the file: {e}"))),
+    }
+    None
+}
+
+/// A refusal as a diagnostic: the path to fix, what is wrong, the command
+/// that fixes it. Rule `io`: like an unreadable file, the file is not read.
+fn refused_diag(r: &trust::Refused) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Error,
+        file: r.path.clone(),
+        line: 0,
+        column: 0,
+        field: String::new(),
+        message: r.message(),
+        hint: Some(r.hint()),
+        rule: rule::IO,
+    }
 }
 
 /// The same as [`load_dir`] from in-memory `(path, content)` pairs; the path
