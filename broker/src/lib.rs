@@ -17,6 +17,7 @@ pub mod launch;
 pub mod lease;
 pub mod metrics;
 pub mod reload;
+pub mod rules;
 pub mod server;
 pub mod service;
 pub mod store;
@@ -48,6 +49,9 @@ pub enum BrokerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// `<socket dir>/containers` is not private to the broker.
+    #[error(transparent)]
+    Containers(#[from] containers::BaseDirError),
     #[error("cannot start: {0}")]
     Start(String),
 }
@@ -90,6 +94,8 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
         Some(path) => Audit::open(path)?,
         None => Audit::to_log(),
     };
+    // The chain's last run ended without `stop`: said in the log and the chain.
+    audit.report_unterminated()?;
     audit.record(
         Event::Start,
         Record {
@@ -150,6 +156,7 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
     let engine = attest::docker::Engine::from_env().await;
     let abs_socket = std::path::absolute(&socket).unwrap_or_else(|_| socket.clone());
     let docker_side = Arc::new(containers::Containers::new(engine, &abs_socket));
+    docker_side.secure_base()?;
     docker_side.sweep_leftovers();
     broker.set_containers(docker_side);
     let docker_tasks = [
@@ -194,6 +201,7 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
         c.wipe_all();
     }
     let _ = std::fs::remove_file(&socket);
+    broker.flush_denials(true);
     // Closes the chain: an edit of the last real record now breaks a link.
     if let Err(e) = broker.audit().record(Event::Stop, Record::default()) {
         tracing::error!(error = %e, "could not audit the stop");
