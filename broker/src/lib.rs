@@ -65,6 +65,10 @@ fn fallback_dev_socket(uid: u32) -> PathBuf {
 
 /// Run the broker until SIGTERM or SIGINT.
 pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
+    // First: a SIGTERM during startup stops the broker through the same
+    // path (stop record included) instead of killing it.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| BrokerError::Start(e.to_string()))?;
     let uid = nix::unistd::geteuid().as_raw();
     let store: Arc<dyn Store> =
         match (cfg.store, &cfg.vault) {
@@ -182,8 +186,6 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
             }
         })
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| BrokerError::Start(e.to_string()))?;
     tokio::select! {
         _ = server::serve(listener, broker.clone()) => {}
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),

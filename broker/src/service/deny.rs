@@ -177,7 +177,7 @@ enum Seen {
     Repeat,
     /// Write it; `flush` is the ended window of the same denial, if it had
     /// repeats, to go out first.
-    First { flush: Option<Record> },
+    First { flush: Option<Box<Record>> },
 }
 
 impl Repeats {
@@ -189,9 +189,9 @@ impl Repeats {
                 Seen::Repeat
             }
             Some(_) => {
-                let ended = map.remove(key).map(Window::into_record);
+                let ended = map.remove(key).and_then(Window::into_record);
                 Seen::First {
-                    flush: ended.flatten(),
+                    flush: ended.map(Box::new),
                 }
             }
             None => Seen::First { flush: None },
@@ -230,7 +230,7 @@ impl Repeats {
 
 impl Window {
     fn into_record(self) -> Option<Record> {
-        (self.repeats > 0).then(|| Record {
+        (self.repeats > 0).then_some(Record {
             count: Some(self.repeats),
             ..self.first
         })
@@ -285,7 +285,7 @@ impl Broker {
                 tracing::debug!(workload = %shown, %rule, reason = operator, "denied again (aggregated in the audit log)");
             }
             Seen::First { flush } => {
-                let flushed = flush.map(|r| (Event::Deny, r));
+                let flushed = flush.map(|r| (Event::Deny, *r));
                 let authenticated = auth.take().map(|a| (Event::Authenticate, a));
                 let records = flushed
                     .into_iter()
