@@ -8,7 +8,8 @@
 //! a valid name at all is audited and logged as [`bounded_name`]: an
 //! escaped prefix, its length and a hash.
 //!
-//! Identical denials (same uid, container, workload, rule) repeated within
+//! Identical denials (same uid, container, workload, rule and reason: a
+//! token that expired and one with a bad signature are two) repeated within
 //! [`REPEAT_WINDOW`] are written once; the repeats are counted and flushed
 //! as one `deny` record with `count` when the window ends (or at stop). A
 //! denial whose audit record cannot be written is still a denial; it is
@@ -158,6 +159,8 @@ struct RepeatKey {
     container: Option<String>,
     workload: Option<String>,
     rule: DenyRule,
+    /// The operator's reason, bounded ([`MAX_REASON_BYTES`]).
+    reason: Option<String>,
 }
 
 #[derive(Debug)]
@@ -272,6 +275,7 @@ impl Broker {
             container: record.container.as_ref().map(|c| c.id.clone()),
             workload: record.workload.clone(),
             rule,
+            reason: record.reason.clone(),
         };
         let now = Instant::now();
         let seen = match auth {
@@ -402,6 +406,7 @@ mod tests {
             container: None,
             workload: Some("w".into()),
             rule: DenyRule::MatchUids,
+            reason: None,
         };
         let t0 = Instant::now();
         assert!(matches!(r.observe(&key, t0), Seen::First { flush: None }));
