@@ -375,6 +375,89 @@ fn service_account(ctx: &Ctx) -> String {
 mod tests {
     use super::*;
 
+    use crate::attest::docker::Attestation;
+    use crate::isolation::LiveContainer;
+    use std::sync::Arc;
+    use unbaked_api::wire::{ErrorCode, FetchRequest};
+    use unbaked_policy::Caller;
+
+    const POLICY: &str = "workload = \"web\"\n[match]\ndocker_labels = { app = \"web\" }\n";
+
+    fn broker(audit: &std::path::Path) -> Broker {
+        let policies = unbaked_policy::from_sources(&[("web.toml".into(), POLICY.into())]).unwrap();
+        let store = Arc::new(crate::store::memory::MemoryStore::new().unwrap());
+        Broker::new(
+            policies,
+            store,
+            crate::audit::Audit::open(audit).unwrap(),
+            0,
+        )
+    }
+
+    fn in_container(attestation: Attestation) -> Ctx {
+        Ctx {
+            caller: Caller {
+                uid: 1000,
+                gid: 1000,
+                pid: Some(42),
+                container: attestation.container_info(),
+                service_account: None,
+            },
+            request_id: "1".into(),
+            attestation,
+        }
+    }
+
+    /// Denials of the container side (issue 11: they were audited but not
+    /// counted) go through the one deny path like any other.
+    #[tokio::test]
+    async fn isolation_denials_are_audited_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit.log");
+        let b = broker(&audit);
+        let fetch = || FetchRequest {
+            workload: "web".into(),
+            kinds: vec![],
+        };
+        let unverified = in_container(Attestation::Unverified {
+            id: "ab".repeat(32),
+            reason: "the engine is down".into(),
+        });
+        let e = b.fetch(&unverified, fetch()).await.unwrap_err();
+        assert_eq!(e.rule(), Some(DenyRule::IsolationUnverified));
+        let live = LiveContainer {
+            id: "cd".repeat(32),
+            name: "web-1".into(),
+            running: true,
+            privileged: true,
+            labels: [("app".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        };
+        let privileged = in_container(Attestation::Container(Arc::new(live)));
+        let e = b.fetch(&privileged, fetch()).await.unwrap_err();
+        assert_eq!(e.rule(), Some(DenyRule::IsolationPrivileged));
+        assert_eq!(e.code(), ErrorCode::Denied);
+        let message = unbaked_api::wire::ApiError::from(e).message;
+        assert!(
+            message.contains("in container cdcdcdcdcdcd (web-1)"),
+            "{message}"
+        );
+        assert!(!message.contains("web.toml"), "{message}");
+
+        let m = b.render_metrics();
+        for rule in ["isolation.unverified", "isolation.privileged"] {
+            let line = format!("unbaked_denials_total{{workload=\"web\",rule=\"{rule}\"}} 1");
+            assert!(m.contains(&line), "{line} missing:\n{m}");
+        }
+        let text = std::fs::read_to_string(&audit).unwrap();
+        assert!(text.contains("\"rule\":\"isolation.privileged\""), "{text}");
+        assert!(text.contains("\"name\":\"web-1\""), "{text}");
+        assert!(
+            text.contains("web.toml"),
+            "the operator's record names the policy: {text}"
+        );
+    }
+
     #[test]
     fn names_are_bounded_and_escaped() {
         assert_eq!(bounded_name("billing"), "billing");

@@ -310,6 +310,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn records_and_identities_name_the_callers_container() {
+        let live = crate::isolation::LiveContainer {
+            id: "4f1c2b3a4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8".into(),
+            name: "web-1".into(),
+            ..Default::default()
+        };
+        let ctx = Ctx {
+            caller: Caller {
+                uid: 1000,
+                gid: 1001,
+                pid: Some(42),
+                container: None,
+                service_account: None,
+            },
+            request_id: "7".into(),
+            attestation: Attestation::Container(Arc::new(live.clone())),
+        };
+        let rec = ctx.record();
+        let c = rec.container.expect("the container is recorded");
+        assert_eq!(
+            (c.id.as_str(), c.name.as_str(), c.unverified),
+            (live.id.as_str(), "web-1", false)
+        );
+        assert_eq!(
+            ctx.identity(),
+            "uid 1000 gid 1001 pid 42 in container 4f1c2b3a4d5e (web-1)"
+        );
+        let host = Ctx {
+            attestation: Attestation::Host,
+            ..ctx
+        };
+        assert!(host.record().container.is_none());
+        assert_eq!(host.identity(), "uid 1000 gid 1001 pid 42");
+    }
+
+    #[test]
     fn errors_convert_to_their_wire_codes() {
         let cases = [
             (ServiceError::NotFound("x".into()), ErrorCode::NotFound),
