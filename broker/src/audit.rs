@@ -1,6 +1,13 @@
 //! The tamper-evident audit trail: JSON lines, each carrying the SHA-256 of
 //! the line before it, so an edit, deletion or reordering breaks the chain.
 //!
+//! A clean run ends with `stop`. A chain resumed without it (a crash, a
+//! SIGKILL, a truncated file) gets an `unterminated` record at the next
+//! start, and a warning in the log. `unbaked audit verify` names every run
+//! that ended without `stop` and says when the chain itself is open; it
+//! still exits 0 when every link holds (a running broker's chain is always
+//! open), and 1 only for a broken chain.
+//!
 //! **Invariant:** a record never holds a secret value: [`Record`] has no
 //! field that could take a [`unbaked_api::Secret`].
 //! **Invariant:** when a record cannot be written, the caller must not
