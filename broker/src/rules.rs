@@ -269,6 +269,12 @@ pub fn reference_markdown() -> String {
          container's id and name) and the request id; the expected values of the\n\
          policy (uids, labels, image pins) and the policy file's path go only to\n\
          the audit log and the broker's log, under that request id.\n\n\
+         A denial repeated within 10 s (same uid, container, workload, rule and\n\
+         reason) is written to the audit log once; its repeats follow in one\n\
+         `deny` record whose `count` says how many it stands for. The counter\n\
+         counts every one. A workload name no policy declares is counted under\n\
+         `workload=\"unknown\"`; one that is not a valid name is audited as an\n\
+         escaped prefix with its length and a hash.\n\n\
          | rule | answer | refuses |\n| --- | --- | --- |\n",
     );
     for r in DenyRule::ALL {
