@@ -797,3 +797,48 @@ pub(crate) async fn reconcile(broker: &Broker, containers: &Containers) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    async fn containers(dir: &Path) -> Containers {
+        Containers::new(Engine::from_env().await, &dir.join("broker.sock"))
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn the_launches_directory_is_private_to_the_broker() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = containers(dir.path()).await;
+        c.secure_base().unwrap();
+        assert_eq!(mode(c.base()), 0o700);
+        // An existing one left 0711 by an older broker is narrowed.
+        std::fs::set_permissions(c.base(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        c.secure_base().unwrap();
+        assert_eq!(mode(c.base()), 0o700);
+        // A symlink is refused, not followed.
+        std::fs::remove_dir(c.base()).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, c.base()).unwrap();
+        assert!(matches!(
+            c.secure_base(),
+            Err(BaseDirError::NotADirectory { .. })
+        ));
+        std::fs::remove_file(c.base()).unwrap();
+        // One owned by another user is refused (the tests run as root).
+        if nix::unistd::geteuid().is_root() {
+            std::fs::create_dir(c.base()).unwrap();
+            std::os::unix::fs::chown(c.base(), Some(65534), None).unwrap();
+            assert!(matches!(
+                c.secure_base(),
+                Err(BaseDirError::Owner { owner: 65534, .. })
+            ));
+        }
+    }
+}
