@@ -56,21 +56,21 @@ macro_rules! deny_rules {
             pub const ALL: &'static [DenyRule] = &[$( DenyRule::$variant, )*];
 
             /// The stable id, e.g. `isolation.docker_socket`.
-            pub fn id(self) -> &'static str {
+            pub fn id(&self) -> &'static str {
                 match self { $( DenyRule::$variant => $id, )* }
             }
 
             /// One line: what the rule refuses.
-            pub fn summary(self) -> &'static str {
+            pub fn summary(&self) -> &'static str {
                 match self { $( DenyRule::$variant => $summary, )* }
             }
 
             /// What the refused caller (or its operator) can do about it.
-            pub fn action(self) -> &'static str {
+            pub fn action(&self) -> &'static str {
                 match self { $( DenyRule::$variant => $action, )* }
             }
 
-            pub fn origin(self) -> Origin {
+            pub fn origin(&self) -> Origin {
                 match self { $( DenyRule::$variant => Origin::$origin, )* }
             }
 
@@ -214,7 +214,7 @@ deny_rules! {
 impl DenyRule {
     /// The wire code of a denial by this rule: a name that does not exist
     /// is 404, a malformed one 400, everything else 403.
-    pub fn code(self) -> ErrorCode {
+    pub fn code(&self) -> ErrorCode {
         match self {
             DenyRule::WorkloadUnknown | DenyRule::SecretMissing => ErrorCode::NotFound,
             DenyRule::WorkloadInvalid => ErrorCode::BadRequest,
