@@ -247,6 +247,18 @@ fn audit_verify(file: &std::path::Path) -> Result<(), Failure> {
                 s.records,
                 s.last_hash
             );
+            // Intact but unterminated is still exit 0: a running broker's
+            // chain is open, and a past crash is on record, not tampering.
+            if !s.unterminated_runs.is_empty() {
+                println!(
+                    "warning: {} earlier run(s) ended without a stop record (a crash, a kill or a truncation): their last records are seq {}",
+                    s.unterminated_runs.len(),
+                    s.unterminated_runs.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+                );
+            }
+            if !s.terminated() {
+                println!("unterminated: the last record is not a stop: the broker is running, or it crashed or was killed, or the file was truncated");
+            }
             Ok(())
         }
         Err(VerifyError::Io(e)) => Err(Failure::msg(

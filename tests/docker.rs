@@ -248,7 +248,7 @@ fn each_refused_flag_names_its_rule() {
     b.write_policy("other.toml", &p);
     assert!(eventually(10, || {
         let out = output(run(&b, &other).args(["--dry-run", "--", image]));
-        out.status.code() == Some(3) && text(&out.stderr).contains("[launch] uids [4242]")
+        out.status.code() == Some(3) && text(&out.stderr).contains("rule launch.uids")
     }));
 }
 

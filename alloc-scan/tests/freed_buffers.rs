@@ -125,7 +125,7 @@ fn buffers_that_held_a_secret_are_zeroized_before_they_are_freed() {
             audit,
             uid,
         ));
-        let listener = server::bind(&socket).unwrap();
+        let listener = server::bind(&socket, &Default::default()).unwrap();
         let serving = tokio::spawn(server::serve_with(
             listener,
             broker.clone(),

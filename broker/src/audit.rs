@@ -1,6 +1,13 @@
 //! The tamper-evident audit trail: JSON lines, each carrying the SHA-256 of
 //! the line before it, so an edit, deletion or reordering breaks the chain.
 //!
+//! A clean run ends with `stop`. A chain resumed without it (a crash, a
+//! SIGKILL, a truncated file) gets an `unterminated` record at the next
+//! start, and a warning in the log. `unbaked audit verify` names every run
+//! that ended without `stop` and says when the chain itself is open; it
+//! still exits 0 when every link holds (a running broker's chain is always
+//! open), and 1 only for a broken chain.
+//!
 //! **Invariant:** a record never holds a secret value: [`Record`] has no
 //! field that could take a [`unbaked_api::Secret`].
 //! **Invariant:** when a record cannot be written, the caller must not
@@ -35,6 +42,14 @@ pub enum Event {
     SecretWrite,
     SecretRead,
     SecretDelete,
+    /// An admin write or deletion about to happen: written before the store
+    /// is touched, so an audit sink that fails refuses the change (the
+    /// `secret_write` / `secret_delete` record with its outcome follows).
+    AdminRequest,
+    /// Written at start, before `start`, when the chain the broker resumes
+    /// does not end with `stop`: the previous run crashed or was killed, or
+    /// the file was truncated.
+    Unterminated,
 }
 
 /// The caller, as the socket's peer credentials attest it.
@@ -43,6 +58,17 @@ pub struct CallerRef {
     pub uid: u32,
     pub gid: u32,
     pub pid: Option<i32>,
+}
+
+/// The container the caller runs in, as the engine reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRef {
+    pub id: String,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub name: String,
+    /// False when the engine could not vouch for the container.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub unverified: bool,
 }
 
 /// Which secret a record is about: its location and version, never its value.
@@ -62,6 +88,8 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub caller: Option<CallerRef>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub container: Option<ContainerRef>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub workload: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub lease: Option<String>,
@@ -74,6 +102,10 @@ pub struct Record {
     pub rule: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<String>,
+    /// Identical denials this record stands for beyond the one written
+    /// first (same caller, container, workload and rule within a window).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub count: Option<u64>,
 }
 
 /// One line as written: the chain fields around the record.
@@ -128,6 +160,8 @@ enum Sink {
 pub struct Audit {
     chain: Mutex<Chain>,
     healthy: AtomicBool,
+    /// The resumed chain did not end with `stop`: (its last seq, event).
+    unterminated: Mutex<Option<(u64, Event)>>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -158,9 +192,9 @@ impl Audit {
     /// Open (or continue) the chain in `path`. An existing file is verified
     /// first: the broker refuses to extend a chain that is already broken.
     pub fn open(path: &Path) -> Result<Audit, AuditError> {
-        let (prev, seq) = if path.exists() {
+        let (prev, seq, last) = if path.exists() {
             match verify(path) {
-                Ok(summary) => (summary.last_hash, summary.records),
+                Ok(summary) => (summary.last_hash, summary.records, summary.last_event),
                 Err(VerifyError::Io(source)) => {
                     return Err(AuditError::Open {
                         path: path.into(),
@@ -176,7 +210,7 @@ impl Audit {
                 }
             }
         } else {
-            (GENESIS.to_string(), 0)
+            (GENESIS.to_string(), 0, None)
         };
         let file = OpenOptions::new()
             .create(true)
@@ -204,6 +238,7 @@ impl Audit {
                 len,
             }),
             healthy: AtomicBool::new(true),
+            unterminated: Mutex::new(last.filter(|e| *e != Event::Stop).map(|e| (seq, e))),
         })
     }
 
@@ -217,7 +252,33 @@ impl Audit {
                 len: 0,
             }),
             healthy: AtomicBool::new(true),
+            unterminated: Mutex::new(None),
         }
+    }
+
+    /// At start: if the chain this broker resumes does not end with `stop`
+    /// (a crash, a SIGKILL, a truncated file), say so in the log and in the
+    /// chain itself. Returns the last seq of that run, if it was one.
+    pub fn report_unterminated(&self) -> Result<Option<u64>, AuditError> {
+        let Some((seq, event)) = *self.unterminated.lock().unwrap_or_else(|e| e.into_inner())
+        else {
+            return Ok(None);
+        };
+        let event = serde_json::to_value(event).unwrap_or_default();
+        let reason = format!(
+            "previous run ended without stop: its last record is seq {seq} ({}); the broker crashed or was killed, or the audit file was truncated",
+            event.as_str().unwrap_or("?")
+        );
+        tracing::warn!(last_seq = seq, "{reason}");
+        self.record(
+            Event::Unterminated,
+            Record {
+                reason: Some(reason),
+                ..Record::default()
+            },
+        )?;
+        *self.unterminated.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(Some(seq))
     }
 
     pub fn healthy(&self) -> bool {
@@ -293,6 +354,20 @@ impl Audit {
 pub struct VerifySummary {
     pub records: u64,
     pub last_hash: String,
+    /// The event of the last record (`None` for an empty file).
+    pub last_event: Option<Event>,
+    /// The seq of the last record of each earlier run that ended without
+    /// `stop` (the next `start`, or the `unterminated` before it, follows).
+    pub unterminated_runs: Vec<u64>,
+}
+
+impl VerifySummary {
+    /// The chain ends with `stop`: its broker shut down cleanly. A chain
+    /// of a running broker is open; one of a stopped broker that is open
+    /// ended in a crash or was truncated.
+    pub fn terminated(&self) -> bool {
+        self.last_event.is_none_or(|e| e == Event::Stop)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -308,6 +383,8 @@ pub fn verify(path: &Path) -> Result<VerifySummary, VerifyError> {
     let file = File::open(path).map_err(VerifyError::Io)?;
     let mut prev = GENESIS.to_string();
     let mut records = 0u64;
+    let mut last_event = None;
+    let mut unterminated_runs = Vec::new();
     for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
         let line = line.map_err(VerifyError::Io)?;
         let n = i + 1;
@@ -328,10 +405,20 @@ pub fn verify(path: &Path) -> Result<VerifySummary, VerifyError> {
         }
         prev = sha256_hex(&line);
         records += 1;
+        // A run starts with `start` (or the `unterminated` note before it);
+        // the record before that must be the previous run's `stop`.
+        let starts_run = matches!(parsed.event, Event::Start | Event::Unterminated)
+            && last_event != Some(Event::Unterminated);
+        if starts_run && last_event.is_some_and(|e| e != Event::Stop) {
+            unterminated_runs.push(records - 1);
+        }
+        last_event = Some(parsed.event);
     }
     Ok(VerifySummary {
         records,
         last_hash: prev,
+        last_event,
+        unterminated_runs,
     })
 }
 
@@ -467,6 +554,49 @@ mod tests {
     }
 
     #[test]
+    fn a_run_without_stop_is_reported_at_start_and_by_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let run = |stop: bool| {
+            let audit = Audit::open(&path).unwrap();
+            audit.report_unterminated().unwrap();
+            audit.record(Event::Start, Record::default()).unwrap();
+            audit.record(Event::Grant, Record::default()).unwrap();
+            if stop {
+                audit.record(Event::Stop, Record::default()).unwrap();
+            }
+        };
+        run(true);
+        let clean = verify(&path).unwrap();
+        assert!(clean.terminated() && clean.unterminated_runs.is_empty());
+        // Killed: no stop. Open, not yet noted as a past crash.
+        run(false);
+        let open = verify(&path).unwrap();
+        assert!(!open.terminated());
+        assert!(open.unterminated_runs.is_empty());
+        // The next start notes it in the chain, and verify names the run.
+        run(true);
+        let s = verify(&path).unwrap();
+        assert!(s.terminated());
+        assert_eq!(s.unterminated_runs, [5]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("\"event\":\"unterminated\"").count(), 1);
+        assert!(text.contains("previous run ended without stop: its last record is seq 5 (grant)"));
+
+        // Truncated after a clean stop: the chain verifies but is open.
+        let lines: Vec<&str> = text.lines().collect();
+        std::fs::write(&path, format!("{}\n", lines[..lines.len() - 1].join("\n"))).unwrap();
+        assert!(!verify(&path).unwrap().terminated());
+        // A chain resumed without a noted crash (an older broker): still found.
+        let audit = Audit::open(&path).unwrap();
+        audit.record(Event::Start, Record::default()).unwrap();
+        assert_eq!(
+            verify(&path).unwrap().unterminated_runs,
+            [5, lines.len() as u64 - 1]
+        );
+    }
+
+    #[test]
     fn a_failed_write_marks_the_sink_unhealthy() {
         let audit = Audit {
             chain: Mutex::new(Chain {
@@ -479,6 +609,7 @@ mod tests {
                 len: 0,
             }),
             healthy: AtomicBool::new(true),
+            unterminated: Mutex::new(None),
         };
         assert!(audit.record(Event::Start, Record::default()).is_err());
         assert!(!audit.healthy());

@@ -21,16 +21,16 @@
 //! **Invariant:** a file grant is written only after the same checks as a
 //! fetch by the container itself (attestation, isolation, `[match]`, audit).
 
-use crate::attest::docker::{Attestation, Engine, EngineError};
-use crate::audit::{CallerRef, Event, Record};
-use crate::launch::{self, Facts, Refusal, LABEL_LAUNCH, SECRETS_PATH};
-use crate::service::{err, Broker, Ctx};
+use crate::attest::docker::{Attestation, Engine};
+use crate::launch::{self, Facts, LABEL_LAUNCH, SECRETS_PATH};
+use crate::rules::DenyRule;
+use crate::service::{policy_refusal, Broker, Ctx, Refusal, ServiceError};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use unbaked_api::wire::{
-    ApiError, Delivery, DeliveryKind, ErrorCode, FetchRequest, LaunchPlan, LaunchRequest, Lease,
+    Delivery, DeliveryKind, ErrorCode, FetchRequest, LaunchPlan, LaunchRequest, Lease,
 };
 use unbaked_policy::{Caller, Policy};
 use unbaked_sidecar::writer::SecretsDir;
@@ -44,6 +44,24 @@ const TICK: Duration = Duration::from_millis(250);
 /// Full reconciliation against the engine (in case an event was missed).
 const RECONCILE_EVERY: Duration = Duration::from_secs(15);
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// `<socket dir>/containers` cannot be made private to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BaseDirError {
+    #[error("cannot create or open {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a directory (a symlink or a file?): remove it and the broker creates it, mode 0700")]
+    NotADirectory { path: PathBuf },
+    #[error("{path} is owned by uid {owner}, not by the broker's uid {euid}: whoever owns it could read launched containers' file grants; remove it and the broker creates it, mode 0700")]
+    Owner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
+}
 
 /// The Docker side of the broker: the engine, the launches, and which
 /// leases each container holds.
@@ -92,6 +110,51 @@ impl Containers {
             launches: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Make `<socket dir>/containers` what only root and the broker may
+    /// enter: created 0700; an existing one is opened without following a
+    /// link, must be a directory owned by the broker's euid, and a wider
+    /// mode is narrowed to 0700 (through the open descriptor). Launched
+    /// containers' file grants live below it, and a launch's id is public in
+    /// `/proc/self/mountinfo`.
+    pub fn secure_base(&self) -> Result<(), BaseDirError> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+        let path = &self.base;
+        let io = |source| BaseDirError::Io {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::DirBuilder::new().mode(0o700).create(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(e)),
+            _ => {}
+        }
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_DIRECTORY)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(nix::libc::ELOOP | nix::libc::ENOTDIR) => {
+                    BaseDirError::NotADirectory { path: path.clone() }
+                }
+                _ => io(e),
+            })?;
+        let meta = dir.metadata().map_err(io)?;
+        let euid = nix::unistd::geteuid().as_raw();
+        if meta.uid() != euid {
+            return Err(BaseDirError::Owner {
+                path: path.clone(),
+                owner: meta.uid(),
+                euid,
+            });
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode != 0o700 {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "narrowing the launches' directory to 0700: only root and the broker may enter it");
+            dir.set_permissions(std::fs::Permissions::from_mode(0o700))
+                .map_err(io)?;
+        }
+        Ok(())
     }
 
     /// Zero, unmount and remove what a previous broker left under the base
@@ -214,54 +277,17 @@ fn release_dir(launch_id: &str, dir: Option<SecretsDir>) {
     let _ = std::fs::remove_dir(&root);
 }
 
-fn record(ctx: &Ctx) -> Record {
-    Record {
-        request_id: Some(ctx.request_id.clone()),
-        caller: Some(CallerRef {
-            uid: ctx.caller.uid,
-            gid: ctx.caller.gid,
-            pid: ctx.caller.pid,
-        }),
-        ..Record::default()
-    }
-}
-
-fn engine_error(e: EngineError) -> ApiError {
-    let code = match e {
-        EngineError::Unreachable { .. } => ErrorCode::StoreUnavailable,
-        EngineError::Refused { .. } => ErrorCode::Internal,
-        EngineError::NoImage(_) | EngineError::NetworkNotIsolated { .. } => ErrorCode::BadRequest,
-    };
-    err(code, e.to_string())
-}
-
 impl Broker {
-    /// Audit a denial and hand back the error (same shape as the service's).
-    fn deny_here(&self, ctx: &Ctx, workload: &str, rule: &str, e: ApiError) -> ApiError {
-        let rec = Record {
-            workload: Some(workload.into()),
-            rule: Some(rule.into()),
-            reason: Some(e.message.clone()),
-            ..record(ctx)
-        };
-        if let Err(audit_err) = self.audit().record(Event::Deny, rec) {
-            tracing::error!(error = %audit_err, "could not audit a denial");
-        }
-        tracing::warn!(workload, rule, reason = %e.message, "denied");
-        e
-    }
-
     /// Before `[match]`: a caller in a container the engine cannot vouch for
     /// is released nothing, whatever its policy says.
-    pub(crate) fn attestation_gate(&self, ctx: &Ctx, workload: &str) -> Result<(), ApiError> {
+    pub(crate) fn attestation_gate(&self, ctx: &Ctx, workload: &str) -> Result<(), ServiceError> {
         if let Attestation::Unverified { id, reason } = &ctx.attestation {
             let short = id.get(..12).unwrap_or(id);
-            return Err(self.deny_here(
+            return Err(self.deny(
                 ctx,
                 workload,
-                "isolation.unverified",
-                err(
-                    ErrorCode::Denied,
+                Refusal::new(
+                    DenyRule::IsolationUnverified,
                     format!("the caller runs in container {short}, whose isolation cannot be verified: {reason}"),
                 ),
             ));
@@ -271,7 +297,7 @@ impl Broker {
 
     /// After `[match]`: the live container against `[isolation]`. Every
     /// violation is named; the first one's rule is the audited rule.
-    pub(crate) fn check_isolation(&self, ctx: &Ctx, policy: &Policy) -> Result<(), ApiError> {
+    pub(crate) fn check_isolation(&self, ctx: &Ctx, policy: &Policy) -> Result<(), ServiceError> {
         let Some(live) = ctx.attestation.live() else {
             return Ok(());
         };
@@ -288,18 +314,15 @@ impl Broker {
             .map(|v| format!("{}: {}", v.rule, v.reason))
             .collect::<Vec<_>>()
             .join("; ");
-        Err(self.deny_here(
+        let told = format!(
+            "workload {:?}: nothing is released to a container that breaks its [isolation]: {reason}",
+            policy.workload
+        );
+        let detail = format!("{told} (policy {})", policy.source.display());
+        Err(self.deny(
             ctx,
             &policy.workload,
-            first.rule,
-            err(
-                ErrorCode::Denied,
-                format!(
-                    "workload {:?} ({}): nothing is released to a container that breaks its [isolation]: {reason}",
-                    policy.workload,
-                    policy.source.display()
-                ),
-            ),
+            Refusal::new(DenyRule::of(first.rule), told).detail(detail),
         ))
     }
 
@@ -315,7 +338,7 @@ impl Broker {
         workload: &'a str,
         kinds: &'a [DeliveryKind],
         lease_id: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send + 'a>>
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ServiceError>> + Send + 'a>>
     {
         Box::pin(self.container_fetched_inner(ctx, workload, kinds, lease_id))
     }
@@ -326,7 +349,7 @@ impl Broker {
         workload: &str,
         kinds: &[DeliveryKind],
         lease_id: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ServiceError> {
         let (Some(live), Some(containers)) = (ctx.attestation.live(), self.containers()) else {
             return Ok(());
         };
@@ -350,12 +373,11 @@ impl Broker {
             }
             if let Some(b) = &entry.bound {
                 if b.container != live.id {
-                    return Err(self.deny_here(
+                    return Err(self.deny(
                         ctx,
                         workload,
-                        "launch.claimed",
-                        err(
-                            ErrorCode::Denied,
+                        Refusal::new(
+                            DenyRule::LaunchClaimed,
                             format!("launch {launch_id} already belongs to container {}: start every container with its own unbaked run", b.container.get(..12).unwrap_or(&b.container)),
                         ),
                     ));
@@ -390,10 +412,9 @@ impl Broker {
                 &lease.lease_id,
                 "the launch ended while its files were fetched",
             );
-            return Err(err(
-                ErrorCode::NotFound,
-                format!("launch {launch_id} ended meanwhile: start the container again"),
-            ));
+            return Err(ServiceError::NotFound(format!(
+                "launch {launch_id} ended meanwhile: start the container again"
+            )));
         };
         if let Some(old) = entry.bound.take() {
             if old.lease_id != lease.lease_id {
@@ -415,39 +436,40 @@ impl Broker {
         drop(launches);
         if let Err(e) = result {
             self.end_lease(lease_id, "the container's file grants could not be written");
-            return Err(err(ErrorCode::Internal, e));
+            return Err(ServiceError::Internal(e));
         }
         tracing::info!(workload, launch = %launch_id, container = %live.id.get(..12).unwrap_or(&live.id), files = lease.items.len(), "file grants written to the container's secrets tmpfs");
         Ok(())
     }
 
-    /// `unbaked run`: check `[launch]`, plan the arguments, and (unless a
-    /// dry run) create the network and the secrets tmpfs.
-    pub async fn launch(&self, ctx: &Ctx, req: LaunchRequest) -> Result<LaunchPlan, ApiError> {
-        let containers = self.containers().ok_or_else(|| {
-            // Only a broker embedded without its Docker side (a library
-            // user, the fuzz harness): to the caller the endpoint is absent.
-            err(
-                ErrorCode::NotFound,
-                "this broker has no Docker side, so no launches: `unbaked run` needs a broker started by `unbaked broker`",
-            )
-        })?;
-        let set = self.policies();
-        let policy = match &req.workload {
-            Some(w) => set.get(w).ok_or_else(|| {
-                self.deny_here(
-                    ctx,
-                    w,
-                    "workload.unknown",
-                    err(ErrorCode::NotFound, format!("no policy for workload {w:?}: check the name, or add a policy file with workload = {w:?}")),
-                )
-            })?,
+    /// The workload to launch: the one asked for, or the only one the
+    /// caller may launch; `[launch]` checked.
+    fn launch_policy<'p>(
+        &self,
+        ctx: &Ctx,
+        set: &'p unbaked_policy::PolicySet,
+        asked: Option<&str>,
+    ) -> Result<&'p Policy, ServiceError> {
+        let policy = match asked {
+            Some(w) => {
+                self.check_name(ctx, w)?;
+                set.get(w).ok_or_else(|| {
+                    self.deny(
+                        ctx,
+                        w,
+                        Refusal::new(DenyRule::WorkloadUnknown, format!("no policy for workload {w:?}: check the name, or add a policy file with workload = {w:?}")),
+                    )
+                })?
+            }
             None => {
-                let mine: Vec<&Policy> = set.iter().filter(|p| p.may_launch(&ctx.caller).is_ok()).collect();
+                let mine: Vec<&Policy> = set
+                    .iter()
+                    .filter(|p| p.may_launch(&ctx.caller).is_ok())
+                    .collect();
                 match mine.as_slice() {
                     [one] => *one,
-                    [] => return Err(err(ErrorCode::Denied, format!("uid {} may launch no workload: give --workload NAME and add the uid to its [launch]", ctx.caller.uid))),
-                    many => return Err(err(ErrorCode::BadRequest, format!(
+                    [] => return Err(self.deny(ctx, "", Refusal::new(DenyRule::LaunchUids, format!("uid {} may launch no workload: give --workload NAME and add the uid to its [launch]", ctx.caller.uid)))),
+                    many => return Err(ServiceError::BadRequest(format!(
                         "uid {} may launch several workloads ({}): choose one with --workload NAME",
                         ctx.caller.uid,
                         many.iter().map(|p| p.workload.as_str()).collect::<Vec<_>>().join(", ")
@@ -455,32 +477,52 @@ impl Broker {
                 }
             }
         };
-        let w = policy.workload.clone();
-        policy
-            .may_launch(&ctx.caller)
-            .map_err(|d| self.deny_here(ctx, &w, d.rule, err(ErrorCode::Denied, d.reason)))?;
-        let refuse = |refusals: Vec<Refusal>| {
-            let reason = refusals
-                .iter()
-                .map(|r| format!("{}: {}", r.rule, r.reason))
-                .collect::<Vec<_>>()
-                .join("\n");
-            self.deny_here(
+        policy.may_launch(&ctx.caller).map_err(|d| {
+            self.deny(
                 ctx,
-                &w,
-                refusals.first().map_or("launch.args", |r| r.rule),
-                err(
-                    ErrorCode::Denied,
-                    format!("unbaked run refused the arguments for workload {w:?}:\n{reason}"),
-                ),
+                &policy.workload,
+                policy_refusal(d, ctx, &policy.workload),
             )
-        };
+        })?;
+        Ok(policy)
+    }
+
+    /// The plan's refusals, as one denial by the first one's rule.
+    fn launch_refused(&self, ctx: &Ctx, w: &str, refusals: Vec<launch::Refusal>) -> ServiceError {
+        let reason = refusals
+            .iter()
+            .map(|r| format!("{}: {}", r.rule, r.reason))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let rule = refusals
+            .first()
+            .map_or(DenyRule::LaunchArgs, |r| DenyRule::of(r.rule));
+        self.deny(
+            ctx,
+            w,
+            Refusal::new(
+                rule,
+                format!("unbaked run refused the arguments for workload {w:?}:\n{reason}"),
+            ),
+        )
+    }
+
+    /// `unbaked run`: check `[launch]`, plan the arguments, and (unless a
+    /// dry run) create the network and the secrets tmpfs.
+    pub async fn launch(&self, ctx: &Ctx, req: LaunchRequest) -> Result<LaunchPlan, ServiceError> {
+        let containers = self.containers().ok_or_else(|| {
+            // Only a broker embedded without its Docker side (a library
+            // user, the fuzz harness): to the caller the endpoint is absent.
+            ServiceError::NotFound(
+                "this broker has no Docker side, so no launches: `unbaked run` needs a broker started by `unbaked broker`".into(),
+            )
+        })?;
+        let set = self.policies();
+        let policy = self.launch_policy(ctx, &set, req.workload.as_deref())?;
+        let w = policy.workload.clone();
+        let refuse = |refusals| self.launch_refused(ctx, &w, refusals);
         let parsed = launch::parse(&req.args).map_err(refuse)?;
-        let (image_entrypoint, image_cmd) = containers
-            .engine
-            .image_command(&parsed.image)
-            .await
-            .map_err(engine_error)?;
+        let (image_entrypoint, image_cmd) = containers.engine.image_command(&parsed.image).await?;
         let launch_id = crate::lease::new_lease_id()[..16].to_string();
         let has_files = policy.grants_of(&[DeliveryKind::File]).next().is_some();
         let secrets_dir = has_files.then(|| containers.base.join(&launch_id));
@@ -503,14 +545,15 @@ impl Broker {
         let plan = launch::plan(&parsed, policy, &facts).map_err(refuse)?;
         if !req.dry_run {
             if let Some(net) = &plan.network {
-                containers
-                    .engine
-                    .ensure_isolated_network(net, &w)
-                    .await
-                    .map_err(engine_error)?;
+                containers.engine.ensure_isolated_network(net, &w).await?;
             }
             let dir = match &secrets_dir {
-                Some(d) => Some(mount_secrets_dir(d).map_err(|e| err(ErrorCode::Internal, e))?),
+                Some(d) => {
+                    containers
+                        .secure_base()
+                        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                    Some(mount_secrets_dir(d).map_err(ServiceError::Internal)?)
+                }
                 None => None,
             };
             containers.launches().insert(
@@ -595,12 +638,13 @@ fn resolve_sources(parsed: &launch::Parsed) -> BTreeMap<String, String> {
     out
 }
 
-/// A fresh, size-limited tmpfs of our own for one container's files.
+/// A fresh, size-limited tmpfs of our own for one container's files, in
+/// the 0700 base directory ([`Containers::secure_base`]).
 fn mount_secrets_dir(dir: &Path) -> Result<SecretsDir, String> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o711)
+        .mode(0o700)
         .create(dir)
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     unbaked_sidecar::sys::mount_tmpfs(dir, TMPFS_BYTES).map_err(|e| {
@@ -757,14 +801,14 @@ async fn renew_one(
                 tracing::error!(launch = launch_id, error = %e, "could not rewrite a container's file grants");
             }
         }
-        Err(e) if matches!(e.code, ErrorCode::Denied | ErrorCode::NotFound) => {
+        Err(e) if matches!(e.code(), ErrorCode::Denied | ErrorCode::NotFound) => {
             // Denied now (policy, isolation) or the lease is gone: the files go.
-            tracing::warn!(launch = launch_id, reason = %e.message, "renewal refused: wiping the container's file grants");
+            tracing::warn!(launch = launch_id, reason = %e, "renewal refused: wiping the container's file grants");
             wipe_files(entry.dir.as_mut());
             bound.next_renew = now + Duration::from_secs(365 * 24 * 3600);
         }
         Err(e) => {
-            tracing::warn!(launch = launch_id, reason = %e.message, "renewal failed: retrying");
+            tracing::warn!(launch = launch_id, reason = %e, "renewal failed: retrying");
             bound.next_renew = now + RETRY_AFTER;
             if now >= bound.valid_until {
                 wipe_files(entry.dir.as_mut());
@@ -781,6 +825,51 @@ pub(crate) async fn reconcile(broker: &Broker, containers: &Containers) {
             Ok(Some(c)) if c.running => {}
             Ok(_) => broker.container_gone(&id, None, "the container is no longer running"),
             Err(_) => return, // the engine is away: try again later
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    async fn containers(dir: &Path) -> Containers {
+        Containers::new(Engine::from_env().await, &dir.join("broker.sock"))
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn the_launches_directory_is_private_to_the_broker() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = containers(dir.path()).await;
+        c.secure_base().unwrap();
+        assert_eq!(mode(c.base()), 0o700);
+        // An existing one left 0711 by an older broker is narrowed.
+        std::fs::set_permissions(c.base(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        c.secure_base().unwrap();
+        assert_eq!(mode(c.base()), 0o700);
+        // A symlink is refused, not followed.
+        std::fs::remove_dir(c.base()).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, c.base()).unwrap();
+        assert!(matches!(
+            c.secure_base(),
+            Err(BaseDirError::NotADirectory { .. })
+        ));
+        std::fs::remove_file(c.base()).unwrap();
+        // One owned by another user is refused (the tests run as root).
+        if nix::unistd::geteuid().is_root() {
+            std::fs::create_dir(c.base()).unwrap();
+            std::os::unix::fs::chown(c.base(), Some(65534), None).unwrap();
+            assert!(matches!(
+                c.secure_base(),
+                Err(BaseDirError::Owner { owner: 65534, .. })
+            ));
         }
     }
 }

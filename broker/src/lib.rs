@@ -17,6 +17,7 @@ pub mod launch;
 pub mod lease;
 pub mod metrics;
 pub mod reload;
+pub mod rules;
 pub mod server;
 pub mod service;
 pub mod store;
@@ -48,6 +49,9 @@ pub enum BrokerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// `<socket dir>/containers` is not private to the broker.
+    #[error(transparent)]
+    Containers(#[from] containers::BaseDirError),
     #[error("cannot start: {0}")]
     Start(String),
 }
@@ -98,6 +102,8 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
         Some(path) => Audit::open(path)?,
         None => Audit::to_log(),
     };
+    // The chain's last run ended without `stop`: said in the log and the chain.
+    audit.report_unterminated()?;
     audit.record(
         Event::Start,
         Record {
@@ -157,6 +163,7 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
             path: socket.clone(),
             source,
         })?;
+    docker_side.secure_base()?;
     for launch in docker_side.sweep_leftovers() {
         // A restart forgets the earlier launches' leases: say so, per launch.
         broker.audit().record(
@@ -211,6 +218,7 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
         c.wipe_all();
     }
     let _ = std::fs::remove_file(&socket);
+    broker.flush_denials(true);
     // Closes the chain: an edit of the last real record now breaks a link.
     if let Err(e) = broker.audit().record(Event::Stop, Record::default()) {
         tracing::error!(error = %e, "could not audit the stop");

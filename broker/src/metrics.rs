@@ -2,6 +2,9 @@
 //!
 //! **Invariant:** labels are workload names, rule ids, endpoints and
 //! outcomes: bounded sets that never carry a value, a token or a lease id.
+//! A workload label is a name some policy declared; a name a caller chose
+//! that no policy declares (or that is not a name at all) is counted as
+//! [`UNKNOWN_WORKLOAD`], so no request can add a label.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,6 +13,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::time::Duration;
+
+/// The workload label of denials for a workload no policy declares.
+pub const UNKNOWN_WORKLOAD: &str = "unknown";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -25,7 +31,7 @@ pub struct WorkloadLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DenialLabels {
     pub workload: String,
-    pub rule: String,
+    pub rule: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -132,11 +138,14 @@ impl Metrics {
         }
     }
 
-    pub fn denied(&self, workload: &str, rule: &str) {
+    /// Count a denial. `workload` is a declared workload's name, `""`
+    /// (none asked for) or [`UNKNOWN_WORKLOAD`]: the deny path
+    /// (`service::deny`) decides which, never the caller.
+    pub fn denied(&self, workload: &str, rule: crate::rules::DenyRule) {
         self.denials
             .get_or_create(&DenialLabels {
                 workload: workload.into(),
-                rule: rule.into(),
+                rule: rule.id(),
             })
             .inc();
     }
@@ -185,7 +194,7 @@ mod tests {
     fn counters_render_in_the_text_format() {
         let m = Metrics::new();
         m.workload(&m.grants, "billing");
-        m.denied("billing", "match.uids");
+        m.denied("billing", crate::rules::DenyRule::MatchUids);
         m.active_leases.set(3);
         m.store_read("memory", Duration::from_micros(70));
         m.reload(false);

@@ -277,7 +277,8 @@ async fn route(
     match (&method, path.as_str(), admin_path) {
         (&Method::POST, wire::FETCH, _) => {
             let r: wire::FetchRequest = decode(req.into_body()).await?;
-            tracing::Span::current().record("workload", r.workload.as_str());
+            // Bounded: the name is the caller's until the service checks it.
+            tracing::Span::current().record("workload", crate::service::log_name(&r.workload));
             Ok(json(&broker.fetch(ctx, r).await?))
         }
         (&Method::POST, wire::RENEW, _) => {
@@ -293,7 +294,7 @@ async fn route(
         (&Method::POST, wire::LAUNCH, _) => {
             let r: wire::LaunchRequest = decode(req.into_body()).await?;
             if let Some(w) = &r.workload {
-                tracing::Span::current().record("workload", w.as_str());
+                tracing::Span::current().record("workload", crate::service::log_name(w));
             }
             Ok(json(&broker.launch(ctx, r).await?))
         }

@@ -91,10 +91,10 @@ async fn authenticate_then_grant_or_deny_in_order_and_the_chain_verifies() {
     // app/api is not in the store: the env grant is a denial, after the
     // authentication it follows.
     let missing = b.fetch(&ctx(1000), fetch(vec![DeliveryKind::Env])).await;
-    assert_eq!(missing.unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(missing.unwrap_err().code(), ErrorCode::NotFound);
     // Refused by [match]: a denial, and no authentication.
     let denied = b.fetch(&ctx(2000), fetch(vec![])).await;
-    assert_eq!(denied.unwrap_err().code, ErrorCode::Denied);
+    assert_eq!(denied.unwrap_err().code(), ErrorCode::Denied);
 
     let r = |e: &str| (e.to_string(), "r1000".to_string());
     assert_eq!(

@@ -41,6 +41,17 @@ pub use schema::json_schema;
 /// project reads (the broker's config) to report positions the same way.
 pub use diagnostic::line_column;
 
+/// Check a workload name by the rules a policy's `workload` follows
+/// (`[a-z0-9][a-z0-9_.-]{0,62}`); the broker checks the names callers ask
+/// for with it before it logs, audits or counts them. `Err` quotes the
+/// name: bound its length before showing the message to anyone.
+pub fn check_workload_name(name: &str) -> Result<(), String> {
+    validate::workload_name(name).map_err(|p| match p.hint {
+        Some(hint) => format!("{}: {hint}", p.message),
+        None => p.message,
+    })
+}
+
 /// Check a store path by the rules a grant's `secret` follows (the admin
 /// API uses it for writes): `Err` says what is wrong and how to fix it.
 pub fn check_secret_path(path: &str) -> Result<(), String> {
