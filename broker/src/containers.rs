@@ -292,7 +292,35 @@ impl Broker {
                 ),
             ));
         }
-        Ok(())
+        self.launch_gate(ctx, workload)
+    }
+
+    /// A container that `unbaked run` started for workload X is X's and
+    /// only X's, whatever labels it carries; one naming a launch this
+    /// broker does not know (it restarted since) is served nothing.
+    fn launch_gate(&self, ctx: &Ctx, workload: &str) -> Result<(), ServiceError> {
+        let (Some(live), Some(containers)) = (ctx.attestation.live(), self.containers()) else {
+            return Ok(());
+        };
+        let Some(launch_id) = live.labels.get(LABEL_LAUNCH) else {
+            return Ok(());
+        };
+        let launched_for = containers
+            .launches()
+            .get(launch_id)
+            .map(|e| e.workload.clone());
+        let refusal = match launched_for {
+            Some(w) if w == workload => return Ok(()),
+            Some(w) => Refusal::new(
+                DenyRule::LaunchWorkload,
+                format!("this container was started by unbaked run for workload {w:?} (launch {launch_id}) and gets only its secrets"),
+            ),
+            None => Refusal::new(
+                DenyRule::LaunchUnknown,
+                format!("this container names launch {launch_id}, which this broker does not know (it restarted since the launch, or the label was set by hand): start it again with unbaked run"),
+            ),
+        };
+        Err(self.deny(ctx, workload, refusal))
     }
 
     /// After `[match]`: the live container against `[isolation]`. Every

@@ -197,6 +197,12 @@ deny_rules! {
     LaunchClaimed = "launch.claimed", Launch,
         "another container already claimed this launch's secrets",
         "Start every container with its own `unbaked run`.";
+    LaunchWorkload = "launch.workload", Launch,
+        "a container started by `unbaked run` for one workload asked for another's secrets, whatever its labels",
+        "Start a container for the other workload with its own `unbaked run --workload`.";
+    LaunchUnknown = "launch.unknown", Launch,
+        "the container carries a launch label this broker does not know (the broker restarted since, or the label was set by hand)",
+        "Start the container again with `unbaked run`.";
     SecretMissing = "secret.missing", Lease,
         "a granted secret is not in the store",
         "Ask the operator to write it (`unbaked secret put PATH KEY=-`) or to fix the grant.";
