@@ -672,6 +672,7 @@ mod tests {
             source: "/srv/docker.sock".into(),
             destination: "/x".into(),
             rw: true,
+            source_id: None,
         });
         assert!(rules(&Isolation::default(), &c).is_empty());
         let extra = vec!["/srv/docker.sock".to_string()];
@@ -825,7 +826,10 @@ mod tests {
         assert_eq!(rule(Setting::Namespace(Namespace::Cgroup, "private")), None);
         assert_eq!(rule(Setting::Namespace(Namespace::Network, "mynet")), None);
         assert_eq!(rule(Setting::Link("db")), Some("isolation.icc"));
-        assert_eq!(rule(Setting::CapAdd("cap_")), Some("isolation.cap_add"));
+        assert_eq!(
+            rule(Setting::CapAdd("cap_sys_admin")),
+            Some("isolation.cap_add")
+        );
         assert_eq!(rule(Setting::CapAdd(" ")), None);
     }
 
