@@ -158,9 +158,9 @@ impl Planner<'_> {
         let name = if v.contains('=') {
             let name = mount_fields(v).ok().and_then(|f| {
                 f.into_iter()
-                    .filter(|(k, _)| k == "name")
+                    .rev()
+                    .find(|(k, _)| k == "name")
                     .map(|(_, v)| v)
-                    .last()
             });
             let Some(name) = name else {
                 self.refuse(
