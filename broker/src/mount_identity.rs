@@ -7,6 +7,7 @@
 //! The judging stays pure, in [`crate::isolation`].
 
 use crate::isolation::{FileId, Protected, RUNTIME_SOCKETS};
+use crate::launch::{HostFacts, Parsed, Volume};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -32,24 +33,44 @@ pub fn protected(engine_socket: &Path, data_root: Option<&Path>) -> Protected {
         .chain(RUNTIME_SOCKETS.iter().map(PathBuf::from))
         .chain(data_root.map(Path::to_path_buf));
     for root in roots {
-        let Some(real) = resolve(&root) else {
-            continue;
-        };
-        for p in real.ancestors() {
-            if let Some(id) = file_id(p) {
-                if !out.contains(&id) {
-                    out.ids.push(id);
-                }
+        for id in with_ancestors(&root) {
+            if !out.contains(&id) {
+                out.ids.push(id);
             }
         }
     }
     out
 }
 
-/// `path` with every link resolved; for a path that does not exist (a
-/// runtime socket this host does not have), `None`.
-fn resolve(path: &Path) -> Option<PathBuf> {
-    std::fs::canonicalize(path).ok()
+/// `path` (links resolved) and every directory above it, by identity;
+/// empty when `path` does not exist (a runtime socket this host lacks).
+pub fn with_ancestors(path: &Path) -> Vec<FileId> {
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return Vec::new();
+    };
+    real.ancestors().filter_map(file_id).collect()
+}
+
+/// Everything the launch plan needs to know about this host by identity,
+/// for `parsed` ([`crate::launch::HostFacts`]): `volumes` are the existing
+/// volumes among [`crate::launch::named_volumes`] (from the engine), and
+/// `image_labels` the image's `Config.Labels`.
+pub fn host_facts(
+    parsed: &Parsed,
+    engine_socket: &Path,
+    data_root: Option<&Path>,
+    containers_dir: &Path,
+    volumes: BTreeMap<String, Volume>,
+    image_labels: BTreeMap<String, String>,
+) -> HostFacts {
+    let paths = crate::launch::host_paths(parsed, &volumes);
+    HostFacts {
+        protected: protected(engine_socket, data_root),
+        secrets_dirs: with_ancestors(containers_dir),
+        sources: ids_of(paths.iter().map(String::as_str)),
+        volumes,
+        image_labels,
+    }
 }
 
 /// The identity of each absolute path in `paths` that exists, keyed by the
@@ -117,6 +138,27 @@ mod tests {
         for free in [run.join("other"), data.join("volumes")] {
             assert!(!p.contains(&file_id(&free).unwrap()), "{}", free.display());
         }
+        // The plan's view: a bind of the symlinked directory is the socket's.
+        let args: Vec<String> = [
+            "-v",
+            &format!("{}:/x", t.path().join("varrun").display()),
+            "img",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let parsed = crate::launch::parse(&args).unwrap();
+        let h = host_facts(
+            &parsed,
+            &sock,
+            None,
+            &data.join("volumes"),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        );
+        let src = h.sources.values().next().unwrap();
+        assert!(h.protected.contains(src));
+        assert!(h.secrets_dirs.contains(&file_id(&data).unwrap()));
         // No duplicates.
         let mut ids = p.ids.clone();
         ids.sort();
