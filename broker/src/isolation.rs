@@ -95,6 +95,10 @@ pub struct LiveContainer {
     pub devices: Vec<String>,
     /// `HostConfig.DeviceRequests` (`--gpus`), as `driver:capabilities`.
     pub device_requests: Vec<String>,
+    /// `HostConfig.MaskedPaths`: the engine fills in its defaults at create
+    /// time; `Some(empty)` is what `--security-opt systempaths=unconfined`
+    /// leaves (it is not kept in `security_opt`).
+    pub masked_paths: Option<Vec<String>>,
     pub mounts: Vec<LiveMount>,
     pub networks: Vec<LiveNetwork>,
 }
@@ -457,6 +461,9 @@ fn live_settings(c: &LiveContainer) -> Vec<Setting<'_>> {
     }
     s.extend(c.cap_add.iter().map(|x| Setting::CapAdd(x)));
     s.extend(c.security_opt.iter().map(|x| Setting::SecurityOpt(x)));
+    if !c.privileged && c.masked_paths.as_ref().is_some_and(Vec::is_empty) {
+        s.push(Setting::SecurityOpt("systempaths=unconfined"));
+    }
     s.extend(c.devices.iter().map(|x| Setting::Device(x)));
     s.extend(c.device_requests.iter().map(|x| Setting::DeviceRequest(x)));
     s
@@ -760,6 +767,7 @@ mod tests {
         // cgroup v1 reports `host` by default: not judged on the live side.
         c.cgroupns_mode = "host".into();
         c.device_requests = vec!["nvidia:gpu".into()];
+        c.masked_paths = Some(vec![]);
         c.security_opt = vec![
             "systempaths=unconfined".into(),
             "seccomp={\"defaultAction\":\"SCMP_ACT_ALLOW\"}".into(),
@@ -780,9 +788,11 @@ mod tests {
                 "isolation.security_opt",
                 "isolation.security_opt",
                 "isolation.security_opt",
+                "isolation.security_opt",
                 "isolation.device"
             ]
         );
+        c.masked_paths = Some(vec!["/proc/kcore".into()]);
         c.uts_mode.clear();
         c.userns_mode.clear();
         c.security_opt.truncate(0);

@@ -480,6 +480,7 @@ pub fn live_container(raw: ContainerInspectResponse) -> LiveContainer {
                 format!("{}:{caps}", r.driver.unwrap_or_default())
             })
             .collect(),
+        masked_paths: hc.masked_paths,
         mounts: raw
             .mounts
             .unwrap_or_default()
