@@ -228,17 +228,22 @@ pub fn broker_request(data: &[u8]) {
     }
 }
 
-fn launch_policy() -> &'static unbaked_policy::Policy {
+fn launch_policies() -> &'static unbaked_policy::PolicySet {
     static P: OnceLock<unbaked_policy::PolicySet> = OnceLock::new();
-    let set = P.get_or_init(|| {
-        let text = "workload = \"billing\"\n[match]\ndocker_labels = { app = \"billing\" }\n\
-                    [launch]\nuids = [1000]\n\
-                    [[grant]]\nsecret = \"app/db\"\nkey = \"pw\"\nfile = \"db\"\n\
-                    [[grant]]\nsecret = \"app/db\"\nkey = \"pw\"\nenv = \"DB_PW\"\n";
-        unbaked_policy::from_sources(&[(PathBuf::from("billing.toml"), text.to_string())])
-            .expect("the launch policy parses")
-    });
-    set.get("billing").unwrap()
+    P.get_or_init(|| {
+        let billing = "workload = \"billing\"\n[match]\ndocker_labels = { app = \"billing\" }\n\
+                       [launch]\nuids = [1000]\n\
+                       [[grant]]\nsecret = \"app/db\"\nkey = \"pw\"\nfile = \"db\"\n\
+                       [[grant]]\nsecret = \"app/db\"\nkey = \"pw\"\nenv = \"DB_PW\"\n";
+        let payroll = "workload = \"payroll\"\n[match]\ndocker_labels = { team = \"payroll\" }\n\
+                       [launch]\nuids = [1000]\n\
+                       [[grant]]\nsecret = \"app/pay\"\nkey = \"pw\"\nenv = \"PAY_PW\"\n";
+        unbaked_policy::from_sources(&[
+            (PathBuf::from("billing.toml"), billing.to_string()),
+            (PathBuf::from("payroll.toml"), payroll.to_string()),
+        ])
+        .expect("the launch policies parse")
+    })
 }
 
 fn launch_facts() -> launch::Facts {
@@ -256,18 +261,63 @@ fn launch_facts() -> launch::Facts {
     }
 }
 
+/// The host as the fuzzer sees it: `/srv/sock` and `/srv/up` are (by
+/// identity) the engine's socket and a directory above it, `/srv/box` the
+/// secrets base; the volume `sockvol` binds `/srv/up`, `plugvol` is a
+/// plugin's.
+fn launch_host() -> &'static launch::HostFacts {
+    use unbaked_broker::isolation::{FileId, Protected};
+    static H: OnceLock<launch::HostFacts> = OnceLock::new();
+    H.get_or_init(|| {
+        let id = |ino| FileId { dev: 7, ino };
+        let vol = |driver: &str, device: Option<&str>| launch::Volume {
+            driver: driver.into(),
+            options: device
+                .map(|d| BTreeMap::from([("device".to_string(), d.to_string())]))
+                .unwrap_or_default(),
+        };
+        launch::HostFacts {
+            protected: Protected {
+                ids: vec![id(1), id(2)],
+            },
+            secrets_dirs: vec![id(3)],
+            sources: BTreeMap::from([
+                ("/srv/sock".to_string(), id(1)),
+                ("/srv/up".to_string(), id(2)),
+                ("/srv/box".to_string(), id(3)),
+                ("/srv/data".to_string(), id(4)),
+            ]),
+            volumes: BTreeMap::from([
+                ("sockvol".to_string(), vol("local", Some("/srv/up"))),
+                ("plugvol".to_string(), vol("rexray", None)),
+                ("plain".to_string(), vol("local", None)),
+            ]),
+            image_labels: BTreeMap::new(),
+        }
+    })
+}
+
 /// The docker-argument checker of `unbaked run`: NUL-separated arguments.
-/// Under a policy that allows no weakening, an accepted plan re-parses
-/// with docker's grammar and holds no option that breaks isolation.
+/// Under a policy that allows no weakening, beside a second workload
+/// selected by `team=payroll`, an accepted plan re-parses with docker's
+/// grammar and holds no setting that breaks isolation, whatever spelling
+/// the input used: every option is re-judged from the final arguments.
 pub fn launch_args(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let args: Vec<String> = text.split('\0').map(String::from).collect();
     let Ok(parsed) = launch::parse(&args) else {
         return;
     };
-    let policy = launch_policy();
+    let policies = launch_policies();
     let facts = launch_facts();
-    let Ok(plan) = launch::plan(&parsed, policy, &facts) else {
+    let host = launch_host();
+    let inputs = launch::Inputs {
+        policy: policies.get("billing").unwrap(),
+        policies,
+        facts: &facts,
+        host,
+    };
+    let Ok(plan) = launch::plan_with(&parsed, &inputs) else {
         return;
     };
     assert_eq!(plan.args[0], "run");
@@ -285,74 +335,135 @@ pub fn launch_args(data: &[u8]) {
             "--"
         ]
     );
-    let own_net = launch::network_name("billing");
-    let truthy = |v: &Option<String>| {
-        !matches!(
-            v.as_deref(),
-            Some("0" | "f" | "F" | "false" | "FALSE" | "False")
-        )
-    };
-    let mut entrypoints = 0;
-    let mut own_labels = 0;
+    let mut labels = BTreeMap::new();
     for o in &again.options {
-        let v = o.value.clone().unwrap_or_default();
-        match o.name.as_str() {
-            "privileged" => assert!(!truthy(&o.value), "privileged: {:?}", plan.args),
-            "network" => assert!(v == own_net || v == "none", "network {v}"),
-            "pid" | "ipc" => assert!(
-                v != "host" && !v.starts_with("container:"),
-                "{} {v}",
-                o.name
-            ),
-            "userns" => assert_ne!(v, "host"),
-            "link" | "device" | "device-cgroup-rule" => panic!("--{} {v}", o.name),
-            "cap-add" => assert!(
-                v.split(',')
-                    .all(|c| unbaked_broker::isolation::normalize_cap(c).is_empty()),
-                "cap-add {v}"
-            ),
-            "security-opt" => assert!(
-                unbaked_broker::isolation::weakening_security_opt(&v).is_none(),
-                "security-opt {v}"
-            ),
-            "read-only" => assert!(truthy(&o.value), "read-only {v}"),
-            "entrypoint" => {
-                entrypoints += 1;
-                assert_eq!(v, launch::SHIM_PATH);
-            }
-            "label" if v.starts_with(launch::LABEL_PREFIX) => own_labels += 1,
-            "volume" => {
-                let parts: Vec<&str> = v.split(':').collect();
-                let target = if parts.len() >= 2 { parts[1] } else { parts[0] };
-                let target = unbaked_broker::isolation::lexical_path(target);
-                for reserved in [launch::SECRETS_PATH, "/run/unbaked"] {
-                    assert!(
-                        target != reserved
-                            && !target.starts_with(&format!("{reserved}/"))
-                            && !reserved.starts_with(&format!("{target}/")),
-                        "volume over {target}"
-                    );
-                }
-                // Docker takes a source without a leading '/' for a volume name.
-                if parts.len() >= 2 && parts[0].starts_with('/') {
-                    assert!(
-                        unbaked_broker::isolation::exposed_socket(parts[0], &facts.sockets)
-                            .is_none(),
-                        "volume {v}"
-                    );
-                }
-            }
-            _ => {}
+        launch_option_is_safe(o, &plan.args);
+        if o.flag == Some(launch::Flag::Label) {
+            let v = o.value.clone().unwrap_or_default();
+            let (k, val) = v.split_once('=').unwrap_or((&v, ""));
+            labels.insert(k.to_string(), val.to_string());
         }
     }
-    assert_eq!(entrypoints, 1, "{:?}", plan.args);
-    assert_eq!(own_labels, 2, "{:?}", plan.args);
+    launch_mounts_are_safe(&again, &facts, host);
+    assert_ne!(
+        labels.get("team").map(String::as_str),
+        Some("payroll"),
+        "the container would match payroll: {:?}",
+        plan.args
+    );
+    let count = |f: launch::Flag| again.options.iter().filter(|o| o.flag == Some(f)).count();
+    assert_eq!(count(launch::Flag::Entrypoint), 1, "{:?}", plan.args);
+    let own = again.options.iter().filter(|o| {
+        o.flag == Some(launch::Flag::Label)
+            && o.value
+                .as_deref()
+                .is_some_and(|v| v.starts_with(launch::LABEL_PREFIX))
+    });
+    assert_eq!(own.count(), 2, "{:?}", plan.args);
     assert!(
         again
             .options
             .iter()
-            .any(|o| o.name == "read-only" && o.value.is_none()),
+            .any(|o| o.flag == Some(launch::Flag::ReadOnly) && o.value.is_none()),
         "no --read-only: {:?}",
         plan.args
     );
+}
+
+/// One option of an accepted plan breaks nothing.
+fn launch_option_is_safe(o: &launch::Opt, args: &[String]) {
+    use launch::Flag as F;
+    use unbaked_broker::isolation::{normalize_cap, parse_bool, weakening_security_opt};
+    let v = o.value.clone().unwrap_or_default();
+    let on = o.value.as_deref().map_or(Some(true), parse_bool) != Some(false);
+    let Some(flag) = o.flag else {
+        panic!("unknown option --{} passed on: {args:?}", o.name)
+    };
+    let network = if v.contains('=') {
+        launch::mount_fields(&v)
+            .ok()
+            .and_then(|f| {
+                f.into_iter()
+                    .rev()
+                    .find(|(k, _)| k == "name")
+                    .map(|(_, v)| v)
+            })
+            .unwrap_or_default()
+    } else {
+        v.clone()
+    };
+    match flag {
+        F::Privileged | F::UseApiSocket => assert!(!on, "--{} {args:?}", o.name),
+        F::Network => assert!(
+            network == launch::network_name("billing") || network == "none",
+            "network {v}"
+        ),
+        F::Pid | F::Ipc => assert!(
+            v != "host" && !v.starts_with("container:"),
+            "--{} {v}",
+            o.name
+        ),
+        F::Uts | F::Cgroupns | F::Userns => {
+            assert!(matches!(v.as_str(), "" | "private"), "--{} {v}", o.name)
+        }
+        F::Link | F::Device | F::DeviceCgroupRule | F::Gpus | F::VolumesFrom | F::LabelFile => {
+            panic!("--{} {v} passed on: {args:?}", o.name)
+        }
+        F::CapAdd => assert!(
+            v.split(',').all(|c| normalize_cap(c).is_empty()),
+            "cap-add {v}"
+        ),
+        F::SecurityOpt => assert!(weakening_security_opt(&v).is_none(), "security-opt {v}"),
+        F::ReadOnly => assert!(on, "read-only {v}"),
+        F::Entrypoint => assert_eq!(v, launch::SHIM_PATH),
+        F::VolumeDriver => assert_eq!(v, "local"),
+        _ => {}
+    }
+}
+
+/// No mount of an accepted plan reaches a protected file, the secrets base,
+/// a non-local volume, or unbaked's own targets.
+fn launch_mounts_are_safe(again: &launch::Parsed, facts: &launch::Facts, host: &launch::HostFacts) {
+    use unbaked_broker::isolation::{exposed_socket, lexical_path};
+    let ours = [&facts.shim, &facts.broker_socket];
+    for path in launch::host_paths(again, &host.volumes) {
+        if ours.contains(&&path) || facts.secrets_dir.as_ref() == Some(&path) {
+            continue;
+        }
+        assert!(
+            exposed_socket(&path, &facts.sockets).is_none(),
+            "mounts {path}"
+        );
+        if let Some(id) = host.sources.get(&path) {
+            assert!(
+                !host.protected.contains(id) && !host.secrets_dirs.contains(id),
+                "mounts {path}"
+            );
+        }
+        let (l, base) = (lexical_path(&path), lexical_path(&facts.containers_dir));
+        assert!(
+            l != base && !l.starts_with(&format!("{base}/")) && !base.starts_with(&format!("{l}/")),
+            "mounts {path}"
+        );
+    }
+    for name in launch::named_volumes(again) {
+        assert!(name != "sockvol" && name != "plugvol", "volume {name}");
+    }
+    for o in again
+        .options
+        .iter()
+        .filter(|o| o.flag == Some(launch::Flag::Volume))
+    {
+        let v = o.value.clone().unwrap_or_default();
+        let parts: Vec<&str> = v.split(':').collect();
+        let target = lexical_path(if parts.len() >= 2 { parts[1] } else { parts[0] });
+        for reserved in [launch::SECRETS_PATH, "/run/unbaked"] {
+            assert!(
+                target != reserved
+                    && !target.starts_with(&format!("{reserved}/"))
+                    && !reserved.starts_with(&format!("{target}/")),
+                "volume over {target}"
+            );
+        }
+    }
 }

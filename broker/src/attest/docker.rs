@@ -459,6 +459,9 @@ pub fn live_container(raw: ContainerInspectResponse) -> LiveContainer {
         network_mode: hc.network_mode.unwrap_or_default(),
         pid_mode: hc.pid_mode.unwrap_or_default(),
         ipc_mode: hc.ipc_mode.unwrap_or_default(),
+        uts_mode: hc.uts_mode.unwrap_or_default(),
+        cgroupns_mode: hc.cgroupns_mode.map(|m| m.to_string()).unwrap_or_default(),
+        userns_mode: hc.userns_mode.unwrap_or_default(),
         readonly_rootfs: hc.readonly_rootfs.unwrap_or(false),
         cap_add: hc.cap_add.unwrap_or_default(),
         security_opt: hc.security_opt.unwrap_or_default(),
@@ -469,6 +472,16 @@ pub fn live_container(raw: ContainerInspectResponse) -> LiveContainer {
             .map(|d| d.path_on_host.unwrap_or_default())
             .chain(hc.device_cgroup_rules.unwrap_or_default())
             .collect(),
+        device_requests: hc
+            .device_requests
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| {
+                let caps = r.capabilities.unwrap_or_default().concat().join(",");
+                format!("{}:{caps}", r.driver.unwrap_or_default())
+            })
+            .collect(),
+        masked_paths: hc.masked_paths,
         mounts: raw
             .mounts
             .unwrap_or_default()
@@ -478,6 +491,8 @@ pub fn live_container(raw: ContainerInspectResponse) -> LiveContainer {
                 source: m.source.unwrap_or_default(),
                 destination: m.destination.unwrap_or_default(),
                 rw: m.rw.unwrap_or(true),
+                // Filled in by the engine side (mount_identity::file_id).
+                source_id: None,
             })
             .collect(),
         networks,

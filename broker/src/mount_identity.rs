@@ -1,0 +1,168 @@
+//! What the kernel says a path is: device and inode after following links,
+//! for the isolation check of mounts ([`crate::isolation::Protected`]).
+//!
+//! The I/O half of that check: `attest::docker` fills each live mount's
+//! `source_id` with [`file_id`], the launch fills the plan's bind sources
+//! the same way, and both build the [`Protected`] set with [`protected`].
+//! The judging stays pure, in [`crate::isolation`].
+
+use crate::isolation::{FileId, Protected, RUNTIME_SOCKETS};
+use crate::launch::{HostFacts, Parsed, Volume};
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// The file `path` names, following every link (`stat`, not `lstat`), so a
+/// symlink, a bind mount or `/proc/<pid>/root/...` all come out as what
+/// they reach. `None` when it does not exist or cannot be read.
+pub fn file_id(path: &Path) -> Option<FileId> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
+/// What no container may mount: the engine's socket (and the container
+/// runtime sockets of [`RUNTIME_SOCKETS`] that exist here), every directory
+/// above each, the engine's data root and every directory above it, each
+/// resolved (`canonicalize`) before its ancestors are walked.
+pub fn protected(engine_socket: &Path, data_root: Option<&Path>) -> Protected {
+    let mut out = Protected::default();
+    let roots = std::iter::once(engine_socket.to_path_buf())
+        .chain(RUNTIME_SOCKETS.iter().map(PathBuf::from))
+        .chain(data_root.map(Path::to_path_buf));
+    for root in roots {
+        for id in with_ancestors(&root) {
+            if !out.contains(&id) {
+                out.ids.push(id);
+            }
+        }
+    }
+    out
+}
+
+/// `path` (links resolved) and every directory above it, by identity;
+/// empty when `path` does not exist (a runtime socket this host lacks).
+pub fn with_ancestors(path: &Path) -> Vec<FileId> {
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return Vec::new();
+    };
+    real.ancestors().filter_map(file_id).collect()
+}
+
+/// Everything the launch plan needs to know about this host by identity,
+/// for `parsed` ([`crate::launch::HostFacts`]): `volumes` are the existing
+/// volumes among [`crate::launch::named_volumes`] (from the engine), and
+/// `image_labels` the image's `Config.Labels`.
+pub fn host_facts(
+    parsed: &Parsed,
+    engine_socket: &Path,
+    data_root: Option<&Path>,
+    containers_dir: &Path,
+    volumes: BTreeMap<String, Volume>,
+    image_labels: BTreeMap<String, String>,
+) -> HostFacts {
+    let paths = crate::launch::host_paths(parsed, &volumes);
+    HostFacts {
+        protected: protected(engine_socket, data_root),
+        secrets_dirs: with_ancestors(containers_dir),
+        sources: ids_of(paths.iter().map(String::as_str)),
+        volumes,
+        image_labels,
+    }
+}
+
+/// The identity of each absolute path in `paths` that exists, keyed by the
+/// path as written (the launch plan's bind sources and volume devices).
+pub fn ids_of<'a>(paths: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, FileId> {
+    paths
+        .into_iter()
+        .filter(|p| p.starts_with('/'))
+        .filter_map(|p| file_id(Path::new(p)).map(|id| (p.to_string(), id)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_id_sees_through_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("real");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(&dir, t.path().join("link")).unwrap();
+        let real = file_id(&dir).unwrap();
+        assert_eq!(file_id(&t.path().join("link")), Some(real));
+        assert_eq!(file_id(&t.path().join("link/.")), Some(real));
+        assert_ne!(file_id(t.path()), Some(real));
+        assert_eq!(file_id(&t.path().join("missing")), None);
+        let ids = ids_of([
+            t.path().join("link").to_str().unwrap(),
+            "relative",
+            "/nonexistent/x",
+        ]);
+        assert_eq!(ids.len(), 1);
+        assert_eq!(ids.values().next(), Some(&real));
+    }
+
+    #[test]
+    fn protected_holds_the_socket_the_data_root_and_every_ancestor() {
+        let t = tempfile::tempdir().unwrap();
+        let run = t.path().join("run");
+        std::fs::create_dir_all(run.join("engine")).unwrap();
+        let sock = run.join("engine/docker.sock");
+        std::fs::write(&sock, b"").unwrap();
+        // The socket is named through a symlinked directory, as /var/run is.
+        std::os::unix::fs::symlink(&run, t.path().join("varrun")).unwrap();
+        let data = t.path().join("lib/docker");
+        std::fs::create_dir_all(&data).unwrap();
+        let p = protected(&t.path().join("varrun/engine/docker.sock"), Some(&data));
+        for must in [
+            sock.clone(),
+            run.join("engine"),
+            run.clone(),
+            t.path().join("varrun"),
+            data.clone(),
+            t.path().join("lib"),
+            t.path().to_path_buf(),
+            PathBuf::from("/"),
+        ] {
+            let id = file_id(&must).unwrap();
+            assert!(p.contains(&id), "{} is not protected", must.display());
+        }
+        // Beside the socket, below the data root: not protected.
+        std::fs::create_dir(run.join("other")).unwrap();
+        std::fs::create_dir(data.join("volumes")).unwrap();
+        for free in [run.join("other"), data.join("volumes")] {
+            assert!(!p.contains(&file_id(&free).unwrap()), "{}", free.display());
+        }
+        // The plan's view: a bind of the symlinked directory is the socket's.
+        let args: Vec<String> = [
+            "-v",
+            &format!("{}:/x", t.path().join("varrun").display()),
+            "img",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let parsed = crate::launch::parse(&args).unwrap();
+        let h = host_facts(
+            &parsed,
+            &sock,
+            None,
+            &data.join("volumes"),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        );
+        let src = h.sources.values().next().unwrap();
+        assert!(h.protected.contains(src));
+        assert!(h.secrets_dirs.contains(&file_id(&data).unwrap()));
+        // No duplicates.
+        let mut ids = p.ids.clone();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), p.ids.len());
+    }
+}
