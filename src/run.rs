@@ -35,7 +35,7 @@ pub enum RunError {
         "cannot find the exec shim binary ({0}): set {ENV_SHIM} to a statically linked unbaked"
     )]
     Shim(std::io::Error),
-    #[error("{} is dynamically linked, so it cannot run inside a FROM-scratch container as the exec shim: build the static binary (scripts/build-static) and set {ENV_SHIM} to it", .0.display())]
+    #[error("{} is dynamically linked, so it cannot run inside a FROM-scratch container as the exec shim, and no static build was found beside it: run scripts/build-static once (unbaked run then finds it), install it as /usr/local/lib/unbaked/unbaked-static, or set {ENV_SHIM} to one", .0.display())]
     NotStatic(PathBuf),
     #[error(transparent)]
     Client(#[from] ClientError),
@@ -69,15 +69,24 @@ pub fn run(cfg: RunConfig) -> Result<(), RunError> {
         .into_iter()
         .map(|a| a.into_string().map_err(RunError::NotText))
         .collect::<Result<Vec<String>, _>>()?;
-    let shim = match std::env::var_os(ENV_SHIM) {
-        Some(p) => PathBuf::from(p),
-        None => std::env::current_exe().map_err(RunError::Shim)?,
-    };
-    let shim = std::fs::canonicalize(&shim).map_err(RunError::Shim)?;
-    if !is_static(&shim).map_err(RunError::Shim)? {
-        if !cfg.dry_run {
-            return Err(RunError::NotStatic(shim));
-        }
+    let (shim, shim_static) = find_shim()?;
+    // A refusal by policy names its rule whatever the shim: ask first (as
+    // a dry run, so nothing is created), then complain about the shim.
+    if !shim_static && !cfg.dry_run {
+        let probe = LaunchRequest {
+            workload: cfg.workload.clone(),
+            args: args.clone(),
+            shim: shim.display().to_string(),
+            dry_run: true,
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(RunError::Runtime)?
+            .block_on(Client::new(&cfg.socket).launch(&probe))?;
+        return Err(RunError::NotStatic(shim));
+    }
+    if !shim_static {
         eprintln!("unbaked: warning: {}", RunError::NotStatic(shim.clone()));
     }
     let req = LaunchRequest {
@@ -110,6 +119,44 @@ pub fn run(cfg: RunConfig) -> Result<(), RunError> {
             source: err,
         },
     })
+}
+
+/// The exec shim: `UNBAKED_SHIM`, else this binary if it is static, else
+/// the static build beside it (`scripts/build-static` puts it in
+/// `target/x86_64-unknown-linux-gnu/release/` next to `target/release/`)
+/// or the packaged one, so the binary the README builds runs `unbaked run`
+/// as it is. Returns the path and whether it is static.
+fn find_shim() -> Result<(PathBuf, bool), RunError> {
+    if let Some(p) = std::env::var_os(ENV_SHIM) {
+        let p = std::fs::canonicalize(PathBuf::from(p)).map_err(RunError::Shim)?;
+        let st = is_static(&p).map_err(RunError::Shim)?;
+        return Ok((p, st));
+    }
+    let exe = std::fs::canonicalize(std::env::current_exe().map_err(RunError::Shim)?)
+        .map_err(RunError::Shim)?;
+    if is_static(&exe).map_err(RunError::Shim)? {
+        return Ok((exe, true));
+    }
+    let mut candidates = Vec::new();
+    if let Some(profile_dir) = exe.parent() {
+        if let (Some(target), Some(profile)) = (profile_dir.parent(), profile_dir.file_name()) {
+            candidates.push(
+                target
+                    .join("x86_64-unknown-linux-gnu")
+                    .join(profile)
+                    .join("unbaked"),
+            );
+            candidates.push(target.join("x86_64-unknown-linux-gnu/release/unbaked"));
+        }
+    }
+    candidates.push(PathBuf::from("/usr/local/lib/unbaked/unbaked-static"));
+    candidates.push(PathBuf::from("/usr/lib/unbaked/unbaked-static"));
+    for c in candidates {
+        if c.is_file() && is_static(&c).unwrap_or(false) {
+            return Ok((c, true));
+        }
+    }
+    Ok((exe, false))
 }
 
 /// Whether an ELF executable has no program interpreter (PT_INTERP), i.e.

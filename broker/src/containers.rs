@@ -333,7 +333,17 @@ impl Broker {
             .containers()
             .map(|c| vec![c.engine.socket().to_string()])
             .unwrap_or_default();
-        let violations = crate::isolation::check(&policy.isolation, live, &sockets);
+        let protected = self
+            .containers()
+            .map(|c| {
+                crate::isolation::mount_identity::protected(
+                    Path::new(c.engine.socket()),
+                    c.engine.known_data_root().as_deref(),
+                )
+            })
+            .unwrap_or_default();
+        let violations =
+            crate::isolation::check_protected(&policy.isolation, live, &sockets, &protected);
         let Some(first) = violations.first() else {
             return Ok(());
         };
@@ -570,7 +580,29 @@ impl Broker {
             sockets: vec![containers.engine.socket().to_string()],
             resolved: resolve_sources(&parsed),
         };
-        let plan = launch::plan(&parsed, policy, &facts).map_err(refuse)?;
+        let mut volumes = BTreeMap::new();
+        for name in launch::named_volumes(&parsed) {
+            if let Some(v) = containers.engine.volume(&name).await? {
+                volumes.insert(name, v);
+            }
+        }
+        let image_labels = containers.engine.image_labels(&parsed.image).await?;
+        let data_root = containers.engine.data_root().await;
+        let host = crate::isolation::mount_identity::host_facts(
+            &parsed,
+            Path::new(containers.engine.socket()),
+            data_root.as_deref(),
+            &containers.base,
+            volumes,
+            image_labels,
+        );
+        let inputs = launch::Inputs {
+            policy,
+            policies: &set,
+            facts: &facts,
+            host: &host,
+        };
+        let plan = launch::plan_with(&parsed, &inputs).map_err(refuse)?;
         if !req.dry_run {
             if let Some(net) = &plan.network {
                 containers.engine.ensure_isolated_network(net, &w).await?;

@@ -107,6 +107,7 @@ pub struct Engine {
     proc_root: PathBuf,
     /// Network options never change after creation: cache them by id.
     networks: Mutex<HashMap<String, LiveNetwork>>,
+    data_root: Mutex<Option<PathBuf>>,
 }
 
 fn socket_from_env(docker_host: Option<String>) -> Result<String, String> {
@@ -140,6 +141,7 @@ impl Engine {
             own,
             proc_root: PathBuf::from("/proc"),
             networks: Mutex::new(HashMap::new()),
+            data_root: Mutex::new(None),
         };
         if let Some(p) = problem {
             tracing::warn!("{p}");
@@ -294,6 +296,11 @@ impl Engine {
             Err(e) => return Err(self.error("the container inspection", e)),
         };
         let mut c = live_container(raw);
+        let _ = self.data_root().await;
+        for m in &mut c.mounts {
+            m.source_id =
+                crate::isolation::mount_identity::file_id(std::path::Path::new(&m.source));
+        }
         let endpoints: Vec<(String, String)> = std::mem::take(&mut c.networks)
             .into_iter()
             .map(|n| (n.name, n.id))
@@ -335,6 +342,58 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key.to_string(), net.clone());
         Ok(net)
+    }
+
+    /// The engine's data root (`docker info` DockerRootDir), asked once.
+    pub async fn data_root(&self) -> Option<PathBuf> {
+        if let Some(d) = self
+            .data_root
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Some(d);
+        }
+        let client = self.client().await.ok()?;
+        let d = PathBuf::from(client.info().await.ok()?.docker_root_dir?);
+        *self.data_root.lock().unwrap_or_else(|e| e.into_inner()) = Some(d.clone());
+        Some(d)
+    }
+
+    pub fn known_data_root(&self) -> Option<PathBuf> {
+        self.data_root
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// An existing volume's driver and options; `None` if there is none.
+    pub async fn volume(&self, name: &str) -> Result<Option<crate::launch::Volume>, EngineError> {
+        let client = self.client().await?;
+        match client.inspect_volume(name).await {
+            Ok(v) => Ok(Some(crate::launch::Volume {
+                driver: v.driver,
+                options: v.options.into_iter().collect(),
+            })),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.error("the volume inspection", e)),
+        }
+    }
+
+    /// The image's own labels.
+    pub async fn image_labels(&self, image: &str) -> Result<BTreeMap<String, String>, EngineError> {
+        let client = self.client().await?;
+        match client.inspect_image(image).await {
+            Ok(i) => Ok(i
+                .config
+                .and_then(|c| c.labels)
+                .unwrap_or_default()
+                .into_iter()
+                .collect()),
+            Err(e) => Err(self.error("the image inspection", e)),
+        }
     }
 
     /// The image's entrypoint and command, as `docker run` would use them.
