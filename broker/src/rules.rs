@@ -164,6 +164,24 @@ deny_rules! {
     IsolationDevice = "isolation.device", Isolation,
         "the container has host devices handed in",
         "Start it without --device or --device-cgroup-rule.";
+    IsolationHostUts = "isolation.host_uts", Isolation,
+        "the container shares the host's UTS namespace (--uts host)",
+        "Start it without --uts host.";
+    IsolationHostCgroupns = "isolation.host_cgroupns", Isolation,
+        "the container shares the host's cgroup namespace (--cgroupns host)",
+        "Start it without --cgroupns host (unbaked run adds --cgroupns private).";
+    LaunchOtherWorkload = "launch.other_workload", Launch,
+        "a label (from --label, -l or the image) would make the container match another workload's selector",
+        "Drop the label, or launch the other workload with its own `unbaked run --workload`.";
+    LaunchLabelFile = "launch.label_file", Launch,
+        "--label-file: the wrapper cannot vet labels it does not see",
+        "Pass each label with --label instead.";
+    LaunchVolumesFrom = "launch.volumes_from", Launch,
+        "--volumes-from inherits another container's mounts, which the plan cannot judge",
+        "Name each volume or bind mount with --mount or -v instead.";
+    LaunchVolumeDriver = "launch.volume_driver", Launch,
+        "a volume of a driver other than `local`, whose mounts the plan cannot judge",
+        "Use a local volume or a bind mount the policy allows.";
     Launch = "launch", Launch,
         "the workload lists no `[launch]` uids or gids, so nobody may launch it",
         "Ask the policy's owner to add your uid or gid under `[launch]`.";
