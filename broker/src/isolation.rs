@@ -302,6 +302,10 @@ pub struct Judge<'a> {
     /// Extra runtime socket paths of this host (e.g. the resolved `DOCKER_HOST`).
     pub sockets: &'a [String],
     pub protected: &'a Protected,
+    /// The live side with identities looked up: a bind or volume source
+    /// whose identity is unknown is refused (the plan judges sources that
+    /// may not exist yet, and so does not).
+    pub live: bool,
 }
 
 fn broken(rule: &'static str, reason: String) -> Option<Violation> {
@@ -405,6 +409,14 @@ impl Judge<'_> {
         }
         let why = if id.is_some_and(|id| self.protected.contains(&id)) {
             "is (by device and inode) the engine's socket, a directory above it, or the engine's data root or a directory above that".to_string()
+        } else if id.is_none()
+            && !source.is_empty()
+            && self.live
+            && matches!(kind, "bind" | "volume")
+        {
+            // Fail closed: what cannot be identified cannot be cleared.
+            "could not be identified by device and inode (gone, unreadable, or a hung file system)"
+                .to_string()
         } else if kind != "volume" {
             let sock = exposed_socket(source, self.sockets)?;
             format!("exposes the container runtime's socket {sock}")
@@ -500,6 +512,7 @@ pub fn check_protected(
         iso,
         sockets,
         protected,
+        live: !protected.ids.is_empty(),
     };
     v.extend(live_settings(c).iter().filter_map(|s| {
         judge.judge(s).map(|x| Violation {
@@ -825,6 +838,7 @@ mod tests {
             iso: &iso,
             sockets: &[],
             protected: &p,
+            live: false,
         };
         let rule = |s: Setting<'_>| j.judge(&s).map(|v| v.rule);
         assert_eq!(rule(Setting::Privileged), Some("isolation.privileged"));

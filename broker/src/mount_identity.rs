@@ -23,6 +23,15 @@ pub fn file_id(path: &Path) -> Option<FileId> {
     })
 }
 
+/// [`file_id`] of a mount source as the engine sees it: through the host
+/// init's root (`/proc/1/root`), so a broker in a private mount namespace
+/// (systemd's `ProtectHome=`, `PrivateTmp=`) still sees what a source under
+/// /home or /tmp really is; the broker's own view when that is unreadable.
+pub fn host_file_id(source: &Path) -> Option<FileId> {
+    let rel = source.strip_prefix("/").ok()?;
+    file_id(&Path::new("/proc/1/root").join(rel)).or_else(|| file_id(source))
+}
+
 /// What no container may mount: the engine's socket (and the container
 /// runtime sockets of [`RUNTIME_SOCKETS`] that exist here), every directory
 /// above each, the engine's data root and every directory above it, each

@@ -388,6 +388,7 @@ pub async fn serve_with(listener: UnixListener, broker: Arc<Broker>, limits: Lim
         max_connections = limits.max_connections,
         max_queued = limits.max_queued,
         max_per_caller = limits.max_per_caller,
+        pin = ?limits.pin,
         "serving"
     );
     loop {

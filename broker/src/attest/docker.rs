@@ -297,9 +297,26 @@ impl Engine {
         };
         let mut c = live_container(raw);
         let _ = self.data_root().await;
-        for m in &mut c.mounts {
-            m.source_id =
-                crate::isolation::mount_identity::file_id(std::path::Path::new(&m.source));
+        // Off the runtime: a source on a hung FUSE or NFS mount must not
+        // stall the broker. A source that cannot be stat'ed in time stays
+        // unknown, which the isolation check refuses.
+        let sources: Vec<String> = c.mounts.iter().map(|m| m.source.clone()).collect();
+        let ids = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            tokio::task::spawn_blocking(move || {
+                sources
+                    .iter()
+                    .map(|s| {
+                        crate::isolation::mount_identity::host_file_id(std::path::Path::new(s))
+                    })
+                    .collect::<Vec<_>>()
+            }),
+        )
+        .await;
+        if let Ok(Ok(ids)) = ids {
+            for (m, id) in c.mounts.iter_mut().zip(ids) {
+                m.source_id = id;
+            }
         }
         let endpoints: Vec<(String, String)> = std::mem::take(&mut c.networks)
             .into_iter()

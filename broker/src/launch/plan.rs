@@ -34,6 +34,7 @@ pub fn plan_with(parsed: &Parsed, inputs: &Inputs<'_>) -> Result<Plan, Vec<Refus
             iso: &inputs.policy.isolation,
             sockets: &inputs.facts.sockets,
             protected: &inputs.host.protected,
+            live: false,
         },
         refused: Vec::new(),
         warnings: Vec::new(),
