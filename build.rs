@@ -1,29 +1,87 @@
 //! Names the build in `unbaked --version`: the commit it came from, read
-//! from .git directly (no git binary needed), or "unknown" outside a checkout.
+//! from the git directory directly (no git binary needed), or "unknown"
+//! outside a checkout.
+//!
+//! Cargo reruns a build script whose `rerun-if-changed` path is missing on
+//! every build (and relinks everything after it), so only files that exist
+//! are named. In a worktree `.git` is a file (`gitdir: ...`) and the branch
+//! refs live in the common directory (`commondir`); both are followed.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-fn commit(git: &Path) -> Option<String> {
-    let head = fs::read_to_string(git.join("HEAD")).ok()?;
+/// Tell cargo to rerun this script when `path` changes, if it exists.
+fn watch(path: &Path) {
+    if path.exists() {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+}
+
+/// The git directory of the checkout at `root` and its common directory
+/// (the same, except in a worktree).
+fn git_dirs(root: &Path) -> Option<(PathBuf, PathBuf)> {
+    let dot_git = root.join(".git");
+    let git = if dot_git.is_dir() {
+        dot_git
+    } else {
+        watch(&dot_git);
+        let text = fs::read_to_string(&dot_git).ok()?;
+        let dir = PathBuf::from(text.trim().strip_prefix("gitdir:")?.trim());
+        if dir.is_absolute() {
+            dir
+        } else {
+            root.join(dir)
+        }
+    };
+    let common = match fs::read_to_string(git.join("commondir")) {
+        Ok(c) => {
+            let c = PathBuf::from(c.trim());
+            if c.is_absolute() {
+                c
+            } else {
+                git.join(c)
+            }
+        }
+        Err(_) => git.clone(),
+    };
+    Some((git, common))
+}
+
+fn commit(git: &Path, common: &Path) -> Option<String> {
+    let head_path = git.join("HEAD");
+    watch(&head_path);
+    let head = fs::read_to_string(&head_path).ok()?;
     let head = head.trim();
     let Some(reference) = head.strip_prefix("ref: ") else {
         return Some(head.to_string());
     };
-    println!("cargo:rerun-if-changed=.git/{reference}");
-    if let Ok(id) = fs::read_to_string(git.join(reference)) {
+    // A branch ref is per worktree only under refs/bisect, refs/worktree
+    // and refs/rewritten; branches live in the common directory.
+    let loose = common.join(reference);
+    watch(&loose);
+    if let Ok(id) = fs::read_to_string(&loose) {
         return Some(id.trim().to_string());
     }
-    let packed = fs::read_to_string(git.join("packed-refs")).ok()?;
-    packed
-        .lines()
-        .find_map(|l| l.strip_suffix(reference).map(|id| id.trim().to_string()))
+    // Packed (or unborn): the next commit writes the loose ref, which
+    // changes its directory.
+    let packed_path = common.join("packed-refs");
+    watch(&packed_path);
+    if let Some(dir) = loose.parent() {
+        watch(dir);
+    }
+    let packed = fs::read_to_string(&packed_path).ok()?;
+    packed.lines().find_map(|l| {
+        let (id, name) = l.split_once(' ')?;
+        (name == reference).then(|| id.trim().to_string())
+    })
 }
 
 fn main() {
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/packed-refs");
-    let id = commit(Path::new(".git")).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rerun-if-changed=build.rs");
+    let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| ".".into()));
+    let id = git_dirs(&root)
+        .and_then(|(git, common)| commit(&git, &common))
+        .unwrap_or_else(|| "unknown".into());
     let short = &id[..id.len().min(12)];
     let profile = std::env::var("PROFILE").unwrap_or_default();
     let target = std::env::var("TARGET").unwrap_or_default();

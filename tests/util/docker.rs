@@ -71,34 +71,24 @@ pub fn test_image() -> &'static str {
     IMAGE
 }
 
-/// The statically linked release `unbaked`: `UNBAKED_STATIC_BIN`, else
-/// built once per test binary with scripts/build-static (a no-op when fresh).
+/// The statically linked release `unbaked`, built before the tests by
+/// scripts/test (scripts/build-static) and handed in as `UNBAKED_STATIC_BIN`.
+/// A test never builds it: a release build hidden inside a test is slow,
+/// its failure reads as a test failure, and parallel test binaries would
+/// race on it.
 pub fn static_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("UNBAKED_STATIC_BIN") {
-            let p = PathBuf::from(p);
-            assert!(
-                p.is_file(),
-                "UNBAKED_STATIC_BIN={} is not a file",
-                p.display()
-            );
-            return p;
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-static");
-        let out = Command::new(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "the static build failed; run `{}` and fix it:\n{}",
-            script.display(),
-            text(&out.stderr)
-        );
-        let p = PathBuf::from(text(&out.stdout).trim());
+        let Some(p) = std::env::var_os("UNBAKED_STATIC_BIN") else {
+            panic!(
+                "UNBAKED_STATIC_BIN is not set: run the suite with scripts/test, or build the static binary first: \
+                 UNBAKED_STATIC_BIN=$(scripts/build-static) cargo test"
+            )
+        };
+        let p = PathBuf::from(p);
         assert!(
             p.is_file(),
-            "scripts/build-static printed {}, which is not a file",
+            "UNBAKED_STATIC_BIN={} is not a file: build it with scripts/build-static",
             p.display()
         );
         p
