@@ -168,9 +168,11 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd)
-                .render(&mut std::io::stdout())
-                .map_err(|e| Failure::new(exit::FAILURE, e))
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                // `unbaked man | head`: the reader had enough.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                other => other.map_err(|e| Failure::new(exit::FAILURE, e)),
+            }
         }
     }
 }
