@@ -405,3 +405,52 @@ fn the_plan_refuses_labels_that_select_another_workload() {
     // The caller is not told which workload its labels would have matched.
     assert!(!err.contains("payroll.toml"), "{err}");
 }
+
+/// A loop of launches nobody starts a container for: each would mount a
+/// tmpfs. Past 128 unclaimed ones the uid is refused (`launch.limit`),
+/// audited; the 128 before were planned (the control), and a stopped
+/// broker unmounts every one of them.
+#[test]
+fn a_loop_of_unclaimed_launches_is_bounded() {
+    let w = unique("atk-limit");
+    let policy = format!(
+        "workload = \"{w}\"\n[match]\ndocker_labels = {{ app = \"{w}\" }}\n[launch]\nuids = [{}]\n\
+         [isolation]\ninter_container_traffic = true\nread_only_rootfs = false\n\
+         [[grant]]\nsecret = \"app/f\"\nkey = \"v\"\nfile = \"f\"\n",
+        uid()
+    );
+    let mut b = Broker::start(&[("w.toml", &policy)]);
+    let image = test_image();
+    let body = serde_json::json!({
+        "workload": w,
+        "args": ["--rm", image, "true"],
+        "shim": static_binary().display().to_string(),
+    })
+    .to_string();
+    let head = "POST /v1/launch HTTP/1.1\r\nContent-Type: application/json";
+    let mut statuses = Vec::new();
+    for _ in 0..129 {
+        let a = util::daemon::http(&b.socket, head, body.as_bytes()).expect("the broker answers");
+        statuses.push((a.status, a.body));
+    }
+    let planned = statuses.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(
+        planned, 128,
+        "the control: launches up to the bound are planned"
+    );
+    let (last, body) = statuses.last().unwrap();
+    assert_eq!(*last, 403, "{body}");
+    assert!(body.contains("launch.limit"), "{body}");
+    assert!(b.audit_text().contains("\"rule\":\"launch.limit\""));
+    let base = b.dir.path().join("containers");
+    assert_eq!(
+        mounts_under(&base).len(),
+        128,
+        "one tmpfs per planned launch"
+    );
+    b.stop();
+    assert!(
+        mounts_under(&base).is_empty(),
+        "a stopped broker unmounts them"
+    );
+}

@@ -80,6 +80,8 @@ pub struct Containers {
 #[derive(Debug)]
 struct LaunchEntry {
     workload: String,
+    /// Who asked for it, for the per-uid bound on unclaimed launches.
+    uid: u32,
     created: Instant,
     /// The tmpfs, when the workload has file grants.
     dir: Option<SecretsDir>,
@@ -526,6 +528,35 @@ impl Broker {
     }
 
     /// The plan's refusals, as one denial by the first one's rule.
+    /// Each launch mounts a tmpfs until its container claims it (or
+    /// [`UNCLAIMED_AFTER`] passes): one uid may hold only so many
+    /// unclaimed ones, so a loop of launches cannot exhaust the host's
+    /// mounts while the others' launches go on.
+    fn check_launch_limit(
+        &self,
+        ctx: &Ctx,
+        w: &str,
+        containers: &Containers,
+    ) -> Result<(), ServiceError> {
+        let uid = ctx.caller.uid;
+        let pending = containers
+            .launches()
+            .values()
+            .filter(|e| e.uid == uid && e.bound.is_none() && e.dir.is_some())
+            .count();
+        if pending < MAX_UNCLAIMED_LAUNCHES_PER_UID {
+            return Ok(());
+        }
+        Err(self.deny(
+            ctx,
+            w,
+            Refusal::new(
+                DenyRule::LaunchLimit,
+                format!("uid {uid} already has {pending} launches no container has claimed yet (at most {MAX_UNCLAIMED_LAUNCHES_PER_UID}): start the containers of earlier launches, or wait for them to lapse"),
+            ),
+        ))
+    }
+
     fn launch_refused(&self, ctx: &Ctx, w: &str, refusals: Vec<launch::Refusal>) -> ServiceError {
         let reason = refusals
             .iter()
@@ -604,6 +635,7 @@ impl Broker {
         };
         let plan = launch::plan_with(&parsed, &inputs).map_err(refuse)?;
         if !req.dry_run {
+            self.check_launch_limit(ctx, &w, containers)?;
             if let Some(net) = &plan.network {
                 containers.engine.ensure_isolated_network(net, &w).await?;
             }
@@ -620,6 +652,7 @@ impl Broker {
                 launch_id.clone(),
                 LaunchEntry {
                     workload: w.clone(),
+                    uid: ctx.caller.uid,
                     created: Instant::now(),
                     dir,
                     bound: None,
@@ -700,6 +733,11 @@ fn resolve_sources(parsed: &launch::Parsed) -> BTreeMap<String, String> {
 
 /// A fresh, size-limited tmpfs of our own for one container's files, in
 /// the 0700 base directory ([`Containers::secure_base`]).
+/// Unclaimed launches (each a mounted tmpfs) one uid may hold at once.
+/// Above a start storm's size (100 at once), far below the mounts a loop
+/// could make.
+pub const MAX_UNCLAIMED_LAUNCHES_PER_UID: usize = 128;
+
 fn mount_secrets_dir(dir: &Path) -> Result<SecretsDir, String> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()

@@ -215,6 +215,9 @@ deny_rules! {
     LaunchClaimed = "launch.claimed", Launch,
         "another container already claimed this launch's secrets",
         "Start every container with its own `unbaked run`.";
+    LaunchLimit = "launch.limit", Launch,
+        "the caller already holds as many unclaimed launches as one uid may",
+        "Start the containers of earlier launches (or let them lapse), then launch again.";
     LaunchWorkload = "launch.workload", Launch,
         "a container started by `unbaked run` for one workload asked for another's secrets, whatever its labels",
         "Start a container for the other workload with its own `unbaked run --workload`.";
