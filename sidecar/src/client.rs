@@ -206,13 +206,27 @@ impl Client {
         let mut attempt = 1;
         loop {
             let req = self.request(&method, &uri, &body, &what)?;
-            let (status, retry_after, answer) =
-                tokio::time::timeout(self.timeout, self.exchange(req))
-                    .await
-                    .map_err(|_| ClientError::Timeout {
-                        socket: self.socket.clone(),
-                        after: self.timeout,
-                    })??;
+            let exchanged = tokio::time::timeout(self.timeout, self.exchange(req))
+                .await
+                .map_err(|_| ClientError::Timeout {
+                    socket: self.socket.clone(),
+                    after: self.timeout,
+                })?;
+            let (status, retry_after, answer) = match exchanged {
+                // Closed unanswered: a broker past its queue does that
+                // before reading the request, so trying again is safe.
+                Err(ClientError::Unavailable { source, .. })
+                    if source.kind() == io::ErrorKind::ConnectionAborted
+                        && attempt < OVERLOADED_ATTEMPTS =>
+                {
+                    let wait = retry_wait(None, jitter());
+                    tracing::debug!(%what, attempt, ?wait, "the broker closed the connection unanswered: trying again");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                    continue;
+                }
+                other => other?,
+            };
             if status.is_success() {
                 return Ok(answer);
             }
@@ -272,10 +286,22 @@ impl Client {
             .await
             .map_err(|e| self.unavailable(io::Error::other(e)))?;
         let exchange = async {
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| self.unavailable(io::Error::other(e)))?;
+            let resp = sender.send_request(req).await.map_err(|e| {
+                let reset = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<io::Error>())
+                    .is_some_and(|io| {
+                        matches!(
+                            io.kind(),
+                            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                        )
+                    });
+                let kind = if e.is_incomplete_message() || e.is_canceled() || reset {
+                    io::ErrorKind::ConnectionAborted
+                } else {
+                    io::ErrorKind::Other
+                };
+                self.unavailable(io::Error::new(kind, e))
+            })?;
             self.read(resp).await
         };
         // Drive the connection here rather than in a spawned task, so nothing

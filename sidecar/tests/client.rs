@@ -181,3 +181,59 @@ async fn an_oversized_answer_is_refused() {
         "{err:?}"
     );
 }
+
+/// A broker past its queue closes connections unanswered: the client tries
+/// again (the request was never read), and gives up with "unavailable"
+/// after its attempts when every connection is closed (the control).
+#[tokio::test]
+async fn a_connection_closed_unanswered_is_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("closing.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let closes_first = |n: usize| {
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        (count.clone(), move || {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < n
+        })
+    };
+    let (accepted, close_this) = closes_first(2);
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            if close_this() {
+                drop(s);
+                continue;
+            }
+            let mut buf = vec![0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            let body =
+                br#"{"status":"ok","store":"memory","workloads":1,"leases":0,"audit_ok":true}"#;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes())
+                .await
+                .unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut s, body)
+                .await
+                .unwrap();
+        }
+    });
+    let health = Client::new(&path).health().await;
+    assert!(health.unwrap().audit_ok, "served on the third connection");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    server.abort();
+
+    let path2 = dir.path().join("always-closing.sock");
+    let listener = tokio::net::UnixListener::bind(&path2).unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            drop(s);
+        }
+    });
+    let err = Client::new(&path2).health().await.unwrap_err();
+    assert_eq!(err.exit_code(), exit::UNAVAILABLE, "{err}");
+    server.abort();
+}
