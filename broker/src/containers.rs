@@ -172,8 +172,11 @@ impl Containers {
             let path = e.path();
             if e.file_type().is_ok_and(|t| t.is_dir()) {
                 zero_tree(&path, 2);
-                let _ = unbaked_sidecar::sys::unmount(&path);
-                if std::fs::remove_dir(&path).is_ok() {
+                let removed = crate::host_mount::in_host(self.engine_socket(), move || {
+                    let _ = unbaked_sidecar::sys::unmount(&path);
+                    std::fs::remove_dir(&path).map_err(|e| e.to_string())
+                });
+                if removed.is_ok() {
                     swept.push(e.file_name().to_string_lossy().into_owned());
                 }
             }
@@ -187,6 +190,11 @@ impl Containers {
     /// Where the launches' tmpfs mounts live.
     pub fn base(&self) -> &Path {
         &self.base
+    }
+
+    /// The engine's socket, to find the host's mount namespace by.
+    fn engine_socket(&self) -> &Path {
+        Path::new(self.engine.socket())
     }
 
     fn launches(&self) -> std::sync::MutexGuard<'_, HashMap<String, LaunchEntry>> {
@@ -230,7 +238,7 @@ impl Containers {
     pub fn wipe_all(&self) {
         let all: Vec<(String, LaunchEntry)> = self.launches().drain().collect();
         for (id, entry) in all {
-            release_dir(&id, entry.dir);
+            release_dir(self, &id, entry.dir);
         }
     }
 }
@@ -264,19 +272,28 @@ fn zero_tree(dir: &Path, depth: u8) {
     }
 }
 
-fn release_dir(launch_id: &str, dir: Option<SecretsDir>) {
+/// Wipe a launch's tmpfs (through its descriptor), then unmount and remove
+/// it in the host's mount namespace, where it was mounted.
+fn release_dir(containers: &Containers, launch_id: &str, dir: Option<SecretsDir>) {
     let Some(mut dir) = dir else { return };
     if let Err(e) = dir.wipe_all() {
         tracing::error!(launch = launch_id, error = %e, "could not wipe a container's secrets");
     }
     let root = dir.root().to_path_buf();
-    match unbaked_sidecar::sys::unmount(&root) {
-        Ok(()) => {}
-        Err(e) => {
-            tracing::error!(launch = launch_id, dir = %root.display(), error = %e, "could not unmount a container's secrets tmpfs")
-        }
+    drop(dir);
+    if let Err(e) = unmount_secrets_dir(containers, root.clone()) {
+        tracing::error!(launch = launch_id, dir = %root.display(), error = %e, "could not unmount a container's secrets tmpfs")
     }
-    let _ = std::fs::remove_dir(&root);
+}
+
+/// Unmount a launch's tmpfs and remove its directory, in the host's mount
+/// namespace ([`crate::host_mount`]).
+fn unmount_secrets_dir(containers: &Containers, root: PathBuf) -> Result<(), String> {
+    crate::host_mount::in_host(containers.engine_socket(), move || {
+        let unmounted = unbaked_sidecar::sys::unmount(&root).map_err(|e| e.to_string());
+        let _ = std::fs::remove_dir(&root);
+        unmounted
+    })
 }
 
 impl Broker {
@@ -644,7 +661,7 @@ impl Broker {
                     containers
                         .secure_base()
                         .map_err(|e| ServiceError::Internal(e.to_string()))?;
-                    Some(mount_secrets_dir(d).map_err(ServiceError::Internal)?)
+                    Some(mount_secrets_dir(containers, d).map_err(ServiceError::Internal)?)
                 }
                 None => None,
             };
@@ -703,7 +720,7 @@ impl Broker {
             if let Some(b) = &entry.bound {
                 self.end_lease(&b.lease_id, why);
             }
-            release_dir(&lid, entry.dir);
+            release_dir(containers, &lid, entry.dir);
             tracing::info!(launch = %lid, container = %id.get(..12).unwrap_or(id), "container gone: secrets wiped and unmounted");
         }
     }
@@ -731,27 +748,42 @@ fn resolve_sources(parsed: &launch::Parsed) -> BTreeMap<String, String> {
     out
 }
 
-/// A fresh, size-limited tmpfs of our own for one container's files, in
-/// the 0700 base directory ([`Containers::secure_base`]).
 /// Unclaimed launches (each a mounted tmpfs) one uid may hold at once.
 /// Above a start storm's size (100 at once), far below the mounts a loop
 /// could make.
 pub const MAX_UNCLAIMED_LAUNCHES_PER_UID: usize = 128;
 
-fn mount_secrets_dir(dir: &Path) -> Result<SecretsDir, String> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    unbaked_sidecar::sys::mount_tmpfs(dir, TMPFS_BYTES).map_err(|e| {
-        let _ = std::fs::remove_dir(dir);
-        format!("cannot mount a tmpfs at {} for the container's file grants ({e}): run the broker as root (it needs CAP_SYS_ADMIN to mount)", dir.display())
+/// A fresh, size-limited tmpfs of our own for one container's files, in
+/// the 0700 base directory ([`Containers::secure_base`]), mounted in the
+/// host's mount namespace, where the engine bind-mounts it from
+/// ([`crate::host_mount`]); written through the descriptor opened there.
+fn mount_secrets_dir(containers: &Containers, dir: &Path) -> Result<SecretsDir, String> {
+    let path = dir.to_path_buf();
+    let fd = crate::host_mount::in_host(containers.engine_socket(), move || {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir = path.as_path();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        unbaked_sidecar::sys::mount_tmpfs(dir, TMPFS_BYTES).map_err(|e| {
+            let _ = std::fs::remove_dir(dir);
+            format!("cannot mount a tmpfs at {} for the container's file grants ({e}): run the broker as root (it needs CAP_SYS_ADMIN to mount)", dir.display())
+        })?;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+            .open(dir)
+            .map(std::os::fd::OwnedFd::from)
+            .map_err(|e| {
+                let _ = unbaked_sidecar::sys::unmount(dir);
+                let _ = std::fs::remove_dir(dir);
+                format!("cannot open the tmpfs mounted at {}: {e}", dir.display())
+            })
     })?;
-    SecretsDir::open(dir, TMPFS_BYTES).map_err(|e| {
-        let _ = unbaked_sidecar::sys::unmount(dir);
-        let _ = std::fs::remove_dir(dir);
+    SecretsDir::adopt_fd(dir, fd).map_err(|e| {
+        let _ = unmount_secrets_dir(containers, dir.to_path_buf());
         e.to_string()
     })
 }
@@ -828,7 +860,7 @@ pub async fn renewals(broker: Arc<Broker>) {
                 .collect()
         };
         for (id, e) in unclaimed {
-            release_dir(&id, e.dir);
+            release_dir(&containers, &id, e.dir);
         }
         let due: Vec<(String, String, Caller, String)> = containers
             .launches()

@@ -12,6 +12,7 @@ pub mod config;
 pub mod containers;
 pub mod dev;
 pub mod events;
+pub mod host_mount;
 pub mod isolation;
 pub mod launch;
 pub mod lease;

@@ -231,6 +231,49 @@ impl SecretsDir {
         Ok(opened)
     }
 
+    /// A tmpfs directory someone else mounted and opened (`O_DIRECTORY |
+    /// O_NOFOLLOW`), such as a launch's tmpfs that the broker mounts in
+    /// the host's mount namespace: `fd` must be a directory on tmpfs, owned
+    /// by this process's euid or root and not writable by group or others
+    /// ([`DirProblem`]). `dir` only names it (messages, [`Self::root`]):
+    /// every operation goes through `fd`, from whatever mount namespace.
+    /// The caller unmounts it; [`Self::wipe_all`] neither unmounts nor
+    /// removes it.
+    pub fn adopt_fd(dir: &Path, fd: OwnedFd) -> Result<SecretsDir, SidecarError> {
+        let io_err = |source| SidecarError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let refuse = |problem| SidecarError::UnsafeDir {
+            dir: dir.to_path_buf(),
+            problem,
+        };
+        let st = fstat(&fd).map_err(|e| io_err(e.into()))?;
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
+            return Err(refuse(DirProblem::NotADirectory));
+        }
+        check_owner_and_mode(&st).map_err(refuse)?;
+        if !sys::is_tmpfs_fd(fd.as_fd()).map_err(io_err)? {
+            return Err(SidecarError::NotTmpfs {
+                dir: dir.to_path_buf(),
+                fs_type: sys::fs_type_name_fd(fd.as_fd()),
+            });
+        }
+        let mut opened = SecretsDir {
+            root: dir.to_path_buf(),
+            root_fd: fd,
+            mounted: false,
+            created_root: false,
+            files: BTreeMap::new(),
+            dirs: Vec::new(),
+            inherited: BTreeMap::new(),
+            retired: Vec::new(),
+        };
+        opened.sweep_temp_files();
+        opened.adopt_state();
+        Ok(opened)
+    }
+
     /// Files a previous sidecar on this directory wrote (it crashed or was
     /// killed), with the time each may still live: the caller wipes them
     /// then unless a fresh delivery replaces them. Expired ones are already
@@ -829,6 +872,38 @@ mod tests {
         assert_eq!(seen, vec![0; 12], "zeroed before unlinking");
         assert!(t.path().join(".keep").exists());
         assert!(dir.inherited().is_empty());
+    }
+
+    #[test]
+    fn an_adopted_descriptor_is_written_through_and_checked_first() {
+        let open = |p: &Path| {
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            nix::fcntl::open(p, flags, Mode::empty()).unwrap()
+        };
+        let t = shm();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let named = Path::new("/nowhere/only/a/name");
+        let mut dir = SecretsDir::adopt_fd(named, open(t.path())).unwrap();
+        assert_eq!(dir.root(), named);
+        dir.write("db/password", b"pw", 0o400, None, None).unwrap();
+        assert_eq!(std::fs::read(t.path().join("db/password")).unwrap(), b"pw");
+        dir.wipe_all().unwrap();
+        assert!(!t.path().join("db").exists());
+        assert!(t.path().exists(), "the caller removes what it mounted");
+        // Writable by others: refused, not adopted.
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(
+            SecretsDir::adopt_fd(t.path(), open(t.path())),
+            Err(SidecarError::UnsafeDir { .. })
+        ));
+        // Not a tmpfs: refused.
+        let disk = tempfile::tempdir().unwrap();
+        if !sys::is_tmpfs(disk.path()).unwrap() {
+            assert!(matches!(
+                SecretsDir::adopt_fd(disk.path(), open(disk.path())),
+                Err(SidecarError::NotTmpfs { .. })
+            ));
+        }
     }
 
     #[test]

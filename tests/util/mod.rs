@@ -65,11 +65,27 @@ impl Broker {
         Self::start_full(policies, None, args)
     }
 
+    /// Start the broker through a command prefix that ends by exec'ing its
+    /// arguments (`unshare --mount -- ...`), so [`Self::pid`] is the
+    /// broker's own once it runs.
+    pub fn start_wrapped(prefix: &[&str], policies: &[(&str, &str)]) -> Broker {
+        Self::start_prefixed(prefix, policies, None, &[])
+    }
+
     fn start_inner(policies: &[(&str, &str)], audit_at: Option<&Path>) -> Broker {
         Self::start_full(policies, audit_at, &[])
     }
 
     fn start_full(
+        policies: &[(&str, &str)],
+        audit_at: Option<&Path>,
+        args: &[&std::ffi::OsStr],
+    ) -> Broker {
+        Self::start_prefixed(&[], policies, audit_at, args)
+    }
+
+    fn start_prefixed(
+        prefix: &[&str],
         policies: &[(&str, &str)],
         audit_at: Option<&Path>,
         args: &[&std::ffi::OsStr],
@@ -91,7 +107,14 @@ impl Broker {
             dir,
             child: None,
         };
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("broker")
             .arg("--socket")
             .arg(&b.socket)
