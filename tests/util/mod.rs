@@ -252,6 +252,19 @@ pub fn shm_dir(tag: &str) -> tempfile::TempDir {
 }
 
 /// Every file under `dir` (recursively) whose bytes contain `needle`.
+/// Files on disk under `dir` (memory file systems, such as a running
+/// container's tmpfs volume of another test, skipped) holding `needle`.
+pub fn disk_files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    files_containing(dir, needle)
+        .into_iter()
+        .filter(|p| {
+            nix::sys::statfs::statfs(p.as_path())
+                .map(|s| s.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC)
+                .unwrap_or(true)
+        })
+        .collect()
+}
+
 pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut hits = vec![];
     let mut stack = vec![dir.to_path_buf()];
