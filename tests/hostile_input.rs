@@ -333,9 +333,10 @@ fn one_callers_flood_leaves_the_others_served() {
     .unwrap();
     b.put("app/h", "k", VALUE);
     // uid 2002 opens 300 connections (past 256/4 = 64 of its own) and
-    // holds them, sending nothing; it reports how many the broker answered
-    // with 503 and closed, after 2.5 s (the reject timeout is 1 s, the idle
-    // timeout of a served connection 5 s).
+    // holds them, sending no complete request; it reports how many the
+    // broker closed after 3 s (those past its share wait 1 s in the queue,
+    // then 1 s for a request to answer 503; a served connection's idle
+    // timeout is 5 s).
     let flood = std::process::Command::new("setpriv")
         .args([
             "--reuid=2002",
@@ -382,7 +383,7 @@ my ($path, $n) = @ARGV;
 my @s;
 for (1..$n) { my $c = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Peer => $path) or last; push @s, $c; }
 for my $c (@s) { print $c "GET /v1/health HTTP/1.1\r\nHost: u\r\n"; $c->flush; }
-select(undef, undef, undef, 1.5);
+select(undef, undef, undef, 3);
 my $rejected = 0;
 for my $c (@s) {
   my $sel = IO::Select->new($c);

@@ -402,40 +402,43 @@ pub async fn serve_with(listener: UnixListener, broker: Arc<Broker>, limits: Lim
         };
         let broker = broker.clone();
         let key = caller_key(&stream);
-        let Some(mine) = callers.take(key) else {
-            // One caller at its limit: answered 503 from the shared queue
-            // (bounded), never from the others' connection slots.
-            if let Ok(slot) = queued.clone().try_acquire_owned() {
-                let why = format!(
-                    "uid {} holds its limit of {} connections to the broker (a quarter of {MAX_CONNECTIONS_ENV}): retry in {RETRY_AFTER_SECS}s",
-                    key.0, limits.max_per_caller
-                );
+        let mine = callers.try_take(key);
+        if mine.is_some() {
+            if let Ok(permit) = active.clone().try_acquire_owned() {
                 tokio::spawn(async move {
-                    reject(stream, &broker, why).await;
-                    drop(slot);
+                    connection_pinned(stream, broker, limits.pin).await;
+                    drop((permit, mine));
                 });
+                continue;
             }
-            continue;
-        };
-        if let Ok(permit) = active.clone().try_acquire_owned() {
-            tokio::spawn(async move {
-                connection_pinned(stream, broker, limits.pin).await;
-                drop((permit, mine));
-            });
-            continue;
         }
-        // Full: wait in the bounded queue, else close at once.
+        // Full, or this caller at its share: wait in the bounded queue for
+        // both, else close at once.
         let Ok(slot) = queued.clone().try_acquire_owned() else {
             tracing::debug!("connection queue full: connection closed unanswered");
             continue;
         };
-        let active = active.clone();
+        let (active, callers) = (active.clone(), callers.clone());
         tokio::spawn(async move {
-            match tokio::time::timeout(QUEUE_WAIT, active.acquire_owned()).await {
+            let deadline = tokio::time::Instant::now() + QUEUE_WAIT;
+            let mine = match mine {
+                Some(m) => Some(m),
+                None => callers.take_until(key, deadline).await,
+            };
+            let Some(mine) = mine else {
+                let why = format!(
+                    "uid {} holds its limit of {} connections to the broker (a quarter of {MAX_CONNECTIONS_ENV}): retry in {RETRY_AFTER_SECS}s",
+                    key.0, limits.max_per_caller
+                );
+                reject(stream, &broker, why).await;
+                drop(slot);
+                return;
+            };
+            match tokio::time::timeout_at(deadline, active.acquire_owned()).await {
                 Ok(Ok(permit)) => {
                     drop(slot);
                     connection_pinned(stream, broker, limits.pin).await;
-                    drop(permit);
+                    drop((permit, mine));
                 }
                 _ => {
                     let why = format!(
@@ -443,10 +446,9 @@ pub async fn serve_with(listener: UnixListener, broker: Arc<Broker>, limits: Lim
                         limits.max_connections
                     );
                     reject(stream, &broker, why).await;
-                    drop(slot);
+                    drop((slot, mine));
                 }
             }
-            drop(mine);
         });
     }
 }
@@ -467,18 +469,20 @@ fn caller_key(stream: &UnixStream) -> CallerKey {
     (cred.uid(), pidns)
 }
 
-/// Live connections per caller. An entry exists only while its caller holds
-/// a connection, so the map is bounded by the connection and queue limits.
+/// Each caller's share of the connections, one semaphore per caller that
+/// holds or awaits one; an entry goes with its caller's last connection,
+/// so the map is bounded by the connection and queue limits.
 #[derive(Debug, Clone)]
 struct CallerSlots {
     max: usize,
-    held: Arc<std::sync::Mutex<std::collections::HashMap<CallerKey, usize>>>,
+    held: Arc<std::sync::Mutex<std::collections::HashMap<CallerKey, Arc<Semaphore>>>>,
 }
 
 /// One connection's share of its caller's limit, returned on drop.
 #[derive(Debug)]
 struct CallerSlot {
     key: CallerKey,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
     slots: CallerSlots,
 }
 
@@ -490,29 +494,64 @@ impl CallerSlots {
         }
     }
 
-    fn take(&self, key: CallerKey) -> Option<CallerSlot> {
+    fn semaphore(&self, key: CallerKey) -> Arc<Semaphore> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let n = held.entry(key).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(CallerSlot {
+        held.entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.max)))
+            .clone()
+    }
+
+    fn slot(&self, key: CallerKey, permit: tokio::sync::OwnedSemaphorePermit) -> CallerSlot {
+        CallerSlot {
             key,
+            permit: Some(permit),
             slots: self.clone(),
-        })
+        }
+    }
+
+    fn try_take(&self, key: CallerKey) -> Option<CallerSlot> {
+        let permit = self.semaphore(key).try_acquire_owned().ok();
+        match permit {
+            Some(p) => Some(self.slot(key, p)),
+            None => {
+                self.forget_if_idle(key);
+                None
+            }
+        }
+    }
+
+    async fn take_until(
+        &self,
+        key: CallerKey,
+        deadline: tokio::time::Instant,
+    ) -> Option<CallerSlot> {
+        let sem = self.semaphore(key);
+        let permit = tokio::time::timeout_at(deadline, sem.acquire_owned()).await;
+        match permit {
+            Ok(Ok(p)) => Some(self.slot(key, p)),
+            _ => {
+                self.forget_if_idle(key);
+                None
+            }
+        }
+    }
+
+    /// Drop the caller's entry when nobody holds or awaits a share of it.
+    fn forget_if_idle(&self, key: CallerKey) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held
+            .get(&key)
+            .is_some_and(|s| Arc::strong_count(s) == 1 && s.available_permits() == self.max)
+        {
+            held.remove(&key);
+        }
     }
 }
 
 impl Drop for CallerSlot {
     fn drop(&mut self) {
-        let mut held = self.slots.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = held.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.key);
-            }
-        }
+        drop(self.permit.take());
+        self.slots.forget_if_idle(self.key);
     }
 }
 
