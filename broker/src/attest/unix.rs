@@ -72,7 +72,9 @@ impl PeerProcess {
     }
 
     fn by_procfs(stream: &UnixStream) -> PeerProcess {
-        // Taken before anything is opened: the caller connected before this.
+        // Taken before anything is opened: the caller connected before this
+        // (by at most the accept's queue wait, so a reuse within that wait
+        // is the residual window; docs/threat-model.md).
         let Some(accepted) = boot_ticks() else {
             return PeerProcess::Gone;
         };
