@@ -216,6 +216,12 @@ impl SecretsDir {
                 Err(e) => return Err(io_err(e)),
             }
         };
+        Ok(SecretsDir::checked(dir, root_fd, mounted, created_root))
+    }
+
+    /// The directory `root_fd`, already checked: what a killed writer or a
+    /// predecessor left is swept or adopted before first use.
+    fn checked(dir: &Path, root_fd: OwnedFd, mounted: bool, created_root: bool) -> SecretsDir {
         let mut opened = SecretsDir {
             root: dir.to_path_buf(),
             root_fd,
@@ -228,7 +234,7 @@ impl SecretsDir {
         };
         opened.sweep_temp_files();
         opened.adopt_state();
-        Ok(opened)
+        opened
     }
 
     /// A tmpfs directory someone else mounted and opened (`O_DIRECTORY |
@@ -259,19 +265,7 @@ impl SecretsDir {
                 fs_type: sys::fs_type_name_fd(fd.as_fd()),
             });
         }
-        let mut opened = SecretsDir {
-            root: dir.to_path_buf(),
-            root_fd: fd,
-            mounted: false,
-            created_root: false,
-            files: BTreeMap::new(),
-            dirs: Vec::new(),
-            inherited: BTreeMap::new(),
-            retired: Vec::new(),
-        };
-        opened.sweep_temp_files();
-        opened.adopt_state();
-        Ok(opened)
+        Ok(SecretsDir::checked(dir, fd, false, false))
     }
 
     /// Files a previous sidecar on this directory wrote (it crashed or was
