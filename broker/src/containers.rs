@@ -355,7 +355,7 @@ impl Broker {
         let protected = self
             .containers()
             .map(|c| {
-                crate::isolation::mount_identity::protected(
+                crate::mount_identity::protected(
                     Path::new(c.engine.socket()),
                     c.engine.known_data_root().as_deref(),
                 )
@@ -636,7 +636,7 @@ impl Broker {
         }
         let image_labels = containers.engine.image_labels(&parsed.image).await?;
         let data_root = containers.engine.data_root().await;
-        let host = crate::isolation::mount_identity::host_facts(
+        let host = crate::mount_identity::host_facts(
             &parsed,
             Path::new(containers.engine.socket()),
             data_root.as_deref(),

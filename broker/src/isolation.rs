@@ -2,7 +2,7 @@
 //! engine reports it, against its workload's `[isolation]`.
 //!
 //! **Invariant:** no I/O here. `attest::docker` inspects the container and
-//! its networks and hands the facts in as a [`LiveContainer`]; [`check`]
+//! its networks and hands the facts in as a [`LiveContainer`]; [`check_protected`]
 //! only judges, so every rule is unit-tested without an engine.
 //!
 //! Every predicate is written once, over a neutral [`Setting`] (one thing a
@@ -12,7 +12,7 @@
 //! into the same settings, so the two cannot drift.
 //!
 //! Mounts are judged by what the kernel says the source is (device and inode,
-//! [`FileId`], filled in by [`mount_identity`]), compared with the
+//! [`FileId`], filled in by [`crate::mount_identity`]), compared with the
 //! [`Protected`] identities: the engine's socket, every directory above it,
 //! its data root and every directory above that. The path text is checked
 //! as well, as a second net, never as the only one.
@@ -21,8 +21,6 @@ use std::collections::BTreeMap;
 use unbaked_policy::Isolation;
 
 // The I/O half (stat, canonicalize). Declared here until `lib.rs` lists it.
-#[path = "mount_identity.rs"]
-pub mod mount_identity;
 
 /// The Docker Engine's socket paths (and the container runtime's): a mount of
 /// any of them, or of a directory above one, hands over the host.
@@ -46,7 +44,7 @@ pub struct FileId {
 
 /// What no container may mount: the engine's socket, every directory above
 /// it, the engine's data root and every directory above that, by identity
-/// (from [`mount_identity::protected`]).
+/// (from [`crate::mount_identity::protected`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Protected {
     pub ids: Vec<FileId>,
@@ -112,7 +110,7 @@ pub struct LiveMount {
     pub destination: String,
     pub rw: bool,
     /// What `source` is, by device and inode after following links
-    /// ([`mount_identity::file_id`]); `None` when it could not be read.
+    /// ([`crate::mount_identity::file_id`]); `None` when it could not be read.
     pub source_id: Option<FileId>,
 }
 
@@ -482,7 +480,8 @@ fn live_settings(c: &LiveContainer) -> Vec<Setting<'_>> {
 }
 
 /// [`check_protected`] without identities: mounts judged by path text only.
-/// Kept for callers that do not pass [`Protected`] yet.
+/// The unit tests' shorthand (the broker calls [`check_protected`]).
+#[cfg(test)]
 pub fn check(iso: &Isolation, c: &LiveContainer, sockets: &[String]) -> Vec<Violation> {
     check_protected(iso, c, sockets, &Protected::default())
 }

@@ -17,6 +17,7 @@ pub mod isolation;
 pub mod launch;
 pub mod lease;
 pub mod metrics;
+pub mod mount_identity;
 pub mod reload;
 pub mod rules;
 pub mod server;

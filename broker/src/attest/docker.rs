@@ -306,9 +306,7 @@ impl Engine {
             tokio::task::spawn_blocking(move || {
                 sources
                     .iter()
-                    .map(|s| {
-                        crate::isolation::mount_identity::host_file_id(std::path::Path::new(s))
-                    })
+                    .map(|s| crate::mount_identity::host_file_id(std::path::Path::new(s)))
                     .collect::<Vec<_>>()
             }),
         )

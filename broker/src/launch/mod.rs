@@ -9,7 +9,7 @@
 //!
 //! **Invariant:** pure. [`parse`] and [`plan_with`] do no I/O (the broker
 //! inspects the image and the volumes, and resolves bind sources to device
-//! and inode with [`crate::isolation::mount_identity`] first, and hands the
+//! and inode with [`crate::mount_identity`] first, and hands the
 //! answers in as [`Facts`] and [`HostFacts`]), so both can be fuzzed and
 //! unit-tested.
 //! **Invariant:** a plan holds names, paths and labels, never a value: the
@@ -74,13 +74,13 @@ pub struct Facts {
 #[derive(Debug, Clone, Default)]
 pub struct HostFacts {
     /// The engine's socket, its data root, and every directory above them
-    /// ([`crate::isolation::mount_identity::protected`]).
+    /// ([`crate::mount_identity::protected`]).
     pub protected: Protected,
     /// `containers_dir` and every directory above it, by identity: a bind of
     /// any of them hands over every launched container's secrets.
     pub secrets_dirs: Vec<FileId>,
     /// Each path of [`host_paths`] that exists, by device and inode
-    /// ([`crate::isolation::mount_identity::ids_of`]).
+    /// ([`crate::mount_identity::ids_of`]).
     pub sources: BTreeMap<String, FileId>,
     /// Each named volume of [`named_volumes`] that already exists.
     pub volumes: BTreeMap<String, Volume>,
@@ -124,7 +124,9 @@ pub fn network_name(workload: &str) -> String {
 
 /// [`plan_with`] without the other policies and the host's identities:
 /// mounts are judged by path text only and labels only against the
-/// launched workload. Kept until `containers.rs` passes [`Inputs`].
+/// launched workload: the unit tests' shorthand (the broker calls
+/// [`plan_with`]).
+#[cfg(test)]
 pub fn plan(parsed: &Parsed, policy: &Policy, facts: &Facts) -> Result<Plan, Vec<Refusal>> {
     plan_with(
         parsed,

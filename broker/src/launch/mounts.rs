@@ -142,7 +142,7 @@ pub fn named_volumes(parsed: &Parsed) -> Vec<String> {
 
 /// Every host path the arguments (and the existing `volumes` they name)
 /// would mount: the broker resolves each to device and inode
-/// ([`crate::isolation::mount_identity::ids_of`]) for
+/// ([`crate::mount_identity::ids_of`]) for
 /// [`super::HostFacts::sources`].
 pub fn host_paths(parsed: &Parsed, volumes: &BTreeMap<String, Volume>) -> Vec<String> {
     let mut out = Vec::new();
