@@ -48,7 +48,7 @@ impl Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Before anything can hold a secret: no core dumps, no ptrace by peers.
-    if let Err(e) = unbaked_sidecar::sys::disable_core_dumps() {
+    if let Err(e) = unbaked_secretsdir::sys::disable_core_dumps() {
         eprintln!("unbaked: cannot disable core dumps: {e}");
         return ExitCode::from(exit::FAILURE as u8);
     }
@@ -120,7 +120,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 .enable_all()
                 .build()
                 .map_err(|e| Failure::new(exit::FAILURE, e))?;
-            rt.block_on(unbaked_broker::run(cfg))
+            rt.block_on(unbaked_broker::run(cfg, Box::new(unbaked_docker::open)))
                 .map_err(|e| Failure::new(exit::FAILURE, e))
         }
         Command::Secret(cmd) => secret(client_socket(cli.socket), cmd),

@@ -107,7 +107,7 @@ pub fn run(cfg: RunConfig) -> Result<(), RunError> {
     if cfg.dry_run {
         let mut words = vec![docker.to_string_lossy().into_owned()];
         words.extend(plan.args);
-        println!("{}", unbaked_broker::launch::shell_quote(&words));
+        println!("{}", unbaked_docker::launch::shell_quote(&words));
         return Ok(());
     }
     tracing::debug!(workload = %plan.workload, launch = %plan.launch_id, "exec docker");

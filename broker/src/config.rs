@@ -9,6 +9,11 @@ use std::str::FromStr;
 use unbaked_api::Secret;
 
 pub const ENV_SOCKET: &str = "UNBAKED_SOCKET";
+/// `--dev` falls back to `$XDG_RUNTIME_DIR/unbaked/broker.sock` when the
+/// default socket's directory is not writable.
+pub const ENV_XDG_RUNTIME_DIR: &str = "XDG_RUNTIME_DIR";
+/// Connections served at once (default 256).
+pub const ENV_MAX_CONNECTIONS: &str = "UNBAKED_MAX_CONNECTIONS";
 /// `procfs` forces the peer-pinning fallback of kernels before 6.5 (tests).
 pub const ENV_PEER_PIN: &str = "UNBAKED_PEER_PIN";
 /// The Vault conventions; each `BAO_*` name wins over its `VAULT_*` twin.

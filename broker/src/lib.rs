@@ -9,15 +9,10 @@ pub mod admin;
 pub mod attest;
 pub mod audit;
 pub mod config;
-pub mod containers;
 pub mod dev;
-pub mod events;
-pub mod host_mount;
-pub mod isolation;
-pub mod launch;
 pub mod lease;
 pub mod metrics;
-pub mod mount_identity;
+pub mod platform;
 pub mod reload;
 pub mod rules;
 pub mod server;
@@ -26,11 +21,13 @@ pub mod store;
 
 use audit::{Audit, Event, Record};
 use config::{BrokerConfig, StoreKind};
+use platform::{BoxFuture, Platform, PlatformError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::memory::MemoryStore;
-use store::Store;
+use store::{Store, StoreError};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 pub use config::{BrokerOptions, ConfigError};
 pub use service::Broker;
@@ -51,55 +48,96 @@ pub enum BrokerError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// `<socket dir>/containers` is not private to the broker.
+    #[error("cannot listen on --admin-addr {addr}: {source}")]
+    AdminBind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot verify service-account tokens ([kubernetes]): {0}")]
+    Kubernetes(String),
+    /// The container platform cannot start (e.g. `<socket dir>/containers`
+    /// is not private to the broker).
     #[error(transparent)]
-    Containers(#[from] containers::BaseDirError),
-    #[error("cannot start: {0}")]
-    Start(String),
+    Platform(#[from] PlatformError),
+}
+
+/// Opens the container platform for a broker on the socket at the given
+/// (absolute) path, before the socket exists: `unbaked broker` opens
+/// Docker's (`unbaked_docker::open`); [`host_only`] opens none.
+pub type PlatformOpener = Box<dyn FnOnce(PathBuf) -> BoxFuture<'static, Arc<dyn Platform>> + Send>;
+
+/// No container platform: every caller is a host process.
+pub fn host_only() -> PlatformOpener {
+    Box::new(|_| Box::pin(async { Arc::new(platform::HostOnly) as Arc<dyn Platform> }))
 }
 
 fn fallback_dev_socket(uid: u32) -> PathBuf {
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
+    let base = std::env::var_os(config::ENV_XDG_RUNTIME_DIR)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(format!("/tmp/unbaked-{uid}")));
     base.join("unbaked").join("broker.sock")
 }
 
-/// Run the broker until SIGTERM or SIGINT.
-pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    // Handlers first: until a handler is installed, SIGHUP (a reload, a log
-    // rotation) takes its default action and kills the broker.
-    let signal_err =
-        |e: std::io::Error| BrokerError::Start(format!("cannot install signal handlers: {e}"));
-    let _hangup = signal(SignalKind::hangup()).map_err(signal_err)?;
-    let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
-    let uid = nix::unistd::geteuid().as_raw();
-    let store: Arc<dyn Store> =
-        match (cfg.store, &cfg.vault) {
-            (StoreKind::Vault, Some(vault)) => {
-                let store = store::vault::VaultStore::new(vault.clone())
-                    .map_err(|e| BrokerError::Start(e.to_string()))?;
-                // Renews the broker's token and logs in again when it is refused.
-                store.spawn_token_keeper();
-                store
-            }
-            (StoreKind::Vault, None) => {
-                return Err(BrokerError::Start(
-                    "--store vault without a [vault] configuration".into(),
-                ))
-            }
-            (StoreKind::Memory, _) => Arc::new(MemoryStore::new().map_err(|_| {
-                BrokerError::Start("no system randomness for the sealing key".into())
-            })?),
-        };
-    let extra: reload::Extra = if cfg.dev {
-        Arc::new(move |set| dev::add_demo(set, uid))
-    } else {
-        Arc::new(|_| {})
-    };
-    let policies = reload::load(cfg.policies.as_deref(), &extra).map_err(BrokerError::Policies)?;
+/// SIGHUP, SIGTERM and SIGINT, installed before anything else: until a
+/// handler is installed, SIGHUP (a reload, a log rotation) takes its
+/// default action and kills the broker.
+struct Signals {
+    _hangup: Signal,
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, BrokerError> {
+        let sig = |k| signal(k).map_err(BrokerError::Signals);
+        Ok(Signals {
+            _hangup: sig(SignalKind::hangup())?,
+            term: sig(SignalKind::terminate())?,
+            int: sig(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = self.int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    }
+}
+
+fn open_store(cfg: &BrokerConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match (cfg.store, &cfg.vault) {
+        (StoreKind::Vault, Some(vault)) => {
+            let store = store::vault::VaultStore::new(vault.clone())?;
+            // Renews the broker's token and logs in again when it is refused.
+            store.spawn_token_keeper();
+            store
+        }
+        (StoreKind::Vault, None) => {
+            return Err(StoreError::Invalid(
+                "--store vault without a [vault] configuration".into(),
+            ))
+        }
+        (StoreKind::Memory, _) => {
+            Arc::new(MemoryStore::new().map_err(|_| {
+                StoreError::Invalid("no system randomness for the sealing key".into())
+            })?)
+        }
+    })
+}
+
+/// The policies, the audit chain (its start recorded) and, in dev mode,
+/// the demo secret: everything the core needs before it serves.
+async fn open_core(
+    cfg: &BrokerConfig,
+    store: &Arc<dyn Store>,
+    extra: &reload::Extra,
+) -> Result<(unbaked_policy::PolicySet, Audit), BrokerError> {
+    let policies = reload::load(cfg.policies.as_deref(), extra).map_err(BrokerError::Policies)?;
     let audit = match &cfg.audit {
         Some(path) => Audit::open(path)?,
         None => Audit::to_log(),
@@ -122,68 +160,66 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
             dev::DEMO_KEY.to_string(),
             unbaked_api::Secret::from_slice(dev::DEMO_VALUE),
         )]);
-        store
-            .write(dev::DEMO_SECRET, data)
-            .await
-            .map_err(|e| BrokerError::Start(e.to_string()))?;
+        store.write(dev::DEMO_SECRET, data).await?;
     }
-    let workloads = policies.len();
-    let broker = Arc::new(Broker::new(policies, store, audit, uid));
-    if let Some(k8s) = &cfg.kubernetes {
-        let verifier = attest::token::load(k8s).await.map_err(BrokerError::Start)?;
-        tracing::info!(issuer = %k8s.issuer, audience = %k8s.audience, "service-account tokens accepted");
-        broker.set_token_verifier(verifier);
-    }
-    let admin_task = match cfg.admin_addr {
-        Some(addr) => {
-            if !addr.ip().is_loopback() {
-                tracing::warn!(%addr, "the admin listener is not on loopback: anyone who reaches it sees metrics and health");
-            }
-            let listener = admin::bind(addr).await.map_err(|source| {
-                BrokerError::Start(format!("cannot listen on --admin-addr {addr}: {source}"))
-            })?;
-            tracing::info!(%addr, "admin listener: /healthz /readyz /metrics");
-            Some(tokio::spawn(admin::serve(listener, broker.clone())))
-        }
-        None => None,
-    };
+    Ok((policies, audit))
+}
 
-    // Docker: container attestation, `unbaked run` launches, events. Without
-    // an engine the broker still serves host processes; callers inside
-    // containers are denied (their isolation cannot be verified). Set up
-    // before the socket exists: a caller that reaches the socket finds the
-    // broker fully started.
+/// The admin listener (`/healthz`, `/readyz`, `/metrics`), if configured.
+async fn start_admin(
+    cfg: &BrokerConfig,
+    broker: &Arc<Broker>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, BrokerError> {
+    let Some(addr) = cfg.admin_addr else {
+        return Ok(None);
+    };
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the admin listener is not on loopback: anyone who reaches it sees metrics and health");
+    }
+    let listener = admin::bind(addr)
+        .await
+        .map_err(|source| BrokerError::AdminBind { addr, source })?;
+    tracing::info!(%addr, "admin listener: /healthz /readyz /metrics");
+    Ok(Some(tokio::spawn(admin::serve(listener, broker.clone()))))
+}
+
+/// Run the broker until SIGTERM or SIGINT, with the container platform
+/// `open_platform` opens.
+pub async fn run(cfg: BrokerConfig, open_platform: PlatformOpener) -> Result<(), BrokerError> {
+    let mut signals = Signals::install()?;
+    let uid = nix::unistd::geteuid().as_raw();
+    let store = open_store(&cfg)?;
+    let extra: reload::Extra = if cfg.dev {
+        Arc::new(move |set| dev::add_demo(set, uid))
+    } else {
+        Arc::new(|_| {})
+    };
+    let (policies, audit) = open_core(&cfg, &store, &extra).await?;
+    let workloads = policies.len();
+    let mut broker = Broker::new(policies, store, audit, uid);
+    if let Some(k8s) = &cfg.kubernetes {
+        let verifier = attest::token::load(k8s)
+            .await
+            .map_err(BrokerError::Kubernetes)?;
+        tracing::info!(issuer = %k8s.issuer, audience = %k8s.audience, "service-account tokens accepted");
+        broker = broker.with_tokens(verifier);
+    }
+    // The platform is opened before the socket exists: a caller that
+    // reaches the socket finds the broker fully started.
     let mut socket = cfg.socket.clone();
     if cfg.dev && server::bind_denied(&socket) {
         socket = fallback_dev_socket(uid);
     }
-    let engine = attest::docker::Engine::from_env().await;
     let abs_socket = std::path::absolute(&socket).unwrap_or_else(|_| socket.clone());
-    let docker_side = Arc::new(containers::Containers::new(engine, &abs_socket));
+    let platform = open_platform(abs_socket).await;
+    let broker = Arc::new(broker.with_platform(platform.clone()));
+    let admin_task = start_admin(&cfg, &broker).await?;
     let listener =
         server::bind(&socket, &cfg.socket_access).map_err(|source| BrokerError::Bind {
             path: socket.clone(),
             source,
         })?;
-    docker_side.secure_base()?;
-    for launch in docker_side.sweep_leftovers() {
-        // A restart forgets the earlier launches' leases: say so, per launch.
-        broker.audit().record(
-            Event::Revoke,
-            Record {
-                workload: None,
-                reason: Some(format!(
-                    "launch {launch}: the previous broker stopped without wiping; its files were zeroed and unmounted, and its container is no longer served until it is started again"
-                )),
-                ..Record::default()
-            },
-        )?;
-    }
-    broker.set_containers(docker_side);
-    let docker_tasks = [
-        tokio::spawn(events::follow(broker.clone())),
-        tokio::spawn(containers::renewals(broker.clone())),
-    ];
+    let platform_tasks = platform.clone().start(broker.clone())?;
     tracing::info!(socket = %socket.display(), store = broker.store().name(), workloads, "broker listening");
     if cfg.dev {
         println!(
@@ -191,34 +227,21 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
             dev::banner(&socket, cfg.policies.as_deref(), workloads)
         );
     }
-
     let watcher = tokio::spawn(reload::watch(broker.clone(), cfg.policies.clone(), extra));
-    let sweeper = {
-        let broker = broker.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SWEEP_EVERY);
-            loop {
-                tick.tick().await;
-                broker.expire(Instant::now());
-            }
-        })
-    };
+    let sweeper = tokio::spawn(sweep(broker.clone()));
     tokio::select! {
         _ = server::serve(listener, broker.clone()) => {}
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        _ = signals.stop() => {}
     }
     watcher.abort();
-    if let Some(t) = admin_task {
+    for t in [sweeper]
+        .into_iter()
+        .chain(admin_task)
+        .chain(platform_tasks)
+    {
         t.abort();
     }
-    sweeper.abort();
-    for t in docker_tasks {
-        t.abort();
-    }
-    if let Some(c) = broker.containers() {
-        c.wipe_all();
-    }
+    platform.stop();
     let _ = std::fs::remove_file(&socket);
     broker.flush_denials(true);
     // Closes the chain: an edit of the last real record now breaks a link.
@@ -226,4 +249,13 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
         tracing::error!(error = %e, "could not audit the stop");
     }
     Ok(())
+}
+
+/// End expired leases (audited), every [`SWEEP_EVERY`].
+async fn sweep(broker: Arc<Broker>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        broker.expire(Instant::now());
+    }
 }

@@ -14,6 +14,7 @@
 //! into its own buffer.
 
 use crate::attest;
+use crate::platform::{Attestation, ConnectionMemo};
 use crate::service::{err, Broker, Ctx};
 use bytes::Buf;
 use http_body_util::BodyExt;
@@ -52,7 +53,7 @@ pub const RETRY_AFTER_SECS: u64 = 1;
 /// An overloaded answer is sent within this, or the connection is dropped.
 const REJECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Sets [`Limits::max_connections`].
-pub const MAX_CONNECTIONS_ENV: &str = "UNBAKED_MAX_CONNECTIONS";
+pub const MAX_CONNECTIONS_ENV: &str = crate::config::ENV_MAX_CONNECTIONS;
 const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// The broker's concurrency bound. Each served connection holds at most one
@@ -579,16 +580,13 @@ pub async fn connection_pinned(
         }
     };
     let process = Arc::new(attest::unix::PeerProcess::of(&stream, pin));
-    // The caller's cgroup, read at its first request. A pinned process
-    // cannot be replaced under its pid, and only root moves a process
-    // between cgroups: later requests on this connection skip the /proc
-    // read (a quarter of a keep-alive fetch's CPU). Containers are still
-    // inspected per request.
-    let cgroup = Arc::new(std::sync::OnceLock::<Vec<String>>::new());
+    // What the platform reads about a pinned caller (its cgroup) is kept
+    // for the connection; containers are still inspected per request.
+    let memo = Arc::new(ConnectionMemo::default());
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let broker = broker.clone();
         let process = process.clone();
-        let cgroup = cgroup.clone();
+        let memo = memo.clone();
         let mut caller = caller.clone();
         let request_id = format!("{:x}", REQUEST_SEQ.fetch_add(1, Ordering::Relaxed));
         let span = tracing::info_span!(
@@ -604,24 +602,11 @@ pub async fn connection_pinned(
         // Per request: projected tokens rotate under a live connection.
         let token = bearer(&req);
         async move {
-            // pid → cgroup → container, inspected for each request, so a
-            // renewal sees the live config again.
-            let attestation = match (broker.containers(), caller.pid.filter(|p| *p > 0)) {
-                (Some(c), Some(pid)) => match cgroup.get() {
-                    Some(ids) => c.engine.attest_ids(pid, ids).await,
-                    None => match c.engine.cgroup_ids(pid) {
-                        Ok(ids) => {
-                            let ids = if process.pinned() {
-                                cgroup.get_or_init(|| ids)
-                            } else {
-                                &ids
-                            };
-                            c.engine.attest_ids(pid, ids).await
-                        }
-                        Err(gone) => gone,
-                    },
-                },
-                _ => attest::docker::Attestation::Host,
+            // pid → container, inspected for each request, so a renewal
+            // sees the live config again.
+            let attestation = match caller.pid.filter(|p| *p > 0) {
+                Some(pid) => broker.platform().attest(pid, process.pinned(), &memo).await,
+                None => Attestation::Host,
             };
             caller.container = attestation.container_info();
             let mut ctx = Ctx {

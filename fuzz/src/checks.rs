@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use unbaked_api::wire::{self, FetchRequest, LaunchRequest, RenewRequest, RevokeRequest};
 use unbaked_api::Secret;
-use unbaked_broker::launch;
+use unbaked_docker::launch;
 use unbaked_policy::{Caller, ContainerInfo};
 
 /// A check: panics on a finding.
@@ -266,7 +266,7 @@ fn launch_facts() -> launch::Facts {
 /// secrets base; the volume `sockvol` binds `/srv/up`, `plugvol` is a
 /// plugin's.
 fn launch_host() -> &'static launch::HostFacts {
-    use unbaked_broker::isolation::{FileId, Protected};
+    use unbaked_docker::isolation::{FileId, Protected};
     static H: OnceLock<launch::HostFacts> = OnceLock::new();
     H.get_or_init(|| {
         let id = |ino| FileId { dev: 7, ino };
@@ -373,7 +373,7 @@ pub fn launch_args(data: &[u8]) {
 /// One option of an accepted plan breaks nothing.
 fn launch_option_is_safe(o: &launch::Opt, args: &[String]) {
     use launch::Flag as F;
-    use unbaked_broker::isolation::{normalize_cap, parse_bool, weakening_security_opt};
+    use unbaked_docker::isolation::{normalize_cap, parse_bool, weakening_security_opt};
     let v = o.value.clone().unwrap_or_default();
     let on = o.value.as_deref().map_or(Some(true), parse_bool) != Some(false);
     let Some(flag) = o.flag else {
@@ -424,7 +424,7 @@ fn launch_option_is_safe(o: &launch::Opt, args: &[String]) {
 /// No mount of an accepted plan reaches a protected file, the secrets base,
 /// a non-local volume, or unbaked's own targets.
 fn launch_mounts_are_safe(again: &launch::Parsed, facts: &launch::Facts, host: &launch::HostFacts) {
-    use unbaked_broker::isolation::{exposed_socket, lexical_path};
+    use unbaked_docker::isolation::{exposed_socket, lexical_path};
     let ours = [&facts.shim, &facts.broker_socket];
     for path in launch::host_paths(again, &host.volumes) {
         if ours.contains(&&path) || facts.secrets_dir.as_ref() == Some(&path) {

@@ -3,7 +3,6 @@
 //! process's environment, fd values in sealed memfds it inherits.
 
 use crate::client::{Client, ClientError};
-use crate::sys;
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
@@ -14,6 +13,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use unbaked_api::exit;
 use unbaked_api::wire::{Delivery, DeliveryKind, FetchRequest};
+use unbaked_secretsdir::sys;
 
 #[derive(Debug, Clone)]
 pub struct ExecConfig {

@@ -3,15 +3,15 @@
 //! expired or on SIGTERM/SIGINT.
 
 use crate::client::{Client, ClientError};
-use crate::writer::{DirProblem, SecretsDir};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
+use std::time::Instant;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::time::{sleep_until, Instant};
 use unbaked_api::exit;
-use unbaked_api::wire::{Delivery, DeliveryKind, ErrorCode, FetchRequest, Item, Lease};
+use unbaked_api::wire::{Delivery, DeliveryKind, ErrorCode, FetchRequest, Lease};
+use unbaked_secretsdir::{apply, Applied, Delivered, DirError, SecretsDir};
 
 /// Default size of the tmpfs the sidecar mounts: plenty for secret files.
 pub const DEFAULT_TMPFS_SIZE: u64 = 1 << 20;
@@ -32,22 +32,9 @@ pub struct SidecarConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
-    #[error(
-        "{} is not on tmpfs (it is {fs_type}) and this process may not mount one there (that needs CAP_SYS_ADMIN): mount a tmpfs at {} (e.g. docker --tmpfs or emptyDir medium: Memory) or run the sidecar with CAP_SYS_ADMIN",
-        dir.display(), dir.display()
-    )]
-    NotTmpfs { dir: PathBuf, fs_type: String },
-    #[error(
-        "cannot mount a tmpfs at {}: mount one there yourself (e.g. docker --tmpfs or emptyDir medium: Memory)",
-        dir.display()
-    )]
-    Mount { dir: PathBuf, source: nix::Error },
-    #[error("refusing the secrets directory: {}", .problem.explain(.dir))]
-    UnsafeDir { dir: PathBuf, problem: DirProblem },
-    #[error("cannot update {} in the secrets directory: check its permissions and free space", path.display())]
-    Io { path: PathBuf, source: io::Error },
-    #[error("refusing to write {path}: {reason}")]
-    BadPath { path: String, reason: &'static str },
+    /// The secrets directory: its checks, mount and writes.
+    #[error(transparent)]
+    Dir(#[from] DirError),
     #[error("cannot install the SIGTERM/SIGINT handlers that wipe the secrets on exit")]
     Signal(#[source] io::Error),
     #[error(transparent)]
@@ -104,7 +91,7 @@ pub async fn run(cfg: SidecarConfig) -> Result<(), SidecarError> {
             tracing::error!(%workload, error = %e, files_left = left, "could not wipe every secret file: the next sidecar on this directory wipes the rest");
         }
     }
-    outcome.and(wiped).map(drop)
+    outcome.and(wiped.map_err(SidecarError::from)).map(drop)
 }
 
 enum Exit {
@@ -114,7 +101,7 @@ enum Exit {
 
 /// A killed predecessor's files, as placeholders that no lease item
 /// matches: a delivery rewrites or wipes each, else it expires on time.
-fn inherited(dir: &SecretsDir, now: Instant) -> BTreeMap<String, Delivered> {
+fn inherited(dir: &SecretsDir, now: Instant) -> Applied {
     dir.inherited()
         .iter()
         .map(|(path, left)| {
@@ -134,53 +121,11 @@ fn inherited(dir: &SecretsDir, now: Instant) -> BTreeMap<String, Delivered> {
         .collect()
 }
 
-/// What we delivered for one item.
-#[derive(Debug, Clone)]
-pub(crate) struct Delivered {
-    pub(crate) path: String,
-    pub(crate) version: u64,
-    pub(crate) delivery: Delivery,
-    /// When the copy's ttl runs out unless a renewal confirms it.
-    pub(crate) expires: Instant,
-}
-
-/// What a lease answer changes on disk: indices of the items to write, and
-/// paths to wipe (no longer used by any item).
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Plan {
-    pub(crate) write: Vec<usize>,
-    pub(crate) wipe: Vec<String>,
-}
-
-/// Items new or changed (version or delivery) are written; unchanged ones are
-/// left alone; paths no current item uses are wiped.
-pub(crate) fn plan(current: &BTreeMap<String, Delivered>, items: &[Item]) -> Plan {
-    let mut plan = Plan::default();
-    let mut paths = BTreeSet::new();
-    for (i, item) in items.iter().enumerate() {
-        let Delivery::File { path, .. } = &item.delivery else {
-            continue;
-        };
-        paths.insert(path.as_str());
-        match current.get(&item.id) {
-            Some(d) if d.version == item.version && d.delivery == item.delivery => {}
-            _ => plan.write.push(i),
-        }
-    }
-    let gone: BTreeSet<&str> = current
-        .values()
-        .map(|d| d.path.as_str())
-        .filter(|p| !paths.contains(p))
-        .collect();
-    plan.wipe = gone.into_iter().map(String::from).collect();
-    plan
-}
-
 struct Sidecar {
     cfg: SidecarConfig,
     client: Client,
     /// Item id -> what is on disk for it.
-    state: BTreeMap<String, Delivered>,
+    state: Applied,
     lease_id: Option<String>,
 }
 
@@ -288,41 +233,9 @@ impl Sidecar {
         lease: &Lease,
         sent: Instant,
     ) -> Result<(usize, usize), SidecarError> {
-        let plan = plan(&self.state, &lease.items);
-        // Wipe first: a path freed by one item may be taken by another.
-        for path in &plan.wipe {
-            dir.wipe(path)?;
-        }
-        for &i in &plan.write {
-            let item = &lease.items[i];
-            if let Delivery::File {
-                path,
-                mode,
-                uid,
-                gid,
-            } = &item.delivery
-            {
-                dir.write(path, item.value.expose_secret(), *mode, *uid, *gid)?;
-            }
-        }
-        // Expiry counts from before the request: the broker's clock started no later.
-        self.state = lease
-            .items
-            .iter()
-            .filter_map(|item| match &item.delivery {
-                Delivery::File { path, .. } => Some((
-                    item.id.clone(),
-                    Delivered {
-                        path: path.clone(),
-                        version: item.version,
-                        delivery: item.delivery.clone(),
-                        expires: sent + Duration::from_secs(item.ttl_secs),
-                    },
-                )),
-                _ => None,
-            })
-            .collect();
-        Ok((plan.write.len(), plan.wipe.len()))
+        let (state, changes) = apply(dir, &self.state, lease, sent, None)?;
+        self.state = state;
+        Ok((changes.written, changes.wiped))
     }
 
     /// Record what is on disk and until when, for a successor if we are killed.
@@ -413,6 +326,11 @@ fn renew_after(ttl_secs: u64, jitter: f64) -> Duration {
     (full - early).max(Duration::from_secs(1))
 }
 
+/// Sleep until `t` (a std instant: the secrets directory's deadlines are).
+async fn sleep_until(t: Instant) {
+    tokio::time::sleep_until(t.into()).await
+}
+
 async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => sleep_until(t).await,
@@ -474,89 +392,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use unbaked_api::Secret;
-
-    fn item(id: &str, path: &str, version: u64, mode: u32) -> Item {
-        Item {
-            id: id.into(),
-            secret: "app/db".into(),
-            key: "k".into(),
-            delivery: Delivery::File {
-                path: path.into(),
-                mode,
-                uid: None,
-                gid: None,
-            },
-            version,
-            ttl_secs: 60,
-            value: Secret::from_slice(b"v"),
-        }
-    }
-
-    fn state(items: &[Item]) -> BTreeMap<String, Delivered> {
-        let now = Instant::now();
-        items
-            .iter()
-            .map(|i| {
-                let Delivery::File { path, .. } = &i.delivery else {
-                    unreachable!()
-                };
-                let d = Delivered {
-                    path: path.clone(),
-                    version: i.version,
-                    delivery: i.delivery.clone(),
-                    expires: now,
-                };
-                (i.id.clone(), d)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn plan_writes_new_and_changed_wipes_removed_keeps_the_rest() {
-        let old = state(&[
-            item("a", "a", 1, 0o400),
-            item("b", "b", 1, 0o400),
-            item("c", "c", 1, 0o400),
-            item("d", "d", 1, 0o400),
-        ]);
-        let new = [
-            item("a", "a", 1, 0o400), // unchanged
-            item("b", "b", 2, 0o400), // rotated
-            item("c", "c", 1, 0o440), // delivery changed
-            item("e", "e", 1, 0o400), // new
-        ];
-        assert_eq!(
-            plan(&old, &new),
-            Plan {
-                write: vec![1, 2, 3],
-                wipe: vec!["d".into()]
-            }
-        );
-        assert_eq!(plan(&state(&new), &new), Plan::default());
-        assert_eq!(plan(&BTreeMap::new(), &new).write, vec![0, 1, 2, 3]);
-    }
-
-    #[test]
-    fn plan_wipes_a_moved_path_but_not_one_taken_over() {
-        let old = state(&[item("a", "x", 1, 0o400), item("b", "y", 1, 0o400)]);
-        // a moves to z; b is withdrawn and c takes over its path y.
-        let new = [item("a", "z", 1, 0o400), item("c", "y", 1, 0o400)];
-        assert_eq!(
-            plan(&old, &new),
-            Plan {
-                write: vec![0, 1],
-                wipe: vec!["x".into()]
-            }
-        );
-    }
-
-    #[test]
-    fn plan_ignores_non_file_items() {
-        let mut env = item("env:X", "", 1, 0);
-        env.delivery = Delivery::Env { name: "X".into() };
-        assert_eq!(plan(&BTreeMap::new(), &[env]), Plan::default());
-    }
 
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter_in_range() {
@@ -597,10 +432,10 @@ mod tests {
     #[test]
     fn exit_codes() {
         assert_eq!(SidecarError::Denied("no".into()).exit_code(), exit::DENIED);
-        let e = SidecarError::NotTmpfs {
+        let e = SidecarError::from(DirError::NotTmpfs {
             dir: "/x".into(),
             fs_type: "ext4".into(),
-        };
+        });
         assert_eq!(e.exit_code(), exit::FAILURE);
         assert!(e.to_string().starts_with("/x is not on tmpfs (it is ext4)"));
     }

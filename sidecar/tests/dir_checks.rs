@@ -9,9 +9,9 @@ use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use unbaked_api::exit;
+use unbaked_secretsdir::sys;
+use unbaked_secretsdir::{DirError, DirProblem, SecretsDir};
 use unbaked_sidecar::sidecar::{run, SidecarConfig, SidecarError};
-use unbaked_sidecar::sys;
-use unbaked_sidecar::writer::{DirProblem, SecretsDir};
 use util::{file_item, lease, mounted_at, names, FakeBroker};
 
 const SIDECAR_UID: u32 = 2001;
@@ -38,9 +38,29 @@ fn broker() -> FakeBroker {
     })
 }
 
-fn problem(err: &SidecarError) -> Option<&DirProblem> {
-    match err {
-        SidecarError::UnsafeDir { problem, .. } => Some(problem),
+/// The directory problem behind a sidecar's or a secrets directory's error.
+trait Problem {
+    fn dir_error(&self) -> Option<&DirError>;
+}
+
+impl Problem for DirError {
+    fn dir_error(&self) -> Option<&DirError> {
+        Some(self)
+    }
+}
+
+impl Problem for SidecarError {
+    fn dir_error(&self) -> Option<&DirError> {
+        match self {
+            SidecarError::Dir(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn problem(err: &impl Problem) -> Option<&DirProblem> {
+    match err.dir_error()? {
+        DirError::UnsafeDir { problem, .. } => Some(problem),
         _ => None,
     }
 }

@@ -4,7 +4,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, SealFlag};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsFd;
-use unbaked_sidecar::sys;
+use unbaked_secretsdir::sys;
 
 #[test]
 fn sealed_memfd_holds_the_bytes_and_refuses_changes() {

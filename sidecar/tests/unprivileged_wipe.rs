@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use unbaked_api::wire::{Delivery, ErrorCode, Item};
+use unbaked_secretsdir::writer::STATE_FILE;
+use unbaked_secretsdir::SecretsDir;
 use unbaked_sidecar::sidecar::{run, SidecarConfig};
-use unbaked_sidecar::writer::{SecretsDir, STATE_FILE};
 use util::{api_error, file_item, lease, names, read, wait_for, FakeBroker};
 
 const SIDECAR_UID: u32 = 2001;

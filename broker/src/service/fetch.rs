@@ -6,6 +6,7 @@ use super::deny::{bounded_name, policy_refusal, valid_workload, Refusal};
 use super::{Broker, Ctx, ServiceError, EMPTY_LEASE_TTL};
 use crate::audit::{CallerRef, Event, Record, SecretRef};
 use crate::lease::{new_lease_id, LeaseRecord};
+use crate::platform::{Attestation, FilesTarget};
 use crate::rules::DenyRule;
 use crate::store::issued::{self, Released};
 use std::time::{Duration, Instant};
@@ -25,7 +26,7 @@ impl Broker {
         let Some(token) = token else {
             return Ok(());
         };
-        let Some(verifier) = self.tokens.get() else {
+        let Some(verifier) = self.tokens.as_ref() else {
             return Err(self.deny(
                 ctx,
                 "",
@@ -123,6 +124,37 @@ impl Broker {
         Ok(policy)
     }
 
+    /// Before `[match]`: a caller in a container the platform cannot vouch
+    /// for is released nothing, whatever its policy says; nor is a container
+    /// the platform keeps for another workload.
+    fn attestation_gate(&self, ctx: &Ctx, workload: &str) -> Result<(), ServiceError> {
+        let refusal = match &ctx.attestation {
+            Attestation::Host => return Ok(()),
+            Attestation::Container(e) => match self.platform.gate(&**e, workload) {
+                Ok(()) => return Ok(()),
+                Err(r) => r,
+            },
+            Attestation::Unverified { id, reason } => {
+                let short = id.get(..12).unwrap_or(id);
+                Refusal::new(
+                    DenyRule::IsolationUnverified,
+                    format!("the caller runs in container {short}, whose isolation cannot be verified: {reason}"),
+                )
+            }
+        };
+        Err(self.deny(ctx, workload, refusal))
+    }
+
+    /// After `[match]`: the live container against `[isolation]`.
+    fn check_isolation(&self, ctx: &Ctx, policy: &Policy) -> Result<(), ServiceError> {
+        let Some(e) = ctx.attestation.evidence() else {
+            return Ok(());
+        };
+        self.platform
+            .isolation(&**e, policy)
+            .map_err(|r| self.deny(ctx, &policy.workload, r))
+    }
+
     /// Read every grant of `kinds` as the store has it now; a dynamic
     /// grant's credential is the one `lease_id` holds, renewed or re-issued
     /// when it would not outlive the next lease period. `auth`, a fetch's
@@ -187,7 +219,59 @@ impl Broker {
         Refusal::new(DenyRule::SecretMissing, reason).detail(detail)
     }
 
+    /// A fetch: the lease, and for a container what its platform does
+    /// after one (an `unbaked run` shim's fetch first has the container's
+    /// file grants written into its secrets tmpfs, as a lease of their own
+    /// with the same checks and audit).
     pub async fn fetch(&self, ctx: &Ctx, req: FetchRequest) -> Result<Lease, ServiceError> {
+        let kinds = req.kinds.clone();
+        let lease = self.grant(ctx, req).await?;
+        let Some(e) = ctx.attestation.evidence() else {
+            return Ok(lease);
+        };
+        let target = self
+            .platform
+            .fetched(&**e, &lease.workload, &kinds, &lease.lease_id)
+            .map_err(|r| self.deny(ctx, &lease.workload, r));
+        match target {
+            Ok(None) => Ok(lease),
+            Ok(Some(target)) => {
+                self.deliver_files(ctx, &lease, &target).await?;
+                Ok(lease)
+            }
+            Err(e) => {
+                self.end_lease(&lease.lease_id, "the container's file grants were refused");
+                Err(e)
+            }
+        }
+    }
+
+    /// The file grants of `lease`'s workload, fetched for `ctx` and handed
+    /// to the platform; `lease` ends if they cannot be.
+    async fn deliver_files(
+        &self,
+        ctx: &Ctx,
+        lease: &Lease,
+        target: &FilesTarget,
+    ) -> Result<(), ServiceError> {
+        let files = FetchRequest {
+            workload: lease.workload.clone(),
+            kinds: vec![DeliveryKind::File],
+        };
+        let delivered = match self.grant(ctx, files).await {
+            Ok(files) => self.platform.deliver_files(self, ctx, target, &files),
+            Err(e) => Err(e),
+        };
+        delivered.inspect_err(|_| {
+            self.end_lease(
+                &lease.lease_id,
+                "the container's file grants could not be delivered",
+            );
+        })
+    }
+
+    /// One lease: authorize, read, audit, hold.
+    async fn grant(&self, ctx: &Ctx, req: FetchRequest) -> Result<Lease, ServiceError> {
         let set = self.policies();
         let policy = self.authorize(ctx, &set, &req.workload)?;
         // The authenticate record goes out in one append with the record
@@ -218,10 +302,6 @@ impl Broker {
         // a third of the broker's instructions per fetch.
         tracing::debug!(workload = %req.workload, lease = %id, items = items.len(), "granted");
         self.metrics.workload(&self.metrics.grants, &req.workload);
-        // A container's leases end with it; an `unbaked run` shim's fetch
-        // first puts the file grants into the container's secrets tmpfs.
-        self.container_fetched(ctx, &req.workload, &req.kinds, &id)
-            .await?;
         Ok(Lease {
             lease_id: id,
             workload: req.workload,

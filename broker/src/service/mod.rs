@@ -21,13 +21,14 @@
 mod admin;
 mod deny;
 mod fetch;
+mod launch;
 
-pub use deny::{bounded_name, log_name};
-pub(crate) use deny::{policy_refusal, Refusal};
+pub use deny::{bounded_name, log_name, policy_refusal, Refusal};
 
-use crate::attest::docker::{Attestation, EngineError};
+use crate::attest::token::TokenVerifier;
 use crate::audit::{Audit, AuditError, CallerRef, ContainerRef, Record};
 use crate::lease::LeaseTable;
+use crate::platform::{Attestation, HostOnly, Platform, PlatformError};
 use crate::rules::DenyRule;
 use crate::store::issued::IssuedTable;
 use crate::store::{Store, StoreError};
@@ -68,8 +69,9 @@ pub enum ServiceError {
         "the audit sink is failing, so nothing is released: make the audit file writable again"
     )]
     AuditFailing,
+    /// The container platform failed (not a refusal).
     #[error(transparent)]
-    Engine(#[from] EngineError),
+    Platform(#[from] PlatformError),
     #[error("{0}")]
     Internal(String),
 }
@@ -84,9 +86,7 @@ impl ServiceError {
             ServiceError::Store(StoreError::Unavailable { .. }) => ErrorCode::StoreUnavailable,
             ServiceError::Store(_) => ErrorCode::BadRequest,
             ServiceError::Audit(_) | ServiceError::AuditFailing => ErrorCode::AuditUnavailable,
-            ServiceError::Engine(EngineError::Unreachable { .. }) => ErrorCode::StoreUnavailable,
-            ServiceError::Engine(EngineError::Refused { .. }) => ErrorCode::Internal,
-            ServiceError::Engine(_) => ErrorCode::BadRequest,
+            ServiceError::Platform(e) => e.code(),
             ServiceError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -124,7 +124,8 @@ pub fn err(code: ErrorCode, message: impl Into<String>) -> ApiError {
 pub struct Ctx {
     pub caller: Caller,
     pub request_id: String,
-    /// The container the caller runs in, as inspected for this connection.
+    /// The container the caller runs in, as the platform attested it for
+    /// this request.
     pub attestation: Attestation,
 }
 
@@ -148,8 +149,8 @@ impl Ctx {
         match &self.attestation {
             Attestation::Host => None,
             Attestation::Container(c) => Some(ContainerRef {
-                id: c.id.clone(),
-                name: c.name.clone(),
+                id: c.id().to_string(),
+                name: c.name().to_string(),
                 unverified: false,
             }),
             Attestation::Unverified { id, .. } => Some(ContainerRef {
@@ -197,11 +198,11 @@ pub struct Broker {
     /// Dynamic credentials (certificates, database credentials) per lease,
     /// revoked in the store when the lease ends.
     issued: IssuedTable,
-    /// The Docker side (engine, launches); unset without Docker support.
-    containers: std::sync::OnceLock<Arc<crate::containers::Containers>>,
+    /// The container platform (Docker), or [`HostOnly`].
+    platform: Arc<dyn Platform>,
     metrics: crate::metrics::Metrics,
-    /// Verifies pods' service-account tokens; unset without [kubernetes].
-    tokens: std::sync::OnceLock<crate::attest::token::TokenVerifier>,
+    /// Verifies pods' service-account tokens; `None` without [kubernetes].
+    tokens: Option<TokenVerifier>,
     /// Repeated identical denials, aggregated in the audit log.
     repeats: deny::Repeats,
 }
@@ -216,6 +217,9 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
+    /// A broker with no container platform and no token verifier; add them
+    /// with [`Broker::with_platform`] and [`Broker::with_tokens`] before it
+    /// serves.
     pub fn new(policies: PolicySet, store: Arc<dyn Store>, audit: Audit, admin_uid: u32) -> Broker {
         Broker {
             policies: RwLock::new(Arc::new(policies)),
@@ -224,16 +228,27 @@ impl Broker {
             audit,
             admin_uid,
             issued: IssuedTable::new().expect("the system random source works"),
-            containers: std::sync::OnceLock::new(),
+            platform: Arc::new(HostOnly),
             metrics: crate::metrics::Metrics::new(),
-            tokens: std::sync::OnceLock::new(),
+            tokens: None,
             repeats: deny::Repeats::default(),
         }
     }
 
-    /// Accept service-account tokens, verified by `v`; set once at startup.
-    pub fn set_token_verifier(&self, v: crate::attest::token::TokenVerifier) {
-        let _ = self.tokens.set(v);
+    /// Serve containers through `platform` (attestation, isolation, launches).
+    pub fn with_platform(mut self, platform: Arc<dyn Platform>) -> Broker {
+        self.platform = platform;
+        self
+    }
+
+    /// Accept service-account tokens, verified by `v`.
+    pub fn with_tokens(mut self, v: TokenVerifier) -> Broker {
+        self.tokens = Some(v);
+        self
+    }
+
+    pub fn platform(&self) -> &Arc<dyn Platform> {
+        &self.platform
     }
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {
@@ -258,15 +273,6 @@ impl Broker {
         // A read of a path no grant can name: only reachability matters.
         self.store.read(".unbaked-readiness", "probe").await?;
         Ok(())
-    }
-
-    /// Attach the Docker side once, at startup.
-    pub fn set_containers(&self, c: Arc<crate::containers::Containers>) {
-        let _ = self.containers.set(c);
-    }
-
-    pub fn containers(&self) -> Option<&Arc<crate::containers::Containers>> {
-        self.containers.get()
     }
 
     pub fn policies(&self) -> Arc<PolicySet> {
@@ -311,10 +317,9 @@ mod tests {
 
     #[test]
     fn records_and_identities_name_the_callers_container() {
-        let live = crate::isolation::LiveContainer {
+        let live = crate::platform::tests::Fake {
             id: "4f1c2b3a4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8".into(),
             name: "web-1".into(),
-            ..Default::default()
         };
         let ctx = Ctx {
             caller: Caller {
@@ -360,8 +365,12 @@ mod tests {
                 ErrorCode::StoreUnavailable,
             ),
             (
-                ServiceError::Engine(EngineError::NoImage("i".into())),
+                ServiceError::Platform(PlatformError::Invalid("no image i".into())),
                 ErrorCode::BadRequest,
+            ),
+            (
+                ServiceError::Platform(PlatformError::Unreachable("engine".into())),
+                ErrorCode::StoreUnavailable,
             ),
         ];
         for (e, code) in cases {

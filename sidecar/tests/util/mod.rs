@@ -242,7 +242,7 @@ pub fn assert_unprivileged(uid: u32) {
 /// Whether something is mounted at `path` (as /proc/self/mountinfo says).
 /// `path` is compared as given, not resolved.
 pub fn mounted_at(path: &Path) -> bool {
-    unbaked_sidecar::sys::mounts()
+    unbaked_secretsdir::sys::mounts()
         .expect("/proc/self/mountinfo")
         .iter()
         .any(|m| Path::new(&m.mount_point) == path)
@@ -264,6 +264,6 @@ pub struct UnmountOnDrop(pub PathBuf);
 
 impl Drop for UnmountOnDrop {
     fn drop(&mut self) {
-        while mounted_at(&self.0) && unbaked_sidecar::sys::unmount(&self.0).is_ok() {}
+        while mounted_at(&self.0) && unbaked_secretsdir::sys::unmount(&self.0).is_ok() {}
     }
 }

@@ -6,15 +6,16 @@
 //! containers are reconciled against the engine, so a death missed while
 //! disconnected is still acted on.
 
-use crate::containers::reconcile;
+use crate::containers::Containers;
 use crate::launch::LABEL_LAUNCH;
-use crate::service::Broker;
+use crate::renewals::reconcile;
 use bollard::models::{EventMessage, EventMessageTypeEnum};
 use bollard::query_parameters::EventsOptionsBuilder;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use unbaked_broker::service::Broker;
 
 const RECONNECT_AFTER: Duration = Duration::from_secs(2);
 
@@ -56,10 +57,7 @@ pub fn classify(m: &EventMessage) -> Action {
 }
 
 /// Follow the engine's container events until the task is dropped.
-pub async fn follow(broker: Arc<Broker>) {
-    let Some(containers) = broker.containers().cloned() else {
-        return;
-    };
+pub async fn follow(broker: Arc<Broker>, containers: Arc<Containers>) {
     let mut warned = false;
     loop {
         let client = match containers.engine.client().await {
@@ -88,7 +86,7 @@ pub async fn follow(broker: Arc<Broker>) {
             match ev {
                 Ok(m) => {
                     if let Action::Gone { id, launch, why } = classify(&m) {
-                        broker.container_gone(&id, launch.as_deref(), &why);
+                        containers.container_gone(&broker, &id, launch.as_deref(), &why);
                     }
                 }
                 Err(e) => {

@@ -9,49 +9,45 @@
 //! [`Attestation::Unverified`], which matches no docker selector and is
 //! released nothing (isolation cannot be checked).
 
-use super::kernel;
 use crate::isolation::{LiveContainer, LiveMount, LiveNetwork};
 use bollard::models::ContainerInspectResponse;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
+use unbaked_broker::attest::kernel;
+use unbaked_broker::platform::{Attestation, Evidence, PlatformError};
+use unbaked_broker::service::ServiceError;
 use unbaked_policy::ContainerInfo;
 
 /// Seconds bollard waits for an engine answer.
 const ENGINE_TIMEOUT_SECS: u64 = 10;
 const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
-/// What the broker knows about the container a caller runs in.
-#[derive(Debug, Clone, Default)]
-pub enum Attestation {
-    /// Not in a container (or in the broker's own).
-    #[default]
-    Host,
-    /// A running container, as inspected for this connection.
-    Container(Arc<LiveContainer>),
-    /// In a container the engine cannot vouch for; `reason` says why.
-    Unverified { id: String, reason: String },
+impl Evidence for LiveContainer {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn info(&self) -> ContainerInfo {
+        ContainerInfo {
+            id: self.id.clone(),
+            labels: self.labels.clone(),
+            image_id: self.image_id.clone(),
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
-impl Attestation {
-    /// The policy's view of the container, for `[match]`.
-    pub fn container_info(&self) -> Option<ContainerInfo> {
-        match self {
-            Attestation::Container(c) => Some(ContainerInfo {
-                id: c.id.clone(),
-                labels: c.labels.clone(),
-                image_id: c.image_id.clone(),
-            }),
-            _ => None,
-        }
-    }
-
-    pub fn live(&self) -> Option<&Arc<LiveContainer>> {
-        match self {
-            Attestation::Container(c) => Some(c),
-            _ => None,
-        }
-    }
+/// The live container a piece of evidence is, when Docker attested it.
+pub fn live(evidence: &dyn Evidence) -> Option<&LiveContainer> {
+    evidence.as_any().downcast_ref::<LiveContainer>()
 }
 
 /// Container ids named in a `/proc/<pid>/cgroup`, outermost first:
@@ -94,6 +90,24 @@ pub enum EngineError {
     NoImage(String),
     #[error("network {name} exists but allows inter-container traffic: remove it (docker network rm {name}) and unbaked run recreates it with -o com.docker.network.bridge.enable_icc=false")]
     NetworkNotIsolated { name: String },
+}
+
+impl From<EngineError> for PlatformError {
+    fn from(e: EngineError) -> PlatformError {
+        match e {
+            EngineError::Unreachable { .. } => PlatformError::Unreachable(e.to_string()),
+            EngineError::Refused { .. } => PlatformError::Refused(e.to_string()),
+            EngineError::NoImage(_) | EngineError::NetworkNotIsolated { .. } => {
+                PlatformError::Invalid(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<EngineError> for ServiceError {
+    fn from(e: EngineError) -> ServiceError {
+        ServiceError::Platform(e.into())
+    }
 }
 
 /// The Docker Engine, as the broker reaches it.
@@ -267,7 +281,7 @@ impl Engine {
                             format!("the caller is not in this container: {why}"),
                         );
                     }
-                    return Attestation::Container(Arc::new(c));
+                    return Attestation::Container(Arc::new(c) as Arc<dyn Evidence>);
                 }
                 Ok(Some(_)) => return unverified(id, "the container is not running".into()),
                 Ok(None) => continue,

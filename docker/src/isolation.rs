@@ -523,7 +523,7 @@ pub fn check_protected(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const ID: &str = "4f1c2b3a4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
@@ -540,7 +540,7 @@ mod tests {
     }
 
     /// A container that passes the default (strictest) isolation.
-    fn compliant() -> LiveContainer {
+    pub(crate) fn compliant() -> LiveContainer {
         LiveContainer {
             id: ID.into(),
             name: "billing-1".into(),

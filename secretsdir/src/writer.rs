@@ -20,8 +20,8 @@
 //! successor wipes what a killed predecessor left, on time, even with the
 //! broker away.
 
-use crate::sidecar::SidecarError;
 use crate::sys;
+use crate::DirError;
 use nix::errno::Errno;
 use nix::fcntl::{open, openat, renameat, OFlag};
 use nix::sys::stat::{fchmod, fstat, mkdirat, FileStat, Mode, SFlag};
@@ -140,23 +140,23 @@ impl SecretsDir {
     /// Create `dir` (0711) if missing, check it is safe to hold secrets
     /// ([`DirProblem`]) and make sure it is a tmpfs: use it if it is one,
     /// mount one on it if we may, refuse otherwise (writing nothing).
-    pub fn open(dir: &Path, tmpfs_size: u64) -> Result<SecretsDir, SidecarError> {
+    pub fn open(dir: &Path, tmpfs_size: u64) -> Result<SecretsDir, DirError> {
         // Without a trailing `/` or `/.`, which would make the kernel follow
         // a symlink at the last component despite O_NOFOLLOW.
         let dir = &dir.components().collect::<PathBuf>();
-        let io_err = |source| SidecarError::Io {
+        let io_err = |source| DirError::Io {
             path: dir.to_path_buf(),
             source,
         };
         let created_root = create_missing(dir).map_err(io_err)?;
-        let give_up = |e: SidecarError| {
+        let give_up = |e: DirError| {
             if created_root {
                 let _ = std::fs::remove_dir(dir);
             }
             e
         };
         let refuse = |problem| {
-            give_up(SidecarError::UnsafeDir {
+            give_up(DirError::UnsafeDir {
                 dir: dir.to_path_buf(),
                 problem,
             })
@@ -191,12 +191,12 @@ impl SecretsDir {
             if let Err(e) = sys::mount_tmpfs_fd(fd.as_fd(), tmpfs_size) {
                 let fs_type = sys::fs_type_name_fd(fd.as_fd());
                 return Err(give_up(if sys::refusal_for(e) {
-                    SidecarError::NotTmpfs {
+                    DirError::NotTmpfs {
                         dir: dir.to_path_buf(),
                         fs_type,
                     }
                 } else {
-                    SidecarError::Mount {
+                    DirError::Mount {
                         dir: dir.to_path_buf(),
                         source: e,
                     }
@@ -205,7 +205,7 @@ impl SecretsDir {
             match open_our_mount(dir, fd.as_fd()) {
                 Ok(Some(root)) => (root, true),
                 Ok(None) => {
-                    return Err(SidecarError::UnsafeDir {
+                    return Err(DirError::UnsafeDir {
                         dir: dir.to_path_buf(),
                         problem: DirProblem::MountMoved {
                             euid: geteuid().as_raw(),
@@ -245,12 +245,12 @@ impl SecretsDir {
     /// every operation goes through `fd`, from whatever mount namespace.
     /// The caller unmounts it; [`Self::wipe_all`] neither unmounts nor
     /// removes it.
-    pub fn adopt_fd(dir: &Path, fd: OwnedFd) -> Result<SecretsDir, SidecarError> {
-        let io_err = |source| SidecarError::Io {
+    pub fn adopt_fd(dir: &Path, fd: OwnedFd) -> Result<SecretsDir, DirError> {
+        let io_err = |source| DirError::Io {
             path: dir.to_path_buf(),
             source,
         };
-        let refuse = |problem| SidecarError::UnsafeDir {
+        let refuse = |problem| DirError::UnsafeDir {
             dir: dir.to_path_buf(),
             problem,
         };
@@ -260,7 +260,7 @@ impl SecretsDir {
         }
         check_owner_and_mode(&st).map_err(refuse)?;
         if !sys::is_tmpfs_fd(fd.as_fd()).map_err(io_err)? {
-            return Err(SidecarError::NotTmpfs {
+            return Err(DirError::NotTmpfs {
                 dir: dir.to_path_buf(),
                 fs_type: sys::fs_type_name_fd(fd.as_fd()),
             });
@@ -277,7 +277,7 @@ impl SecretsDir {
     }
 
     /// Record the files and how long each may live, for a successor.
-    pub fn save_state(&mut self, ttls: &BTreeMap<String, Duration>) -> Result<(), SidecarError> {
+    pub fn save_state(&mut self, ttls: &BTreeMap<String, Duration>) -> Result<(), DirError> {
         self.zero_retired(false);
         let now = sys::boottime_ms();
         let mut state = State {
@@ -422,7 +422,7 @@ impl SecretsDir {
         mode: u32,
         uid: Option<u32>,
         gid: Option<u32>,
-    ) -> Result<(), SidecarError> {
+    ) -> Result<(), DirError> {
         self.zero_retired(false);
         let (parents, name) = split(rel)?;
         let Some(dir) = self.walk(rel, &parents, true)? else {
@@ -469,7 +469,7 @@ impl SecretsDir {
         mode: u32,
         uid: Option<u32>,
         gid: Option<u32>,
-    ) -> Result<(), SidecarError> {
+    ) -> Result<(), DirError> {
         let tmp = format!(
             ".{name}.tmp-{}",
             random_hex().map_err(|e| self.io_err(rel, e))?
@@ -507,7 +507,7 @@ impl SecretsDir {
     /// without touching what it points to. Zeroing is best effort: a file
     /// that cannot be zeroed is still unlinked (and the failure logged); an
     /// error means the name is still there, and `rel` stays in [`Self::files`].
-    pub fn wipe(&mut self, rel: &str) -> Result<(), SidecarError> {
+    pub fn wipe(&mut self, rel: &str) -> Result<(), DirError> {
         self.zero_retired(false);
         let (parents, name) = split(rel)?;
         let Some(dir) = self.walk(rel, &parents, false)? else {
@@ -540,7 +540,7 @@ impl SecretsDir {
     /// Wipe every file we wrote, remove the directories we created and
     /// unmount the tmpfs if we mounted it. Goes on after a failure and
     /// reports the first one.
-    pub fn wipe_all(&mut self) -> Result<(), SidecarError> {
+    pub fn wipe_all(&mut self) -> Result<(), DirError> {
         self.zero_retired(true);
         let mut first = None;
         let files: Vec<String> = self.files.keys().cloned().collect();
@@ -588,7 +588,7 @@ impl SecretsDir {
         rel: &str,
         parents: &[&str],
         create: bool,
-    ) -> Result<Option<OwnedFd>, SidecarError> {
+    ) -> Result<Option<OwnedFd>, DirError> {
         let mut dir = self.dup_root().map_err(|e| self.io("", e))?;
         for (i, comp) in parents.iter().enumerate() {
             if create {
@@ -603,7 +603,7 @@ impl SecretsDir {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) if !create => return Ok(None),
                 Err(Errno::ELOOP | Errno::ENOTDIR) => {
-                    return Err(SidecarError::BadPath {
+                    return Err(DirError::BadPath {
                         path: rel.into(),
                         reason: "a parent directory is a symlink or not a directory: remove it",
                     })
@@ -621,12 +621,12 @@ impl SecretsDir {
             .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32)))
     }
 
-    fn io(&self, rel: &str, e: Errno) -> SidecarError {
+    fn io(&self, rel: &str, e: Errno) -> DirError {
         self.io_err(rel, io::Error::from(e))
     }
 
-    fn io_err(&self, rel: &str, source: io::Error) -> SidecarError {
-        SidecarError::Io {
+    fn io_err(&self, rel: &str, source: io::Error) -> DirError {
+        DirError::Io {
             path: if rel.is_empty() {
                 self.root.clone()
             } else {
@@ -639,12 +639,12 @@ impl SecretsDir {
 
 /// Split a relative path into parents and file name, refusing anything that
 /// could leave the root (the policy loader checks this too).
-fn split(rel: &str) -> Result<(Vec<&str>, &str), SidecarError> {
+fn split(rel: &str) -> Result<(Vec<&str>, &str), DirError> {
     let parts: Vec<&str> = rel.split('/').collect();
     let bad = |c: &&str| c.is_empty() || *c == "." || *c == ".." || c.contains('\0');
     match parts.split_last() {
         Some((name, parents)) if !parts.iter().any(bad) => Ok((parents.to_vec(), name)),
-        _ => Err(SidecarError::BadPath {
+        _ => Err(DirError::BadPath {
             path: rel.into(),
             reason: "not a plain relative path inside the secrets directory",
         }),
@@ -888,14 +888,14 @@ mod tests {
         std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         assert!(matches!(
             SecretsDir::adopt_fd(t.path(), open(t.path())),
-            Err(SidecarError::UnsafeDir { .. })
+            Err(DirError::UnsafeDir { .. })
         ));
         // Not a tmpfs: refused.
         let disk = tempfile::tempdir().unwrap();
         if !sys::is_tmpfs(disk.path()).unwrap() {
             assert!(matches!(
                 SecretsDir::adopt_fd(disk.path(), open(disk.path())),
-                Err(SidecarError::NotTmpfs { .. })
+                Err(DirError::NotTmpfs { .. })
             ));
         }
     }
@@ -958,7 +958,7 @@ mod tests {
             "a\0b",
         ] {
             assert!(
-                matches!(split(bad), Err(SidecarError::BadPath { .. })),
+                matches!(split(bad), Err(DirError::BadPath { .. })),
                 "{bad:?}"
             );
         }

@@ -2,9 +2,9 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
-use unbaked_sidecar::sidecar::SidecarError;
-use unbaked_sidecar::sys;
-use unbaked_sidecar::writer::SecretsDir;
+use unbaked_secretsdir::sys;
+use unbaked_secretsdir::DirError;
+use unbaked_secretsdir::SecretsDir;
 
 fn shm() -> tempfile::TempDir {
     tempfile::tempdir_in("/dev/shm").unwrap()
@@ -77,7 +77,7 @@ fn a_rewrite_zeroes_the_old_version_after_a_grace_for_readers() {
     assert_eq!(read(&mut old), b"old-secret");
     let mut old = fs::File::open(t.path().join("k")).unwrap();
     dir.write("k", b"newer", 0o600, None, None).unwrap();
-    std::thread::sleep(unbaked_sidecar::writer::RETIRE_GRACE);
+    std::thread::sleep(unbaked_secretsdir::writer::RETIRE_GRACE);
     dir.write("k", b"newest", 0o600, None, None).unwrap();
     assert_eq!(read(&mut old), vec![0; 3], "zeroed after the grace");
     // wipe_all zeroes a replaced version at once.
@@ -117,7 +117,7 @@ fn a_symlinked_parent_is_refused() {
     let err = dir
         .write("tls/cert", b"new", 0o400, None, None)
         .unwrap_err();
-    assert!(matches!(err, SidecarError::BadPath { .. }), "{err:?}");
+    assert!(matches!(err, DirError::BadPath { .. }), "{err:?}");
     assert!(dir.wipe("tls/cert").is_err());
     assert_eq!(fs::read(outside.join("cert")).unwrap(), b"keep");
     assert_eq!(names(&outside), ["cert"]);
@@ -131,7 +131,7 @@ fn escaping_paths_are_refused() {
         assert!(
             matches!(
                 dir.write(rel, b"v", 0o400, None, None),
-                Err(SidecarError::BadPath { .. })
+                Err(DirError::BadPath { .. })
             ),
             "{rel}"
         );
@@ -190,7 +190,7 @@ fn open_refuses_a_disk_directory_without_cap_sys_admin() {
     if std::env::var_os("UNBAKED_TEST_NO_SYS_ADMIN").is_some() {
         let err = SecretsDir::open(&root, 1 << 20).unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, SidecarError::NotTmpfs { .. }), "{err:?}");
+        assert!(matches!(err, DirError::NotTmpfs { .. }), "{err:?}");
         assert!(
             msg.contains("is not on tmpfs") && msg.contains("CAP_SYS_ADMIN"),
             "{msg}"

@@ -1,0 +1,355 @@
+//! The Docker side's state: the engine, the `unbaked run` launches with
+//! their per-container host tmpfs, which leases each container holds, and
+//! the end of everything a container held when it dies.
+//!
+//! How a secret reaches an `unbaked run` container:
+//! 1. [`Broker::launch`] checks `[launch]`; [`crate::prepare`] plans the
+//!    arguments ([`crate::launch`]), creates the workload's ICC-disabled network and
+//!    mounts an empty tmpfs at `<socket dir>/containers/<launch id>`.
+//! 2. `docker run` starts the container; its entrypoint is the exec shim,
+//!    which fetches the env and fd grants over the bind-mounted socket.
+//! 3. The broker attests the shim (pid → cgroup → container), checks the
+//!    container's live configuration ([`crate::isolation`]) and `[match]`,
+//!    and, because the container carries the launch's label and mounts its
+//!    tmpfs at `/run/secrets`, first writes the file grants there (a lease
+//!    of its own, audited like any fetch). Only then does the shim exec the
+//!    image's command: the files are in place before it starts.
+//! 4. [`crate::renewals`] renews that lease (re-inspecting the container, so a
+//!    network connected later is caught) and rewrites rotated files;
+//!    [`crate::events`] ends it all when the container dies.
+//!
+//! **Invariant:** a file grant is written only after the same checks as a
+//! fetch by the container itself (attestation, isolation, `[match]`, audit).
+
+use crate::engine::Engine;
+use crate::tmpfs::release_dir;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+use unbaked_api::wire::Lease;
+use unbaked_broker::service::Broker;
+use unbaked_policy::Caller;
+use unbaked_secretsdir::{apply, Applied, DirError, SecretsDir};
+
+/// `<socket dir>/containers` cannot be made private to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BaseDirError {
+    #[error("cannot create or open {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a directory (a symlink or a file?): remove it and the broker creates it, mode 0700")]
+    NotADirectory { path: PathBuf },
+    #[error("{path} is owned by uid {owner}, not by the broker's uid {euid}: whoever owns it could read launched containers' file grants; remove it and the broker creates it, mode 0700")]
+    Owner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
+}
+
+/// The Docker side of the broker: the engine, the launches, and which
+/// leases each container holds.
+#[derive(Debug)]
+pub struct Containers {
+    pub engine: Engine,
+    /// `<socket dir>/containers`: one tmpfs per launch below it.
+    pub(crate) base: PathBuf,
+    /// The broker socket, bind-mounted into launched containers.
+    pub(crate) socket: PathBuf,
+    launches: Mutex<HashMap<String, LaunchEntry>>,
+    /// Container id → lease ids, to end them when it dies.
+    leases: Mutex<HashMap<String, Vec<String>>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct LaunchEntry {
+    pub(crate) workload: String,
+    /// Who asked for it, for the per-uid bound on unclaimed launches.
+    pub(crate) uid: u32,
+    pub(crate) created: Instant,
+    /// The tmpfs, when the workload has file grants.
+    pub(crate) dir: Option<SecretsDir>,
+    /// What is in it.
+    pub(crate) applied: Applied,
+    pub(crate) bound: Option<Bound>,
+}
+
+impl LaunchEntry {
+    pub(crate) fn new(workload: String, uid: u32, dir: Option<SecretsDir>) -> LaunchEntry {
+        LaunchEntry {
+            workload,
+            uid,
+            created: Instant::now(),
+            dir,
+            applied: Applied::new(),
+            bound: None,
+        }
+    }
+
+    /// Bring the tmpfs in line with the file lease: files owned by the
+    /// container's user (`owner`) unless the grant names an owner; those
+    /// the lease no longer has are wiped.
+    pub(crate) fn write(
+        &mut self,
+        lease: &Lease,
+        now: Instant,
+        owner: (u32, u32),
+    ) -> Result<(), DirError> {
+        let Some(dir) = self.dir.as_mut() else {
+            return Ok(());
+        };
+        let (applied, _) = apply(dir, &self.applied, lease, now, Some(owner))?;
+        self.applied = applied;
+        Ok(())
+    }
+
+    /// Wipe every file (a renewal was refused, or the files outlived it).
+    pub(crate) fn wipe(&mut self) {
+        let Some(dir) = self.dir.as_mut() else {
+            return;
+        };
+        for d in std::mem::take(&mut self.applied).into_values() {
+            if let Err(e) = dir.wipe(&d.path) {
+                tracing::error!(error = %e, "could not wipe a withdrawn file grant");
+            }
+        }
+    }
+}
+
+/// The container that claimed a launch, and the lease of its files.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    pub(crate) container: String,
+    pub(crate) caller: Caller,
+    pub(crate) lease_id: String,
+    pub(crate) next_renew: Instant,
+    /// After this, without a successful renewal, the files go.
+    pub(crate) valid_until: Instant,
+}
+
+impl Containers {
+    pub fn new(engine: Engine, socket: &Path) -> Containers {
+        let base = socket
+            .parent()
+            .unwrap_or_else(|| Path::new("/run/unbaked"))
+            .join("containers");
+        Containers {
+            engine,
+            base,
+            socket: socket.to_path_buf(),
+            launches: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Make `<socket dir>/containers` what only root and the broker may
+    /// enter: created 0700; an existing one is opened without following a
+    /// link, must be a directory owned by the broker's euid, and a wider
+    /// mode is narrowed to 0700 (through the open descriptor). Launched
+    /// containers' file grants live below it, and a launch's id is public in
+    /// `/proc/self/mountinfo`.
+    pub fn secure_base(&self) -> Result<(), BaseDirError> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+        let path = &self.base;
+        let io = |source| BaseDirError::Io {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::DirBuilder::new().mode(0o700).create(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(e)),
+            _ => {}
+        }
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_DIRECTORY)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(nix::libc::ELOOP | nix::libc::ENOTDIR) => {
+                    BaseDirError::NotADirectory { path: path.clone() }
+                }
+                _ => io(e),
+            })?;
+        let meta = dir.metadata().map_err(io)?;
+        let euid = nix::unistd::geteuid().as_raw();
+        if meta.uid() != euid {
+            return Err(BaseDirError::Owner {
+                path: path.clone(),
+                owner: meta.uid(),
+                euid,
+            });
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode != 0o700 {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "narrowing the launches' directory to 0700: only root and the broker may enter it");
+            dir.set_permissions(std::fs::Permissions::from_mode(0o700))
+                .map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Zero, unmount and remove what a previous broker left under the base
+    /// directory (it crashed, or was killed): nobody renews those files,
+    /// and their containers may still read them, so they are zeroed before
+    /// the mount goes. Returns the launch ids, for the audit.
+    pub fn sweep_leftovers(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.base) else {
+            return Vec::new();
+        };
+        let mut swept = Vec::new();
+        for e in entries.flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                crate::tmpfs::zero_tree(&path, 2);
+                let removed = crate::host_mount::in_host(self.engine_socket(), move || {
+                    let _ = unbaked_secretsdir::sys::unmount(&path);
+                    std::fs::remove_dir(&path).map_err(|e| e.to_string())
+                });
+                if removed.is_ok() {
+                    swept.push(e.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        if !swept.is_empty() {
+            tracing::warn!(dirs = swept.len(), base = %self.base.display(), "zeroed and removed the secrets mounts of a previous broker: their containers keep running without them");
+        }
+        swept
+    }
+
+    /// Where the launches' tmpfs mounts live.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// The engine's socket, to find the host's mount namespace by.
+    pub(crate) fn engine_socket(&self) -> &Path {
+        Path::new(self.engine.socket())
+    }
+
+    pub(crate) fn launches(&self) -> std::sync::MutexGuard<'_, HashMap<String, LaunchEntry>> {
+        self.launches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn track(&self, container: &str, lease_id: &str) {
+        self.leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(container.to_string())
+            .or_default()
+            .push(lease_id.to_string());
+    }
+
+    /// The launches still waiting for or serving a container.
+    pub fn launch_count(&self) -> usize {
+        self.launches().len()
+    }
+
+    /// Containers the broker follows (holding leases or a launch).
+    pub(crate) fn followed(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        ids.extend(
+            self.launches()
+                .values()
+                .filter_map(|l| l.bound.as_ref().map(|b| b.container.clone())),
+        );
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// A container died or was removed: end its leases (audited), wipe and
+    /// unmount its secrets tmpfs.
+    pub fn container_gone(&self, broker: &Broker, id: &str, launch_label: Option<&str>, why: &str) {
+        let leases = self
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+            .unwrap_or_default();
+        for lease in &leases {
+            broker.end_lease(lease, why);
+        }
+        let gone: Vec<(String, LaunchEntry)> = {
+            let mut launches = self.launches();
+            let ids: Vec<String> = launches
+                .iter()
+                .filter(|(lid, e)| {
+                    e.bound.as_ref().is_some_and(|b| b.container == id)
+                        || launch_label == Some(lid.as_str())
+                })
+                .map(|(lid, _)| lid.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|lid| launches.remove(&lid).map(|e| (lid, e)))
+                .collect()
+        };
+        for (lid, entry) in gone {
+            if let Some(b) = &entry.bound {
+                broker.end_lease(&b.lease_id, why);
+            }
+            release_dir(self, &lid, entry.dir);
+            tracing::info!(launch = %lid, container = %id.get(..12).unwrap_or(id), "container gone: secrets wiped and unmounted");
+        }
+    }
+
+    /// Wipe and unmount every launch's tmpfs (broker shutdown).
+    pub fn wipe_all(&self) {
+        let all: Vec<(String, LaunchEntry)> = self.launches().drain().collect();
+        for (id, entry) in all {
+            release_dir(self, &id, entry.dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    async fn containers(dir: &Path) -> Containers {
+        Containers::new(Engine::from_env().await, &dir.join("broker.sock"))
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn the_launches_directory_is_private_to_the_broker() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = containers(dir.path()).await;
+        c.secure_base().unwrap();
+        assert_eq!(mode(c.base()), 0o700);
+        // An existing one left 0711 by an older broker is narrowed.
+        std::fs::set_permissions(c.base(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        c.secure_base().unwrap();
+        assert_eq!(mode(c.base()), 0o700);
+        // A symlink is refused, not followed.
+        std::fs::remove_dir(c.base()).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, c.base()).unwrap();
+        assert!(matches!(
+            c.secure_base(),
+            Err(BaseDirError::NotADirectory { .. })
+        ));
+        std::fs::remove_file(c.base()).unwrap();
+        // One owned by another user is refused (the tests run as root).
+        if nix::unistd::geteuid().is_root() {
+            std::fs::create_dir(c.base()).unwrap();
+            std::os::unix::fs::chown(c.base(), Some(65534), None).unwrap();
+            assert!(matches!(
+                c.secure_base(),
+                Err(BaseDirError::Owner { owner: 65534, .. })
+            ));
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! `unbaked run`, the engine's part: the facts a plan needs (the image's
+//! command, volumes, labels, the host's identity of every mount source),
+//! the plan ([`crate::launch`]), and, unless a dry run, the workload's
+//! isolated network and the launch's secrets tmpfs.
+
+use crate::containers::{Containers, LaunchEntry};
+use crate::launch::{self, Facts, HostFacts, Parsed};
+use std::collections::BTreeMap;
+use std::path::Path;
+use unbaked_api::wire::{DeliveryKind, LaunchPlan, LaunchRequest};
+use unbaked_broker::rules::DenyRule;
+use unbaked_broker::service::{Broker, Ctx, Refusal, ServiceError};
+use unbaked_policy::Policy;
+
+/// Unclaimed launches (each a mounted tmpfs) one uid may hold at once.
+/// Above a start storm's size (100 at once), far below the mounts a loop
+/// could make.
+pub const MAX_UNCLAIMED_LAUNCHES_PER_UID: usize = 128;
+
+/// Plan the launch of `policy`'s workload (its `[launch]` already checked
+/// by the core) and, unless a dry run, prepare it.
+pub(crate) async fn launch(
+    containers: &Containers,
+    broker: &Broker,
+    ctx: &Ctx,
+    policy: &Policy,
+    req: LaunchRequest,
+) -> Result<LaunchPlan, ServiceError> {
+    let w = policy.workload.clone();
+    let refuse = |refusals| refused(broker, ctx, &w, refusals);
+    let parsed = launch::parse(&req.args).map_err(refuse)?;
+    let launch_id = unbaked_broker::lease::new_lease_id()[..16].to_string();
+    let has_files = policy.grants_of(&[DeliveryKind::File]).next().is_some();
+    let secrets_dir = has_files.then(|| containers.base.join(&launch_id));
+    let facts = facts(
+        containers,
+        &parsed,
+        &req,
+        &launch_id,
+        secrets_dir.as_deref(),
+    )
+    .await?;
+    let host = host_facts(containers, &parsed).await?;
+    let set = broker.policies();
+    let inputs = launch::Inputs {
+        policy,
+        policies: &set,
+        facts: &facts,
+        host: &host,
+    };
+    let plan = launch::plan_with(&parsed, &inputs).map_err(refuse)?;
+    if !req.dry_run {
+        check_limit(containers, broker, ctx, &w)?;
+        if let Some(net) = &plan.network {
+            containers.engine.ensure_isolated_network(net, &w).await?;
+        }
+        let dir = match &secrets_dir {
+            Some(d) => Some(mount(containers, d)?),
+            None => None,
+        };
+        let entry = LaunchEntry::new(w.clone(), ctx.caller.uid, dir);
+        containers.launches().insert(launch_id.clone(), entry);
+    }
+    tracing::info!(workload = %w, launch = %launch_id, dry_run = req.dry_run, uid = ctx.caller.uid, "launch planned");
+    Ok(LaunchPlan {
+        workload: w,
+        launch_id,
+        args: plan.args,
+        warnings: plan.warnings,
+        network: plan.network,
+        secrets_dir: secrets_dir.map(|d| d.display().to_string()),
+    })
+}
+
+/// What the plan needs to know of this broker and the image.
+async fn facts(
+    containers: &Containers,
+    parsed: &Parsed,
+    req: &LaunchRequest,
+    launch_id: &str,
+    secrets_dir: Option<&Path>,
+) -> Result<Facts, ServiceError> {
+    let (image_entrypoint, image_cmd) = containers.engine.image_command(&parsed.image).await?;
+    let socket_gid = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&containers.socket).ok().map(|m| m.gid())
+    };
+    Ok(Facts {
+        image_entrypoint,
+        image_cmd,
+        shim: req.shim.clone(),
+        broker_socket: containers.socket.display().to_string(),
+        socket_gid,
+        secrets_dir: secrets_dir.map(|d| d.display().to_string()),
+        launch_id: launch_id.to_string(),
+        containers_dir: containers.base.display().to_string(),
+        sockets: vec![containers.engine.socket().to_string()],
+        resolved: resolve_sources(parsed),
+    })
+}
+
+/// What every mount source is on the host (device and inode), the named
+/// volumes and the image's labels: the plan judges mounts by these.
+async fn host_facts(containers: &Containers, parsed: &Parsed) -> Result<HostFacts, ServiceError> {
+    let mut volumes = BTreeMap::new();
+    for name in launch::named_volumes(parsed) {
+        if let Some(v) = containers.engine.volume(&name).await? {
+            volumes.insert(name, v);
+        }
+    }
+    let image_labels = containers.engine.image_labels(&parsed.image).await?;
+    let data_root = containers.engine.data_root().await;
+    Ok(crate::mount_identity::host_facts(
+        parsed,
+        Path::new(containers.engine.socket()),
+        data_root.as_deref(),
+        &containers.base,
+        volumes,
+        image_labels,
+    ))
+}
+
+/// The launch's tmpfs, in the launches' private directory.
+fn mount(
+    containers: &Containers,
+    dir: &Path,
+) -> Result<unbaked_secretsdir::SecretsDir, ServiceError> {
+    containers
+        .secure_base()
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    crate::tmpfs::mount_secrets_dir(containers, dir).map_err(ServiceError::Internal)
+}
+
+/// Each launch mounts a tmpfs until its container claims it (or it
+/// lapses): one uid may hold only so many unclaimed ones, so a loop of
+/// launches cannot exhaust the host's mounts while the others' launches go
+/// on.
+fn check_limit(
+    containers: &Containers,
+    broker: &Broker,
+    ctx: &Ctx,
+    w: &str,
+) -> Result<(), ServiceError> {
+    let uid = ctx.caller.uid;
+    let pending = containers
+        .launches()
+        .values()
+        .filter(|e| e.uid == uid && e.bound.is_none() && e.dir.is_some())
+        .count();
+    if pending < MAX_UNCLAIMED_LAUNCHES_PER_UID {
+        return Ok(());
+    }
+    Err(broker.deny(
+        ctx,
+        w,
+        Refusal::new(
+            DenyRule::LaunchLimit,
+            format!("uid {uid} already has {pending} launches no container has claimed yet (at most {MAX_UNCLAIMED_LAUNCHES_PER_UID}): start the containers of earlier launches, or wait for them to lapse"),
+        ),
+    ))
+}
+
+/// The plan's refusals, as one denial by the first one's rule.
+fn refused(broker: &Broker, ctx: &Ctx, w: &str, refusals: Vec<launch::Refusal>) -> ServiceError {
+    let reason = refusals
+        .iter()
+        .map(|r| format!("{}: {}", r.rule, r.reason))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let rule = refusals
+        .first()
+        .map_or(DenyRule::LaunchArgs, |r| DenyRule::of(r.rule));
+    broker.deny(
+        ctx,
+        w,
+        Refusal::new(
+            rule,
+            format!("unbaked run refused the arguments for workload {w:?}:\n{reason}"),
+        ),
+    )
+}
+
+/// Bind sources as the host resolves them, for the docker-socket check.
+fn resolve_sources(parsed: &Parsed) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for o in &parsed.options {
+        let v = o.value.as_deref().unwrap_or("");
+        let src = match o.name.as_str() {
+            "volume" => v.split(':').next().filter(|_| v.contains(':')),
+            "mount" => v.split(',').find_map(|f| {
+                let (k, val) = f.split_once('=')?;
+                matches!(k.trim(), "source" | "src").then_some(val)
+            }),
+            _ => None,
+        };
+        if let Some(src) = src.filter(|s| s.starts_with('/')) {
+            if let Ok(real) = std::fs::canonicalize(src) {
+                out.insert(src.to_string(), real.display().to_string());
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,153 @@
+//! The launches' file leases kept current: renewed before they lapse
+//! (re-inspecting the container, so a network connected later is caught),
+//! rotated files rewritten, everything wiped when a renewal is refused;
+//! unclaimed launches given back; followed containers reconciled with the
+//! engine now and then, in case an event was missed.
+
+use crate::containers::{Containers, LaunchEntry};
+use crate::tmpfs::release_dir;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use unbaked_api::wire::ErrorCode;
+use unbaked_broker::platform::{Attestation, Evidence};
+use unbaked_broker::service::{Broker, Ctx};
+use unbaked_policy::Caller;
+
+/// A launch whose container never showed up gives its (empty) tmpfs back.
+const UNCLAIMED_AFTER: Duration = Duration::from_secs(600);
+/// How often renewals, unclaimed launches and vanished containers are checked.
+const TICK: Duration = Duration::from_millis(250);
+/// Full reconciliation against the engine (in case an event was missed).
+const RECONCILE_EVERY: Duration = Duration::from_secs(15);
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Renew the launches' file leases, give back unclaimed tmpfs mounts, and
+/// now and then check that every followed container still runs.
+pub async fn renewals(broker: Arc<Broker>, containers: Arc<Containers>) {
+    let mut tick = tokio::time::interval(TICK);
+    let mut last_reconcile = Instant::now();
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        give_back_unclaimed(&containers, now);
+        for (lid, container, caller, lease_id) in due(&containers, now) {
+            renew_one(&broker, &containers, &lid, &container, caller, &lease_id).await;
+        }
+        if now.duration_since(last_reconcile) >= RECONCILE_EVERY {
+            last_reconcile = now;
+            reconcile(&broker, &containers).await;
+        }
+    }
+}
+
+/// Unclaimed launches: nothing was ever written; give the mount back.
+fn give_back_unclaimed(containers: &Containers, now: Instant) {
+    let unclaimed: Vec<(String, LaunchEntry)> = {
+        let mut l = containers.launches();
+        let ids: Vec<String> = l
+            .iter()
+            .filter(|(_, e)| e.bound.is_none() && now.duration_since(e.created) > UNCLAIMED_AFTER)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| l.remove(&id).map(|e| (id, e)))
+            .collect()
+    };
+    for (id, e) in unclaimed {
+        release_dir(containers, &id, e.dir);
+    }
+}
+
+/// The bound launches whose file lease is due for renewal: (launch,
+/// container, caller, lease).
+fn due(containers: &Containers, now: Instant) -> Vec<(String, String, Caller, String)> {
+    containers
+        .launches()
+        .iter()
+        .filter_map(|(lid, e)| {
+            let b = e.bound.as_ref()?;
+            (b.next_renew <= now).then(|| {
+                (
+                    lid.clone(),
+                    b.container.clone(),
+                    b.caller.clone(),
+                    b.lease_id.clone(),
+                )
+            })
+        })
+        .collect()
+}
+
+async fn renew_one(
+    broker: &Broker,
+    containers: &Containers,
+    launch_id: &str,
+    container: &str,
+    mut caller: Caller,
+    lease_id: &str,
+) {
+    let attestation = match containers.engine.inspect(container).await {
+        Ok(Some(c)) if c.running => Attestation::Container(Arc::new(c) as Arc<dyn Evidence>),
+        Ok(_) => {
+            containers.container_gone(broker, container, Some(launch_id), "the container stopped");
+            return;
+        }
+        Err(e) => Attestation::Unverified {
+            id: container.to_string(),
+            reason: e.to_string(),
+        },
+    };
+    caller.container = attestation.container_info();
+    let ctx = Ctx {
+        caller,
+        request_id: format!("renew-{launch_id}"),
+        attestation,
+    };
+    let result = broker.renew(&ctx, lease_id).await;
+    let now = Instant::now();
+    let mut launches = containers.launches();
+    let Some(entry) = launches.get_mut(launch_id) else {
+        return;
+    };
+    let Some(bound) = entry.bound.as_mut() else {
+        return;
+    };
+    match result {
+        Ok(lease) => {
+            let ttl = Duration::from_secs(lease.ttl_secs.max(1));
+            bound.next_renew = now + ttl * 2 / 3;
+            bound.valid_until = now + ttl;
+            let owner = (bound.caller.uid, bound.caller.gid);
+            if let Err(e) = entry.write(&lease, now, owner) {
+                tracing::error!(launch = launch_id, error = %e, "could not rewrite a container's file grants");
+            }
+        }
+        Err(e) if matches!(e.code(), ErrorCode::Denied | ErrorCode::NotFound) => {
+            // Denied now (policy, isolation) or the lease is gone: the files go.
+            tracing::warn!(launch = launch_id, reason = %e, "renewal refused: wiping the container's file grants");
+            bound.next_renew = now + Duration::from_secs(365 * 24 * 3600);
+            entry.wipe();
+        }
+        Err(e) => {
+            tracing::warn!(launch = launch_id, reason = %e, "renewal failed: retrying");
+            bound.next_renew = now + RETRY_AFTER;
+            if now >= bound.valid_until {
+                entry.wipe();
+            }
+        }
+    }
+}
+
+/// End what belongs to containers that are no longer running (an event
+/// may have been missed while the engine was away).
+pub(crate) async fn reconcile(broker: &Broker, containers: &Containers) {
+    for id in containers.followed() {
+        match containers.engine.inspect(&id).await {
+            Ok(Some(c)) if c.running => {}
+            Ok(_) => {
+                containers.container_gone(broker, &id, None, "the container is no longer running")
+            }
+            Err(_) => return, // the engine is away: try again later
+        }
+    }
+}

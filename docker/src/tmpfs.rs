@@ -1,0 +1,98 @@
+//! One `unbaked run` launch's tmpfs: mounted in the host's mount namespace
+//! (where the engine bind-mounts it from, [`crate::host_mount`]), written
+//! through the descriptor opened there, zeroed, unmounted and removed when
+//! its container is gone.
+
+use crate::containers::Containers;
+use std::path::{Path, PathBuf};
+use unbaked_secretsdir::{sys, SecretsDir};
+
+/// Size of a container's secrets tmpfs.
+const TMPFS_BYTES: u64 = 1 << 20;
+
+/// Overwrite every regular file under `dir` (to `depth` levels: a PKI
+/// grant is a directory) with zeros, in place: the bytes a container may
+/// still map go, not only the names. Links are never followed.
+pub(crate) fn zero_tree(dir: &Path, depth: u8) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(t) = e.file_type() else { continue };
+        if t.is_dir() && depth > 0 {
+            zero_tree(&e.path(), depth - 1);
+        } else if t.is_file() {
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                .open(e.path());
+            if let (Ok(mut f), Ok(meta)) = (opened, e.metadata()) {
+                let zeros = vec![0u8; usize::try_from(meta.len()).unwrap_or(0)];
+                if f.write_all(&zeros).and_then(|()| f.sync_all()).is_err() {
+                    tracing::warn!(file = %e.path().display(), "could not zero a leftover secrets file");
+                }
+            }
+        }
+    }
+}
+
+/// Wipe a launch's tmpfs (through its descriptor), then unmount and remove
+/// it in the host's mount namespace, where it was mounted.
+pub(crate) fn release_dir(containers: &Containers, launch_id: &str, dir: Option<SecretsDir>) {
+    let Some(mut dir) = dir else { return };
+    if let Err(e) = dir.wipe_all() {
+        tracing::error!(launch = launch_id, error = %e, "could not wipe a container's secrets");
+    }
+    let root = dir.root().to_path_buf();
+    drop(dir);
+    if let Err(e) = unmount_secrets_dir(containers, root.clone()) {
+        tracing::error!(launch = launch_id, dir = %root.display(), error = %e, "could not unmount a container's secrets tmpfs")
+    }
+}
+
+/// Unmount a launch's tmpfs and remove its directory, in the host's mount
+/// namespace ([`crate::host_mount`]).
+fn unmount_secrets_dir(containers: &Containers, root: PathBuf) -> Result<(), String> {
+    crate::host_mount::in_host(containers.engine_socket(), move || {
+        let unmounted = sys::unmount(&root).map_err(|e| e.to_string());
+        let _ = std::fs::remove_dir(&root);
+        unmounted
+    })
+}
+
+/// A fresh, size-limited tmpfs of our own for one container's files, in
+/// the 0700 base directory ([`Containers::secure_base`]), mounted in the
+/// host's mount namespace, where the engine bind-mounts it from
+/// ([`crate::host_mount`]); written through the descriptor opened there.
+pub(crate) fn mount_secrets_dir(containers: &Containers, dir: &Path) -> Result<SecretsDir, String> {
+    let path = dir.to_path_buf();
+    let fd = crate::host_mount::in_host(containers.engine_socket(), move || {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir = path.as_path();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        sys::mount_tmpfs(dir, TMPFS_BYTES).map_err(|e| {
+            let _ = std::fs::remove_dir(dir);
+            format!("cannot mount a tmpfs at {} for the container's file grants ({e}): run the broker as root (it needs CAP_SYS_ADMIN to mount)", dir.display())
+        })?;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+            .open(dir)
+            .map(std::os::fd::OwnedFd::from)
+            .map_err(|e| {
+                let _ = sys::unmount(dir);
+                let _ = std::fs::remove_dir(dir);
+                format!("cannot open the tmpfs mounted at {}: {e}", dir.display())
+            })
+    })?;
+    SecretsDir::adopt_fd(dir, fd).map_err(|e| {
+        let _ = unmount_secrets_dir(containers, dir.to_path_buf());
+        e.to_string()
+    })
+}
