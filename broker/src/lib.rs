@@ -12,8 +12,10 @@ pub mod config;
 pub mod dev;
 pub mod lease;
 pub mod metrics;
+pub mod names;
 pub mod platform;
 pub mod reload;
+pub mod request;
 pub mod rules;
 pub mod server;
 pub mod service;
@@ -21,7 +23,8 @@ pub mod store;
 
 use audit::{Audit, Event, Record};
 use config::{BrokerConfig, StoreKind};
-use platform::{BoxFuture, Platform, PlatformError};
+use platform::{BoxFuture, Platform};
+use request::PlatformError;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -219,7 +222,9 @@ pub async fn run(cfg: BrokerConfig, open_platform: PlatformOpener) -> Result<(),
             path: socket.clone(),
             source,
         })?;
-    let platform_tasks = platform.clone().start(broker.clone())?;
+    let platform_tasks = platform
+        .clone()
+        .start(broker.clone() as Arc<dyn platform::Core>)?;
     tracing::info!(socket = %socket.display(), store = broker.store().name(), workloads, "broker listening");
     if cfg.dev {
         println!(

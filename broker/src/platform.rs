@@ -7,101 +7,41 @@
 //!
 //! The core decides and the platform supplies facts: every refusal a
 //! platform makes comes back as a [`Refusal`], or goes through
-//! [`Broker::deny`], so it is audited, logged and counted like any other.
+//! [`Core::deny`], so it is audited, logged and counted like any other.
+//! A platform sees the broker only as [`Core`]: what it may ask of it.
 
-use crate::service::{Broker, Ctx, Refusal, ServiceError};
-use std::any::Any;
+use crate::attest::container::{Attestation, ConnectionMemo, Evidence};
+use crate::audit::Audit;
+use crate::request::{Ctx, PlatformError, Refusal, ServiceError};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use tokio::task::JoinHandle;
-use unbaked_api::wire::{DeliveryKind, ErrorCode, LaunchPlan, LaunchRequest, Lease};
-use unbaked_policy::{ContainerInfo, Policy};
+use unbaked_api::wire::{DeliveryKind, LaunchPlan, LaunchRequest, Lease};
+use unbaked_policy::{Policy, PolicySet};
 
 /// A future a [`Platform`] method returns (the trait is used as `dyn`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// What a platform learnt about the container a caller runs in. The core
-/// reads the identity (for `[match]` and the audit); the platform reads its
-/// own evidence back through [`Evidence::as_any`].
-pub trait Evidence: std::fmt::Debug + Send + Sync + 'static {
-    /// The container's full id.
-    fn id(&self) -> &str;
-    /// Its name, for people reading logs and the audit.
-    fn name(&self) -> &str;
-    /// The policy's view of it, for `[match]`.
-    fn info(&self) -> ContainerInfo;
-    fn as_any(&self) -> &dyn Any;
-}
-
-/// Where a caller runs, as the platform attested it for one request.
-#[derive(Debug, Clone, Default)]
-pub enum Attestation {
-    /// Not in a container (or in the broker's own).
-    #[default]
-    Host,
-    /// A running container, as inspected for this request.
-    Container(Arc<dyn Evidence>),
-    /// In a container the platform cannot vouch for; `reason` says why.
-    /// Released nothing (`isolation.unverified`).
-    Unverified { id: String, reason: String },
-}
-
-impl Attestation {
-    /// The policy's view of the container, for `[match]`.
-    pub fn container_info(&self) -> Option<ContainerInfo> {
-        self.evidence().map(|e| e.info())
-    }
-
-    pub fn evidence(&self) -> Option<&Arc<dyn Evidence>> {
-        match self {
-            Attestation::Container(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-/// Facts about a pinned caller that a platform may keep for the life of
-/// its connection: the container ids its cgroup names (only root moves a
-/// process between cgroups, and a pinned process cannot be replaced under
-/// its pid). Read once, it saves a `/proc` read per request.
-#[derive(Debug, Default)]
-pub struct ConnectionMemo {
-    pub cgroup_ids: OnceLock<Vec<String>>,
-}
 
 /// Where a launched container's file grants go: the platform's own handle,
 /// opaque to the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilesTarget(pub String);
 
-/// A platform's failure (not a refusal): its engine is away, it refused an
-/// operation, or the request cannot be carried out as asked.
-#[derive(Debug, thiserror::Error)]
-pub enum PlatformError {
-    /// The engine does not answer: try again later.
-    #[error("{0}")]
-    Unreachable(String),
-    /// The engine refused an operation.
-    #[error("{0}")]
-    Refused(String),
-    /// The request names something the platform does not have.
-    #[error("{0}")]
-    Invalid(String),
-    /// The platform cannot start (its state directory, its mounts).
-    #[error(transparent)]
-    Setup(Box<dyn std::error::Error + Send + Sync>),
-}
-
-impl PlatformError {
-    /// The wire code a request failing with this error is answered with.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            PlatformError::Unreachable(_) => ErrorCode::StoreUnavailable,
-            PlatformError::Invalid(_) => ErrorCode::BadRequest,
-            PlatformError::Refused(_) | PlatformError::Setup(_) => ErrorCode::Internal,
-        }
-    }
+/// The broker as a platform sees it (`service::Broker` implements it).
+pub trait Core: Send + Sync {
+    /// Refuse `ctx`'s request: audited, logged and counted with its rule.
+    fn deny(&self, ctx: &Ctx, workload: &str, refusal: Refusal) -> ServiceError;
+    /// End a lease on the broker's own decision, audited with `reason`.
+    fn end_lease(&self, lease_id: &str, reason: &str) -> bool;
+    /// Renew a lease for `ctx` (every check made again).
+    fn renew<'a>(
+        &'a self,
+        ctx: &'a Ctx,
+        lease_id: &'a str,
+    ) -> BoxFuture<'a, Result<Lease, ServiceError>>;
+    fn audit(&self) -> &Audit;
+    fn policies(&self) -> Arc<PolicySet>;
 }
 
 /// A container platform, as the core calls it. Each method says when.
@@ -139,7 +79,7 @@ pub trait Platform: std::fmt::Debug + Send + Sync {
     /// Put the file lease `files` where `target` says, for `ctx`'s caller.
     fn deliver_files(
         &self,
-        broker: &Broker,
+        core: &dyn Core,
         ctx: &Ctx,
         target: &FilesTarget,
         files: &Lease,
@@ -147,10 +87,10 @@ pub trait Platform: std::fmt::Debug + Send + Sync {
 
     /// `unbaked run`: plan the launch of `policy`'s workload (its `[launch]`
     /// already checked) and, unless a dry run, prepare it. Refusals go
-    /// through [`Broker::deny`].
+    /// through [`Core::deny`].
     fn launch<'a>(
         &'a self,
-        broker: &'a Broker,
+        core: &'a dyn Core,
         ctx: &'a Ctx,
         policy: &'a Policy,
         req: LaunchRequest,
@@ -158,7 +98,7 @@ pub trait Platform: std::fmt::Debug + Send + Sync {
 
     /// Once the socket is bound: make its state private, account for what
     /// a previous broker left (audited), start its background tasks.
-    fn start(self: Arc<Self>, broker: Arc<Broker>) -> Result<Vec<JoinHandle<()>>, PlatformError>;
+    fn start(self: Arc<Self>, core: Arc<dyn Core>) -> Result<Vec<JoinHandle<()>>, PlatformError>;
 
     /// At shutdown: wipe what the platform delivered.
     fn stop(&self);
@@ -195,7 +135,7 @@ impl Platform for HostOnly {
 
     fn deliver_files(
         &self,
-        _: &Broker,
+        _: &dyn Core,
         _: &Ctx,
         _: &FilesTarget,
         _: &Lease,
@@ -205,7 +145,7 @@ impl Platform for HostOnly {
 
     fn launch<'a>(
         &'a self,
-        _: &'a Broker,
+        _: &'a dyn Core,
         _: &'a Ctx,
         _: &'a Policy,
         _: LaunchRequest,
@@ -215,40 +155,9 @@ impl Platform for HostOnly {
         ))))
     }
 
-    fn start(self: Arc<Self>, _: Arc<Broker>) -> Result<Vec<JoinHandle<()>>, PlatformError> {
+    fn start(self: Arc<Self>, _: Arc<dyn Core>) -> Result<Vec<JoinHandle<()>>, PlatformError> {
         Ok(Vec::new())
     }
 
     fn stop(&self) {}
-}
-
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    /// A container as a platform would describe it, for the core's tests.
-    #[derive(Debug, Clone, Default)]
-    pub(crate) struct Fake {
-        pub id: String,
-        pub name: String,
-    }
-
-    impl Evidence for Fake {
-        fn id(&self) -> &str {
-            &self.id
-        }
-        fn name(&self) -> &str {
-            &self.name
-        }
-        fn info(&self) -> ContainerInfo {
-            ContainerInfo {
-                id: self.id.clone(),
-                labels: Default::default(),
-                image_id: String::new(),
-            }
-        }
-        fn as_any(&self) -> &dyn Any {
-            self
-        }
-    }
 }

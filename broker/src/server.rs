@@ -14,7 +14,7 @@
 //! into its own buffer.
 
 use crate::attest;
-use crate::platform::{Attestation, ConnectionMemo};
+use crate::attest::container::{Attestation, ConnectionMemo};
 use crate::service::{err, Broker, Ctx};
 use bytes::Buf;
 use http_body_util::BodyExt;

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 use unbaked_api::wire::Lease;
-use unbaked_broker::service::Broker;
+use unbaked_broker::platform::Core;
 use unbaked_policy::Caller;
 use unbaked_secretsdir::{apply, Applied, DirError, SecretsDir};
 
@@ -267,7 +267,7 @@ impl Containers {
 
     /// A container died or was removed: end its leases (audited), wipe and
     /// unmount its secrets tmpfs.
-    pub fn container_gone(&self, broker: &Broker, id: &str, launch_label: Option<&str>, why: &str) {
+    pub fn container_gone(&self, core: &dyn Core, id: &str, launch_label: Option<&str>, why: &str) {
         let leases = self
             .leases
             .lock()
@@ -275,7 +275,7 @@ impl Containers {
             .remove(id)
             .unwrap_or_default();
         for lease in &leases {
-            broker.end_lease(lease, why);
+            core.end_lease(lease, why);
         }
         let gone: Vec<(String, LaunchEntry)> = {
             let mut launches = self.launches();
@@ -293,9 +293,9 @@ impl Containers {
         };
         for (lid, entry) in gone {
             if let Some(b) = &entry.bound {
-                broker.end_lease(&b.lease_id, why);
+                core.end_lease(&b.lease_id, why);
             }
-            release_dir(self, &lid, entry.dir);
+            release_dir(self.engine_socket(), &lid, entry.dir);
             tracing::info!(launch = %lid, container = %id.get(..12).unwrap_or(id), "container gone: secrets wiped and unmounted");
         }
     }
@@ -304,7 +304,7 @@ impl Containers {
     pub fn wipe_all(&self) {
         let all: Vec<(String, LaunchEntry)> = self.launches().drain().collect();
         for (id, entry) in all {
-            release_dir(self, &id, entry.dir);
+            release_dir(self.engine_socket(), &id, entry.dir);
         }
     }
 }

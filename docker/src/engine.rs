@@ -14,8 +14,9 @@ use bollard::models::ContainerInspectResponse;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
+use unbaked_broker::attest::container::{Attestation, Evidence};
 use unbaked_broker::attest::kernel;
-use unbaked_broker::platform::{Attestation, Evidence, PlatformError};
+use unbaked_broker::request::PlatformError;
 use unbaked_broker::service::ServiceError;
 use unbaked_policy::ContainerInfo;
 

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use unbaked_broker::service::Broker;
+use unbaked_broker::platform::Core;
 
 const RECONNECT_AFTER: Duration = Duration::from_secs(2);
 
@@ -57,7 +57,7 @@ pub fn classify(m: &EventMessage) -> Action {
 }
 
 /// Follow the engine's container events until the task is dropped.
-pub async fn follow(broker: Arc<Broker>, containers: Arc<Containers>) {
+pub async fn follow(core: Arc<dyn Core>, containers: Arc<Containers>) {
     let mut warned = false;
     loop {
         let client = match containers.engine.client().await {
@@ -81,12 +81,12 @@ pub async fn follow(broker: Arc<Broker>, containers: Arc<Containers>) {
             engine = containers.engine.socket(),
             "following Docker events"
         );
-        reconcile(&broker, &containers).await;
+        reconcile(&*core, &containers).await;
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(m) => {
                     if let Action::Gone { id, launch, why } = classify(&m) {
-                        containers.container_gone(&broker, &id, launch.as_deref(), &why);
+                        containers.container_gone(&*core, &id, launch.as_deref(), &why);
                     }
                 }
                 Err(e) => {

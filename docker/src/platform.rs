@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use unbaked_api::wire::{DeliveryKind, LaunchPlan, LaunchRequest, Lease};
+use unbaked_broker::attest::container::{Attestation, ConnectionMemo, Evidence};
 use unbaked_broker::audit::{Event, Record};
-use unbaked_broker::platform::{
-    Attestation, BoxFuture, ConnectionMemo, Evidence, FilesTarget, Platform, PlatformError,
-};
+use unbaked_broker::platform::{BoxFuture, Core, FilesTarget, Platform};
+use unbaked_broker::request::{Ctx, PlatformError, Refusal, ServiceError};
 use unbaked_broker::rules::DenyRule;
-use unbaked_broker::service::{Broker, Ctx, Refusal, ServiceError};
 use unbaked_policy::Policy;
 
 impl Platform for Containers {
@@ -149,7 +148,7 @@ impl Platform for Containers {
     /// renewal; a lease it replaces ends.
     fn deliver_files(
         &self,
-        broker: &Broker,
+        core: &dyn Core,
         ctx: &Ctx,
         target: &FilesTarget,
         files: &Lease,
@@ -161,7 +160,7 @@ impl Platform for Containers {
         let now = Instant::now();
         let mut launches = self.launches();
         let Some(entry) = launches.get_mut(launch_id) else {
-            broker.end_lease(
+            core.end_lease(
                 &files.lease_id,
                 "the launch ended while its files were fetched",
             );
@@ -171,7 +170,7 @@ impl Platform for Containers {
         };
         if let Some(old) = entry.bound.take() {
             if old.lease_id != files.lease_id {
-                broker.end_lease(
+                core.end_lease(
                     &old.lease_id,
                     "replaced by a new fetch of the same container",
                 );
@@ -195,23 +194,22 @@ impl Platform for Containers {
 
     fn launch<'a>(
         &'a self,
-        broker: &'a Broker,
+        core: &'a dyn Core,
         ctx: &'a Ctx,
         policy: &'a Policy,
         req: LaunchRequest,
     ) -> BoxFuture<'a, Result<LaunchPlan, ServiceError>> {
-        Box::pin(crate::prepare::launch(self, broker, ctx, policy, req))
+        Box::pin(crate::prepare::launch(self, core, ctx, policy, req))
     }
 
     /// The launches' directory made private; what a previous broker left
     /// zeroed, unmounted and audited; events and renewals followed.
-    fn start(self: Arc<Self>, broker: Arc<Broker>) -> Result<Vec<JoinHandle<()>>, PlatformError> {
+    fn start(self: Arc<Self>, core: Arc<dyn Core>) -> Result<Vec<JoinHandle<()>>, PlatformError> {
         self.secure_base()
             .map_err(|e| PlatformError::Setup(Box::new(e)))?;
         for launch in self.sweep_leftovers() {
             // A restart forgets the earlier launches' leases: say so, per launch.
-            broker
-                .audit()
+            core.audit()
                 .record(
                     Event::Revoke,
                     Record {
@@ -225,8 +223,8 @@ impl Platform for Containers {
                 .map_err(|e| PlatformError::Setup(Box::new(e)))?;
         }
         Ok(vec![
-            tokio::spawn(crate::events::follow(broker.clone(), self.clone())),
-            tokio::spawn(crate::renewals::renewals(broker, self)),
+            tokio::spawn(crate::events::follow(core.clone(), self.clone())),
+            tokio::spawn(crate::renewals::renewals(core, self)),
         ])
     }
 
@@ -240,7 +238,7 @@ mod tests {
     use crate::isolation::LiveContainer;
     use std::sync::Arc;
     use unbaked_api::wire::{ErrorCode, FetchRequest};
-    use unbaked_broker::platform::{Attestation, Evidence};
+    use unbaked_broker::attest::container::{Attestation, Evidence};
     use unbaked_broker::rules::DenyRule;
     use unbaked_broker::service::{Broker, Ctx};
     use unbaked_policy::Caller;

@@ -8,8 +8,9 @@ use crate::launch::{self, Facts, HostFacts, Parsed};
 use std::collections::BTreeMap;
 use std::path::Path;
 use unbaked_api::wire::{DeliveryKind, LaunchPlan, LaunchRequest};
+use unbaked_broker::platform::Core;
+use unbaked_broker::request::{Ctx, Refusal, ServiceError};
 use unbaked_broker::rules::DenyRule;
-use unbaked_broker::service::{Broker, Ctx, Refusal, ServiceError};
 use unbaked_policy::Policy;
 
 /// Unclaimed launches (each a mounted tmpfs) one uid may hold at once.
@@ -21,13 +22,13 @@ pub const MAX_UNCLAIMED_LAUNCHES_PER_UID: usize = 128;
 /// by the core) and, unless a dry run, prepare it.
 pub(crate) async fn launch(
     containers: &Containers,
-    broker: &Broker,
+    core: &dyn Core,
     ctx: &Ctx,
     policy: &Policy,
     req: LaunchRequest,
 ) -> Result<LaunchPlan, ServiceError> {
     let w = policy.workload.clone();
-    let refuse = |refusals| refused(broker, ctx, &w, refusals);
+    let refuse = |refusals| refused(core, ctx, &w, refusals);
     let parsed = launch::parse(&req.args).map_err(refuse)?;
     let launch_id = unbaked_broker::lease::new_lease_id()[..16].to_string();
     let has_files = policy.grants_of(&[DeliveryKind::File]).next().is_some();
@@ -41,7 +42,7 @@ pub(crate) async fn launch(
     )
     .await?;
     let host = host_facts(containers, &parsed).await?;
-    let set = broker.policies();
+    let set = core.policies();
     let inputs = launch::Inputs {
         policy,
         policies: &set,
@@ -50,7 +51,7 @@ pub(crate) async fn launch(
     };
     let plan = launch::plan_with(&parsed, &inputs).map_err(refuse)?;
     if !req.dry_run {
-        check_limit(containers, broker, ctx, &w)?;
+        check_limit(containers, core, ctx, &w)?;
         if let Some(net) = &plan.network {
             containers.engine.ensure_isolated_network(net, &w).await?;
         }
@@ -128,7 +129,7 @@ fn mount(
     containers
         .secure_base()
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
-    crate::tmpfs::mount_secrets_dir(containers, dir).map_err(ServiceError::Internal)
+    crate::tmpfs::mount_secrets_dir(containers.engine_socket(), dir).map_err(ServiceError::Internal)
 }
 
 /// Each launch mounts a tmpfs until its container claims it (or it
@@ -137,7 +138,7 @@ fn mount(
 /// on.
 fn check_limit(
     containers: &Containers,
-    broker: &Broker,
+    core: &dyn Core,
     ctx: &Ctx,
     w: &str,
 ) -> Result<(), ServiceError> {
@@ -150,7 +151,7 @@ fn check_limit(
     if pending < MAX_UNCLAIMED_LAUNCHES_PER_UID {
         return Ok(());
     }
-    Err(broker.deny(
+    Err(core.deny(
         ctx,
         w,
         Refusal::new(
@@ -161,7 +162,7 @@ fn check_limit(
 }
 
 /// The plan's refusals, as one denial by the first one's rule.
-fn refused(broker: &Broker, ctx: &Ctx, w: &str, refusals: Vec<launch::Refusal>) -> ServiceError {
+fn refused(core: &dyn Core, ctx: &Ctx, w: &str, refusals: Vec<launch::Refusal>) -> ServiceError {
     let reason = refusals
         .iter()
         .map(|r| format!("{}: {}", r.rule, r.reason))
@@ -170,7 +171,7 @@ fn refused(broker: &Broker, ctx: &Ctx, w: &str, refusals: Vec<launch::Refusal>) 
     let rule = refusals
         .first()
         .map_or(DenyRule::LaunchArgs, |r| DenyRule::of(r.rule));
-    broker.deny(
+    core.deny(
         ctx,
         w,
         Refusal::new(

@@ -9,8 +9,9 @@ use crate::tmpfs::release_dir;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use unbaked_api::wire::ErrorCode;
-use unbaked_broker::platform::{Attestation, Evidence};
-use unbaked_broker::service::{Broker, Ctx};
+use unbaked_broker::attest::container::{Attestation, Evidence};
+use unbaked_broker::platform::Core;
+use unbaked_broker::request::Ctx;
 use unbaked_policy::Caller;
 
 /// A launch whose container never showed up gives its (empty) tmpfs back.
@@ -23,7 +24,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// Renew the launches' file leases, give back unclaimed tmpfs mounts, and
 /// now and then check that every followed container still runs.
-pub async fn renewals(broker: Arc<Broker>, containers: Arc<Containers>) {
+pub async fn renewals(core: Arc<dyn Core>, containers: Arc<Containers>) {
     let mut tick = tokio::time::interval(TICK);
     let mut last_reconcile = Instant::now();
     loop {
@@ -31,11 +32,11 @@ pub async fn renewals(broker: Arc<Broker>, containers: Arc<Containers>) {
         let now = Instant::now();
         give_back_unclaimed(&containers, now);
         for (lid, container, caller, lease_id) in due(&containers, now) {
-            renew_one(&broker, &containers, &lid, &container, caller, &lease_id).await;
+            renew_one(&*core, &containers, &lid, &container, caller, &lease_id).await;
         }
         if now.duration_since(last_reconcile) >= RECONCILE_EVERY {
             last_reconcile = now;
-            reconcile(&broker, &containers).await;
+            reconcile(&*core, &containers).await;
         }
     }
 }
@@ -54,7 +55,7 @@ fn give_back_unclaimed(containers: &Containers, now: Instant) {
             .collect()
     };
     for (id, e) in unclaimed {
-        release_dir(containers, &id, e.dir);
+        release_dir(containers.engine_socket(), &id, e.dir);
     }
 }
 
@@ -79,7 +80,7 @@ fn due(containers: &Containers, now: Instant) -> Vec<(String, String, Caller, St
 }
 
 async fn renew_one(
-    broker: &Broker,
+    core: &dyn Core,
     containers: &Containers,
     launch_id: &str,
     container: &str,
@@ -89,7 +90,7 @@ async fn renew_one(
     let attestation = match containers.engine.inspect(container).await {
         Ok(Some(c)) if c.running => Attestation::Container(Arc::new(c) as Arc<dyn Evidence>),
         Ok(_) => {
-            containers.container_gone(broker, container, Some(launch_id), "the container stopped");
+            containers.container_gone(core, container, Some(launch_id), "the container stopped");
             return;
         }
         Err(e) => Attestation::Unverified {
@@ -103,7 +104,7 @@ async fn renew_one(
         request_id: format!("renew-{launch_id}"),
         attestation,
     };
-    let result = broker.renew(&ctx, lease_id).await;
+    let result = core.renew(&ctx, lease_id).await;
     let now = Instant::now();
     let mut launches = containers.launches();
     let Some(entry) = launches.get_mut(launch_id) else {
@@ -140,12 +141,12 @@ async fn renew_one(
 
 /// End what belongs to containers that are no longer running (an event
 /// may have been missed while the engine was away).
-pub(crate) async fn reconcile(broker: &Broker, containers: &Containers) {
+pub(crate) async fn reconcile(core: &dyn Core, containers: &Containers) {
     for id in containers.followed() {
         match containers.engine.inspect(&id).await {
             Ok(Some(c)) if c.running => {}
             Ok(_) => {
-                containers.container_gone(broker, &id, None, "the container is no longer running")
+                containers.container_gone(core, &id, None, "the container is no longer running")
             }
             Err(_) => return, // the engine is away: try again later
         }

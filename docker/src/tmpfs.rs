@@ -3,7 +3,6 @@
 //! through the descriptor opened there, zeroed, unmounted and removed when
 //! its container is gone.
 
-use crate::containers::Containers;
 use std::path::{Path, PathBuf};
 use unbaked_secretsdir::{sys, SecretsDir};
 
@@ -40,22 +39,22 @@ pub(crate) fn zero_tree(dir: &Path, depth: u8) {
 
 /// Wipe a launch's tmpfs (through its descriptor), then unmount and remove
 /// it in the host's mount namespace, where it was mounted.
-pub(crate) fn release_dir(containers: &Containers, launch_id: &str, dir: Option<SecretsDir>) {
+pub(crate) fn release_dir(engine_socket: &Path, launch_id: &str, dir: Option<SecretsDir>) {
     let Some(mut dir) = dir else { return };
     if let Err(e) = dir.wipe_all() {
         tracing::error!(launch = launch_id, error = %e, "could not wipe a container's secrets");
     }
     let root = dir.root().to_path_buf();
     drop(dir);
-    if let Err(e) = unmount_secrets_dir(containers, root.clone()) {
+    if let Err(e) = unmount_secrets_dir(engine_socket, root.clone()) {
         tracing::error!(launch = launch_id, dir = %root.display(), error = %e, "could not unmount a container's secrets tmpfs")
     }
 }
 
 /// Unmount a launch's tmpfs and remove its directory, in the host's mount
 /// namespace ([`crate::host_mount`]).
-fn unmount_secrets_dir(containers: &Containers, root: PathBuf) -> Result<(), String> {
-    crate::host_mount::in_host(containers.engine_socket(), move || {
+fn unmount_secrets_dir(engine_socket: &Path, root: PathBuf) -> Result<(), String> {
+    crate::host_mount::in_host(engine_socket, move || {
         let unmounted = sys::unmount(&root).map_err(|e| e.to_string());
         let _ = std::fs::remove_dir(&root);
         unmounted
@@ -63,12 +62,12 @@ fn unmount_secrets_dir(containers: &Containers, root: PathBuf) -> Result<(), Str
 }
 
 /// A fresh, size-limited tmpfs of our own for one container's files, in
-/// the 0700 base directory ([`Containers::secure_base`]), mounted in the
+/// the 0700 base directory (`Containers::secure_base`), mounted in the
 /// host's mount namespace, where the engine bind-mounts it from
 /// ([`crate::host_mount`]); written through the descriptor opened there.
-pub(crate) fn mount_secrets_dir(containers: &Containers, dir: &Path) -> Result<SecretsDir, String> {
+pub(crate) fn mount_secrets_dir(engine_socket: &Path, dir: &Path) -> Result<SecretsDir, String> {
     let path = dir.to_path_buf();
-    let fd = crate::host_mount::in_host(containers.engine_socket(), move || {
+    let fd = crate::host_mount::in_host(engine_socket, move || {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let dir = path.as_path();
         std::fs::DirBuilder::new()
@@ -92,7 +91,7 @@ pub(crate) fn mount_secrets_dir(containers: &Containers, dir: &Path) -> Result<S
             })
     })?;
     SecretsDir::adopt_fd(dir, fd).map_err(|e| {
-        let _ = unmount_secrets_dir(containers, dir.to_path_buf());
+        let _ = unmount_secrets_dir(engine_socket, dir.to_path_buf());
         e.to_string()
     })
 }

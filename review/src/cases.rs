@@ -15,8 +15,9 @@
 //! workload's `[match]`. A case naming a workload no policy declares fails
 //! whatever it expects, so a typo cannot pass as a "deny".
 
-use crate::check::Finding;
+use crate::finding::Finding;
 use crate::rules::Level;
+use crate::rules::CASE_FILE;
 use crate::text::plural;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -28,7 +29,6 @@ use unbaked_api::wire::DeliveryKind;
 use unbaked_policy::{Caller, ContainerInfo, Grant, PolicySet};
 
 /// Rule id of a problem in a case file itself.
-pub const CASE_FILE: &str = "case-file";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

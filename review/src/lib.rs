@@ -18,6 +18,7 @@
 pub mod cases;
 pub mod check;
 pub mod diff;
+pub mod finding;
 pub mod git;
 mod lint;
 mod locate;

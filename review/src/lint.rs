@@ -2,7 +2,7 @@
 //! Each finding names its rule ([`crate::rules::lint`]), the field, why it
 //! matters and what to write instead. User text is quoted with `{:?}`.
 
-use crate::check::{Finding, Limits};
+use crate::finding::{Finding, Limits};
 use crate::locate::Locator;
 use crate::rules::{lint, Level};
 use crate::text::{human_duration, name_list};

@@ -9,6 +9,9 @@ use serde::Serialize;
 use std::fmt;
 use unbaked_policy::rule as parse;
 
+/// The rule of a policy test file that cannot be read or parsed.
+pub const CASE_FILE: &str = "case-file";
+
 /// How bad a finding is. `check` exits 1 on errors, and on warnings with
 /// `--strict`; infos never fail a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -129,7 +132,7 @@ pub const RULES: &[Rule] = &[
     error(parse::DUPLICATE_TARGET, "two grants write the same file or variable", "Give each grant its own target."),
     error(parse::FILE_ONLY, "mode, uid or gid on an env or fd grant", "Remove them: a variable has no owner or mode."),
     error(parse::BAD_TTL, "a ttl that does not parse or lies outside 1s..=24h", "Write a duration string between \"1s\" and \"24h\", e.g. \"10m\"."),
-    error(crate::cases::CASE_FILE, "a policy test file that cannot be read or parsed", "Write each case as a [[case]] table with workload, secret and expect = \"allow\" or \"deny\"; key, delivery and caller are optional."),
+    error(CASE_FILE, "a policy test file that cannot be read or parsed", "Write each case as a [[case]] table with workload, secret and expect = \"allow\" or \"deny\"; key, delivery and caller are optional."),
     error(parse::BAD_MODE, "a file mode that is not octal, exceeds 0o777 or hides the file from its owner", "Write the mode in octal with owner read, e.g. 0o400 or \"0440\"."),
     error(parse::GRANT_SOURCE, "a grant without exactly one of secret, pki, dynamic, or with a key of another kind of grant", "Give each grant one source: `secret` and `key` for a stored secret, `pki` and `common_name` for a certificate, `dynamic` (with `field` for env and fd) for a leased credential."),
     error(parse::BAD_PKI, "a pki grant whose path, common_name, alt_names or ip_sans is not valid", "Write `pki = \"MOUNT/issue/ROLE\"` and DNS names or IP addresses the role may issue for."),

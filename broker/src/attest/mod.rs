@@ -4,6 +4,7 @@
 //! service-account tokens (`token`). The container a caller runs in comes
 //! from the platform ([`crate::platform`]) and adds to the same `Caller`.
 
+pub mod container;
 pub mod kernel;
 pub mod token;
 pub mod unix;

@@ -7,9 +7,10 @@
 //! (`secret_write` with the version, `secret_delete`) follows. A read is
 //! audited before the value is released.
 
-use super::deny::{bounded_name, Refusal};
 use super::{Broker, Ctx, ServiceError};
 use crate::audit::{Event, Record};
+use crate::names::bounded_name;
+use crate::request::Refusal;
 use crate::rules::DenyRule;
 use unbaked_api::wire::{PutSecret, SecretData, SecretList, SecretMeta};
 

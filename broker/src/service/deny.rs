@@ -18,8 +18,9 @@
 use super::{Broker, Ctx, ServiceError};
 use crate::audit::{Event, Record};
 use crate::metrics::UNKNOWN_WORKLOAD;
+use crate::names::{bounded_name, valid_workload};
+use crate::request::Refusal;
 use crate::rules::DenyRule;
-use ring::digest::{digest, SHA256};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -29,36 +30,8 @@ use unbaked_policy::PolicySet;
 pub(crate) const REPEAT_WINDOW: Duration = Duration::from_secs(10);
 /// Distinct denials aggregated at once; past this each is written alone.
 const MAX_AGGREGATED: usize = 1024;
-/// Characters of an invalid name kept (escaped) in audit and log.
-const NAME_PREFIX_CHARS: usize = 32;
 /// Longest reason kept in a record, a log line or an answer.
 const MAX_REASON_BYTES: usize = 2048;
-
-/// Why a request is refused, as its origin states it.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    pub rule: DenyRule,
-    /// For the caller: its own facts, the rule, what to do.
-    pub reason: String,
-    /// For the operator (audit, log) when it says more than `reason`:
-    /// expected values of the policy, its file.
-    pub detail: Option<String>,
-}
-
-impl Refusal {
-    pub fn new(rule: DenyRule, reason: impl Into<String>) -> Refusal {
-        Refusal {
-            rule,
-            reason: reason.into(),
-            detail: None,
-        }
-    }
-
-    pub fn detail(mut self, detail: impl Into<String>) -> Refusal {
-        self.detail = Some(detail.into());
-        self
-    }
-}
 
 /// A workload name as a denial may record it.
 enum Named<'a> {
@@ -99,45 +72,6 @@ impl<'a> Named<'a> {
             Named::Declared(n) | Named::Undeclared(n) => Some((*n).to_string()),
             Named::Invalid(b) => Some(b.clone()),
         }
-    }
-}
-
-/// The policy crate's rule for workload names (`[a-z0-9][a-z0-9_.-]{0,62}`).
-pub(crate) fn valid_workload(name: &str) -> bool {
-    name.len() <= 63 && unbaked_policy::check_workload_name(name).is_ok()
-}
-
-/// A caller-chosen string as audit records and logs may hold it: itself
-/// when it is a short plain name, else `invalid:` with an escaped prefix,
-/// its length and the start of its SHA-256 (so repeats can be matched).
-pub fn bounded_name(s: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "_.-/".contains(c);
-    if !s.is_empty() && s.len() <= 64 && s.chars().all(plain) {
-        return s.to_string();
-    }
-    let prefix: String = s
-        .chars()
-        .take(NAME_PREFIX_CHARS)
-        .flat_map(char::escape_default)
-        .collect();
-    let more = if s.chars().nth(NAME_PREFIX_CHARS).is_some() {
-        "..."
-    } else {
-        ""
-    };
-    let hash = crate::audit::to_hex(&digest(&SHA256, s.as_bytes()).as_ref()[..8]);
-    format!(
-        "invalid:\"{prefix}{more}\" ({} bytes, sha256 {hash})",
-        s.len()
-    )
-}
-
-/// A workload name for a log span: itself if valid, else `invalid`.
-pub fn log_name(name: &str) -> &str {
-    if valid_workload(name) {
-        name
-    } else {
-        "invalid"
     }
 }
 
@@ -375,11 +309,10 @@ fn service_account(ctx: &Ctx) -> String {
 mod tests {
     use super::*;
 
-    use crate::platform::tests::Fake;
-    use crate::platform::{
-        Attestation, BoxFuture, ConnectionMemo, Evidence, FilesTarget, HostOnly, Platform,
-        PlatformError,
-    };
+    use crate::attest::container::tests::Fake;
+    use crate::attest::container::{Attestation, ConnectionMemo, Evidence};
+    use crate::platform::{BoxFuture, Core, FilesTarget, HostOnly, Platform};
+    use crate::request::PlatformError;
     use std::sync::Arc;
     use unbaked_api::wire::{
         DeliveryKind, ErrorCode, FetchRequest, LaunchPlan, LaunchRequest, Lease,
@@ -421,7 +354,7 @@ mod tests {
         }
         fn deliver_files(
             &self,
-            b: &Broker,
+            b: &dyn Core,
             c: &Ctx,
             t: &FilesTarget,
             l: &Lease,
@@ -430,7 +363,7 @@ mod tests {
         }
         fn launch<'a>(
             &'a self,
-            b: &'a Broker,
+            b: &'a dyn Core,
             c: &'a Ctx,
             p: &'a Policy,
             r: LaunchRequest,
@@ -439,7 +372,7 @@ mod tests {
         }
         fn start(
             self: Arc<Self>,
-            _: Arc<Broker>,
+            _: Arc<dyn Core>,
         ) -> Result<Vec<tokio::task::JoinHandle<()>>, PlatformError> {
             Ok(Vec::new())
         }
@@ -517,22 +450,6 @@ mod tests {
         let text = std::fs::read_to_string(&audit).unwrap();
         assert!(text.contains("\"rule\":\"isolation.privileged\""), "{text}");
         assert!(text.contains("\"name\":\"web-1\""), "{text}");
-    }
-
-    #[test]
-    fn names_are_bounded_and_escaped() {
-        assert_eq!(bounded_name("billing"), "billing");
-        assert_eq!(bounded_name("app/db"), "app/db");
-        let huge = "x\n\u{1b}".repeat(400_000);
-        let b = bounded_name(&huge);
-        assert!(b.len() < 200, "{b}");
-        assert!(b.starts_with("invalid:\"x\\n\\u{1b}x"), "{b}");
-        assert!(b.contains("1200000 bytes") && b.contains("sha256 "), "{b}");
-        assert!(!b.contains('\n') && !b.contains('\u{1b}'));
-        assert_ne!(bounded_name(&huge), bounded_name(&huge[1..]));
-        assert_eq!(log_name("billing"), "billing");
-        assert_eq!(log_name(&huge), "invalid");
-        assert_eq!(log_name("Billing"), "invalid");
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //! (token, name, attestation, `[match]`, `[isolation]`), read the store,
 //! audit, lease.
 
-use super::deny::{bounded_name, policy_refusal, valid_workload, Refusal};
+use super::deny::policy_refusal;
 use super::{Broker, Ctx, ServiceError, EMPTY_LEASE_TTL};
+use crate::attest::container::Attestation;
 use crate::audit::{CallerRef, Event, Record, SecretRef};
 use crate::lease::{new_lease_id, LeaseRecord};
-use crate::platform::{Attestation, FilesTarget};
+use crate::names::{bounded_name, valid_workload};
+use crate::platform::FilesTarget;
+use crate::request::Refusal;
 use crate::rules::DenyRule;
 use crate::store::issued::{self, Released};
 use std::time::{Duration, Instant};

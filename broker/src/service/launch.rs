@@ -1,8 +1,9 @@
 //! `unbaked run`: who may launch which workload (`[launch]`), decided here;
 //! the plan and the preparation are the container platform's.
 
-use super::deny::{policy_refusal, Refusal};
+use super::deny::policy_refusal;
 use super::{Broker, Ctx, ServiceError};
+use crate::request::Refusal;
 use crate::rules::DenyRule;
 use unbaked_api::wire::{LaunchPlan, LaunchRequest};
 use unbaked_policy::{Policy, PolicySet};
