@@ -25,11 +25,10 @@ pub mod service;
 pub mod store;
 
 use audit::{Audit, Event, Record};
-use config::{BrokerConfig, StoreKind};
+use config::BrokerConfig;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::memory::MemoryStore;
 use store::Store;
 
 pub use config::{BrokerOptions, ConfigError};
@@ -76,24 +75,7 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
     let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
     let uid = nix::unistd::geteuid().as_raw();
-    let store: Arc<dyn Store> =
-        match (cfg.store, &cfg.vault) {
-            (StoreKind::Vault, Some(vault)) => {
-                let store = store::vault::VaultStore::new(vault.clone())
-                    .map_err(|e| BrokerError::Start(e.to_string()))?;
-                // Renews the broker's token and logs in again when it is refused.
-                store.spawn_token_keeper();
-                store
-            }
-            (StoreKind::Vault, None) => {
-                return Err(BrokerError::Start(
-                    "--store vault without a [vault] configuration".into(),
-                ))
-            }
-            (StoreKind::Memory, _) => Arc::new(MemoryStore::new().map_err(|_| {
-                BrokerError::Start("no system randomness for the sealing key".into())
-            })?),
-        };
+    let store: Arc<dyn Store> = store::open(&cfg).map_err(|e| BrokerError::Start(e.to_string()))?;
     let extra: reload::Extra = if cfg.dev {
         Arc::new(move |set| dev::add_demo(set, uid))
     } else {
