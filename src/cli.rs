@@ -113,6 +113,20 @@ pub enum SecretCommand {
     },
     /// Remove PATH
     Rm { path: String },
+    /// Write the current version of every secret under PREFIX to stdout, sealed under --key-file (backup, migration)
+    Export {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// The key to seal the export with (64 hex digits, mode 0400: `unbaked store init-key FILE`)
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+    },
+    /// Write every secret of an export (read from stdin) as a new version, to whichever store the broker runs
+    Import {
+        /// The key the export was sealed with
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ mod cli;
 mod policy_cmd;
 mod run;
 mod secret_args;
+mod transfer;
 
 use clap::Parser;
 use cli::{AuditCommand, Cli, Command, LogFormat, SecretCommand, StoreCommand};
@@ -244,6 +245,12 @@ fn secret(socket: PathBuf, cmd: SecretCommand) -> Result<(), Failure> {
         }
         SecretCommand::Rm { path } => {
             rt.block_on(client.delete_secret(&path)).map_err(api)?;
+        }
+        SecretCommand::Export { prefix, key_file } => {
+            transfer::export(&rt, &client, &prefix, &key_file)?;
+        }
+        SecretCommand::Import { key_file } => {
+            transfer::import(&rt, &client, &key_file)?;
         }
     }
     Ok(())

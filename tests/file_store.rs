@@ -631,3 +631,127 @@ fn a_non_root_broker_keeps_its_own_store() {
         "{e}"
     );
 }
+
+/// `unbaked secret export` from one broker and `import` into another:
+/// OpenBao's KV v2 into the file store and back out into another OpenBao;
+/// the export is sealed, a wrong key imports nothing.
+#[test]
+fn export_and_import_move_secrets_between_vault_and_the_file_store() {
+    use util::bao::{vault_broker, Dev};
+    let s = setup();
+    let values: [(&str, &str, &[u8]); 3] = [
+        ("app/api", "token", b"migrate-token-41d9e3"),
+        ("app/db", "password", b"migrate-dbpass-8c20ff"),
+        ("other/x", "y", b"migrate-not-under-the-prefix"),
+    ];
+    let dev = Dev::start();
+    let vault_env = |d: &Dev| {
+        vec![
+            ("VAULT_ADDR".to_string(), d.server.addr.clone()),
+            ("VAULT_TOKEN".to_string(), "root".to_string()),
+        ]
+    };
+    let env1 = vault_env(&dev);
+    let env1: Vec<(&str, &str)> = env1.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let from = vault_broker(&[], "", &env1);
+    for (p, k, v) in values {
+        from.put(p, k, v);
+    }
+    let export = |b: &Broker, key: &Path| {
+        output(
+            b.cmd()
+                .args(["secret", "export", "app/", "--key-file"])
+                .arg(key),
+        )
+    };
+    let out = export(&from, &s.key);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let sealed = out.stdout;
+    for (_, _, v) in values {
+        assert!(
+            !sealed.windows(v.len()).any(|w| w == v),
+            "{} in clear",
+            text(v)
+        );
+    }
+    assert!(
+        text(&out.stderr).contains("exported 2 secret(s)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let mut to = s.broker(&[]);
+    let other = s.tmp.path().join("other.key");
+    assert!(output(Command::new(BIN).args([
+        OsStr::new("store"),
+        "init-key".as_ref(),
+        other.as_os_str()
+    ]))
+    .status
+    .success());
+    let out = run_stdin(
+        to.cmd()
+            .args(["secret", "import", "--key-file"])
+            .arg(&other),
+        &sealed,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("another key"),
+        "{}",
+        text(&out.stderr)
+    );
+    let cut = run_stdin(
+        to.cmd()
+            .args(["secret", "import", "--key-file"])
+            .arg(&s.key),
+        &sealed[..sealed.len() - 41],
+    );
+    assert!(
+        text(&cut.stderr).contains("cut short"),
+        "{}",
+        text(&cut.stderr)
+    );
+    assert!(
+        text(&output(to.cmd().args(["secret", "list"])).stdout)
+            .trim()
+            .is_empty(),
+        "nothing imported"
+    );
+
+    let out = run_stdin(
+        to.cmd()
+            .args(["secret", "import", "--key-file"])
+            .arg(&s.key),
+        &sealed,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("app/db: version 1"),
+        "{}",
+        text(&out.stdout)
+    );
+    to.stop();
+    let to = s.broker(&[]);
+    for (p, k, v) in &values[..2] {
+        assert_eq!(get(&to, p, k).as_deref(), Some(*v), "{p} after a restart");
+    }
+    assert!(get(&to, "other/x", "y").is_none(), "only the prefix moved");
+
+    // And out again, into another OpenBao.
+    let out = export(&to, &s.key);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dev2 = Dev::start();
+    let env2 = vault_env(&dev2);
+    let env2: Vec<(&str, &str)> = env2.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let back = vault_broker(&[], "", &env2);
+    let imported = run_stdin(
+        back.cmd()
+            .args(["secret", "import", "--key-file"])
+            .arg(&s.key),
+        &out.stdout,
+    );
+    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    let got = dev2.must(&["kv", "get", "-field=token", "secret/app/api"]);
+    assert_eq!(got.trim().as_bytes(), values[0].2);
+}

@@ -75,6 +75,9 @@ const HEADER_LEN: usize = HEADER_PLAIN + NONCE_LEN + TAG_LEN;
 const MAX_RECORD: usize = 8 << 20;
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
+/// The last record of an export: how many came before it, so an export
+/// cut at a record boundary is still known to be cut.
+const OP_END: u8 = 3;
 /// Compact when dead records outweigh live ones and this much is dead.
 const COMPACT_MIN_DEAD: u64 = 1 << 20;
 
@@ -215,6 +218,9 @@ enum Op {
     Delete {
         path: String,
     },
+    End {
+        records: u64,
+    },
 }
 
 fn put_str(out: &mut Vec<u8>, s: &[u8]) {
@@ -292,6 +298,10 @@ fn decode(plain: &[u8]) -> Option<Op> {
         OP_DELETE => {
             let path = r.string()?;
             r.0.is_empty().then_some(Op::Delete { path })
+        }
+        OP_END => {
+            let records = r.u64()?;
+            r.0.is_empty().then_some(Op::End { records })
         }
         _ => None,
     }
@@ -448,6 +458,8 @@ struct Replayed {
     seq: u64,
     /// Where the whole records end; a torn tail after it is cut.
     end: u64,
+    /// The sequence number of the last end-of-export record, and what it said.
+    export_end: Option<(u64, u64)>,
 }
 
 impl FileStore {
@@ -655,6 +667,7 @@ fn replay(
     let mut index = Index::default();
     let mut off = HEADER_LEN;
     let mut seq = 0u64;
+    let mut export_end = None;
     let damaged = |offset: usize, reason| FileStoreError::Damaged {
         path: path.into(),
         offset: offset as u64,
@@ -666,6 +679,7 @@ fn replay(
             index: Index::default(),
             seq,
             end: off as u64,
+            export_end,
         };
         if rest.len() < 4 {
             return Ok(Replayed { index, ..torn });
@@ -708,6 +722,9 @@ fn replay(
             Some(Op::Delete { path }) => {
                 index.delete(&path);
             }
+            // Meaningful to an import only; a store log copied from an
+            // export carries one, harmlessly.
+            Some(Op::End { records }) => export_end = Some((seq, records)),
             None => return Err(damaged(off, "a record this unbaked cannot decode")),
         }
         off += 4 + len;
@@ -717,7 +734,93 @@ fn replay(
         index,
         seq,
         end: off as u64,
+        export_end,
     })
+}
+
+/// One version of one path, as an export carries it.
+pub struct Exported {
+    pub path: String,
+    pub version: u64,
+    pub data: BTreeMap<String, Secret>,
+}
+
+impl std::fmt::Debug for Exported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exported")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// `unbaked secret export`: the versions as a store log of their own,
+/// sealed under `master` (so an export is also a store directory's
+/// `store.log`, should a restore by copying be wanted).
+pub fn seal_export(master: &StoreKey, versions: &[Exported]) -> Result<Vec<u8>, StoreError> {
+    let disk = DiskKey::derive(
+        master,
+        new_id().map_err(|e| StoreError::Invalid(e.to_string()))?,
+    );
+    let mut out = disk.header()?;
+    for (seq, v) in versions.iter().enumerate() {
+        let plain = encode_put(
+            &v.path,
+            v.version,
+            v.data.iter().map(|(k, v)| (k.as_str(), v.expose_secret())),
+        );
+        out.extend_from_slice(&disk.frame(seq as u64, &plain)?);
+    }
+    let n = versions.len() as u64;
+    let mut end = Zeroizing::new(vec![OP_END]);
+    end.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&disk.frame(n, &end)?);
+    Ok(out)
+}
+
+/// `unbaked secret import`: every version of an export (or of a store
+/// log), oldest first per path, paths sorted. `name` names the input in
+/// messages. A truncated export is refused: an import is all or nothing.
+pub fn open_export(
+    master: &StoreKey,
+    bytes: &[u8],
+    name: &Path,
+    key_from: &'static str,
+) -> Result<Vec<Exported>, FileStoreError> {
+    let disk = check_header(bytes, master, name, key_from)?;
+    let sealer = Sealer::new().map_err(|_| FileStoreError::Io {
+        action: "draw the in-memory sealing key for",
+        path: name.into(),
+        source: std::io::Error::other("no system randomness"),
+    })?;
+    let r = replay(bytes, &disk, &sealer, 0, name)?;
+    let last = r.seq.checked_sub(1);
+    if r.end != bytes.len() as u64 || r.export_end != last.map(|l| (l, l)) {
+        return Err(FileStoreError::Damaged {
+            path: name.into(),
+            offset: r.end,
+            reason: "it does not end with its end-of-export record: the export was cut short",
+        });
+    }
+    let mut paths: Vec<(&String, &Entry)> = r.index.paths.iter().collect();
+    paths.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out = vec![];
+    for (path, entry) in paths {
+        for (n, v) in &entry.versions {
+            let data = v
+                .values
+                .iter()
+                .filter_map(|(k, s)| Some((k.clone(), sealer.open(&aad(path, k, *n), s)?)))
+                .collect();
+            out.push(Exported {
+                path: path.clone(),
+                version: *n,
+                data,
+            });
+        }
+    }
+    Ok(out)
 }
 
 impl Inner {
@@ -1150,6 +1253,39 @@ mod tests {
         );
         assert_eq!(put(&s, "p", "k", b"next"), 41);
         assert!(!dir.join(LOG_NEW).exists());
+    }
+
+    #[test]
+    fn an_export_opens_under_its_key_only_and_whole() {
+        let versions = vec![
+            Exported {
+                path: "a/b".into(),
+                version: 3,
+                data: BTreeMap::from([("k".into(), Secret::from_slice(b"export-marker"))]),
+            },
+            Exported {
+                path: "c".into(),
+                version: 1,
+                data: BTreeMap::from([("x".into(), Secret::from_slice(b"y"))]),
+            },
+        ];
+        let sealed = seal_export(&key(5), &versions).unwrap();
+        assert!(!sealed.windows(13).any(|w| w == b"export-marker"));
+        let name = Path::new("<stdin>");
+        let back = open_export(&key(5), &sealed, name, "test").unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!((back[0].path.as_str(), back[0].version), ("a/b", 3));
+        assert_eq!(back[0].data["k"].expose_secret(), b"export-marker");
+        assert!(matches!(
+            open_export(&key(6), &sealed, name, "test"),
+            Err(FileStoreError::WrongKey { .. })
+        ));
+        for cut in [1, 4 + 12 + 9 + 16] {
+            assert!(matches!(
+                open_export(&key(5), &sealed[..sealed.len() - cut], name, "test"),
+                Err(FileStoreError::Damaged { .. })
+            ));
+        }
     }
 
     #[test]
