@@ -1289,6 +1289,26 @@ mod tests {
     }
 
     #[test]
+    fn an_export_copied_in_as_the_log_is_a_store() {
+        let versions = vec![Exported {
+            path: "p".into(),
+            version: 4,
+            data: BTreeMap::from([("k".into(), Secret::from_slice(b"v4"))]),
+        }];
+        let (_t, dir) = store_dir();
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        std::fs::write(dir.join(LOG), seal_export(&key(9), &versions).unwrap()).unwrap();
+        let s = open(&dir, 9).unwrap();
+        assert_eq!(value(&s, "p", "k"), Some((4, b"v4".to_vec())));
+        assert_eq!(put(&s, "p", "k", b"v5"), 5);
+        drop(s);
+        assert_eq!(
+            value(&open(&dir, 9).unwrap(), "p", "k"),
+            Some((5, b"v5".to_vec()))
+        );
+    }
+
+    #[test]
     fn a_loose_directory_is_refused() {
         use std::os::unix::fs::PermissionsExt;
         let (_t, dir) = store_dir();
