@@ -419,6 +419,11 @@ fn open_dir(dir: &Path) -> Result<File, FileStoreError> {
             .mode(0o700)
             .create(dir)
             .map_err(io("create the store directory", dir))?;
+        // The new entry itself must survive a power cut, or so would not
+        // the first acknowledged write.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent).map_err(io("sync", parent))?;
+        }
     }
     let f = std::fs::OpenOptions::new()
         .read(true)
