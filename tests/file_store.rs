@@ -3,7 +3,7 @@
 //! nothing changed on disk.
 mod util;
 use std::ffi::OsStr;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -467,66 +467,78 @@ fn a_broker_killed_at_random_moments_during_puts_loses_no_acknowledged_version()
 
     // Every acknowledged version is there, whole; every version there is
     // one that was sent, both keys of the same put; nothing in clear.
-    let key = key::load(&s.key, "test").unwrap();
-    let store = FileStore::open_with_key(&s.dir, key, "test", 0).unwrap();
-    let versions = store.versions("crash/rot");
-    let by_version: std::collections::BTreeMap<u64, (Vec<u8>, Vec<u8>)> = versions
-        .iter()
-        .map(|v| {
-            assert_eq!(
-                v.data.len(),
-                2,
-                "version {} has keys {:?}",
-                v.version,
-                v.data.keys()
-            );
-            (
-                v.version,
-                (
-                    v.data["a"].expose_secret().to_vec(),
-                    v.data["b"].expose_secret().to_vec(),
-                ),
-            )
-        })
-        .collect();
-    for (v, a, bv) in &acked {
-        let got = by_version
-            .get(v)
-            .unwrap_or_else(|| panic!("acknowledged version {v} is gone"));
-        assert_eq!(
-            (&got.0[..], &got.1[..]),
-            (a.as_bytes(), bv.as_bytes()),
-            "version {v}"
-        );
-    }
-    let sent: std::collections::HashSet<(Vec<u8>, Vec<u8>)> = attempted
-        .iter()
-        .map(|(a, b)| (a.clone().into_bytes(), b.clone().into_bytes()))
-        .collect();
-    for (v, pair) in &by_version {
-        assert!(
-            sent.contains(pair),
-            "version {v} holds a pair that was never sent together"
-        );
-    }
-    let numbers: Vec<u64> = by_version.keys().copied().collect();
-    assert_eq!(
-        numbers,
-        (1..=numbers.len() as u64).collect::<Vec<_>>(),
-        "versions are contiguous"
-    );
+    let kept = check_versions(&s.dir, &s.key, &acked, &attempted).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         files_containing(&s.dir, MARK.as_bytes()),
         Vec::<PathBuf>::new()
     );
+    // The controls: a log cut in the middle fails the check; the values
+    // are where they were written in clear.
+    let cut = s.tmp.path().join("cut");
+    std::fs::DirBuilder::new().mode(0o700).create(&cut).unwrap();
+    let log = std::fs::read(s.dir.join(LOG)).unwrap();
+    std::fs::write(cut.join(LOG), &log[..log.len() / 2]).unwrap();
+    let e = check_versions(&cut, &s.key, &acked, &attempted).unwrap_err();
+    assert!(e.contains("is gone"), "{e}");
     // The control: the values are where they were written in clear.
     assert!(!files_containing(values.path(), MARK.as_bytes()).is_empty());
     eprintln!(
         "{kills} kills, {} puts sent, {} acknowledged, {} versions kept",
         attempted.len(),
         acked.len(),
-        numbers.len()
+        kept
     );
+}
+
+/// Every acknowledged put of the crash test is in the store at `dir`
+/// whole, and every version there is one that was sent, both its keys from
+/// the same put; the versions are contiguous. The number kept.
+fn check_versions(
+    dir: &Path,
+    key_file: &Path,
+    acked: &[(u64, String, String)],
+    attempted: &[(String, String)],
+) -> Result<usize, String> {
+    let key = key::load(key_file, "test").map_err(|e| e.to_string())?;
+    let store = FileStore::open_with_key(dir, key, "test", 0).map_err(|e| e.to_string())?;
+    let mut by_version = std::collections::BTreeMap::new();
+    for v in store.versions("crash/rot") {
+        let (Some(a), Some(b), 2) = (v.data.get("a"), v.data.get("b"), v.data.len()) else {
+            return Err(format!(
+                "version {} has keys {:?}",
+                v.version,
+                v.data.keys()
+            ));
+        };
+        by_version.insert(
+            v.version,
+            (a.expose_secret().to_vec(), b.expose_secret().to_vec()),
+        );
+    }
+    for (v, a, b) in acked {
+        let got = by_version
+            .get(v)
+            .ok_or_else(|| format!("acknowledged version {v} is gone"))?;
+        if (&got.0[..], &got.1[..]) != (a.as_bytes(), b.as_bytes()) {
+            return Err(format!("version {v} is not what was acknowledged"));
+        }
+    }
+    let sent: std::collections::HashSet<(Vec<u8>, Vec<u8>)> = attempted
+        .iter()
+        .map(|(a, b)| (a.clone().into_bytes(), b.clone().into_bytes()))
+        .collect();
+    for (v, pair) in &by_version {
+        if !sent.contains(pair) {
+            return Err(format!(
+                "version {v} holds a pair that was never sent together"
+            ));
+        }
+    }
+    let numbers: Vec<u64> = by_version.keys().copied().collect();
+    if numbers != (1..=numbers.len() as u64).collect::<Vec<_>>() {
+        return Err(format!("versions are not contiguous: {numbers:?}"));
+    }
+    Ok(numbers.len())
 }
 
 /// A broker of an ordinary uid keeps its store in a directory of its own;
