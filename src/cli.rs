@@ -50,6 +50,9 @@ pub enum Command {
     /// Work with the audit log
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Set up the persistent file store
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -67,9 +70,15 @@ pub struct BrokerArgs {
     /// Directory of policy files [default: /etc/unbaked/policies]
     #[arg(long, value_name = "DIR")]
     pub policies: Option<PathBuf>,
-    /// Where secrets come from [default: memory]
-    #[arg(long, value_parser = ["memory", "vault"])]
+    /// Where secrets come from [default: memory]; file: sealed on disk in --store-dir
+    #[arg(long, value_parser = ["memory", "file", "vault"])]
     pub store: Option<String>,
+    /// The file store's directory [default: /var/lib/unbaked/store]
+    #[arg(long, value_name = "DIR")]
+    pub store_dir: Option<PathBuf>,
+    /// The key the file store is sealed with [env: UNBAKED_STORE_KEY_FILE, or $CREDENTIALS_DIRECTORY/unbaked-store-key]
+    #[arg(long, value_name = "FILE")]
+    pub store_key_file: Option<PathBuf>,
     /// Append the hash-chained audit log to FILE (without it, audit records go to the log)
     #[arg(long, value_name = "FILE")]
     pub audit: Option<PathBuf>,
@@ -104,6 +113,20 @@ pub enum SecretCommand {
     },
     /// Remove PATH
     Rm { path: String },
+    /// Write the current version of every secret under PREFIX to stdout, sealed under --key-file (backup, migration)
+    Export {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// The key to seal the export with (64 hex digits, mode 0400: `unbaked store init-key FILE`)
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+    },
+    /// Write every secret of an export (read from stdin) as a new version, to whichever store the broker runs
+    Import {
+        /// The key the export was sealed with
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +228,12 @@ pub enum FailOn {
     Weaken,
     Gain,
     Any,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Write a new random store key to FILE (mode 0400; never over an existing file)
+    InitKey { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,9 +6,10 @@ mod cli;
 mod policy_cmd;
 mod run;
 mod secret_args;
+mod transfer;
 
 use clap::Parser;
-use cli::{AuditCommand, Cli, Command, LogFormat, SecretCommand};
+use cli::{AuditCommand, Cli, Command, LogFormat, SecretCommand, StoreCommand};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -113,6 +114,8 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 admin_addr: args.admin_addr,
                 socket_mode: args.socket_mode,
                 socket_group: args.socket_group,
+                store_dir: args.store_dir,
+                store_key_file: args.store_key_file,
             };
             let cfg = BrokerConfig::resolve(opts, |k| std::env::var(k).ok())
                 .map_err(|e| Failure::new(exit::FAILURE, e))?;
@@ -161,6 +164,14 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Audit(AuditCommand::Verify { file }) => audit_verify(&file),
+        Command::Store(StoreCommand::InitKey { file }) => {
+            unbaked_broker::store::key::init(&file).map_err(|e| Failure::new(exit::FAILURE, e))?;
+            println!(
+                "{}: a new store key (mode 0400); keep a copy apart from the store: without it the store cannot be opened",
+                file.display()
+            );
+            Ok(())
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "unbaked", &mut std::io::stdout());
@@ -234,6 +245,12 @@ fn secret(socket: PathBuf, cmd: SecretCommand) -> Result<(), Failure> {
         }
         SecretCommand::Rm { path } => {
             rt.block_on(client.delete_secret(&path)).map_err(api)?;
+        }
+        SecretCommand::Export { prefix, key_file } => {
+            transfer::export(&rt, &client, &prefix, &key_file)?;
+        }
+        SecretCommand::Import { key_file } => {
+            transfer::import(&rt, &client, &key_file)?;
         }
     }
     Ok(())

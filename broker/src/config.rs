@@ -2,6 +2,7 @@
 //! environment say ([`BrokerOptions`], [`FileConfig`]), then one validated
 //! [`BrokerConfig`]. Flags override the file, which overrides the environment.
 
+use crate::store::file::FileStoreConfig;
 use crate::store::vault::{VaultAuth, VaultConfig};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -26,11 +27,20 @@ pub const DEFAULT_KV_MOUNT: &str = "secret";
 pub const DEFAULT_APPROLE_MOUNT: &str = "approle";
 pub const DEFAULT_SOCKET: &str = "/run/unbaked/broker.sock";
 pub const DEFAULT_POLICIES: &str = "/etc/unbaked/policies";
+/// The file store's key file, when neither a flag nor the config file names one.
+pub const ENV_STORE_KEY_FILE: &str = "UNBAKED_STORE_KEY_FILE";
+/// Set by systemd for a unit with `LoadCredential*=`.
+pub const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+/// The store key's credential name in `$CREDENTIALS_DIRECTORY`.
+pub const STORE_KEY_CREDENTIAL: &str = "unbaked-store-key";
+pub const DEFAULT_STORE_DIR: &str = crate::store::file::DEFAULT_DIR;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     Memory,
+    /// The sealed persistent store in `store_dir`.
+    File,
     Vault,
 }
 
@@ -39,8 +49,11 @@ impl FromStr for StoreKind {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "memory" => Ok(StoreKind::Memory),
+            "file" => Ok(StoreKind::File),
             "vault" => Ok(StoreKind::Vault),
-            other => Err(format!("unknown store {other:?}: use memory or vault")),
+            other => Err(format!(
+                "unknown store {other:?}: use memory, file or vault"
+            )),
         }
     }
 }
@@ -57,6 +70,8 @@ pub struct BrokerOptions {
     pub admin_addr: Option<std::net::SocketAddr>,
     pub socket_mode: Option<String>,
     pub socket_group: Option<String>,
+    pub store_dir: Option<PathBuf>,
+    pub store_key_file: Option<PathBuf>,
 }
 
 /// The `--config FILE` format.
@@ -150,6 +165,13 @@ pub struct BrokerSection {
     pub socket_mode: Option<String>,
     /// The socket's group (a name or a gid), for `socket_mode = "0660"`.
     pub socket_group: Option<String>,
+    /// `store = "file"`: its directory (default /var/lib/unbaked/store).
+    pub store_dir: Option<PathBuf>,
+    /// The key the file store is sealed with (`unbaked store init-key`).
+    pub store_key_file: Option<PathBuf>,
+    /// Versions kept per secret; 0 (the default) keeps every version
+    /// until the secret is removed.
+    pub store_max_versions: Option<u32>,
 }
 
 /// Who may connect to the broker's socket. The default lets any local
@@ -199,6 +221,8 @@ pub struct BrokerConfig {
     pub dev: bool,
     /// Set exactly when `store` is `Vault`.
     pub vault: Option<VaultConfig>,
+    /// Set exactly when `store` is `File`.
+    pub file_store: Option<FileStoreConfig>,
     pub kubernetes: Option<KubernetesConfig>,
     pub admin_addr: Option<std::net::SocketAddr>,
     pub socket_access: SocketAccess,
@@ -220,6 +244,8 @@ pub enum ConfigError {
     },
     #[error("the vault store is not configured: {0}")]
     Vault(String),
+    #[error("the file store has no key: give --store-key-file FILE, store_key_file in [broker], {ENV_STORE_KEY_FILE}, or a systemd credential named {STORE_KEY_CREDENTIAL} (LoadCredentialEncrypted=); `unbaked store init-key FILE` creates a key")]
+    NoStoreKey,
     #[error("[broker] {field}: {message}")]
     Invalid {
         field: &'static str,
@@ -277,7 +303,24 @@ impl BrokerConfig {
             .unwrap_or(StoreKind::Memory);
         let vault = match store {
             StoreKind::Vault => Some(resolve_vault(file.vault.unwrap_or_default(), &env)?),
-            StoreKind::Memory => None,
+            StoreKind::Memory | StoreKind::File => None,
+        };
+        let file_store = match store {
+            StoreKind::File => {
+                let (key_file, key_from) =
+                    store_key_file(opts.store_key_file, file.broker.store_key_file, &env)
+                        .ok_or(ConfigError::NoStoreKey)?;
+                Some(FileStoreConfig {
+                    dir: opts
+                        .store_dir
+                        .or(file.broker.store_dir)
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_DIR)),
+                    key_file,
+                    key_from,
+                    max_versions: file.broker.store_max_versions.unwrap_or(0),
+                })
+            }
+            StoreKind::Memory | StoreKind::Vault => None,
         };
         let socket_access = SocketAccess {
             mode: match opts.socket_mode.or(file.broker.socket_mode) {
@@ -294,10 +337,37 @@ impl BrokerConfig {
             audit: opts.audit.or(file.broker.audit),
             dev: opts.dev,
             vault,
+            file_store,
             kubernetes: file.kubernetes,
             admin_addr: opts.admin_addr.or(file.broker.admin_addr),
         })
     }
+}
+
+/// The store key file and where its name came from: the flag, the config
+/// file, `UNBAKED_STORE_KEY_FILE`, then a systemd credential.
+fn store_key_file(
+    flag: Option<PathBuf>,
+    file: Option<PathBuf>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Option<(PathBuf, &'static str)> {
+    flag.map(|p| (p, "--store-key-file"))
+        .or_else(|| file.map(|p| (p, "store_key_file in [broker]")))
+        .or_else(|| {
+            env(ENV_STORE_KEY_FILE)
+                .filter(|v| !v.is_empty())
+                .map(|p| (PathBuf::from(p), ENV_STORE_KEY_FILE))
+        })
+        .or_else(|| {
+            env(ENV_CREDENTIALS_DIRECTORY)
+                .filter(|v| !v.is_empty())
+                .map(|d| {
+                    (
+                        Path::new(&d).join(STORE_KEY_CREDENTIAL),
+                        "the systemd credential unbaked-store-key",
+                    )
+                })
+        })
 }
 
 /// `[vault]` over the environment. Messages name variables, never values.
@@ -495,6 +565,75 @@ mod tests {
             .unwrap()
             .vault
             .is_none());
+    }
+
+    #[test]
+    fn the_file_store_key_from_flag_file_env_or_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(
+            &file,
+            "[broker]\nstore = \"file\"\nstore_dir = \"/d\"\nstore_key_file = \"/from-file\"\nstore_max_versions = 5\n",
+        )
+        .unwrap();
+        let vars = [
+            (ENV_STORE_KEY_FILE, "/from-env"),
+            (ENV_CREDENTIALS_DIRECTORY, "/run/credentials/u"),
+        ];
+        let env = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        let with_file = BrokerOptions {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let f = BrokerConfig::resolve(with_file.clone(), env)
+            .unwrap()
+            .file_store
+            .unwrap();
+        assert_eq!(
+            (f.dir, f.key_file, f.max_versions),
+            ("/d".into(), "/from-file".into(), 5)
+        );
+        let f = BrokerConfig::resolve(
+            BrokerOptions {
+                store_key_file: Some("/flag".into()),
+                store_dir: Some("/flag-dir".into()),
+                ..with_file
+            },
+            env,
+        )
+        .unwrap()
+        .file_store
+        .unwrap();
+        assert_eq!((f.dir, f.key_file), ("/flag-dir".into(), "/flag".into()));
+        let file_store = BrokerOptions {
+            store: Some(StoreKind::File),
+            ..Default::default()
+        };
+        let f = BrokerConfig::resolve(file_store.clone(), env)
+            .unwrap()
+            .file_store
+            .unwrap();
+        assert_eq!(
+            (f.dir, f.key_file),
+            (DEFAULT_STORE_DIR.into(), "/from-env".into())
+        );
+        let creds = |k: &str| (k == ENV_CREDENTIALS_DIRECTORY).then(|| "/run/c".to_string());
+        let f = BrokerConfig::resolve(file_store.clone(), creds)
+            .unwrap()
+            .file_store
+            .unwrap();
+        assert_eq!(f.key_file, PathBuf::from("/run/c/unbaked-store-key"));
+        let e = BrokerConfig::resolve(file_store, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("init-key") && e.contains(ENV_STORE_KEY_FILE),
+            "{e}"
+        );
     }
 
     #[test]

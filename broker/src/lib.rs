@@ -22,13 +22,12 @@ pub mod service;
 pub mod store;
 
 use audit::{Audit, Event, Record};
-use config::{BrokerConfig, StoreKind};
+use config::BrokerConfig;
 use platform::{BoxFuture, Platform};
 use request::PlatformError;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::memory::MemoryStore;
 use store::{Store, StoreError};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -60,6 +59,8 @@ pub enum BrokerError {
     Signals(#[source] std::io::Error),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    OpenStore(#[from] store::OpenError),
     #[error("cannot verify service-account tokens ([kubernetes]): {0}")]
     Kubernetes(String),
     /// The container platform cannot start (e.g. `<socket dir>/containers`
@@ -110,27 +111,6 @@ impl Signals {
             _ = self.int.recv() => tracing::info!("SIGINT: stopping"),
         }
     }
-}
-
-fn open_store(cfg: &BrokerConfig) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(match (cfg.store, &cfg.vault) {
-        (StoreKind::Vault, Some(vault)) => {
-            let store = store::vault::VaultStore::new(vault.clone())?;
-            // Renews the broker's token and logs in again when it is refused.
-            store.spawn_token_keeper();
-            store
-        }
-        (StoreKind::Vault, None) => {
-            return Err(StoreError::Invalid(
-                "--store vault without a [vault] configuration".into(),
-            ))
-        }
-        (StoreKind::Memory, _) => {
-            Arc::new(MemoryStore::new().map_err(|_| {
-                StoreError::Invalid("no system randomness for the sealing key".into())
-            })?)
-        }
-    })
 }
 
 /// The policies, the audit chain (its start recorded) and, in dev mode,
@@ -191,7 +171,7 @@ async fn start_admin(
 pub async fn run(cfg: BrokerConfig, open_platform: PlatformOpener) -> Result<(), BrokerError> {
     let mut signals = Signals::install()?;
     let uid = nix::unistd::geteuid().as_raw();
-    let store = open_store(&cfg)?;
+    let store = store::open(&cfg)?;
     let extra: reload::Extra = if cfg.dev {
         Arc::new(move |set| dev::add_demo(set, uid))
     } else {

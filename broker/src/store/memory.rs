@@ -99,7 +99,7 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
-fn aad(path: &str, key: &str, version: u64) -> Vec<u8> {
+pub(super) fn aad(path: &str, key: &str, version: u64) -> Vec<u8> {
     format!("{path}\0{key}\0{version}").into_bytes()
 }
 

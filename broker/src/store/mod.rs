@@ -4,7 +4,9 @@
 //! at rest in process memory is sealed.
 
 pub mod cache;
+pub mod file;
 pub mod issued;
+pub mod key;
 pub mod memory;
 pub mod vault;
 
@@ -12,6 +14,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use unbaked_api::Secret;
 use unbaked_policy::Dynamic;
@@ -160,4 +163,41 @@ pub trait Store: Send + Sync + 'static {
     fn revoke_issued(&self, _handle: &IssuedHandle) -> BoxFuture<'_, Result<(), StoreError>> {
         unsupported(self.name())
     }
+}
+
+/// Why the broker's store did not open; nothing was served.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("--store vault without a [vault] configuration")]
+    NoVault,
+    #[error("--store file without a store directory and key")]
+    NoFile,
+    #[error(transparent)]
+    File(#[from] file::FileStoreError),
+    #[error(transparent)]
+    Vault(StoreError),
+    #[error("no system randomness for the sealing key")]
+    Random,
+}
+
+/// Open the store the configuration names. Must run inside the runtime:
+/// the Vault store starts its token keeper.
+pub fn open(cfg: &crate::config::BrokerConfig) -> Result<Arc<dyn Store>, OpenError> {
+    use crate::config::StoreKind;
+    Ok(match cfg.store {
+        StoreKind::Vault => {
+            let vault = cfg.vault.clone().ok_or(OpenError::NoVault)?;
+            let store = vault::VaultStore::new(vault).map_err(OpenError::Vault)?;
+            // Renews the broker's token and logs in again when it is refused.
+            store.spawn_token_keeper();
+            store
+        }
+        StoreKind::File => {
+            let f = cfg.file_store.as_ref().ok_or(OpenError::NoFile)?;
+            let store = file::FileStore::open(f)?;
+            tracing::info!(dir = %f.dir.display(), key_from = f.key_from, "file store opened");
+            Arc::new(store)
+        }
+        StoreKind::Memory => Arc::new(memory::MemoryStore::new().map_err(|_| OpenError::Random)?),
+    })
 }
