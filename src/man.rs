@@ -266,12 +266,30 @@ The static unbaked binary
 .B unbaked run
 mounts into the container as its exec shim.
 .TP
-.BR VAULT_ADDR ", " VAULT_TOKEN ", " VAULT_CACERT ", " VAULT_NAMESPACE
+.BR VAULT_ADDR ", " VAULT_TOKEN ", " VAULT_CACERT ", " VAULT_CAPATH ", " VAULT_NAMESPACE
 Vault or OpenBao, for
-.BR "broker \-\-store vault" ;
-each also as
+.BR "broker \-\-store vault" ,
+as the vault and bao CLIs read them; each also as
 .BR BAO_ *,
 which wins.
+CA files are added to the system roots.
+Without a token,
+.I ~/.vault\-token
+is read.
+.TP
+.BR VAULT_CLIENT_CERT ", " VAULT_CLIENT_KEY ", " VAULT_TLS_SERVER_NAME
+TLS client authentication (and the
+.B cert
+auth method), and the name checked on the server's certificate.
+.TP
+.B VAULT_SKIP_VERIFY
+Accepted with a warning at start and the metric
+.BR unbaked_vault_tls_verify_disabled ;
+never in production.
+.TP
+.BR VAULT_MAX_RETRIES ", " VAULT_CLIENT_TIMEOUT
+Further passes over the nodes (default 0) and the time one operation may
+take (default 1.5s).
 .TP
 .B DOCKER_HOST
 The Docker Engine the broker inspects and

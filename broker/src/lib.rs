@@ -129,6 +129,10 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
     }
     let workloads = policies.len();
     let broker = Arc::new(Broker::new(policies, store, audit, uid));
+    if let Some(vault) = &cfg.vault {
+        let off = i64::from(vault.tls.skip_verify);
+        broker.metrics().vault_tls_verify_disabled.set(off);
+    }
     if let Some(k8s) = &cfg.kubernetes {
         let verifier = attest::token::load(k8s).await.map_err(BrokerError::Start)?;
         tracing::info!(issuer = %k8s.issuer, audience = %k8s.audience, "service-account tokens accepted");

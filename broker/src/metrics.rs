@@ -61,6 +61,8 @@ pub struct Metrics {
     pub cache_hits: Family<StoreLabels, Counter>,
     pub cache_misses: Family<StoreLabels, Counter>,
     pub reloads: Family<OutcomeLabels, Counter>,
+    /// 1 while the Vault store runs with VAULT_SKIP_VERIFY: never silently.
+    pub vault_tls_verify_disabled: Gauge,
 }
 
 impl Default for Metrics {
@@ -83,6 +85,7 @@ impl Metrics {
         let cache_hits = Family::default();
         let cache_misses = Family::default();
         let reloads = Family::default();
+        let vault_tls_verify_disabled = Gauge::default();
         registry.register(
             "requests",
             "API requests by endpoint and HTTP status",
@@ -124,8 +127,14 @@ impl Metrics {
             "Policy reloads by outcome",
             reloads.clone(),
         );
+        registry.register(
+            "vault_tls_verify_disabled",
+            "1 when the vault server's TLS certificate is not checked (VAULT_SKIP_VERIFY)",
+            vault_tls_verify_disabled.clone(),
+        );
         Metrics {
             registry,
+            vault_tls_verify_disabled,
             requests,
             grants,
             denials,

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod issued;
 pub mod memory;
 pub mod vault;
+pub mod vault_tls;
 
 use std::collections::BTreeMap;
 use std::fmt;
