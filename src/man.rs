@@ -284,7 +284,7 @@ auth method), and the name checked on the server's certificate.
 .TP
 .B VAULT_SKIP_VERIFY
 Accepted with a warning at start and the metric
-.BR unbaked_vault_tls_verify_disabled ;
+.BR unbaked_vault_tls_verify_disabled :
 never in production.
 .TP
 .BR VAULT_MAX_RETRIES ", " VAULT_CLIENT_TIMEOUT

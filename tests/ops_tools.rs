@@ -266,7 +266,11 @@ fn man_pages_one_per_subcommand_pass_mandoc_lint_and_resolve_the_units_documenta
         );
         // Every page it refers to exists.
         let roff = std::fs::read_to_string(&path).unwrap();
-        for r in roff.lines().filter_map(|l| l.strip_prefix(".BR unbaked")) {
+        let refs = roff
+            .lines()
+            .filter_map(|l| l.strip_prefix(".BR unbaked"))
+            .filter(|r| r.contains(" (1)"));
+        for r in refs {
             let name = format!(
                 "unbaked{}",
                 r.split(' ').next().unwrap().replace("\\-", "-")
