@@ -18,10 +18,9 @@ const PG_UID: &str = "65534";
 const PG_BIN: &[&str] = &["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"];
 const SUPERUSER_PW: &str = "pg-super-7f3a";
 
-/// The revocation statements README.md documents.
-const REVOKE: &str = r#"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}'; DROP ROLE IF EXISTS "{{name}}";"#;
-const CREATE: &str =
-    r#"CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"#;
+/// The statements README.md documents, word for word.
+const REVOKE: &str = r#"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}'; REVOKE ALL ON ALL TABLES IN SCHEMA public FROM "{{name}}"; DROP ROLE IF EXISTS "{{name}}";"#;
+const CREATE: &str = r#"CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{{name}}";"#;
 
 struct Postgres {
     dir: tempfile::TempDir,
