@@ -58,8 +58,12 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff)
-    Man,
+    /// Print the top man page (roff), or with --out write every page into DIR
+    Man {
+        /// Write unbaked.1 and one unbaked-SUB.1 per subcommand into DIR
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

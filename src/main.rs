@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod logging;
+mod man;
 mod policy_cmd;
 mod run;
 mod secret_args;
@@ -70,20 +72,11 @@ fn init_logging(cli: &Cli) {
         Command::Broker(_) | Command::Sidecar(_) => "info,vaultrs=off,rustify=off",
         _ => "warn",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("UNBAKED_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let json = match cli.log_format {
         Some(f) => f == LogFormat::Json,
         None => std::env::var("UNBAKED_LOG_FORMAT").is_ok_and(|v| v == "json"),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    logging::init(json, default);
 }
 
 /// Client commands: flag, then UNBAKED_SOCKET, then the default.
@@ -177,13 +170,16 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             clap_complete::generate(shell, &mut cmd, "unbaked", &mut std::io::stdout());
             Ok(())
         }
-        Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
-                // `unbaked man | head`: the reader had enough.
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-                other => other.map_err(|e| Failure::new(exit::FAILURE, e)),
+        Command::Man { out: None } => match man::print(&mut std::io::stdout().lock()) {
+            // `unbaked man | head`: the reader had enough.
+            Err(man::ManError::Stdout(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other.map_err(|e| Failure::new(exit::FAILURE, e)),
+        },
+        Command::Man { out: Some(dir) } => {
+            for page in man::write_all(&dir).map_err(|e| Failure::new(exit::FAILURE, e))? {
+                println!("{}", page.display());
             }
+            Ok(())
         }
     }
 }

@@ -119,7 +119,7 @@ fn version_completions_and_man_page_come_from_the_command_line_definitions() {
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("sidecar"));
     let out = output(Command::new(BIN).arg("man"));
-    assert!(text(&out.stdout).contains(".TH unbaked"));
+    assert!(text(&out.stdout).contains(".TH UNBAKED 1 "));
 }
 
 #[test]

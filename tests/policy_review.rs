@@ -56,11 +56,16 @@ fn transcript(out: &Output) -> String {
     )
 }
 
-/// The version is not part of the golden output.
+/// The version and the checkout's place on disk (SARIF's
+/// `originalUriBaseIds`) are not part of the golden output.
 fn normalize(s: &str) -> String {
     s.replace(
         &format!("\"semanticVersion\": \"{}\"", env!("CARGO_PKG_VERSION")),
         "\"semanticVersion\": \"VERSION\"",
+    )
+    .replace(
+        &format!("\"file://{}/\"", root().canonicalize().unwrap().display()),
+        "\"file:///REPO/\"",
     )
 }
 
@@ -198,10 +203,12 @@ fn sarif_results_point_at_their_rule_and_line() {
         let level = r["level"].as_str().unwrap();
         assert!(["error", "warning", "note"].contains(&level), "{level}");
         let loc = &r["locations"][0]["physicalLocation"];
+        // Relative to the repository root, named in originalUriBaseIds.
         assert!(loc["artifactLocation"]["uri"]
             .as_str()
             .unwrap()
-            .starts_with("errors/"));
+            .starts_with("tests/fixtures/review/check/errors/"));
+        assert_eq!(loc["artifactLocation"]["uriBaseId"], "SRCROOT");
         assert!(loc["region"]["startLine"].as_u64().unwrap() > 0, "{r}");
     }
     // The lint of the file that parses is reported next to the errors.

@@ -1,11 +1,13 @@
 //! The admin listener (`--admin-addr`, off by default, loopback unless told
 //! otherwise): `/healthz` (alive), `/readyz` (policies loaded, audit sink
-//! writable, store reachable) and `/metrics` (Prometheus text).
+//! writable, store reachable) and `/metrics` (Prometheus text: OpenMetrics or the classic 0.0.4 format, as
+//! `Accept` asks).
 //!
 //! **Invariant:** it serves no secret and takes no input beyond the path;
 //! it is a separate listener so the API socket's permissions stay the only
 //! way to a secret.
 
+use crate::metrics::Exposition;
 use crate::service::Broker;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -39,11 +41,24 @@ async fn route(broker: &Broker, req: Request<hyper::body::Incoming>) -> Response
                 format!("not ready: {why}\n"),
             ),
         },
-        "/metrics" => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            broker.render_metrics(),
-        ),
+        "/metrics" => {
+            let accept = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let format = Exposition::negotiate(accept);
+            let mut res = text(
+                StatusCode::OK,
+                format.content_type(),
+                format.encode(broker.render_metrics()),
+            );
+            // The answer depends on Accept: a cache in between must know.
+            res.headers_mut().insert(
+                hyper::header::VARY,
+                hyper::header::HeaderValue::from_static("accept"),
+            );
+            res
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             PLAIN,

@@ -304,7 +304,13 @@ impl Audit {
         let ts = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
         let (mut seq, mut prev) = (chain.seq, chain.prev.clone());
         let mut bytes = Vec::with_capacity(512);
+        // Only the log sink names the events (in its message).
+        let to_log = matches!(chain.sink, Sink::Log);
+        let mut events = Vec::new();
         for (event, record) in records {
+            if to_log {
+                events.push(event);
+            }
             let start = bytes.len();
             seq += 1;
             let line = Line {
@@ -336,8 +342,15 @@ impl Audit {
                 }
             }
             Sink::Log => {
-                for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    tracing::info!(target: "unbaked::audit", "{}", String::from_utf8_lossy(line));
+                // The line as a field of its own: `--log-format json` emits
+                // it as the object `audit`, not a string inside the message.
+                for (line, event) in bytes
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .zip(&events)
+                {
+                    let record = String::from_utf8_lossy(line);
+                    tracing::info!(target: "unbaked::audit", record = &*record, "audit {}", event_name(*event));
                 }
             }
         }
@@ -346,6 +359,14 @@ impl Audit {
         chain.len += bytes.len() as u64;
         self.healthy.store(true, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// The event's name as records spell it (`grant`, `deny`, ...).
+fn event_name(event: Event) -> String {
+    match serde_json::to_value(event) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
     }
 }
 

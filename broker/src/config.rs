@@ -3,7 +3,7 @@
 //! [`BrokerConfig`]. Flags override the file, which overrides the environment.
 
 use crate::store::file::FileStoreConfig;
-use crate::store::vault::{VaultAuth, VaultConfig};
+use crate::store::vault::{VaultAuth, VaultConfig, VaultTls};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -23,6 +23,17 @@ pub const ENV_VAULT_ADDR: [&str; 2] = ["BAO_ADDR", "VAULT_ADDR"];
 pub const ENV_VAULT_TOKEN: [&str; 2] = ["BAO_TOKEN", "VAULT_TOKEN"];
 pub const ENV_VAULT_CACERT: [&str; 2] = ["BAO_CACERT", "VAULT_CACERT"];
 pub const ENV_VAULT_NAMESPACE: [&str; 2] = ["BAO_NAMESPACE", "VAULT_NAMESPACE"];
+pub const ENV_VAULT_CAPATH: [&str; 2] = ["BAO_CAPATH", "VAULT_CAPATH"];
+pub const ENV_VAULT_CLIENT_CERT: [&str; 2] = ["BAO_CLIENT_CERT", "VAULT_CLIENT_CERT"];
+pub const ENV_VAULT_CLIENT_KEY: [&str; 2] = ["BAO_CLIENT_KEY", "VAULT_CLIENT_KEY"];
+pub const ENV_VAULT_TLS_SERVER_NAME: [&str; 2] = ["BAO_TLS_SERVER_NAME", "VAULT_TLS_SERVER_NAME"];
+pub const ENV_VAULT_SKIP_VERIFY: [&str; 2] = ["BAO_SKIP_VERIFY", "VAULT_SKIP_VERIFY"];
+pub const ENV_VAULT_MAX_RETRIES: [&str; 2] = ["BAO_MAX_RETRIES", "VAULT_MAX_RETRIES"];
+pub const ENV_VAULT_CLIENT_TIMEOUT: [&str; 2] = ["BAO_CLIENT_TIMEOUT", "VAULT_CLIENT_TIMEOUT"];
+/// The CLI's token file, read when no token is given (`$HOME/.vault-token`;
+/// OpenBao's CLI keeps the name).
+pub const VAULT_TOKEN_FILE: &str = ".vault-token";
+pub const DEFAULT_CERT_MOUNT: &str = "cert";
 pub const DEFAULT_KV_MOUNT: &str = "secret";
 pub const DEFAULT_APPROLE_MOUNT: &str = "approle";
 pub const DEFAULT_SOCKET: &str = "/run/unbaked/broker.sock";
@@ -114,6 +125,19 @@ pub struct VaultSection {
     pub kv_mount: Option<String>,
     pub namespace: Option<String>,
     pub ca_cert: Option<PathBuf>,
+    /// A directory of PEM CA files (`VAULT_CAPATH`).
+    pub ca_path: Option<PathBuf>,
+    /// The CLI's meaning of a CA: it replaces the system roots (default:
+    /// added to them).
+    pub ca_only: Option<bool>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub tls_server_name: Option<String>,
+    /// Never in production: no check of the server's certificate.
+    pub skip_verify: Option<bool>,
+    pub max_retries: Option<u32>,
+    /// A duration ("5s") or a number of seconds, as VAULT_CLIENT_TIMEOUT.
+    pub client_timeout: Option<String>,
     pub auth: Option<VaultAuthSection>,
 }
 
@@ -129,6 +153,7 @@ pub enum OneOrMany {
 pub enum AuthMethod {
     Token,
     Approle,
+    Cert,
 }
 
 /// `[vault.auth]`.
@@ -141,8 +166,12 @@ pub struct VaultAuthSection {
     pub token_file: Option<PathBuf>,
     pub role_id_file: Option<PathBuf>,
     pub secret_id_file: Option<PathBuf>,
-    /// Where the approle auth method is mounted (default "approle").
+    /// Where the approle or cert auth method is mounted (default
+    /// "approle", "cert").
     pub mount: Option<String>,
+    /// method = "cert": the role (`auth/cert/certs/NAME`) to log in as;
+    /// without it Vault picks any role the certificate matches.
+    pub name: Option<String>,
 }
 
 /// A string that becomes a [`Secret`] at once, never a plain `String` field.
@@ -392,31 +421,120 @@ fn resolve_vault(
     for a in &addresses {
         crate::store::vault::check_address(a).map_err(|e| ConfigError::Vault(e.to_string()))?;
     }
+    // The CLI's token helper file, when no token is given otherwise.
+    let token_file = env("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| Path::new(&h).join(VAULT_TOKEN_FILE))
+        .filter(|p| p.is_file());
     let auth = match v.auth {
         Some(a) => vault_auth(a)?,
-        None => match first(ENV_VAULT_TOKEN) {
-            Some(t) => VaultAuth::Token(Secret::new(t.into_bytes())),
-            None => return Err(bad(
-                "no credentials: set VAULT_TOKEN (or BAO_TOKEN), or [vault.auth] with method = \"approle\" (role_id_file, secret_id_file) or method = \"token\" (token_file)",
+        None => match (first(ENV_VAULT_TOKEN), token_file) {
+            (Some(t), _) => VaultAuth::Token(Secret::new(t.into_bytes())),
+            (None, Some(f)) => VaultAuth::TokenFile(f),
+            (None, None) => return Err(bad(
+                "no credentials: set VAULT_TOKEN (or BAO_TOKEN), write ~/.vault-token, or [vault.auth] with method = \"approle\" (role_id_file, secret_id_file), method = \"cert\" (client_cert, client_key) or method = \"token\" (token_file)",
             )),
         },
+    };
+    let path =
+        |file: Option<PathBuf>, names: [&str; 2]| file.or_else(|| first(names).map(PathBuf::from));
+    let client_cert = match (
+        path(v.client_cert, ENV_VAULT_CLIENT_CERT),
+        path(v.client_key, ENV_VAULT_CLIENT_KEY),
+    ) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => return Err(bad("a client certificate without its key: set VAULT_CLIENT_KEY (or [vault] client_key) too")),
+        (None, Some(_)) => return Err(bad("a client key without its certificate: set VAULT_CLIENT_CERT (or [vault] client_cert) too")),
+    };
+    if matches!(auth, VaultAuth::Cert { .. }) && client_cert.is_none() {
+        return Err(bad("[vault.auth] method = \"cert\" needs a client certificate: set client_cert and client_key in [vault] (or VAULT_CLIENT_CERT and VAULT_CLIENT_KEY)"));
+    }
+    let skip_verify = match v.skip_verify {
+        Some(b) => b,
+        None => match first(ENV_VAULT_SKIP_VERIFY) {
+            Some(text) => go_bool(&text).ok_or_else(|| {
+                bad("VAULT_SKIP_VERIFY (or BAO_SKIP_VERIFY) is not a boolean: write true or false (1, t, T, TRUE, 0, f, F, FALSE, as the CLI reads it)")
+            })?,
+            None => false,
+        },
+    };
+    let max_retries = match v.max_retries {
+        Some(n) => n,
+        None => match first(ENV_VAULT_MAX_RETRIES) {
+            Some(text) => text.trim().parse().map_err(|_| {
+                bad("VAULT_MAX_RETRIES (or BAO_MAX_RETRIES) is not a whole number: write e.g. 2 (0 for none)")
+            })?,
+            None => 0,
+        },
+    };
+    let timeout = match v.client_timeout.or_else(|| first(ENV_VAULT_CLIENT_TIMEOUT)) {
+        Some(text) => go_duration(&text).ok_or_else(|| {
+            bad("VAULT_CLIENT_TIMEOUT (or BAO_CLIENT_TIMEOUT, [vault] client_timeout) is not a positive duration: write seconds (5) or a duration (\"5s\", \"1m\")")
+        })?,
+        None => crate::store::vault::BUDGET,
     };
     Ok(VaultConfig {
         addresses,
         kv_mount: v.kv_mount.unwrap_or_else(|| DEFAULT_KV_MOUNT.into()),
         namespace: v.namespace.or_else(|| first(ENV_VAULT_NAMESPACE)),
-        ca_cert: v
-            .ca_cert
-            .or_else(|| first(ENV_VAULT_CACERT).map(PathBuf::from)),
+        tls: VaultTls {
+            ca_cert: path(v.ca_cert, ENV_VAULT_CACERT),
+            ca_path: path(v.ca_path, ENV_VAULT_CAPATH),
+            ca_only: v.ca_only.unwrap_or(false),
+            client_cert,
+            server_name: v
+                .tls_server_name
+                .or_else(|| first(ENV_VAULT_TLS_SERVER_NAME)),
+            skip_verify,
+        },
+        max_retries,
+        timeout,
         auth,
     })
+}
+
+/// Go's `strconv.ParseBool`, which the CLI reads VAULT_SKIP_VERIFY with.
+fn go_bool(text: &str) -> Option<bool> {
+    match text {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// The CLI's VAULT_CLIENT_TIMEOUT: whole seconds, or a duration.
+fn go_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let d = match text.parse::<u64>() {
+        Ok(secs) => std::time::Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(text).ok()?,
+    };
+    (!d.is_zero()).then_some(d)
 }
 
 fn vault_auth(a: VaultAuthSection) -> Result<VaultAuth, ConfigError> {
     let bad = |m: &str| Err(ConfigError::Vault(m.to_string()));
     match a.method {
+        AuthMethod::Cert => {
+            if a.token.is_some()
+                || a.token_file.is_some()
+                || a.role_id_file.is_some()
+                || a.secret_id_file.is_some()
+            {
+                return bad("[vault.auth] method = \"cert\" takes mount and name (the client certificate is client_cert / client_key in [vault]), not token, token_file, role_id_file or secret_id_file");
+            }
+            Ok(VaultAuth::Cert {
+                mount: a.mount.unwrap_or_else(|| DEFAULT_CERT_MOUNT.into()),
+                name: a.name,
+            })
+        }
         AuthMethod::Token => {
-            if a.role_id_file.is_some() || a.secret_id_file.is_some() || a.mount.is_some() {
+            if a.role_id_file.is_some()
+                || a.secret_id_file.is_some()
+                || a.mount.is_some()
+                || a.name.is_some()
+            {
                 return bad("[vault.auth] method = \"token\" takes token or token_file; role_id_file, secret_id_file and mount are for method = \"approle\"");
             }
             match (a.token, a.token_file) {
@@ -426,7 +544,7 @@ fn vault_auth(a: VaultAuthSection) -> Result<VaultAuth, ConfigError> {
             }
         }
         AuthMethod::Approle => {
-            if a.token.is_some() || a.token_file.is_some() {
+            if a.token.is_some() || a.token_file.is_some() || a.name.is_some() {
                 return bad("[vault.auth] method = \"approle\" takes role_id_file and secret_id_file, not token or token_file");
             }
             match (a.role_id_file, a.secret_id_file) {
@@ -474,6 +592,66 @@ mod tests {
         let c = BrokerConfig::resolve(BrokerOptions::default(), env).unwrap();
         assert_eq!(c.socket, PathBuf::from("/env.sock"));
         assert_eq!(c.store, StoreKind::Memory);
+    }
+
+    #[test]
+    fn the_clis_tls_and_client_variables_with_their_bao_twins() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(home.path().join(".vault-token"), "s.file\n").unwrap();
+        let home_text = home.path().display().to_string();
+        let vars = [
+            ("VAULT_ADDR", "https://v:8200"),
+            ("HOME", home_text.as_str()),
+            ("VAULT_CAPATH", "/etc/vault-cas"),
+            ("BAO_CAPATH", "/etc/bao-cas"),
+            ("VAULT_CLIENT_CERT", "/c.pem"),
+            ("VAULT_CLIENT_KEY", "/k.pem"),
+            ("VAULT_TLS_SERVER_NAME", "vault.internal"),
+            ("VAULT_SKIP_VERIFY", "T"),
+            ("VAULT_MAX_RETRIES", "3"),
+            ("VAULT_CLIENT_TIMEOUT", "5"),
+        ];
+        let env = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        let opts = BrokerOptions {
+            store: Some(StoreKind::Vault),
+            ..Default::default()
+        };
+        let v = BrokerConfig::resolve(opts.clone(), env)
+            .unwrap()
+            .vault
+            .unwrap();
+        assert_eq!(
+            v.tls.ca_path,
+            Some(PathBuf::from("/etc/bao-cas")),
+            "BAO_ wins"
+        );
+        assert_eq!(
+            v.tls.client_cert,
+            Some((PathBuf::from("/c.pem"), PathBuf::from("/k.pem")))
+        );
+        assert_eq!(v.tls.server_name.as_deref(), Some("vault.internal"));
+        assert!(v.tls.skip_verify && !v.tls.ca_only);
+        assert_eq!(v.max_retries, 3);
+        assert_eq!(v.timeout, std::time::Duration::from_secs(5));
+        // No VAULT_TOKEN: the CLI's token file, re-read when refused.
+        assert_eq!(
+            v.auth,
+            VaultAuth::TokenFile(home.path().join(".vault-token"))
+        );
+        assert_eq!(
+            go_duration("1m30s"),
+            Some(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(go_duration("0"), None);
+        assert_eq!(go_bool("yes"), None);
+        // Without a token anywhere, the error says where one may come from.
+        let bare = |k: &str| (k == "VAULT_ADDR").then(|| "https://v:8200".to_string());
+        let e = BrokerConfig::resolve(opts, bare).unwrap_err().to_string();
+        assert!(e.contains("~/.vault-token") && e.contains("cert"), "{e}");
     }
 
     #[test]

@@ -180,6 +180,10 @@ pub async fn run(cfg: BrokerConfig, open_platform: PlatformOpener) -> Result<(),
     let (policies, audit) = open_core(&cfg, &store, &extra).await?;
     let workloads = policies.len();
     let mut broker = Broker::new(policies, store, audit, uid);
+    if let Some(vault) = &cfg.vault {
+        let off = i64::from(vault.tls.skip_verify);
+        broker.metrics().vault_tls_verify_disabled.set(off);
+    }
     if let Some(k8s) = &cfg.kubernetes {
         let verifier = attest::token::load(k8s)
             .await

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub cache_hits: Family<StoreLabels, Counter>,
     pub cache_misses: Family<StoreLabels, Counter>,
     pub reloads: Family<OutcomeLabels, Counter>,
+    /// 1 while the Vault store runs with VAULT_SKIP_VERIFY: never silently.
+    pub vault_tls_verify_disabled: Gauge,
 }
 
 impl Default for Metrics {
@@ -83,6 +85,7 @@ impl Metrics {
         let cache_hits = Family::default();
         let cache_misses = Family::default();
         let reloads = Family::default();
+        let vault_tls_verify_disabled = Gauge::default();
         registry.register(
             "requests",
             "API requests by endpoint and HTTP status",
@@ -124,8 +127,14 @@ impl Metrics {
             "Policy reloads by outcome",
             reloads.clone(),
         );
+        registry.register(
+            "vault_tls_verify_disabled",
+            "1 when the vault server's TLS certificate is not checked (VAULT_SKIP_VERIFY)",
+            vault_tls_verify_disabled.clone(),
+        );
         Metrics {
             registry,
+            vault_tls_verify_disabled,
             requests,
             grants,
             denials,
@@ -177,7 +186,8 @@ impl Metrics {
         self.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics 1.0 text exposition (see [`Exposition`] for the
+    /// classic format).
     pub fn render(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -186,9 +196,157 @@ impl Metrics {
     }
 }
 
+/// The two text formats a scraper may ask for, negotiated from `Accept`
+/// as the Prometheus client libraries do (Python's `choose_encoder`,
+/// client_golang's `Negotiate`): OpenMetrics when the scraper lists
+/// `application/openmetrics-text` (Prometheus 2.5 on, with a q above 0),
+/// else the classic text format 0.0.4, which `promtool check metrics` and
+/// older scrapers read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposition {
+    OpenMetrics,
+    Classic,
+}
+
+impl Exposition {
+    pub fn negotiate(accept: Option<&str>) -> Exposition {
+        let wants_openmetrics = accept.unwrap_or("").split(',').any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("");
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+        });
+        if wants_openmetrics {
+            Exposition::OpenMetrics
+        } else {
+            Exposition::Classic
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Exposition::Classic => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+
+    /// `openmetrics` (what [`Metrics::render`] writes) in this format.
+    pub fn encode(self, openmetrics: String) -> String {
+        match self {
+            Exposition::OpenMetrics => openmetrics,
+            Exposition::Classic => to_classic(&openmetrics),
+        }
+    }
+}
+
+/// OpenMetrics text to the classic 0.0.4 format. The differences that
+/// matter to a 0.0.4 parser: a counter family is named with its `_total`
+/// suffix (else its samples have no HELP or TYPE: promtool's "no help
+/// text"), there is no `# UNIT`, no `# EOF`, no exemplar, the types `info`,
+/// `stateset`, `gaugehistogram` and `unknown` do not exist, and HELP escapes
+/// only `\\` and `\n`.
+pub fn to_classic(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<(&str, &str)> = None;
+    let write_help = |out: &mut String, name: &str, text: &str| {
+        out.push_str("# HELP ");
+        out.push_str(name);
+        out.push(' ');
+        out.push_str(&text.replace("\\\"", "\""));
+        out.push('\n');
+    };
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some((name, text)) = help.take() {
+                write_help(&mut out, name, text);
+            }
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "gauge" | "histogram" | "summary" => (name.to_string(), kind),
+                _ => (name.to_string(), "untyped"),
+            };
+            if let Some((_, text)) = help.take() {
+                write_help(&mut out, &name, text);
+            }
+            out.push_str("# TYPE ");
+            out.push_str(&name);
+            out.push(' ');
+            out.push_str(kind);
+            out.push('\n');
+            continue;
+        }
+        if let Some((name, text)) = help.take() {
+            write_help(&mut out, name, text);
+        }
+        if line == "# EOF" || line.starts_with("# UNIT ") || line.is_empty() {
+            continue;
+        }
+        let sample = line.split_once(" # {").map_or(line, |(s, _)| s);
+        out.push_str(sample);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_format_follows_accept() {
+        use Exposition::*;
+        for (accept, want) in [
+            (None, Classic),
+            (Some("*/*"), Classic),
+            (Some("text/plain;version=0.0.4;q=1,*/*;q=0.1"), Classic),
+            // Prometheus 2.x's scrape header
+            (Some("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"), OpenMetrics),
+            (Some("Application/OpenMetrics-Text"), OpenMetrics),
+            (Some("application/openmetrics-text;q=0, text/plain"), Classic),
+        ] {
+            assert_eq!(Exposition::negotiate(accept), want, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn classic_text_names_counters_with_total_and_has_no_openmetrics_lines() {
+        let m = Metrics::new();
+        m.workload(&m.grants, "billing");
+        m.store_read("memory", Duration::from_micros(70));
+        let classic = to_classic(&m.render());
+        assert!(
+            classic.contains("# HELP unbaked_grants_total ")
+                && classic.contains("# TYPE unbaked_grants_total counter\n"),
+            "{classic}"
+        );
+        assert!(classic.contains("unbaked_grants_total{workload=\"billing\"} 1\n"));
+        assert!(classic.contains("# TYPE unbaked_store_read_seconds histogram\n"));
+        assert!(
+            !classic.contains("# EOF") && !classic.contains("# UNIT"),
+            "{classic}"
+        );
+        // every TYPE has its HELP just before it
+        let lines: Vec<&str> = classic.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(
+                    i > 0 && lines[i - 1].starts_with(&format!("# HELP {name} ")),
+                    "{classic}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn counters_render_in_the_text_format() {

@@ -3,13 +3,19 @@
 //! as `policies/policy.schema.json` for editors (taplo / Even Better TOML:
 //! `#:schema ./policy.schema.json`). A test regenerates it.
 //!
-//! The schema says which keys exist and their types; the value rules
-//! (paths, names, ttl range, octal modes, one delivery per grant) stay the
-//! parser's, which reports them with a location and a hint.
+//! The schema says which keys exist and their types, and every value rule
+//! of the parser that JSON Schema can say without lookahead (taplo's regex
+//! engine has none): the required keys, name patterns, uid/gid range, one
+//! source and one delivery per grant, file-only keys, ttl bounds for a
+//! single `NUMBER UNIT`. What it cannot say stays the parser's alone, which
+//! reports it with a location and a hint: `.`/`..` path segments, a
+//! duplicate workload or target across grants or files, the bounds of a
+//! compound ttl (`1h 30m`), capability spelling. tests/schema_sarif.rs runs
+//! invalid policies through both and holds them to agreeing.
 
 use schemars::generate::SchemaSettings;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use std::borrow::Cow;
 
 /// What the editor shows for each key, by dotted path (`grant.ttl`: a key
@@ -91,12 +97,149 @@ pub fn json_schema() -> Value {
         .as_object_mut()
         .expect("the root schema is an object");
     root.insert("title".into(), "unbaked policy".into());
+    // Where the file itself is served as JSON (a blob URL serves HTML).
     root.insert(
         "$id".into(),
-        "https://github.com/unbaked/unbaked/blob/main/policies/policy.schema.json".into(),
+        "https://raw.githubusercontent.com/unbaked/unbaked/main/policies/policy.schema.json".into(),
     );
+    value_rules(&mut schema);
     schema
 }
+
+/// The largest uid or gid (`u32`): 4294967296 is refused by the parser.
+const MAX_ID: u32 = u32::MAX;
+
+/// The parser's value rules, as JSON Schema (see the module comment).
+fn value_rules(schema: &mut Value) {
+    let set = |schema: &mut Value, path: &str, rules: Value| {
+        let node = locate(schema, path)
+            .unwrap_or_else(|| panic!("schema has no {path:?}: update value_rules"));
+        if let Value::Object(rules) = rules {
+            node.extend(rules);
+        }
+    };
+    set(schema, "", json!({ "required": ["workload", "match"] }));
+    set(
+        schema,
+        "workload",
+        json!({ "pattern": "^[a-z0-9][a-z0-9_.-]{0,62}$" }),
+    );
+    set(schema, "match", json!({ "minProperties": 1 }));
+    for ids in ["match.uids", "match.gids", "launch.uids", "launch.gids"] {
+        let items = json!({ "type": "integer", "minimum": 0, "maximum": MAX_ID });
+        set(schema, ids, json!({ "items": items }));
+    }
+    for list in [
+        "match.uids",
+        "match.gids",
+        "match.k8s_service_accounts",
+        "match.k8s_namespaces",
+    ] {
+        set(schema, list, json!({ "minItems": 1 }));
+    }
+    set(
+        schema,
+        "match.docker_labels",
+        json!({ "minProperties": 1, "propertyNames": { "minLength": 1 } }),
+    );
+    set(
+        schema,
+        "match.image",
+        json!({ "pattern": "^sha256:[0-9a-f]{64}$" }),
+    );
+    const DNS_LABEL: &str = "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?";
+    set(
+        schema,
+        "match.k8s_namespaces",
+        json!({ "items": { "type": "string", "pattern": format!("^{DNS_LABEL}$") } }),
+    );
+    set(
+        schema,
+        "match.k8s_service_accounts",
+        json!({ "items": { "type": "string", "pattern": format!("^{DNS_LABEL}/{DNS_LABEL}(\\.{DNS_LABEL})*$") } }),
+    );
+    set(
+        schema,
+        "isolation.cap_add",
+        json!({ "items": { "type": "string", "enum": crate::validate::CAPABILITIES } }),
+    );
+    const SEGMENT: &str = "[A-Za-z0-9_.-]+";
+    set(
+        schema,
+        "grant.secret",
+        json!({ "pattern": format!("^{SEGMENT}(/{SEGMENT})*$") }),
+    );
+    set(
+        schema,
+        "grant.dynamic",
+        json!({ "pattern": format!("^{SEGMENT}(/{SEGMENT})+$") }),
+    );
+    set(
+        schema,
+        "grant.pki",
+        json!({ "pattern": format!("^{SEGMENT}(/{SEGMENT})*/issue/{SEGMENT}$") }),
+    );
+    set(schema, "grant.key", json!({ "minLength": 1 }));
+    for var in ["grant.env", "grant.fd"] {
+        set(
+            schema,
+            var,
+            json!({
+                "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+                // What the loader or the shell acts on (dangerous-variable).
+                "not": { "anyOf": [{ "pattern": "^LD_" }, { "enum": ["PATH", "HOME", "BASH_ENV"] }] },
+            }),
+        );
+    }
+    for id in ["grant.uid", "grant.gid"] {
+        set(schema, id, json!({ "maximum": MAX_ID }));
+    }
+    set(schema, "grant.ttl", json!({ "pattern": TTL_PATTERN }));
+    let any = |keys: &[&str]| -> Value {
+        Value::Array(keys.iter().map(|k| json!({ "required": [k] })).collect())
+    };
+    let file_only = any(&["mode", "uid", "gid"]);
+    let grant = locate(schema, "grant")
+        .and_then(|g| g.get_mut("items"))
+        .and_then(Value::as_object_mut)
+        .expect("grant is an array of tables");
+    grant.insert(
+        "allOf".into(),
+        json!([
+            // Exactly one delivery; owner and mode for files only.
+            { "oneOf": [
+                { "required": ["file"] },
+                { "required": ["env"], "not": { "anyOf": file_only.clone() } },
+                { "required": ["fd"], "not": { "anyOf": file_only } },
+            ] },
+            // Exactly one source, with its own keys and no other kind's.
+            { "oneOf": [
+                { "required": ["secret", "key"],
+                  "not": { "anyOf": any(&["pki", "dynamic", "field", "common_name", "alt_names", "ip_sans"]) } },
+                { "required": ["pki", "common_name"],
+                  "not": { "anyOf": any(&["secret", "dynamic", "key"]) } },
+                { "required": ["dynamic"],
+                  "not": { "anyOf": any(&["secret", "pki", "key", "common_name", "alt_names", "ip_sans"]) } },
+            ] },
+            // An issued credential in one variable names its field.
+            { "if": { "anyOf": any(&["pki", "dynamic"]), "not": { "required": ["file"] } },
+              "then": { "required": ["field"] } },
+        ]),
+    );
+}
+
+/// A ttl of one `NUMBER UNIT` between 1s and 24h (seconds up to 86400,
+/// minutes up to 1440, hours up to 24, or 1d), or a compound duration
+/// (`1h 30m`), whose bounds only the parser checks.
+const TTL_PATTERN: &str = concat!(
+    "^(",
+    "([1-9][0-9]{0,3}|[1-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2}|86400) ?(s|secs?|seconds?)",
+    "|([1-9][0-9]{0,2}|1[0-3][0-9]{2}|14[0-3][0-9]|1440) ?(m|mins?|minutes?)",
+    "|([1-9]|1[0-9]|2[0-4]) ?(h|hrs?|hours?)",
+    "|1 ?(d|days?)",
+    "|([0-9]+ ?[a-zA-Z]+ ?){2,}",
+    ")$"
+);
 
 /// TOML has no null: an absent key is how a policy leaves a field out.
 fn no_null(v: &mut Value) {
@@ -147,11 +290,7 @@ mod tests {
         let text = s.to_string();
         assert!(!text.contains("null"), "{text}");
         assert_eq!(s["additionalProperties"], false);
-        assert_eq!(
-            s["required"],
-            Value::Null,
-            "every key is optional to the schema"
-        );
+        assert_eq!(s["required"], json!(["workload", "match"]));
         let grant = &s["properties"]["grant"]["items"];
         assert_eq!(grant["additionalProperties"], false);
         assert_eq!(grant["properties"]["uid"]["type"], "integer");

@@ -12,7 +12,7 @@ const MIN_TTL: Duration = Duration::from_secs(1);
 const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Capability names of Linux 6.x, `capabilities(7)`, without `CAP_`.
-const CAPABILITIES: &[&str] = &[
+pub(crate) const CAPABILITIES: &[&str] = &[
     "AUDIT_CONTROL",
     "AUDIT_READ",
     "AUDIT_WRITE",

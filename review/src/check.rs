@@ -53,9 +53,27 @@ impl Report {
 }
 
 /// Reads `dir` as `unbaked broker` would and checks it.
+/// A missing directory is an `io` error, a directory without policy files
+/// a `no-policies` error: a CI gate over a mistyped path must not pass.
 pub fn check_dir(dir: &Path, limits: &Limits) -> Report {
     let (sources, unreadable) = unbaked_policy::read_dir_sources(dir);
-    check_sources(dir, &sources, unreadable, limits)
+    let mut report = check_sources(dir, &sources, unreadable, limits);
+    if report.files == 0 && report.findings.is_empty() {
+        report.findings.push(Finding {
+            level: Level::Error,
+            rule: crate::rules::check::NO_POLICIES,
+            file: dir.to_path_buf(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: "no policy files (*.toml) in the directory".into(),
+            hint: Some(
+                "check the path: a broker started on it serves no workload and denies every request"
+                    .into(),
+            ),
+        });
+    }
+    report
 }
 
 /// Checks in-memory `(path, text)` sources; `unreadable` are the files that
@@ -117,7 +135,7 @@ mod tests {
         );
         assert_eq!(report.count(Level::Warning), 1);
         assert!(render(&report, Format::Json).contains("\"p/\u{fffd}.toml\""));
-        assert!(render(&report, Format::Sarif).contains("\"p/%EF%BF%BD.toml\""));
+        assert!(render(&report, Format::Sarif).contains("p/%EF%BF%BD.toml\""));
     }
 
     #[test]

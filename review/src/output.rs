@@ -8,6 +8,12 @@ use crate::rules::{self, Level, Rule};
 use crate::text::{md_cell, md_code, plural, uri};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
+use std::path::{Component, Path, PathBuf};
+
+/// The `uriBaseId` every SARIF location is relative to: the repository
+/// root, given in `originalUriBaseIds` (GitHub code scanning and other
+/// consumers resolve it against their checkout).
+pub const SRCROOT: &str = "SRCROOT";
 
 /// Where the SARIF `informationUri` and rule help point.
 pub const HOME: &str = "https://github.com/unbaked/unbaked";
@@ -28,7 +34,7 @@ pub fn render(report: &Report, format: Format) -> String {
     match format {
         Format::Human => human(report),
         Format::Json => pretty(&json(report)),
-        Format::Sarif => pretty(&sarif(report)),
+        Format::Sarif => pretty(&sarif(report, &SarifRoot::find(&report.dir))),
         Format::Markdown => markdown(report),
     }
 }
@@ -70,7 +76,7 @@ fn rule_of(f: &Finding) -> Rule {
     })
 }
 
-fn sarif(report: &Report) -> Value {
+fn sarif(report: &Report, root: &SarifRoot) -> Value {
     let mut used: Vec<Rule> = Vec::new();
     for f in &report.findings {
         if !used.iter().any(|r| r.id == f.rule) {
@@ -111,10 +117,13 @@ fn sarif(report: &Report) -> Value {
             if let Some(hint) = &f.hint {
                 let _ = write!(text, " (hint: {hint})");
             }
-            let mut physical = json!({ "artifactLocation": { "uri": uri(&f.file) } });
-            if f.line > 0 {
-                physical["region"] = json!({ "startLine": f.line, "startColumn": f.column });
-            }
+            // A finding without a position (an unreadable file, a missing
+            // directory) is about the whole file: line 1, which GitHub
+            // requires of every result.
+            let physical = json!({
+                "artifactLocation": root.location(&report.dir, &f.file),
+                "region": { "startLine": f.line.max(1), "startColumn": f.column.max(1) },
+            });
             let mut location = json!({ "physicalLocation": physical });
             if !f.field.is_empty() {
                 location["logicalLocations"] =
@@ -141,10 +150,103 @@ fn sarif(report: &Report) -> Value {
                     "rules": descriptors,
                 }
             },
+            "originalUriBaseIds": {
+                SRCROOT: {
+                    "uri": root.uri(),
+                    "description": { "text": "The repository root (or, outside a repository, the working directory)." },
+                },
+            },
             "columnKind": "unicodeCodePoints",
             "results": results,
         }]
     })
+}
+
+/// The directory SARIF locations are relative to: the root of the git
+/// repository holding the checked directory, else the working directory
+/// when the checked directory is inside it, else the checked directory.
+/// So `policy check .` run inside `policies/` and `policy check
+/// /abs/repo/policies` both give `policies/billing.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SarifRoot(PathBuf);
+
+impl SarifRoot {
+    pub fn find(dir: &Path) -> SarifRoot {
+        let dir = real(dir);
+        let git = dir
+            .ancestors()
+            .find(|d| d.join(".git").exists())
+            .map(Path::to_path_buf);
+        let cwd = std::env::current_dir()
+            .ok()
+            .and_then(|c| c.canonicalize().ok())
+            .filter(|c| dir.starts_with(c));
+        SarifRoot(git.or(cwd).unwrap_or(dir))
+    }
+
+    pub fn at(root: impl Into<PathBuf>) -> SarifRoot {
+        SarifRoot(root.into())
+    }
+
+    /// `file:///…/` with the trailing slash a base URI needs.
+    fn uri(&self) -> String {
+        let mut u = uri(&self.0);
+        if !u.ends_with('/') {
+            u.push('/');
+        }
+        u
+    }
+
+    /// `file` (as the report names it, under `dir` or not) relative to the
+    /// root, or an absolute `file://` URI when it is outside.
+    fn location(&self, dir: &Path, file: &Path) -> Value {
+        let abs = match file.strip_prefix(dir) {
+            Ok(rest) => real(dir).join(rest),
+            Err(_) => real(file),
+        };
+        match abs.strip_prefix(&self.0) {
+            Ok(rel) => json!({ "uri": uri(rel), "uriBaseId": SRCROOT }),
+            Err(_) => json!({ "uri": uri(&abs) }),
+        }
+    }
+}
+
+/// `path` absolute, symlinks resolved as far as it exists, `.` and `..`
+/// removed from the rest.
+fn real(path: &Path) -> PathBuf {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut clean = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                clean.pop();
+            }
+            Component::CurDir => {}
+            other => clean.push(other),
+        }
+    }
+    // Resolve the longest existing prefix (a missing directory still
+    // gets its real parent).
+    let mut tail = Vec::new();
+    let mut head = clean.as_path();
+    loop {
+        if let Ok(r) = head.canonicalize() {
+            let mut out = r;
+            out.extend(tail.iter().rev());
+            return out;
+        }
+        match (head.parent(), head.file_name()) {
+            (Some(parent), Some(name)) => {
+                tail.push(name.to_os_string());
+                head = parent;
+            }
+            _ => return clean,
+        }
+    }
 }
 
 fn markdown(report: &Report) -> String {

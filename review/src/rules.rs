@@ -68,6 +68,12 @@ pub mod lint {
     pub const LAUNCH_MISSING: &str = "launch-missing";
 }
 
+/// Findings about the checked directory as a whole.
+pub mod check {
+    /// A directory without any policy file.
+    pub const NO_POLICIES: &str = "no-policies";
+}
+
 /// One rule's metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rule {
@@ -111,6 +117,7 @@ const fn error(id: &'static str, summary: &'static str, help: &'static str) -> R
 /// Every rule, parser errors first, then lints.
 pub const RULES: &[Rule] = &[
     error(parse::IO, "the file or directory cannot be read", "Check that the path exists, is readable and holds UTF-8 text."),
+    error(check::NO_POLICIES, "the policy directory holds no policy file", "Name the directory that holds the `*.toml` policies (e.g. `policies/`); a broker started on an empty one serves no workload and denies every request."),
     error(parse::PARSE, "TOML syntax error", "Fix the TOML syntax at the location shown; a key may appear once per table."),
     error(parse::TYPE, "a value of the wrong type", "Write the type the field takes: a string for names and ttls, a list of numbers for uids and gids, a [[grant]] table per grant."),
     error(parse::UNKNOWN_FIELD, "a key the policy format does not know", "Remove the key or fix its spelling: policies are parsed strictly so a typo never silently weakens one."),

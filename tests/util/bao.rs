@@ -480,6 +480,21 @@ pub fn vault_broker(policies: &[(&str, &str)], config: &str, env: &[(&str, &str)
     ] {
         cmd.env_remove(name);
     }
+    // The rest of the CLI's conventions, and no ~/.vault-token of the
+    // machine's: a test names all the Vault environment the broker sees.
+    for suffix in [
+        "CAPATH",
+        "CLIENT_CERT",
+        "CLIENT_KEY",
+        "TLS_SERVER_NAME",
+        "SKIP_VERIFY",
+        "MAX_RETRIES",
+        "CLIENT_TIMEOUT",
+    ] {
+        cmd.env_remove(format!("VAULT_{suffix}"))
+            .env_remove(format!("BAO_{suffix}"));
+    }
+    cmd.env("HOME", b.dir.path());
     cmd.envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())

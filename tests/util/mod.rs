@@ -6,6 +6,7 @@ pub mod bao;
 pub mod daemon;
 pub mod docker;
 pub mod k8s;
+pub mod tools;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

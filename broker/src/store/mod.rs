@@ -9,6 +9,7 @@ pub mod issued;
 pub mod key;
 pub mod memory;
 pub mod vault;
+pub mod vault_tls;
 
 use std::collections::BTreeMap;
 use std::fmt;

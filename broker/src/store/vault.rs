@@ -11,7 +11,11 @@
 //! - Several addresses (an HA cluster): requests go to the node that last
 //!   answered and move to the next on a connection failure, a sealed or
 //!   standby node (429, 5xx). Every operation, failover and re-login
-//!   included, has one [`BUDGET`], so a request with Vault away fails fast.
+//!   included, has one budget ([`BUDGET`] unless `VAULT_CLIENT_TIMEOUT`
+//!   says otherwise), so a request with Vault away fails fast;
+//!   `VAULT_MAX_RETRIES` adds passes over the nodes within it.
+//! - TLS (CAs, client certificate, server name) in [`super::vault_tls`];
+//!   the `cert` auth method logs in with the client certificate.
 //!
 //! **Invariant:** errors name the store, the address and Vault's own error
 //! strings, never a value or a token. Values leave only as [`Secret`].
@@ -19,6 +23,7 @@
 //! token copies it holds are zeroized when a session is dropped.
 
 use super::cache::Cache;
+pub use super::vault_tls::VaultTls;
 use super::{
     BoxFuture, IssueRequest, Issued, IssuedHandle, Store, StoreError, Versioned, VersionedData,
 };
@@ -33,7 +38,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use unbaked_api::Secret;
 use unbaked_policy::Dynamic;
-use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
+use vaultrs::client::{Client as _, VaultClient};
 use vaultrs::error::ClientError;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -60,8 +65,14 @@ pub struct VaultConfig {
     pub addresses: Vec<String>,
     pub kv_mount: String,
     pub namespace: Option<String>,
-    /// A PEM bundle to trust besides the system roots.
-    pub ca_cert: Option<PathBuf>,
+    /// CAs, client certificate, server name, verification.
+    pub tls: VaultTls,
+    /// Extra passes over the nodes after a failure to reach any
+    /// (`VAULT_MAX_RETRIES`), within [`Self::timeout`].
+    pub max_retries: u32,
+    /// The whole time one store operation may take, failover, retries and
+    /// re-login included (`VAULT_CLIENT_TIMEOUT`; default [`BUDGET`]).
+    pub timeout: Duration,
     pub auth: VaultAuth,
 }
 
@@ -77,6 +88,13 @@ pub enum VaultAuth {
         role_id_file: PathBuf,
         secret_id_file: PathBuf,
     },
+    /// TLS certificate auth: the client certificate of [`VaultTls`] logs
+    /// in at `auth/MOUNT/login`, as the role `name` (any matching role
+    /// when `None`).
+    Cert {
+        mount: String,
+        name: Option<String>,
+    },
 }
 
 impl VaultAuth {
@@ -85,6 +103,7 @@ impl VaultAuth {
             VaultAuth::Token(_) => "token",
             VaultAuth::TokenFile(_) => "token_file",
             VaultAuth::AppRole { .. } => "approle",
+            VaultAuth::Cert { .. } => "cert",
         }
     }
 }
@@ -162,6 +181,7 @@ impl VaultStore {
                 "the vault store has no address: set VAULT_ADDR or [vault] address".into(),
             ));
         }
+        super::vault_tls::warn_skip_verify(&cfg.tls);
         let cache = Cache::new(CACHE_CEILING)
             .map_err(|_| invalid("no system randomness for the cache's sealing key".into()))?;
         let token = match &cfg.auth {
@@ -207,7 +227,7 @@ impl VaultStore {
         let session = self.current();
         if !session.has_token {
             return match self
-                .relogin(session.generation, Instant::now() + BUDGET)
+                .relogin(session.generation, Instant::now() + self.cfg.timeout)
                 .await
             {
                 Ok(()) => Duration::ZERO,
@@ -240,11 +260,15 @@ impl VaultStore {
         match self.renew_token(&session).await {
             Ok(granted) => {
                 let login_ttl = session.login_ttl.unwrap_or(granted);
-                if matches!(self.cfg.auth, VaultAuth::AppRole { .. }) && granted < login_ttl / 3 {
+                if matches!(
+                    self.cfg.auth,
+                    VaultAuth::AppRole { .. } | VaultAuth::Cert { .. }
+                ) && granted < login_ttl / 3
+                {
                     // At its max ttl: a fresh login before it runs out.
                     tracing::info!(granted = ?granted, "vault token near its max ttl: logging in again");
                     let _ = self
-                        .relogin(session.generation, Instant::now() + BUDGET)
+                        .relogin(session.generation, Instant::now() + self.cfg.timeout)
                         .await;
                     return Duration::ZERO;
                 }
@@ -263,7 +287,10 @@ impl VaultStore {
     }
 
     async fn after_refusal(&self, generation: u64) -> Duration {
-        match self.relogin(generation, Instant::now() + BUDGET).await {
+        match self
+            .relogin(generation, Instant::now() + self.cfg.timeout)
+            .await
+        {
             Ok(()) => Duration::ZERO,
             Err(e) => {
                 tracing::error!(error = %e, "vault login failed: retrying");
@@ -334,7 +361,7 @@ impl VaultStore {
             }
         }
         if why.is_empty() {
-            why.push(format!("no answer within {BUDGET:?}"));
+            why.push(format!("no answer within {:?}", self.cfg.timeout));
         }
         Err(Failure::Unavailable(why.join("; ")))
     }
@@ -346,8 +373,9 @@ impl VaultStore {
         F: Fn(Arc<Node>) -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
     {
-        let deadline = Instant::now() + BUDGET;
+        let deadline = Instant::now() + self.cfg.timeout;
         let mut relogged = false;
+        let mut retried = 0u32;
         loop {
             let session = self.current();
             if !session.has_token {
@@ -370,7 +398,18 @@ impl VaultStore {
                         self.cfg.auth.method()
                     )))
                 }
-                Err(Failure::Unavailable(reason)) => return Err(self.unavailable(reason)),
+                Err(Failure::Unavailable(reason)) => {
+                    // VAULT_MAX_RETRIES: another pass over the nodes after a
+                    // short pause, while the budget lasts.
+                    let pause = Duration::from_millis(100 << retried.min(4));
+                    if retried < self.cfg.max_retries && Instant::now() + pause < deadline {
+                        retried += 1;
+                        tracing::debug!(%reason, retried, "vault unreachable: retrying");
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
+                    return Err(self.unavailable(reason));
+                }
                 Err(Failure::Invalid(reason)) => {
                     return Err(invalid(format!(
                         "the vault store at {} could not {what}: {reason}",
@@ -442,6 +481,35 @@ impl VaultStore {
                 let ttl = Duration::from_secs(auth.lease_duration);
                 (token, Some(ttl), auth.renewable)
             }
+            VaultAuth::Cert { mount, name } => {
+                let session = self.current();
+                let (mount, name) = (mount.clone(), name.clone().unwrap_or_default());
+                let auth = self
+                    .on_nodes(&session, deadline, &|node: Arc<Node>| {
+                        let (mount, name) = (mount.clone(), name.clone());
+                        async move { vaultrs::auth::cert::login(&node.client, &mount, &name).await }
+                    })
+                    .await;
+                let mut auth = match auth {
+                    Ok(a) => a,
+                    Err(Failure::Unavailable(reason)) => return Err(self.unavailable(reason)),
+                    Err(Failure::Denied(r) | Failure::Invalid(r)) => {
+                        return Err(invalid(format!(
+                            "cert login at {} (mount {mount}) was refused: {r}: check the client certificate (VAULT_CLIENT_CERT / [vault] client_cert) and the role's certificate",
+                            self.addresses()
+                        )))
+                    }
+                    Err(Failure::NotFound) => {
+                        return Err(invalid(format!(
+                            "cert login at {}: no cert auth mounted at {mount}: enable it or set [vault.auth] mount",
+                            self.addresses()
+                        )))
+                    }
+                };
+                let token = Zeroizing::new(std::mem::take(&mut auth.client_token));
+                let ttl = Duration::from_secs(auth.lease_duration);
+                (token, Some(ttl), auth.renewable)
+            }
         };
         let nodes = build_nodes(&self.cfg, Some(&token))?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -468,7 +536,7 @@ impl VaultStore {
         let looked = self
             .on_nodes(
                 &session,
-                Instant::now() + BUDGET,
+                Instant::now() + self.cfg.timeout,
                 &|node: Arc<Node>| async move {
                     let mut r = node.client.lookup().await?;
                     r.id.zeroize();
@@ -483,11 +551,11 @@ impl VaultStore {
     /// renew-self; the ttl Vault granted.
     async fn renew_token(&self, session: &Arc<Session>) -> Result<Duration, Failure> {
         let mut auth = self
-            .on_nodes(
-                session,
-                Instant::now() + BUDGET,
-                &|node: Arc<Node>| async move { node.client.renew(None).await },
-            )
+            .on_nodes(session, Instant::now() + self.cfg.timeout, &|node: Arc<
+                Node,
+            >| async move {
+                node.client.renew(None).await
+            })
             .await?;
         auth.client_token.zeroize();
         let granted = Duration::from_secs(auth.lease_duration);
@@ -835,31 +903,18 @@ impl Store for VaultStore {
 }
 
 fn build_nodes(cfg: &VaultConfig, token: Option<&str>) -> Result<Vec<Arc<Node>>, StoreError> {
-    let ca_certs: Vec<String> = cfg
-        .ca_cert
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
     cfg.addresses
         .iter()
         .map(|address| {
             check_address(address)?;
-            let mut b = VaultClientSettingsBuilder::default();
-            b.address(address)
-                .token(token.unwrap_or_default())
-                .ca_certs(ca_certs.clone())
-                .timeout(Some(BUDGET));
-            if let Some(ns) = &cfg.namespace {
-                b.set_namespace(ns.clone());
-            }
-            let settings = b
-                .build()
-                .map_err(|e| invalid(format!("vault address {address}: {e}")))?;
-            let client = VaultClient::new(settings).map_err(|e| {
-                invalid(format!(
-                    "cannot set up the vault client for {address}: {e}: check VAULT_CACERT / [vault] ca_cert"
-                ))
-            })?;
+            let client = super::vault_tls::client(
+                address,
+                &cfg.tls,
+                cfg.timeout,
+                token.unwrap_or_default(),
+                cfg.namespace.as_deref(),
+            )
+            .map_err(|e| invalid(format!("cannot set up the vault client for {address}: {e}")))?;
             Ok(Arc::new(Node {
                 address: address.clone(),
                 client,
