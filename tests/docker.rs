@@ -351,7 +351,7 @@ fn isolation_is_verified_on_the_live_container() {
     let denied: &[(&[&str], &str)] = &[
         (&["--label", &label, "--network", &icc], "isolation.icc"),
         // (--privileged cannot start here: the sandbox withholds capabilities;
-        // the rule is unit-tested in broker/src/isolation.rs.)
+        // the rule is unit-tested in docker/src/isolation.rs.)
         (
             &["--label", &label, "--network", &noicc, "--pid", "host"],
             "isolation.host_pid",
