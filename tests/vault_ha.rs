@@ -11,12 +11,7 @@ const PW: &[u8] = b"ha-pw-0d15ea5e";
 const ROTATED: &[u8] = b"ha-pw-r07a7ed1";
 
 fn kv_put(s: &Server, token: &str, value: &[u8]) {
-    let out = s.cli(
-        token,
-        &["kv", "put", "secret/app/db", "password=-"],
-        Some(value),
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    s.kv_put(token, "app/db", "password", value);
 }
 
 /// Short ttls: the broker's cache keeps a value at most a third of it.
@@ -76,11 +71,15 @@ fn an_outage_fails_fast_and_the_broker_recovers_without_a_restart() {
     let took = started.elapsed();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
-    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // Fails on the cause (the refused connection, named with the store and
+    // the address), not by waiting out the store's 1.5 s budget, which the
+    // broker would name ("no answer within"). How long it took is a figure.
     assert!(
         err.contains("vault store") && err.contains(&bao.server.addr),
         "{err}"
     );
+    assert!(!err.contains("no answer within"), "{err}");
+    eprintln!("the outage's refusal took {took:?}");
     assert!(!err.contains(&bao.root_token), "{err}");
     assert_eq!(
         std::fs::read(&file).unwrap(),

