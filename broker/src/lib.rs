@@ -69,10 +69,12 @@ fn fallback_dev_socket(uid: u32) -> PathBuf {
 pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
     use tokio::signal::unix::{signal, SignalKind};
     // Handlers first: until a handler is installed, SIGHUP (a reload, a log
-    // rotation) takes its default action and kills the broker.
+    // rotation) takes its default action and kills the broker. From here on
+    // a SIGHUP or a policy edit is queued for the reload task, so one that
+    // comes right after the socket answers is not lost either.
     let signal_err =
         |e: std::io::Error| BrokerError::Start(format!("cannot install signal handlers: {e}"));
-    let _hangup = signal(SignalKind::hangup()).map_err(signal_err)?;
+    let triggers = reload::triggers(cfg.policies.as_deref()).map_err(signal_err)?;
     let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
     let uid = nix::unistd::geteuid().as_raw();
@@ -192,7 +194,12 @@ pub async fn run(cfg: BrokerConfig) -> Result<(), BrokerError> {
         );
     }
 
-    let watcher = tokio::spawn(reload::watch(broker.clone(), cfg.policies.clone(), extra));
+    let watcher = tokio::spawn(reload::watch(
+        broker.clone(),
+        cfg.policies.clone(),
+        extra,
+        triggers,
+    ));
     let sweeper = {
         let broker = broker.clone();
         tokio::spawn(async move {
