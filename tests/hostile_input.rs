@@ -372,14 +372,8 @@ fn one_callers_flood_leaves_the_others_served() {
     // broker closed after 3 s (those past its share wait 1 s in the queue,
     // then 1 s for a request to answer 503; a served connection's idle
     // timeout is 5 s).
-    let flood = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=2002",
-            "--regid=2002",
-            "--clear-groups",
-            "perl",
-            "-e",
-        ])
+    let flood = as_user(2002, "perl")
+        .arg("-e")
         .arg(PERL_HOLD)
         .arg(&b.socket)
         .arg("300")

@@ -639,16 +639,18 @@ fn a_flood_beyond_the_connection_limit_gets_503_retry_after_and_bounded_memory()
     // and an answer that came after it is not judged.
     let holding = Arc::new(AtomicBool::new(true));
     let lost: Arc<Mutex<Option<(Instant, String)>>> = Arc::default();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let holders: Vec<_> = (0..4)
         .map(|i| {
             let mut s = std::os::unix::net::UnixStream::connect(&broker.socket).unwrap();
-            let (holding, lost) = (holding.clone(), lost.clone());
+            let (holding, lost, served) = (holding.clone(), lost.clone(), served.clone());
             std::thread::spawn(move || {
                 use std::io::{Read, Write};
                 s.set_read_timeout(Some(Duration::from_millis(200)))
                     .unwrap();
                 let mut buf = [0u8; 4096];
                 let mut why = None;
+                let mut first = true;
                 'hold: while holding.load(Ordering::Relaxed) {
                     if let Err(e) = s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: u\r\n\r\n") {
                         why = Some(format!("holder {i}: write: {e}"));
@@ -667,6 +669,10 @@ fn a_flood_beyond_the_connection_limit_gets_503_retry_after_and_bounded_memory()
                                 ));
                                 break 'hold;
                             }
+                            Ok(_) if first => {
+                                first = false;
+                                served.fetch_add(1, Ordering::SeqCst);
+                            }
                             _ => {}
                         }
                     }
@@ -680,6 +686,20 @@ fn a_flood_beyond_the_connection_limit_gets_503_retry_after_and_bounded_memory()
             })
         })
         .collect();
+
+    // Every holder served (so holding a slot, not queued) before the flood.
+    assert!(
+        wait_for(DEADLINE, || served.load(Ordering::SeqCst) == 4
+            || lost.lock().unwrap().is_some()),
+        "the holders were not served:\n{}",
+        broker.log_text()
+    );
+    assert!(
+        lost.lock().unwrap().is_none(),
+        "a holder lost its slot before the flood ({:?}):\n{}",
+        lost.lock().unwrap(),
+        broker.log_text()
+    );
 
     let socket = broker.socket.clone();
     let threads: Vec<_> = (0..24)

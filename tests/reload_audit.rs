@@ -357,33 +357,17 @@ fn the_audit_chain_verifies_and_catches_tampering() {
     );
 }
 
-/// A tmpfs of 64 KiB for the audit file, unmounted on drop.
-struct TinyFs(tempfile::TempDir);
-impl Drop for TinyFs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 #[test]
 fn when_the_audit_file_cannot_be_written_nothing_is_released() {
-    let fs = TinyFs(tempfile::tempdir().unwrap());
-    nix::mount::mount(
-        Some("tmpfs"),
-        fs.0.path(),
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=64k"),
-    )
-    .expect("mount a small tmpfs (the tests run as root)");
-    let audit = fs.0.path().join("audit.log");
+    let fs = TinyFs::mount("64k");
+    let audit = fs.path().join("audit.log");
     let b = Broker::start_with_audit(&[("a.toml", &policy("a"))], &audit);
     b.put("app/x", "k", VALUE);
     assert!(can_exec(&b, "a"));
 
     // Fill the filesystem. Appends still fit in the audit file's last
     // page for a few requests; after that no record can be written.
-    let filler = fs.0.path().join("filler");
+    let filler = fs.path().join("filler");
     let _ = std::fs::write(&filler, vec![0u8; 128 * 1024]);
     let mut refused = None;
     for _ in 0..40 {

@@ -64,7 +64,8 @@ pub struct BrokerBuilder {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     prefix: Vec<OsString>,
-    config: Option<String>,
+    config: Vec<String>,
+    files: Vec<(String, Vec<u8>)>,
     admin: bool,
 }
 
@@ -122,15 +123,31 @@ impl BrokerBuilder {
         self
     }
 
-    /// A config file (`--config`) with this text.
+    /// Text for the config file (`--config`); each call adds a part.
+    /// `{dir}` in it names the broker's temp dir (see [`Self::file`]).
     pub fn config(mut self, text: &str) -> Self {
-        self.config = Some(text.to_string());
+        self.config.push(text.to_string());
+        self
+    }
+
+    /// A file in the broker's temp dir before it starts (a JWKS, a token).
+    pub fn file(mut self, name: &str, content: &[u8]) -> Self {
+        self.files.push((name.to_string(), content.to_vec()));
         self
     }
 
     /// The Vault store: `vault` is the `[vault]` part of the config file.
     pub fn vault(self, vault: &str) -> Self {
         self.config(&format!("[broker]\nstore = \"vault\"\n\n{vault}"))
+    }
+
+    /// `[kubernetes]` with the tests' issuer (`k8s::ISS`), audience
+    /// `unbaked` and this JWKS as `jwks.json` in the broker's temp dir.
+    pub fn kubernetes(self, jwks: &str) -> Self {
+        self.file("jwks.json", jwks.as_bytes()).config(&format!(
+            "[kubernetes]\nissuer = \"{}\"\naudience = \"unbaked\"\njwks_file = \"{{dir}}/jwks.json\"\n",
+            k8s::ISS
+        ))
     }
 
     /// The admin listener (`/metrics`, `/healthz`) on a free loopback port.
@@ -149,11 +166,18 @@ impl BrokerBuilder {
         }
         let audit = self.audit.unwrap_or_else(|| dir.path().join("audit.log"));
         let log = dir.path().join("broker.log");
+        for (name, content) in &self.files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
         let mut command = self.prefix;
         command.push(BIN.into());
         command.push("broker".into());
-        if let Some(text) = &self.config {
+        if !self.config.is_empty() {
             let file = dir.path().join("broker.toml");
+            let text = self
+                .config
+                .join("\n")
+                .replace("{dir}", &dir.path().display().to_string());
             std::fs::write(&file, text).unwrap();
             command.extend(["--config".into(), file.into_os_string()]);
         }
@@ -737,6 +761,53 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 /// Files on disk under `dir` holding `needle` ([`Scan::disk_only`]).
 pub fn disk_files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     scan(needle).disk_only().under(dir)
+}
+
+/// A small tmpfs (an audit sink that fills up), unmounted on drop.
+pub struct TinyFs(tempfile::TempDir);
+
+impl TinyFs {
+    /// A tmpfs of `size` (mount's `size=`: `64k`); the tests run as root.
+    pub fn mount(size: &str) -> TinyFs {
+        let fs = TinyFs(tempfile::tempdir().unwrap());
+        nix::mount::mount(
+            Some("tmpfs"),
+            fs.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .expect("mount a small tmpfs (the tests run as root)");
+        fs
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// `program` run as `uid` (and gid `uid`) with no supplementary groups,
+/// through util-linux `setpriv`: a client as a user would run it.
+pub fn as_user(uid: u32, program: impl AsRef<OsStr>) -> Command {
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg(program);
+    c
+}
+
+/// The binary as `uid` ([`as_user`]), pointed at `socket`.
+pub fn unbaked_as(uid: u32, socket: &Path) -> Command {
+    let mut c = as_user(uid, BIN);
+    c.env("UNBAKED_SOCKET", socket).env_remove("UNBAKED_LOG");
+    c
 }
 
 /// A policy for a host process of the current uid.
