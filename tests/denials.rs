@@ -6,7 +6,6 @@
 //! without its stop record is reported.
 mod util;
 use nix::sys::signal::Signal;
-use std::time::Duration;
 use util::daemon::{http, Answer};
 use util::k8s::Issuer;
 use util::*;
@@ -310,7 +309,7 @@ fn a_chain_without_its_stop_record_is_reported() {
     // Served: the broker is past its startup.
     assert!(output(b.cmd().args(["secret", "list"])).status.success());
     assert!(
-        wait_for(Duration::from_secs(10), || b
+        wait_for(DEADLINE, || b
             .log_text()
             .contains("previous run ended without stop")),
         "{}",

@@ -128,7 +128,7 @@ exit 7"#;
         output(run(&b, &w).args(["--", "-d", "--rm", "--name", &name, image, "exec sleep 60"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        eventually(15, || output(docker().args([
+        eventually(60, || output(docker().args([
             "exec",
             &name,
             "test",
@@ -156,7 +156,7 @@ exit 7"#;
     // Exit: leases revoked (audited), tmpfs wiped and unmounted, nothing on disk.
     docker_ok(&["stop", "-t", "1", &name]);
     assert!(
-        eventually(15, || mounts_under(b.dir.path()).is_empty()),
+        eventually(60, || mounts_under(b.dir.path()).is_empty()),
         "the secrets tmpfs is still mounted after the container stopped:\n{}",
         b.log_text()
     );
@@ -248,7 +248,7 @@ fn each_refused_flag_names_its_rule() {
     let other = format!("{w}-x");
     let p = policy(&other, "").replace(&format!("uids = [{}]", uid()), "uids = [4242]");
     b.write_policy("other.toml", &p);
-    assert!(eventually(10, || {
+    assert!(eventually(60, || {
         let out = output(run(&b, &other).args(["--dry-run", "--", image]));
         out.status.code() == Some(3) && text(&out.stderr).contains("rule launch.uids")
     }));
@@ -268,7 +268,7 @@ fn launched_containers_cannot_reach_each_other_but_a_control_pair_can() {
     let srv = clean.container(&unique("srv"));
     let out = output(run(&b, &w).args(["--", "-d", "--rm", "--name", &srv, image, server]));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(eventually(15, || running(&srv)));
+    assert!(eventually(60, || running(&srv)));
     let ip = ip_of(&srv, &net);
     let out = output(run(&b, &w).args(["--", "--rm", image, &client(&ip)]));
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -303,7 +303,7 @@ fn launched_containers_cannot_reach_each_other_but_a_control_pair_can() {
         image,
         server,
     ]);
-    assert!(eventually(15, || running(&ctl)));
+    assert!(eventually(60, || running(&ctl)));
     let ip = ip_of(&ctl, &ctl_net);
     let got = docker_ok(&["run", "--rm", "--network", &ctl_net, image, &client(&ip)]);
     assert!(
@@ -502,7 +502,7 @@ fn the_sidecar_image_fills_a_tmpfs_volume_the_app_mounts_read_only() {
         ])
     };
     assert!(
-        eventually(15, || app("rev /run/secrets/db_password 2>/dev/null")
+        eventually(60, || app("rev /run/secrets/db_password 2>/dev/null")
             == rev(DB)),
         "the sidecar never wrote the file: {}\n{}",
         docker_ok(&["logs", &sc]),
@@ -547,13 +547,13 @@ fn renewal_rotates_files_and_rechecks_the_live_container() {
         output(run(&b, &w).args(["--", "-d", "--rm", "--name", &name, image, "exec sleep 60"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let file = || output(docker().args(["exec", &name, "rev", "/run/secrets/db_password"]));
-    assert!(eventually(15, || text(&file().stdout) == rev(DB)));
+    assert!(eventually(60, || text(&file().stdout) == rev(DB)));
 
     // Rotation: the broker renews at 2/3 of the ttl and rewrites the file.
     const DB2: &[u8] = b"db-pw-rotated-0b5e";
     b.put("app/db", "password", DB2);
     assert!(
-        eventually(10, || text(&file().stdout) == rev(DB2)),
+        eventually(60, || text(&file().stdout) == rev(DB2)),
         "the rotated value never reached the container:\n{}",
         b.log_text()
     );
@@ -564,11 +564,11 @@ fn renewal_rotates_files_and_rechecks_the_live_container() {
     docker_ok(&["network", "create", &icc]);
     docker_ok(&["network", "connect", &icc, &name]);
     assert!(
-        eventually(10, || !file().status.success()),
+        eventually(60, || !file().status.success()),
         "the file survived a renewal on an ICC network:\n{}",
         b.log_text()
     );
     assert!(b.audit_text().contains("\"rule\":\"isolation.icc\""));
     docker_ok(&["rm", "-f", &name]);
-    assert!(eventually(15, || mounts_under(b.dir.path()).is_empty()));
+    assert!(eventually(60, || mounts_under(b.dir.path()).is_empty()));
 }

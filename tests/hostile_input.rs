@@ -280,7 +280,7 @@ fn an_oversized_policy_file_is_refused_and_the_old_set_keeps_serving() {
     );
     b.write_policy("huge.toml", &huge);
     assert!(
-        wait_for(Duration::from_secs(10), || b
+        wait_for(DEADLINE, || b
             .log_text()
             .contains("over the 256 KiB limit for a policy file")),
         "{}",

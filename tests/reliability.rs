@@ -26,9 +26,6 @@ use std::time::{Duration, Instant};
 use util::daemon::{http, put_secret};
 use util::*;
 
-/// A deadline for waits that only a hung broker or sidecar misses.
-const DEADLINE: Duration = Duration::from_secs(60);
-
 /// What a late product timer may add on a loaded machine: a file's wipe,
 /// a renewal.
 const TIMER_SLACK: Duration = Duration::from_secs(1);

@@ -6,7 +6,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 use util::*;
 
 const VALUE: &[u8] = b"reload-value-c4fe";
@@ -36,7 +35,7 @@ fn a_broken_policy_set_is_rejected_whole_and_the_old_one_keeps_serving() {
         "broken.toml",
         "workload = \"c\"\n[match]\nuids = [1]\n[[grant]]\nsecret = \"app/x\"\nkey = \"k\"\n",
     );
-    assert!(wait_for(Duration::from_secs(5), || b
+    assert!(wait_for(DEADLINE, || b
         .log_text()
         .contains("reload rejected")));
     assert!(b.log_text().contains("broken.toml:4:1"), "{}", b.log_text());
@@ -46,7 +45,7 @@ fn a_broken_policy_set_is_rejected_whole_and_the_old_one_keeps_serving() {
 
     // Fixed: both are served.
     std::fs::remove_file(b.policies.join("broken.toml")).unwrap();
-    assert!(wait_for(Duration::from_secs(5), || can_exec(&b, "b")));
+    assert!(wait_for(DEADLINE, || can_exec(&b, "b")));
 }
 
 /// Another local user: not root, not the broker's uid (the tests run as root).
@@ -116,11 +115,11 @@ fn attacker_writes(path: &Path, text: &str) -> bool {
     .success()
 }
 
-/// Waits up to 10 s for `f`, failing with the broker's log and audit.
+/// Waits for `f` (until [`DEADLINE`]), failing with the broker's log and audit.
 fn wait_or_fail(b: &Broker, what: &str, f: impl FnMut() -> bool) {
     assert!(
-        wait_for(Duration::from_secs(10), f),
-        "{what}: not within 10s\n--- log:\n{}\n--- audit:\n{}",
+        wait_for(DEADLINE, f),
+        "{what}: not within {DEADLINE:?}\n--- log:\n{}\n--- audit:\n{}",
         b.log_text(),
         b.audit_text()
     );
@@ -274,12 +273,12 @@ fn sighup_reloads() {
     // Written behind the watcher's back is not possible, so check the
     // trigger the audit names.
     b.signal(Signal::SIGHUP);
-    assert!(wait_for(Duration::from_secs(5), || b
-        .audit_text()
-        .contains("SIGHUP: 0 workloads")));
+    wait_or_fail(&b, "the SIGHUP reload", || {
+        b.audit_text().contains("SIGHUP: 0 workloads")
+    });
     b.write_policy("a.toml", &policy("a"));
     b.signal(Signal::SIGHUP);
-    assert!(wait_for(Duration::from_secs(5), || can_exec(&b, "a")));
+    wait_or_fail(&b, "the reloaded workload", || can_exec(&b, "a"));
 }
 
 #[test]

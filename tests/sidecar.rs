@@ -98,7 +98,6 @@ fn spawn_sidecar(b: &Broker, dir: &std::path::Path) -> std::process::Child {
 /// Waits that only a hung broker or sidecar misses; how soon a change
 /// reached the files is judged from the product's records (the audit's and
 /// the sidecar log's time stamps), with this slack for a late timer.
-const DEADLINE: Duration = Duration::from_secs(60);
 const TIMER_SLACK: Duration = Duration::from_secs(1);
 
 fn sidecar_log(b: &Broker) -> String {

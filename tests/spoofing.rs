@@ -11,7 +11,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 use util::docker::{docker_ok, test_image, unique, Cleanup};
 use util::k8s::{Issuer, ISS};
 use util::*;
@@ -76,9 +75,7 @@ impl Drop for Cgroup {
     fn drop(&mut self) {
         // Empty once its processes are gone, which may take a moment.
         if self.1 {
-            wait_for(Duration::from_secs(5), || {
-                std::fs::remove_dir(&self.0).is_ok()
-            });
+            wait_for(DEADLINE, || std::fs::remove_dir(&self.0).is_ok());
         }
     }
 }
@@ -455,7 +452,7 @@ fn a_symlink_planted_in_the_secrets_directory_redirects_nothing() {
         .spawn()
         .unwrap();
     let token = secrets.path().join("token");
-    assert!(wait_for(Duration::from_secs(10), || {
+    assert!(wait_for(DEADLINE, || {
         std::fs::symlink_metadata(&token).is_ok_and(|m| m.file_type().is_file())
     }));
     assert_eq!(std::fs::read(&token).unwrap(), VALUE);

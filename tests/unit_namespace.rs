@@ -93,7 +93,7 @@ fn file_grants_reach_a_container_from_a_broker_in_its_own_mount_namespace() {
     );
     let file = || output(docker().args(["exec", &name, "rev", "/run/secrets/db_password"]));
     assert!(
-        eventually(15, || text(&file().stdout).trim() == rev(DB)),
+        eventually(60, || text(&file().stdout).trim() == rev(DB)),
         "the file grant never reached the container's /run/secrets (ls: {:?}):\nbroker log:\n{}",
         text(&output(docker().args(["exec", &name, "ls", "-la", "/run/secrets"])).stdout),
         b.log_text()
@@ -112,7 +112,7 @@ fn file_grants_reach_a_container_from_a_broker_in_its_own_mount_namespace() {
     let containers_dir = b.dir.path().join("containers");
     let empty = |d: &Path| std::fs::read_dir(d).map_or(true, |mut e| e.next().is_none());
     assert!(
-        eventually(15, || mounts_under(b.dir.path()).is_empty()
+        eventually(60, || mounts_under(b.dir.path()).is_empty()
             && empty(&containers_dir)),
         "the secrets tmpfs is still there after the container was removed ({:?}):\nbroker log:\n{}",
         mounts_under(b.dir.path()),

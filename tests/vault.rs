@@ -377,11 +377,7 @@ ttl = "5s"
     let secrets = shm_dir("vault-pki");
     let mut sidecar = spawn_sidecar(&b, "web", secrets.path());
     let cert = secrets.path().join("tls/cert.pem");
-    assert!(
-        wait_for(Duration::from_secs(10), || cert.exists()),
-        "{}",
-        b.log_text()
-    );
+    assert!(wait_for(DEADLINE, || cert.exists()), "{}", b.log_text());
     let pem = std::fs::read_to_string(&cert).unwrap();
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
     let key = std::fs::read_to_string(secrets.path().join("tls/key.pem")).unwrap();
@@ -398,8 +394,7 @@ ttl = "5s"
     // The sidecar exits: its lease is revoked, and with it the certificate.
     sigterm(&mut sidecar);
     assert!(
-        wait_for(Duration::from_secs(5), || revocation_time(&dev, &serial)
-            > 0),
+        wait_for(DEADLINE, || revocation_time(&dev, &serial) > 0),
         "certificate {serial} not revoked:\n{}",
         b.log_text()
     );
@@ -436,8 +431,7 @@ ttl = "5s"
     let serial = new_serial(&before, &serials(&dev));
     assert_eq!(revocation_time(&dev, &serial), 0);
     assert!(
-        wait_for(Duration::from_secs(20), || revocation_time(&dev, &serial)
-            > 0),
+        wait_for(DEADLINE, || revocation_time(&dev, &serial) > 0),
         "expired lease's certificate {serial} not revoked:\n{}",
         b.log_text()
     );

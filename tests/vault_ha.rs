@@ -62,7 +62,7 @@ fn an_outage_fails_fast_and_the_broker_recovers_without_a_restart() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(wait_for(Duration::from_secs(10), || file.exists()));
+    assert!(wait_for(DEADLINE, || file.exists()));
 
     bao.server.stop();
     std::thread::sleep(Duration::from_millis(400)); // past the 1 s grant's cache age
@@ -90,13 +90,13 @@ fn an_outage_fails_fast_and_the_broker_recovers_without_a_restart() {
     // Back, unsealed: the same broker serves again, the rotation included.
     bao.restart();
     kv_put(&bao.server, &bao.root_token, ROTATED);
-    let served = wait_for(Duration::from_secs(10), || {
+    let served = wait_for(DEADLINE, || {
         let out = exec(&b);
         out.status.success() && out.stdout == ROTATED
     });
     assert!(served, "not recovered:\n{}", b.log_text());
     assert!(
-        wait_for(Duration::from_secs(8), || std::fs::read(&file)
+        wait_for(DEADLINE, || std::fs::read(&file)
             .is_ok_and(|v| v == ROTATED)),
         "the sidecar did not pick up the rotation after the outage"
     );
@@ -134,14 +134,12 @@ fn a_raft_cluster_keeps_serving_when_its_leader_is_killed() {
 
     let leader = cluster.leader().expect("a leader");
     cluster.nodes[leader].kill();
-    let elected = wait_for(Duration::from_secs(30), || {
-        cluster.leader().is_some_and(|l| l != leader)
-    });
+    let elected = wait_for(DEADLINE, || cluster.leader().is_some_and(|l| l != leader));
     assert!(elected, "no new leader");
     let new_leader = cluster.leader().unwrap();
     kv_put(&cluster.nodes[new_leader], &token, ROTATED);
     let started = Instant::now();
-    let served = wait_for(Duration::from_secs(15), || {
+    let served = wait_for(DEADLINE, || {
         let out = exec(&b);
         out.status.success() && out.stdout == ROTATED
     });

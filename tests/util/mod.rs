@@ -26,6 +26,10 @@ pub fn uid() -> u32 {
     nix::unistd::getuid().as_raw()
 }
 
+/// The deadline of a wait for something that will happen: only a hung
+/// broker or client misses it (a wait never bounds how fast it happens).
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
 /// Poll `f` until it holds or `timeout` passes.
 pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
