@@ -13,34 +13,13 @@ use util::*;
 const DB: &[u8] = b"db-pw-7f3a9c1e55";
 const TOKEN: &[u8] = b"api-tok-c0ffee4242";
 
-fn rev(b: &[u8]) -> String {
-    String::from_utf8(b.iter().rev().copied().collect()).unwrap()
-}
-
 /// A workload matched by labels, launchable by the test's uid, with a file
 /// and an env grant. `extra` goes before the grants (e.g. `[isolation]`).
 fn policy(w: &str, extra: &str) -> String {
-    format!(
-        r#"workload = "{w}"
-
-[match]
-docker_labels = {{ app = "{w}" }}
-
-[launch]
-uids = [{uid}]
-{extra}
-[[grant]]
-secret = "app/db"
-key = "password"
-file = "db_password"
-ttl = "1m"
-
-[[grant]]
-secret = "app/api"
-key = "token"
-env = "API_TOKEN"
-"#,
-        uid = uid()
+    label_policy(
+        w,
+        extra,
+        &format!("{DB_FILE_GRANT}\n[[grant]]\nsecret = \"app/api\"\nkey = \"token\"\nenv = \"API_TOKEN\"\n"),
     )
 }
 
@@ -49,14 +28,6 @@ fn broker_for(w: &str, extra: &str) -> Broker {
     b.put("app/db", "password", DB);
     b.put("app/api", "token", TOKEN);
     b
-}
-
-/// `unbaked run --workload W` with the static shim.
-fn run(b: &Broker, w: &str) -> std::process::Command {
-    let mut c = b.cmd();
-    c.env("UNBAKED_SHIM", static_binary())
-        .args(["run", "--workload", w]);
-    c
 }
 
 fn assert_no_secret_in(what: &str, hay: &[u8]) {
