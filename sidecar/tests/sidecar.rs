@@ -6,19 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use unbaked_api::exit;
 use unbaked_api::wire::{DeliveryKind, ErrorCode, FetchRequest};
-use unbaked_sidecar::sidecar::{run, SidecarConfig, SidecarError};
-use util::{api_error, file_item, lease, read, wait_for, FakeBroker};
-
-fn config(socket: &std::path::Path, dir: &std::path::Path, once: bool) -> SidecarConfig {
-    SidecarConfig {
-        token_file: None,
-        socket: socket.into(),
-        workload: "billing".into(),
-        dir: dir.into(),
-        once,
-        tmpfs_size: 1 << 20,
-    }
-}
+use unbaked_sidecar::sidecar::{run, SidecarError};
+use util::{api_error, config, file_item, lease, read, wait_for, FakeBroker};
 
 #[tokio::test]
 async fn once_writes_the_files_and_leaves_them() {

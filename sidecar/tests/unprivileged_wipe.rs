@@ -30,14 +30,7 @@ fn read_only(id: &str, path: &str, version: u64, ttl_secs: u64, value: &[u8]) ->
 }
 
 fn config(socket: &Path, dir: &Path) -> SidecarConfig {
-    SidecarConfig {
-        token_file: None,
-        socket: socket.into(),
-        workload: "billing".into(),
-        dir: dir.into(),
-        once: false,
-        tmpfs_size: 1 << 20,
-    }
+    util::config(socket, dir, false)
 }
 
 /// The relative paths the state file lists; `None` without a state file.
@@ -94,18 +87,13 @@ const RESTORED: usize = 3;
 /// nothing, and a second sidecar on the directory has nothing to wipe.
 #[test]
 fn a_sidecar_that_is_not_root_zeroes_and_unlinks_its_read_only_files() {
-    let Some(base) = util::child_dir() else {
-        let base = util::shm_dir_for(SIDECAR_UID);
-        let name = "a_sidecar_that_is_not_root_zeroes_and_unlinks_its_read_only_files";
-        util::rerun_as(SIDECAR_UID, name, base.path(), 60);
-        // Seen from outside too: nothing of the secrets is left.
-        assert_eq!(names(&base.path().join("secrets")), Vec::<String>::new());
+    let name = "a_sidecar_that_is_not_root_zeroes_and_unlinks_its_read_only_files";
+    // Seen from outside too: nothing of the secrets is left.
+    let outside = |base: &Path| assert_eq!(names(&base.join("secrets")), Vec::<String>::new());
+    let Some(base) = util::as_uid(SIDECAR_UID, name, |_| {}, outside) else {
         return;
     };
-    util::assert_unprivileged(SIDECAR_UID);
-    let dir = base.join("secrets");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dir = util::private_dir(&base);
     runtime().block_on(async {
         let phase = Arc::new(AtomicUsize::new(ISSUED));
         let p = phase.clone();
@@ -205,16 +193,11 @@ fn a_sidecar_that_is_not_root_zeroes_and_unlinks_its_read_only_files() {
 /// goes, and leaves the list.
 #[test]
 fn a_file_that_cannot_be_unlinked_stays_listed_until_a_successor_wipes_it() {
-    let Some(base) = util::child_dir() else {
-        let base = util::shm_dir_for(SIDECAR_UID);
-        let name = "a_file_that_cannot_be_unlinked_stays_listed_until_a_successor_wipes_it";
-        util::rerun_as(SIDECAR_UID, name, base.path(), 60);
+    let name = "a_file_that_cannot_be_unlinked_stays_listed_until_a_successor_wipes_it";
+    let Some(base) = util::as_uid(SIDECAR_UID, name, |_| {}, |_| {}) else {
         return;
     };
-    util::assert_unprivileged(SIDECAR_UID);
-    let dir = base.join("secrets");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dir = util::private_dir(&base);
     let (db, key) = (dir.join("db_password"), dir.join("tls/key.pem"));
     runtime().block_on(async {
         let broker = FakeBroker::start(|_| {
@@ -267,16 +250,11 @@ fn a_file_that_cannot_be_unlinked_stays_listed_until_a_successor_wipes_it() {
 /// empty), and the running sidecar tries again until it is gone.
 #[test]
 fn a_withdrawn_file_that_cannot_be_unlinked_is_retried_and_stays_listed() {
-    let Some(base) = util::child_dir() else {
-        let base = util::shm_dir_for(SIDECAR_UID);
-        let name = "a_withdrawn_file_that_cannot_be_unlinked_is_retried_and_stays_listed";
-        util::rerun_as(SIDECAR_UID, name, base.path(), 60);
+    let name = "a_withdrawn_file_that_cannot_be_unlinked_is_retried_and_stays_listed";
+    let Some(base) = util::as_uid(SIDECAR_UID, name, |_| {}, |_| {}) else {
         return;
     };
-    util::assert_unprivileged(SIDECAR_UID);
-    let dir = base.join("secrets");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dir = util::private_dir(&base);
     runtime().block_on(async {
         let phase = Arc::new(AtomicUsize::new(ISSUED));
         let p = phase.clone();
