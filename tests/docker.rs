@@ -219,10 +219,14 @@ fn each_refused_flag_names_its_rule() {
     let other = format!("{w}-x");
     let p = policy(&other, "").replace(&format!("uids = [{}]", uid()), "uids = [4242]");
     b.write_policy("other.toml", &p);
-    assert!(eventually(60, || {
-        let out = output(run(&b, &other).args(["--dry-run", "--", image]));
-        out.status.code() == Some(3) && text(&out.stderr).contains("rule launch.uids")
-    }));
+    assert!(
+        eventually(60, || {
+            let out = output(run(&b, &other).args(["--dry-run", "--", image]));
+            out.status.code() == Some(3) && text(&out.stderr).contains("rule launch.uids")
+        }),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
 }
 
 #[test]
@@ -239,7 +243,11 @@ fn launched_containers_cannot_reach_each_other_but_a_control_pair_can() {
     let srv = clean.container(&unique("srv"));
     let out = output(run(&b, &w).args(["--", "-d", "--rm", "--name", &srv, image, server]));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(eventually(60, || running(&srv)));
+    assert!(
+        eventually(60, || running(&srv)),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
     let ip = ip_of(&srv, &net);
     let out = output(run(&b, &w).args(["--", "--rm", image, &client(&ip)]));
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -274,7 +282,11 @@ fn launched_containers_cannot_reach_each_other_but_a_control_pair_can() {
         image,
         server,
     ]);
-    assert!(eventually(60, || running(&ctl)));
+    assert!(
+        eventually(60, || running(&ctl)),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
     let ip = ip_of(&ctl, &ctl_net);
     let got = docker_ok(&["run", "--rm", "--network", &ctl_net, image, &client(&ip)]);
     assert!(
@@ -518,7 +530,11 @@ fn renewal_rotates_files_and_rechecks_the_live_container() {
         output(run(&b, &w).args(["--", "-d", "--rm", "--name", &name, image, "exec sleep 60"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let file = || output(docker().args(["exec", &name, "rev", "/run/secrets/db_password"]));
-    assert!(eventually(60, || text(&file().stdout) == rev(DB)));
+    assert!(
+        eventually(60, || text(&file().stdout) == rev(DB)),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
 
     // Rotation: the broker renews at 2/3 of the ttl and rewrites the file.
     const DB2: &[u8] = b"db-pw-rotated-0b5e";
@@ -541,5 +557,9 @@ fn renewal_rotates_files_and_rechecks_the_live_container() {
     );
     assert!(b.audit_text().contains("\"rule\":\"isolation.icc\""));
     docker_ok(&["rm", "-f", &name]);
-    assert!(eventually(60, || mounts_under(b.dir.path()).is_empty()));
+    assert!(
+        eventually(60, || mounts_under(b.dir.path()).is_empty()),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
 }

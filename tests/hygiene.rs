@@ -125,10 +125,12 @@ fn a_secret_leaves_no_trace_in_logs_audit_inspect_layers_or_disk() {
         .stderr(std::fs::File::create(&sidecar_log).unwrap())
         .spawn()
         .unwrap();
-    assert!(wait_for(DEADLINE, || std::fs::read(
-        secrets.path().join("h")
-    )
-    .is_ok_and(|v| v == SECRET)));
+    assert!(
+        wait_for(DEADLINE, || std::fs::read(secrets.path().join("h"))
+            .is_ok_and(|v| v == SECRET)),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
 
     // exec: env and memfd, used (compared) but never printed.
     let out = output(
@@ -195,7 +197,11 @@ fn a_secret_leaves_no_trace_in_logs_audit_inspect_layers_or_disk() {
         files_containing(secrets.path(), SECRET).is_empty(),
         "the sidecar's tmpfs"
     );
-    assert!(eventually(60, || mounts_under(b.dir.path()).is_empty()));
+    assert!(
+        eventually(60, || mounts_under(b.dir.path()).is_empty()),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
 
     assert!(!holds(b.log_text().as_bytes()), "the broker log");
     assert!(!holds(b.audit_text().as_bytes()), "the audit file");

@@ -35,9 +35,11 @@ fn a_broken_policy_set_is_rejected_whole_and_the_old_one_keeps_serving() {
         "broken.toml",
         "workload = \"c\"\n[match]\nuids = [1]\n[[grant]]\nsecret = \"app/x\"\nkey = \"k\"\n",
     );
-    assert!(wait_for(DEADLINE, || b
-        .log_text()
-        .contains("reload rejected")));
+    assert!(
+        wait_for(DEADLINE, || b.log_text().contains("reload rejected")),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
     assert!(b.log_text().contains("broken.toml:4:1"), "{}", b.log_text());
     assert!(can_exec(&b, "a"));
     assert!(!can_exec(&b, "b"));
@@ -45,7 +47,11 @@ fn a_broken_policy_set_is_rejected_whole_and_the_old_one_keeps_serving() {
 
     // Fixed: both are served.
     std::fs::remove_file(b.policies.join("broken.toml")).unwrap();
-    assert!(wait_for(DEADLINE, || can_exec(&b, "b")));
+    assert!(
+        wait_for(DEADLINE, || can_exec(&b, "b")),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
 }
 
 /// Another local user: not root, not the broker's uid (the tests run as root).

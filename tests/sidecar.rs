@@ -204,7 +204,11 @@ fn a_disk_backed_dir_gets_a_private_tmpfs_that_is_gone_after_exit() {
     assert!(!is_tmpfs(disk.path()), "test needs a disk-backed /tmp");
     let mut child = spawn_sidecar(&b, disk.path());
     let pw = disk.path().join("db/password");
-    assert!(wait_for(DEADLINE, || pw.exists()));
+    assert!(
+        wait_for(DEADLINE, || pw.exists()),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
     assert!(is_tmpfs(disk.path()), "the sidecar did not mount a tmpfs");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let line = mounts
@@ -249,10 +253,11 @@ fn the_sidecar_and_broker_have_core_dumps_off() {
     let b = broker("10m");
     let secrets = shm_dir("core");
     let mut child = spawn_sidecar(&b, secrets.path());
-    assert!(wait_for(DEADLINE, || secrets
-        .path()
-        .join("db/password")
-        .exists()));
+    assert!(
+        wait_for(DEADLINE, || secrets.path().join("db/password").exists()),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
     for pid in [b.pid(), child.id()] {
         let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
         let core = limits

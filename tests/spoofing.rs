@@ -452,9 +452,13 @@ fn a_symlink_planted_in_the_secrets_directory_redirects_nothing() {
         .spawn()
         .unwrap();
     let token = secrets.path().join("token");
-    assert!(wait_for(DEADLINE, || {
-        std::fs::symlink_metadata(&token).is_ok_and(|m| m.file_type().is_file())
-    }));
+    assert!(
+        wait_for(DEADLINE, || {
+            std::fs::symlink_metadata(&token).is_ok_and(|m| m.file_type().is_file())
+        }),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
     assert_eq!(std::fs::read(&token).unwrap(), VALUE);
     assert_eq!(std::fs::read(&victim_file).unwrap(), b"victim-content");
     nix::sys::signal::kill(

@@ -62,7 +62,11 @@ fn an_outage_fails_fast_and_the_broker_recovers_without_a_restart() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(wait_for(DEADLINE, || file.exists()));
+    assert!(
+        wait_for(DEADLINE, || file.exists()),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
 
     bao.server.stop();
     std::thread::sleep(Duration::from_millis(400)); // past the 1 s grant's cache age
