@@ -139,21 +139,12 @@ impl Server {
 
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        super::end(&mut self.child, nix::sys::signal::Signal::SIGKILL);
     }
 
     /// SIGTERM and wait, as an operator's stop would.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = c.wait();
-        }
+        super::end(&mut self.child, nix::sys::signal::Signal::SIGTERM);
     }
 
     pub fn log_text(&self) -> String {
@@ -269,8 +260,8 @@ impl Dev {
     }
 }
 
-/// Count `request` entries of an audit log by operation and path.
-pub fn audited(log: &Path, operation: &str, path: &str) -> usize {
+/// The `request` entries of an audit log with this operation on this path.
+fn audited_requests(log: &Path, operation: &str, path: &str) -> Vec<Value> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
@@ -280,23 +271,29 @@ pub fn audited(log: &Path, operation: &str, path: &str) -> usize {
                 && e["request"]["operation"] == operation
                 && e["request"]["path"] == path
         })
-        .count()
+        .collect()
+}
+
+/// Count `request` entries of an audit log by operation and path.
+pub fn audited(log: &Path, operation: &str, path: &str) -> usize {
+    audited_requests(log, operation, path).len()
 }
 
 /// When OpenBao's audit log says it took each request with this operation
 /// on this path (its own clock), in order.
 pub fn audited_times(log: &Path, operation: &str, path: &str) -> Vec<std::time::SystemTime> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| {
-            e["type"] == "request"
-                && e["request"]["operation"] == operation
-                && e["request"]["path"] == path
-        })
+    audited_requests(log, operation, path)
+        .iter()
         .filter_map(|e| super::parse_rfc3339(e["time"].as_str()?))
         .collect()
+}
+
+/// A raft node's server config: its data in `path`, plain HTTP on loopback.
+fn raft_config(path: &Path, node_id: &str, api: u16, cluster: u16) -> String {
+    format!(
+        "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"{node_id}\"\n  performance_multiplier = 1\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{api}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{api}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\n",
+        path.display()
+    )
 }
 
 /// A server with storage on disk (single-node raft: OpenBao 2 has no `file`
@@ -315,10 +312,7 @@ impl Persistent {
         let (port, cluster) = (free_port(), free_port());
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
-        let config = format!(
-            "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"solo\"\n  performance_multiplier = 1\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{port}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\n",
-            data.display()
-        );
+        let config = raft_config(&data, "solo", port, cluster);
         let server = Server::spawn(dir.path(), "disk", &config, false, port);
         let init = server.json(
             "",
@@ -376,10 +370,7 @@ impl Cluster {
         for (i, (api, cluster)) in ports.iter().enumerate() {
             let node_dir = dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(node_dir.join("raft")).unwrap();
-            let config = format!(
-                "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"node{i}\"\n  performance_multiplier = 1\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{api}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{api}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\n",
-                node_dir.join("raft").display()
-            );
+            let config = raft_config(&node_dir.join("raft"), &format!("node{i}"), *api, *cluster);
             let mut s = Server::spawn(&node_dir, &format!("node{i}"), &config, false, *api);
             s.cluster_port = *cluster;
             nodes.push(s);

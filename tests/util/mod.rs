@@ -391,10 +391,7 @@ impl Broker {
 
     /// SIGKILL: no stop record, no cleanup, the socket file left behind.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        end(&mut self.child, nix::sys::signal::Signal::SIGKILL);
     }
 
     /// Start again on the same socket, policies and audit file.
@@ -410,19 +407,21 @@ impl Broker {
 
     /// Stop with SIGTERM and wait.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = child.wait();
-        }
+        end(&mut self.child, nix::sys::signal::Signal::SIGTERM);
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Send `sig` to the child, if any, and reap it.
+pub fn end(child: &mut Option<Child>, sig: nix::sys::signal::Signal) {
+    if let Some(mut c) = child.take() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+        let _ = c.wait();
     }
 }
 
@@ -680,12 +679,14 @@ impl Scan<'_> {
         let dev = std::fs::metadata(root)
             .map(|m| m.dev())
             .unwrap_or_else(|e| panic!("cannot search {}: {e}", root.display()));
-        let fail = |p: &Path, e: std::io::Error| -> Option<()> {
-            if e.kind() == NotFound {
-                return None;
+        // Gone meanwhile is no finding; any other error fails the search.
+        fn ok<T>(r: std::io::Result<T>, p: &Path) -> Option<T> {
+            match r {
+                Ok(v) => Some(v),
+                Err(e) if e.kind() == NotFound => None,
+                Err(e) => panic!("cannot search {}: {e}", p.display()),
             }
-            panic!("cannot search {}: {e}", p.display())
-        };
+        }
         let mut hits = vec![];
         let mut stack = vec![root.to_path_buf()];
         while let Some(d) = stack.pop() {
@@ -700,21 +701,11 @@ impl Scan<'_> {
             {
                 continue;
             }
-            let entries = match std::fs::read_dir(&d) {
-                Ok(e) => e,
-                Err(e) => {
-                    fail(&d, e);
-                    continue;
-                }
+            let Some(entries) = ok(std::fs::read_dir(&d), &d) else {
+                continue;
             };
             for e in entries {
-                let e = match e {
-                    Ok(e) => e,
-                    Err(err) => {
-                        fail(&d, err);
-                        continue;
-                    }
-                };
+                let Some(e) = ok(e, &d) else { continue };
                 let p = e.path();
                 let Ok(ft) = e.file_type() else { continue };
                 if ft.is_dir() {
@@ -725,21 +716,13 @@ impl Scan<'_> {
                     continue;
                 }
                 if let Some(since) = self.since {
-                    match e.metadata().and_then(|m| m.modified()) {
-                        Ok(t) if t >= since => {}
-                        Ok(_) => continue,
-                        Err(err) => {
-                            fail(&p, err);
-                            continue;
-                        }
+                    match ok(e.metadata().and_then(|m| m.modified()), &p) {
+                        Some(t) if t >= since => {}
+                        _ => continue,
                     }
                 }
-                let bytes = match std::fs::read(&p) {
-                    Ok(b) => b,
-                    Err(err) => {
-                        fail(&p, err);
-                        continue;
-                    }
+                let Some(bytes) = ok(std::fs::read(&p), &p) else {
+                    continue;
                 };
                 if !bytes.windows(self.needle.len()).any(|w| w == self.needle) {
                     continue;
