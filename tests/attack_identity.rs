@@ -6,7 +6,6 @@
 mod util;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 use util::docker::{docker_ok, static_binary, test_image, unique, Cleanup};
 use util::*;
 
@@ -98,7 +97,7 @@ impl Delegated {
 impl Drop for Delegated {
     fn drop(&mut self) {
         // Children first; each is empty once its process has exited.
-        wait_for(Duration::from_secs(10), || {
+        wait_for(DEADLINE, || {
             if let Ok(entries) = std::fs::read_dir(&self.0) {
                 for e in entries.flatten() {
                     if e.path().is_dir() {

@@ -13,10 +13,6 @@ use util::*;
 const TOKEN: &[u8] = b"atk-token-5e11c0de";
 const PAYROLL: &[u8] = b"payroll-pw-77aa10";
 
-fn rev(b: &[u8]) -> String {
-    String::from_utf8(b.iter().rev().copied().collect()).unwrap()
-}
-
 /// Workload `w` (selected by `app=w`) with an env grant, and `payroll`
 /// (selected by `team=payroll`), both launchable by the test's uid.
 fn broker(w: &str) -> Broker {

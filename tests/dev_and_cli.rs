@@ -2,7 +2,6 @@
 mod util;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 use util::*;
 
 #[test]
@@ -28,7 +27,7 @@ fn dev_starts_with_the_demo_and_says_what_to_try() {
     }
     assert!(banner.contains("unbaked exec --workload demo"), "{banner}");
     assert!(banner.contains(&socket.display().to_string()));
-    assert!(wait_for(Duration::from_secs(5), || socket.exists()));
+    assert!(wait_for(DEADLINE, || socket.exists()));
 
     let out = output(unbaked(&socket).args([
         "exec",

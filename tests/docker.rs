@@ -13,34 +13,13 @@ use util::*;
 const DB: &[u8] = b"db-pw-7f3a9c1e55";
 const TOKEN: &[u8] = b"api-tok-c0ffee4242";
 
-fn rev(b: &[u8]) -> String {
-    String::from_utf8(b.iter().rev().copied().collect()).unwrap()
-}
-
 /// A workload matched by labels, launchable by the test's uid, with a file
 /// and an env grant. `extra` goes before the grants (e.g. `[isolation]`).
 fn policy(w: &str, extra: &str) -> String {
-    format!(
-        r#"workload = "{w}"
-
-[match]
-docker_labels = {{ app = "{w}" }}
-
-[launch]
-uids = [{uid}]
-{extra}
-[[grant]]
-secret = "app/db"
-key = "password"
-file = "db_password"
-ttl = "1m"
-
-[[grant]]
-secret = "app/api"
-key = "token"
-env = "API_TOKEN"
-"#,
-        uid = uid()
+    label_policy(
+        w,
+        extra,
+        &format!("{DB_FILE_GRANT}\n[[grant]]\nsecret = \"app/api\"\nkey = \"token\"\nenv = \"API_TOKEN\"\n"),
     )
 }
 
@@ -49,14 +28,6 @@ fn broker_for(w: &str, extra: &str) -> Broker {
     b.put("app/db", "password", DB);
     b.put("app/api", "token", TOKEN);
     b
-}
-
-/// `unbaked run --workload W` with the static shim.
-fn run(b: &Broker, w: &str) -> std::process::Command {
-    let mut c = b.cmd();
-    c.env("UNBAKED_SHIM", static_binary())
-        .args(["run", "--workload", w]);
-    c
 }
 
 fn assert_no_secret_in(what: &str, hay: &[u8]) {
@@ -128,7 +99,7 @@ exit 7"#;
         output(run(&b, &w).args(["--", "-d", "--rm", "--name", &name, image, "exec sleep 60"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        eventually(15, || output(docker().args([
+        eventually(60, || output(docker().args([
             "exec",
             &name,
             "test",
@@ -156,7 +127,7 @@ exit 7"#;
     // Exit: leases revoked (audited), tmpfs wiped and unmounted, nothing on disk.
     docker_ok(&["stop", "-t", "1", &name]);
     assert!(
-        eventually(15, || mounts_under(b.dir.path()).is_empty()),
+        eventually(60, || mounts_under(b.dir.path()).is_empty()),
         "the secrets tmpfs is still mounted after the container stopped:\n{}",
         b.log_text()
     );
@@ -248,10 +219,14 @@ fn each_refused_flag_names_its_rule() {
     let other = format!("{w}-x");
     let p = policy(&other, "").replace(&format!("uids = [{}]", uid()), "uids = [4242]");
     b.write_policy("other.toml", &p);
-    assert!(eventually(10, || {
-        let out = output(run(&b, &other).args(["--dry-run", "--", image]));
-        out.status.code() == Some(3) && text(&out.stderr).contains("rule launch.uids")
-    }));
+    assert!(
+        eventually(60, || {
+            let out = output(run(&b, &other).args(["--dry-run", "--", image]));
+            out.status.code() == Some(3) && text(&out.stderr).contains("rule launch.uids")
+        }),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
 }
 
 #[test]
@@ -268,7 +243,11 @@ fn launched_containers_cannot_reach_each_other_but_a_control_pair_can() {
     let srv = clean.container(&unique("srv"));
     let out = output(run(&b, &w).args(["--", "-d", "--rm", "--name", &srv, image, server]));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(eventually(15, || running(&srv)));
+    assert!(
+        eventually(60, || running(&srv)),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
     let ip = ip_of(&srv, &net);
     let out = output(run(&b, &w).args(["--", "--rm", image, &client(&ip)]));
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -303,7 +282,11 @@ fn launched_containers_cannot_reach_each_other_but_a_control_pair_can() {
         image,
         server,
     ]);
-    assert!(eventually(15, || running(&ctl)));
+    assert!(
+        eventually(60, || running(&ctl)),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
     let ip = ip_of(&ctl, &ctl_net);
     let got = docker_ok(&["run", "--rm", "--network", &ctl_net, image, &client(&ip)]);
     assert!(
@@ -502,7 +485,7 @@ fn the_sidecar_image_fills_a_tmpfs_volume_the_app_mounts_read_only() {
         ])
     };
     assert!(
-        eventually(15, || app("rev /run/secrets/db_password 2>/dev/null")
+        eventually(60, || app("rev /run/secrets/db_password 2>/dev/null")
             == rev(DB)),
         "the sidecar never wrote the file: {}\n{}",
         docker_ok(&["logs", &sc]),
@@ -547,13 +530,17 @@ fn renewal_rotates_files_and_rechecks_the_live_container() {
         output(run(&b, &w).args(["--", "-d", "--rm", "--name", &name, image, "exec sleep 60"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let file = || output(docker().args(["exec", &name, "rev", "/run/secrets/db_password"]));
-    assert!(eventually(15, || text(&file().stdout) == rev(DB)));
+    assert!(
+        eventually(60, || text(&file().stdout) == rev(DB)),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
 
     // Rotation: the broker renews at 2/3 of the ttl and rewrites the file.
     const DB2: &[u8] = b"db-pw-rotated-0b5e";
     b.put("app/db", "password", DB2);
     assert!(
-        eventually(10, || text(&file().stdout) == rev(DB2)),
+        eventually(60, || text(&file().stdout) == rev(DB2)),
         "the rotated value never reached the container:\n{}",
         b.log_text()
     );
@@ -564,11 +551,15 @@ fn renewal_rotates_files_and_rechecks_the_live_container() {
     docker_ok(&["network", "create", &icc]);
     docker_ok(&["network", "connect", &icc, &name]);
     assert!(
-        eventually(10, || !file().status.success()),
+        eventually(60, || !file().status.success()),
         "the file survived a renewal on an ICC network:\n{}",
         b.log_text()
     );
     assert!(b.audit_text().contains("\"rule\":\"isolation.icc\""));
     docker_ok(&["rm", "-f", &name]);
-    assert!(eventually(15, || mounts_under(b.dir.path()).is_empty()));
+    assert!(
+        eventually(60, || mounts_under(b.dir.path()).is_empty()),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
 }

@@ -18,10 +18,12 @@ fn broker() -> Broker {
     b
 }
 
-/// A fetch through the real client still works, promptly.
-fn fetch_works(b: &Broker) -> Duration {
+/// A fetch through the real client still works; how long it took (a
+/// figure for the log, never judged) and the client's debug log, which
+/// records every overloaded answer it was given and retried.
+fn fetch_works(b: &Broker) -> (Duration, String) {
     let t = Instant::now();
-    let out = output(b.cmd().args([
+    let out = output(b.cmd().env("UNBAKED_LOG", "debug").args([
         "exec",
         "--workload",
         "h",
@@ -32,7 +34,7 @@ fn fetch_works(b: &Broker) -> Duration {
     ]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(out.stdout, VALUE);
-    t.elapsed()
+    (t.elapsed(), text(&out.stderr))
 }
 
 fn fetch(socket: &Path, body: &[u8]) -> Answer {
@@ -91,21 +93,22 @@ fn malformed_json_gets_a_clear_400_naming_the_problem() {
 fn oversized_requests_are_refused_by_the_size_limits() {
     let b = broker();
     // A declared length over 1 MiB: refused before a byte of it is read.
+    // No byte of the body is ever sent: an answer at all shows it was
+    // judged unread, and its reason that the limit (not the 5 s body
+    // timeout, "request body not received") refused it.
     let mut s = UnixStream::connect(&b.socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let t = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(
         s,
         "POST /v1/fetch HTTP/1.1\r\nHost: u\r\nContent-Length: 2000000\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let a = read_answer(&mut s).unwrap();
+    let a = read_answer(&mut s).unwrap_or_else(|e| panic!("{e}:\n{}", b.log_text()));
     assert_bad_request(&a, "request body over 1048576 bytes");
-    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
 
     // Chunked, so no length up front: cut off at the limit while reading.
     let mut s = UnixStream::connect(&b.socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut w = s.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
         let _ = write!(
@@ -157,13 +160,22 @@ fn oversized_requests_are_refused_by_the_size_limits() {
     assert!(!b.log_text().contains(std::str::from_utf8(VALUE).unwrap()));
 }
 
-/// Seconds until the broker closes `s` (EOF, reset, or an answer then EOF).
+/// How long until the broker closes `s` (EOF, reset, or an answer then
+/// EOF), and what it sent; the deadline only catches a broker that never does.
 fn closed_after(mut s: UnixStream, t: Instant) -> (Duration, Vec<u8>) {
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         match s.read(&mut buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("the broker never closed the connection (60 s)")
+            }
             Ok(0) | Err(_) => return (t.elapsed(), got),
             Ok(n) => got.extend_from_slice(&buf[..n]),
         }
@@ -172,9 +184,12 @@ fn closed_after(mut s: UnixStream, t: Instant) -> (Duration, Vec<u8>) {
 
 #[test]
 fn slow_and_idle_connections_time_out_and_others_are_served_meanwhile() {
+    let _heavy = heavy();
     let b = broker();
     let socket = b.socket.clone();
-    let within = |d: Duration| d >= Duration::from_millis(4500) && d <= Duration::from_secs(8);
+    // Not cut before the 5 s timeouts (a late cut is the machine's load,
+    // and the broker's own reasons below say which timeout cut it).
+    let within = |d: Duration| d >= Duration::from_millis(4500);
 
     // Idle: connects and sends nothing.
     let idle = {
@@ -214,13 +229,25 @@ fn slow_and_idle_connections_time_out_and_others_are_served_meanwhile() {
         })
     };
 
-    // Meanwhile everyone else is served as usual.
+    // Meanwhile everyone else is served as usual: fetches complete while
+    // all three stalled connections are still open (a broker blocked by
+    // them would serve nobody until it cut them).
     std::thread::sleep(Duration::from_millis(200));
+    let stalled = [&idle, &slow_head, &slow_body];
     let mut slowest = Duration::ZERO;
+    let mut served_during_stall = 0;
     for _ in 0..10 {
-        slowest = slowest.max(fetch_works(&b));
+        let (took, _) = fetch_works(&b);
+        slowest = slowest.max(took);
+        if stalled.iter().all(|t| !t.is_finished()) {
+            served_during_stall += 1;
+        }
     }
-    assert!(slowest < Duration::from_secs(2), "a fetch took {slowest:?}");
+    assert!(
+        served_during_stall > 0,
+        "no fetch was served while the stalled connections were open:\n{}",
+        b.log_text()
+    );
 
     let (t, got) = idle.join().unwrap();
     assert!(
@@ -233,7 +260,14 @@ fn slow_and_idle_connections_time_out_and_others_are_served_meanwhile() {
     assert!(within(t), "slow body cut after {t:?}");
     let a = util::daemon::parse_answer(&got).expect("an answer to the slow body");
     assert_bad_request(&a, "request body not received within 5s");
-    eprintln!("slowest fetch during the stalls: {slowest:?}");
+    // Cut by the header and body timeouts, not by the 30 s cap on a
+    // connection (the only other cut, which the broker logs).
+    assert!(
+        !b.log_text().contains("connection closed after 30s"),
+        "{}",
+        b.log_text()
+    );
+    eprintln!("slowest fetch during the stalls: {slowest:?} ({served_during_stall} of 10 while all three were open)");
 }
 
 #[test]
@@ -246,7 +280,7 @@ fn an_oversized_policy_file_is_refused_and_the_old_set_keeps_serving() {
     );
     b.write_policy("huge.toml", &huge);
     assert!(
-        wait_for(Duration::from_secs(10), || b
+        wait_for(DEADLINE, || b
             .log_text()
             .contains("over the 256 KiB limit for a policy file")),
         "{}",
@@ -325,6 +359,7 @@ fn a_process_fetching_in_a_loop_holds_a_bounded_number_of_leases() {
 /// and the other caller waits 1 s for a 503.)
 #[test]
 fn one_callers_flood_leaves_the_others_served() {
+    let _heavy = heavy();
     let b = Broker::start(&[("h.toml", &host_policy("h", GRANT))]);
     std::fs::set_permissions(
         b.dir.path(),
@@ -337,14 +372,8 @@ fn one_callers_flood_leaves_the_others_served() {
     // broker closed after 3 s (those past its share wait 1 s in the queue,
     // then 1 s for a request to answer 503; a served connection's idle
     // timeout is 5 s).
-    let flood = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=2002",
-            "--regid=2002",
-            "--clear-groups",
-            "perl",
-            "-e",
-        ])
+    let flood = as_user(2002, "perl")
+        .arg("-e")
         .arg(PERL_HOLD)
         .arg(&b.socket)
         .arg("300")
@@ -354,7 +383,7 @@ fn one_callers_flood_leaves_the_others_served() {
         .expect("perl holds the flood");
     // Let the flood land, then fetch as another caller while it is held.
     std::thread::sleep(Duration::from_millis(700));
-    let took = fetch_works(&b);
+    let (took, client_log) = fetch_works(&b);
     let out = flood.wait_with_output().unwrap();
     let report = text(&out.stdout);
     assert!(out.status.success(), "{report} {}", text(&out.stderr));
@@ -368,10 +397,15 @@ fn one_callers_flood_leaves_the_others_served() {
         rejected >= 300 - 64,
         "the flood's connections past its share are answered 503 and closed: {report}"
     );
+    // Served at once: never answered `overloaded` (a caller waiting in the
+    // queue behind the flood is, after 1 s) nor closed unanswered, as its
+    // client's own record of every retry shows.
     assert!(
-        took < Duration::from_millis(900),
-        "the other caller waited {took:?}"
+        !client_log.contains("the broker is overloaded")
+            && !client_log.contains("closed the connection unanswered"),
+        "the other caller waited behind the flood ({took:?}):\n{client_log}"
     );
+    eprintln!("the other caller was served in {took:?} during the flood");
 }
 
 /// Connects ARGV[1] sockets to ARGV[0], sends one request line on those

@@ -83,49 +83,20 @@ fn exec_and_the_run_shim_start_commands_with_core_dumps_off() {
     assert_eq!(core_limit(&text(&out.stdout)), ["0", "0"]);
 }
 
-/// Paths under `root` modified since `since` that hold `needle`, on
-/// `root`'s own file system (a secrets tmpfs mounted below it is where a
-/// secret belongs), skipping `skip`, cargo target directories and
-/// checkouts of this repository (they hold this test's literal).
+/// Files under `root` (its own file system), modified since `since`,
+/// holding `needle`; build output, checkouts and `skip` left out.
 fn recent_files_containing(
     root: &Path,
     needle: &[u8],
     since: SystemTime,
     skip: &[PathBuf],
 ) -> Vec<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    // A root that cannot be read would pass the search without looking.
-    let dev = std::fs::metadata(root)
-        .map(|m| m.dev())
-        .unwrap_or_else(|e| panic!("cannot search {}: {e}", root.display()));
-    let mut hits = vec![];
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let same_fs = std::fs::symlink_metadata(&d).is_ok_and(|m| m.dev() == dev);
-        // Build output and checkouts of this repository hold the literal.
-        let ours = d.join("CACHEDIR.TAG").exists() || d.join("tests/hygiene.rs").exists();
-        if !same_fs || ours || skip.iter().any(|s| d.starts_with(s)) {
-            continue;
-        }
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file()
-                && e.metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t >= since)
-                && std::fs::read(e.path())
-                    .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
-            {
-                hits.push(e.path());
-            }
-        }
-    }
-    hits
+    scan(needle)
+        .since(since)
+        .one_file_system()
+        .skip_checkouts()
+        .skip(skip)
+        .under(root)
 }
 
 fn holds(hay: &[u8]) -> bool {
@@ -154,10 +125,12 @@ fn a_secret_leaves_no_trace_in_logs_audit_inspect_layers_or_disk() {
         .stderr(std::fs::File::create(&sidecar_log).unwrap())
         .spawn()
         .unwrap();
-    assert!(wait_for(Duration::from_secs(30), || std::fs::read(
-        secrets.path().join("h")
-    )
-    .is_ok_and(|v| v == SECRET)));
+    assert!(
+        wait_for(DEADLINE, || std::fs::read(secrets.path().join("h"))
+            .is_ok_and(|v| v == SECRET)),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
 
     // exec: env and memfd, used (compared) but never printed.
     let out = output(
@@ -185,7 +158,7 @@ fn a_secret_leaves_no_trace_in_logs_audit_inspect_layers_or_disk() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!holds(&out.stdout) && !holds(&out.stderr));
     assert!(
-        eventually(30, || docker_ok(&["logs", &name]).contains("ready")),
+        eventually(60, || docker_ok(&["logs", &name]).contains("ready")),
         "{}",
         b.log_text()
     );
@@ -224,7 +197,11 @@ fn a_secret_leaves_no_trace_in_logs_audit_inspect_layers_or_disk() {
         files_containing(secrets.path(), SECRET).is_empty(),
         "the sidecar's tmpfs"
     );
-    assert!(eventually(30, || mounts_under(b.dir.path()).is_empty()));
+    assert!(
+        eventually(60, || mounts_under(b.dir.path()).is_empty()),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
 
     assert!(!holds(b.log_text().as_bytes()), "the broker log");
     assert!(!holds(b.audit_text().as_bytes()), "the audit file");

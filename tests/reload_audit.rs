@@ -6,7 +6,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 use util::*;
 
 const VALUE: &[u8] = b"reload-value-c4fe";
@@ -36,9 +35,11 @@ fn a_broken_policy_set_is_rejected_whole_and_the_old_one_keeps_serving() {
         "broken.toml",
         "workload = \"c\"\n[match]\nuids = [1]\n[[grant]]\nsecret = \"app/x\"\nkey = \"k\"\n",
     );
-    assert!(wait_for(Duration::from_secs(5), || b
-        .log_text()
-        .contains("reload rejected")));
+    assert!(
+        wait_for(DEADLINE, || b.log_text().contains("reload rejected")),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
     assert!(b.log_text().contains("broken.toml:4:1"), "{}", b.log_text());
     assert!(can_exec(&b, "a"));
     assert!(!can_exec(&b, "b"));
@@ -46,7 +47,11 @@ fn a_broken_policy_set_is_rejected_whole_and_the_old_one_keeps_serving() {
 
     // Fixed: both are served.
     std::fs::remove_file(b.policies.join("broken.toml")).unwrap();
-    assert!(wait_for(Duration::from_secs(5), || can_exec(&b, "b")));
+    assert!(
+        wait_for(DEADLINE, || can_exec(&b, "b")),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
 }
 
 /// Another local user: not root, not the broker's uid (the tests run as root).
@@ -116,11 +121,11 @@ fn attacker_writes(path: &Path, text: &str) -> bool {
     .success()
 }
 
-/// Waits up to 10 s for `f`, failing with the broker's log and audit.
+/// Waits for `f` (until [`DEADLINE`]), failing with the broker's log and audit.
 fn wait_or_fail(b: &Broker, what: &str, f: impl FnMut() -> bool) {
     assert!(
-        wait_for(Duration::from_secs(10), f),
-        "{what}: not within 10s\n--- log:\n{}\n--- audit:\n{}",
+        wait_for(DEADLINE, f),
+        "{what}: not within {DEADLINE:?}\n--- log:\n{}\n--- audit:\n{}",
         b.log_text(),
         b.audit_text()
     );
@@ -274,12 +279,12 @@ fn sighup_reloads() {
     // Written behind the watcher's back is not possible, so check the
     // trigger the audit names.
     b.signal(Signal::SIGHUP);
-    assert!(wait_for(Duration::from_secs(5), || b
-        .audit_text()
-        .contains("SIGHUP: 0 workloads")));
+    wait_or_fail(&b, "the SIGHUP reload", || {
+        b.audit_text().contains("SIGHUP: 0 workloads")
+    });
     b.write_policy("a.toml", &policy("a"));
     b.signal(Signal::SIGHUP);
-    assert!(wait_for(Duration::from_secs(5), || can_exec(&b, "a")));
+    wait_or_fail(&b, "the reloaded workload", || can_exec(&b, "a"));
 }
 
 #[test]
@@ -357,33 +362,17 @@ fn the_audit_chain_verifies_and_catches_tampering() {
     );
 }
 
-/// A tmpfs of 64 KiB for the audit file, unmounted on drop.
-struct TinyFs(tempfile::TempDir);
-impl Drop for TinyFs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 #[test]
 fn when_the_audit_file_cannot_be_written_nothing_is_released() {
-    let fs = TinyFs(tempfile::tempdir().unwrap());
-    nix::mount::mount(
-        Some("tmpfs"),
-        fs.0.path(),
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=64k"),
-    )
-    .expect("mount a small tmpfs (the tests run as root)");
-    let audit = fs.0.path().join("audit.log");
+    let fs = TinyFs::mount("64k");
+    let audit = fs.path().join("audit.log");
     let b = Broker::start_with_audit(&[("a.toml", &policy("a"))], &audit);
     b.put("app/x", "k", VALUE);
     assert!(can_exec(&b, "a"));
 
     // Fill the filesystem. Appends still fit in the audit file's last
     // page for a few requests; after that no record can be written.
-    let filler = fs.0.path().join("filler");
+    let filler = fs.path().join("filler");
     let _ = std::fs::write(&filler, vec![0u8; 128 * 1024]);
     let mut refused = None;
     for _ in 0..40 {

@@ -82,12 +82,7 @@ fn only_root_and_the_broker_uid_may_use_the_admin_api() {
         std::os::unix::fs::PermissionsExt::from_mode(0o666),
     )
     .unwrap();
-    let out = output(
-        std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
-            .env("UNBAKED_SOCKET", &b.socket)
-            .args(["secret", "get", "app/db", "password"]),
-    );
+    let out = output(unbaked_as(65534, &b.socket).args(["secret", "get", "app/db", "password"]));
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("for root and the broker's uid"),

@@ -85,6 +85,7 @@ fn walk(root: &std::path::Path) -> Vec<String> {
 
 fn spawn_sidecar(b: &Broker, dir: &std::path::Path) -> std::process::Child {
     b.cmd()
+        .env("NO_COLOR", "1")
         .args(["sidecar", "--workload", "db", "--dir"])
         .arg(dir)
         .stdin(Stdio::null())
@@ -92,6 +93,27 @@ fn spawn_sidecar(b: &Broker, dir: &std::path::Path) -> std::process::Child {
         .stderr(std::fs::File::create(b.dir.path().join("sidecar.log")).unwrap())
         .spawn()
         .unwrap()
+}
+
+/// Waits that only a hung broker or sidecar misses; how soon a change
+/// reached the files is judged from the product's records (the audit's and
+/// the sidecar log's time stamps), with this slack for a late timer.
+const TIMER_SLACK: Duration = Duration::from_secs(1);
+
+fn sidecar_log(b: &Broker) -> String {
+    std::fs::read_to_string(b.dir.path().join("sidecar.log")).unwrap_or_default()
+}
+
+/// The sidecar logged `what` within one ttl (and the slack) of the
+/// broker's latest `event` record.
+fn within_ttl_of(b: &Broker, event: &str, what: &str, ttl: Duration) {
+    let since = b.audited_at(event);
+    let took = logged_after(&sidecar_log(b), what, since);
+    assert!(
+        took <= ttl + TIMER_SLACK,
+        "{what:?} {took:?} after the {event} record (ttl {ttl:?}):\n{}",
+        sidecar_log(b)
+    );
 }
 
 fn stop(child: &mut std::process::Child, sig: Signal) -> std::process::ExitStatus {
@@ -105,32 +127,39 @@ fn renewal_follows_rotation_and_withdrawal_and_sigterm_wipes() {
     let secrets = shm_dir("renew");
     let pw = secrets.path().join("db/password");
     let mut child = spawn_sidecar(&b, secrets.path());
-    assert!(wait_for(Duration::from_secs(10), || std::fs::read(&pw)
-        .is_ok_and(|v| v == PASSWORD)));
+    let ttl = Duration::from_secs(2);
+    assert!(
+        wait_for(DEADLINE, || std::fs::read(&pw).is_ok_and(|v| v == PASSWORD)),
+        "no delivery:\n{}",
+        sidecar_log(&b)
+    );
 
     // Rotation reaches the file within one ttl (renewal at two thirds of it).
     b.put_many("app/db", &[("password", ROTATED), ("user", b"app")]);
     assert!(
-        wait_for(Duration::from_secs(5), || std::fs::read(&pw)
-            .is_ok_and(|v| v == ROTATED)),
+        wait_for(DEADLINE, || std::fs::read(&pw).is_ok_and(|v| v == ROTATED)),
         "rotation not seen:\n{}",
-        std::fs::read_to_string(b.dir.path().join("sidecar.log")).unwrap()
+        sidecar_log(&b)
     );
+    within_ttl_of(&b, "secret_write", "secrets updated", ttl);
 
     // A grant removed from the policy disappears at the next renewal.
     let only_user = grants("2s").replace("file = \"db/password\"", "env = \"PW\"");
     b.write_policy("db.toml", &host_policy("db", &only_user));
     assert!(
-        wait_for(Duration::from_secs(6), || !pw.exists()),
-        "withdrawn file still there"
+        wait_for(DEADLINE, || !pw.exists()),
+        "withdrawn file still there:\n{}",
+        sidecar_log(&b)
     );
+    within_ttl_of(&b, "reload", "wiped=1", ttl);
     let audit = b.audit_text();
     assert!(audit.contains("\"event\":\"renew\""));
     assert!(audit.contains("\"event\":\"reload\""));
 
     // Restore it, then stop: every file is wiped.
     b.write_policy("db.toml", &host_policy("db", &grants("2s")));
-    assert!(wait_for(Duration::from_secs(6), || pw.exists()));
+    assert!(wait_for(DEADLINE, || pw.exists()), "{}", sidecar_log(&b));
+    within_ttl_of(&b, "reload", "written=1", ttl);
     let status = stop(&mut child, Signal::SIGTERM);
     assert!(status.success(), "{status}");
     assert!(
@@ -147,15 +176,22 @@ fn a_denied_renewal_removes_the_files() {
     let secrets = shm_dir("deny");
     let pw = secrets.path().join("db/password");
     let mut child = spawn_sidecar(&b, secrets.path());
-    assert!(wait_for(Duration::from_secs(10), || pw.exists()));
+    assert!(wait_for(DEADLINE, || pw.exists()), "{}", sidecar_log(&b));
     let other = grants("2s");
     b.write_policy(
         "db.toml",
         &format!("workload = \"db\"\n[match]\nuids = [4242]\n{other}"),
     );
     assert!(
-        wait_for(Duration::from_secs(6), || !pw.exists()),
-        "denied file still there"
+        wait_for(DEADLINE, || !pw.exists()),
+        "denied file still there:\n{}",
+        sidecar_log(&b)
+    );
+    within_ttl_of(
+        &b,
+        "reload",
+        "the broker withdrew the secrets",
+        Duration::from_secs(2),
     );
     assert!(b.audit_text().contains("match.uids"));
     stop(&mut child, Signal::SIGINT);
@@ -168,7 +204,11 @@ fn a_disk_backed_dir_gets_a_private_tmpfs_that_is_gone_after_exit() {
     assert!(!is_tmpfs(disk.path()), "test needs a disk-backed /tmp");
     let mut child = spawn_sidecar(&b, disk.path());
     let pw = disk.path().join("db/password");
-    assert!(wait_for(Duration::from_secs(10), || pw.exists()));
+    assert!(
+        wait_for(DEADLINE, || pw.exists()),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
     assert!(is_tmpfs(disk.path()), "the sidecar did not mount a tmpfs");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let line = mounts
@@ -213,10 +253,11 @@ fn the_sidecar_and_broker_have_core_dumps_off() {
     let b = broker("10m");
     let secrets = shm_dir("core");
     let mut child = spawn_sidecar(&b, secrets.path());
-    assert!(wait_for(Duration::from_secs(10), || secrets
-        .path()
-        .join("db/password")
-        .exists()));
+    assert!(
+        wait_for(DEADLINE, || secrets.path().join("db/password").exists()),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
     for pid in [b.pid(), child.id()] {
         let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
         let core = limits

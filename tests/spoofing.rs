@@ -7,12 +7,10 @@
 //! the kernel then reports for it: the same evidence the broker reads.
 mod util;
 use nix::sys::signal::Signal;
-use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 use util::docker::{docker_ok, test_image, unique, Cleanup};
 use util::k8s::{Issuer, ISS};
 use util::*;
@@ -77,9 +75,7 @@ impl Drop for Cgroup {
     fn drop(&mut self) {
         // Empty once its processes are gone, which may take a moment.
         if self.1 {
-            wait_for(Duration::from_secs(5), || {
-                std::fs::remove_dir(&self.0).is_ok()
-            });
+            wait_for(DEADLINE, || std::fs::remove_dir(&self.0).is_ok());
         }
     }
 }
@@ -355,24 +351,12 @@ const POD_B: &str = "7c1d2e3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f";
 #[test]
 fn a_service_account_token_replayed_from_another_pod_is_refused() {
     let issuer = Issuer::new("k1");
-    let conf = tempfile::tempdir().unwrap();
-    let jwks = conf.path().join("jwks.json");
-    std::fs::write(&jwks, &issuer.jwks).unwrap();
-    let config = conf.path().join("broker.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[kubernetes]\nissuer = \"{ISS}\"\naudience = \"unbaked\"\njwks_file = \"{}\"\n",
-            jwks.display()
-        ),
-    )
-    .unwrap();
     let policy = "workload = \"billing\"\n[match]\nk8s_service_accounts = [\"payments/billing\"]\n\
                   [[grant]]\nsecret = \"app/x\"\nkey = \"k\"\nenv = \"X\"\n";
-    let b = Broker::start_with_args(
-        &[("billing.toml", policy)],
-        &[OsStr::new("--config"), config.as_os_str()],
-    );
+    let b = Broker::builder()
+        .policy("billing.toml", policy)
+        .kubernetes(&issuer.jwks)
+        .start();
     b.put("app/x", "k", VALUE);
     let shm = shm_dir("token");
     let token = shm.path().join("token");
@@ -468,9 +452,13 @@ fn a_symlink_planted_in_the_secrets_directory_redirects_nothing() {
         .spawn()
         .unwrap();
     let token = secrets.path().join("token");
-    assert!(wait_for(Duration::from_secs(10), || {
-        std::fs::symlink_metadata(&token).is_ok_and(|m| m.file_type().is_file())
-    }));
+    assert!(
+        wait_for(DEADLINE, || {
+            std::fs::symlink_metadata(&token).is_ok_and(|m| m.file_type().is_file())
+        }),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
     assert_eq!(std::fs::read(&token).unwrap(), VALUE);
     assert_eq!(std::fs::read(&victim_file).unwrap(), b"victim-content");
     nix::sys::signal::kill(

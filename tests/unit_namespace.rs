@@ -10,30 +10,10 @@ use util::*;
 
 const DB: &[u8] = b"db-pw-ns-5e1d0c7a";
 
-fn rev(b: &[u8]) -> String {
-    String::from_utf8(b.iter().rev().copied().collect()).unwrap()
-}
-
 /// A workload matched by labels, launchable by the test's uid, with one
 /// file grant.
 fn policy(w: &str) -> String {
-    format!(
-        r#"workload = "{w}"
-
-[match]
-docker_labels = {{ app = "{w}" }}
-
-[launch]
-uids = [{uid}]
-
-[[grant]]
-secret = "app/db"
-key = "password"
-file = "db_password"
-ttl = "1m"
-"#,
-        uid = uid()
-    )
+    label_policy(w, "", DB_FILE_GRANT)
 }
 
 /// `unshare --mount --propagation slave`, then what `ProtectSystem=`
@@ -72,19 +52,7 @@ fn file_grants_reach_a_container_from_a_broker_in_its_own_mount_namespace() {
     b.put("app/db", "password", DB);
 
     let name = clean.container(&unique("unitns"));
-    let mut run = b.cmd();
-    run.env("UNBAKED_SHIM", static_binary()).args([
-        "run",
-        "--workload",
-        &w,
-        "--",
-        "-d",
-        "--name",
-        &name,
-        image,
-        "exec sleep 60",
-    ]);
-    let out = output(&mut run);
+    let out = output(run(&b, &w).args(["--", "-d", "--name", &name, image, "exec sleep 60"]));
     assert!(
         out.status.success(),
         "unbaked run failed:\n{}\nbroker log:\n{}",
@@ -93,7 +61,7 @@ fn file_grants_reach_a_container_from_a_broker_in_its_own_mount_namespace() {
     );
     let file = || output(docker().args(["exec", &name, "rev", "/run/secrets/db_password"]));
     assert!(
-        eventually(15, || text(&file().stdout).trim() == rev(DB)),
+        eventually(60, || text(&file().stdout).trim() == rev(DB)),
         "the file grant never reached the container's /run/secrets (ls: {:?}):\nbroker log:\n{}",
         text(&output(docker().args(["exec", &name, "ls", "-la", "/run/secrets"])).stdout),
         b.log_text()
@@ -112,7 +80,7 @@ fn file_grants_reach_a_container_from_a_broker_in_its_own_mount_namespace() {
     let containers_dir = b.dir.path().join("containers");
     let empty = |d: &Path| std::fs::read_dir(d).map_or(true, |mut e| e.next().is_none());
     assert!(
-        eventually(15, || mounts_under(b.dir.path()).is_empty()
+        eventually(60, || mounts_under(b.dir.path()).is_empty()
             && empty(&containers_dir)),
         "the secrets tmpfs is still there after the container was removed ({:?}):\nbroker log:\n{}",
         mounts_under(b.dir.path()),

@@ -6,21 +6,15 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use util::bao::*;
 use util::*;
 
 const PW: &[u8] = b"vault-pw-7a1c0ffee";
 const ROTATED: &[u8] = b"vault-pw-r0t4ted99";
 
-/// `bao kv put secret/PATH KEY=-`, the value on stdin.
 fn kv_put(dev: &Dev, path: &str, key: &str, value: &[u8]) {
-    let out = dev.server.cli(
-        ROOT_TOKEN,
-        &["kv", "put", &format!("secret/{path}"), &format!("{key}=-")],
-        Some(value),
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    dev.server.kv_put(ROOT_TOKEN, path, key, value);
 }
 
 fn token_env(dev: &Dev) -> Vec<(&'static str, String)> {
@@ -121,24 +115,43 @@ fn kv_reads_reach_exec_and_the_sidecar_and_rotation_reaches_a_running_sidecar() 
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read(once.path().join("db/password")).unwrap(), PW);
 
-    // Rotation in Vault reaches a running sidecar within one ttl (3 s).
+    // Rotation in Vault reaches a running sidecar within one ttl (3 s):
+    // the sidecar's record of the update against OpenBao's record of the
+    // write, each by its own clock (renewal at most two thirds of the ttl
+    // after, from a cache at most a third of it old), not how long the
+    // test waited.
     let secrets = shm_dir("vault-rotate");
     let file = secrets.path().join("db/password");
     let mut sidecar = spawn_sidecar(&b, "app", secrets.path());
-    assert!(wait_for(Duration::from_secs(10), || std::fs::read(&file)
-        .is_ok_and(|v| v == PW)));
-    kv_put(&dev, "app/db", "password", ROTATED);
-    let rotated_at = Instant::now();
+    let sidecar_log = b.dir.path().join("sidecar-app.log");
     assert!(
-        wait_for(Duration::from_secs(5), || std::fs::read(&file)
+        wait_for(Duration::from_secs(60), || std::fs::read(&file)
+            .is_ok_and(|v| v == PW)),
+        "no delivery:\n{}\n--- broker:\n{}",
+        std::fs::read_to_string(&sidecar_log).unwrap_or_default(),
+        b.log_text()
+    );
+    kv_put(&dev, "app/db", "password", ROTATED);
+    assert!(
+        wait_for(Duration::from_secs(60), || std::fs::read(&file)
             .is_ok_and(|v| v == ROTATED)),
         "rotation not seen:\n{}",
         b.log_text()
     );
+    let written = *audited_times(&dev.audit, "update", "secret/data/app/db")
+        .last()
+        .expect("OpenBao audited the rotation");
+    let log = std::fs::read_to_string(&sidecar_log).unwrap();
+    let updated = log
+        .lines()
+        .filter(|l| l.contains("secrets updated"))
+        .filter_map(log_time)
+        .find(|t| *t >= written)
+        .unwrap_or_else(|| panic!("the sidecar logged no update after the write:\n{log}"));
+    let took = updated.duration_since(written).unwrap_or_default();
     assert!(
-        rotated_at.elapsed() <= Duration::from_millis(3500),
-        "{:?}",
-        rotated_at.elapsed()
+        took <= Duration::from_secs(3) + Duration::from_secs(1),
+        "the rotation reached the sidecar {took:?} after the write (ttl 3s):\n{log}"
     );
     sigterm(&mut sidecar);
 
@@ -364,11 +377,7 @@ ttl = "5s"
     let secrets = shm_dir("vault-pki");
     let mut sidecar = spawn_sidecar(&b, "web", secrets.path());
     let cert = secrets.path().join("tls/cert.pem");
-    assert!(
-        wait_for(Duration::from_secs(10), || cert.exists()),
-        "{}",
-        b.log_text()
-    );
+    assert!(wait_for(DEADLINE, || cert.exists()), "{}", b.log_text());
     let pem = std::fs::read_to_string(&cert).unwrap();
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
     let key = std::fs::read_to_string(secrets.path().join("tls/key.pem")).unwrap();
@@ -385,8 +394,7 @@ ttl = "5s"
     // The sidecar exits: its lease is revoked, and with it the certificate.
     sigterm(&mut sidecar);
     assert!(
-        wait_for(Duration::from_secs(5), || revocation_time(&dev, &serial)
-            > 0),
+        wait_for(DEADLINE, || revocation_time(&dev, &serial) > 0),
         "certificate {serial} not revoked:\n{}",
         b.log_text()
     );
@@ -423,8 +431,7 @@ ttl = "5s"
     let serial = new_serial(&before, &serials(&dev));
     assert_eq!(revocation_time(&dev, &serial), 0);
     assert!(
-        wait_for(Duration::from_secs(20), || revocation_time(&dev, &serial)
-            > 0),
+        wait_for(DEADLINE, || revocation_time(&dev, &serial) > 0),
         "expired lease's certificate {serial} not revoked:\n{}",
         b.log_text()
     );

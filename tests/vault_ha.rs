@@ -11,12 +11,7 @@ const PW: &[u8] = b"ha-pw-0d15ea5e";
 const ROTATED: &[u8] = b"ha-pw-r07a7ed1";
 
 fn kv_put(s: &Server, token: &str, value: &[u8]) {
-    let out = s.cli(
-        token,
-        &["kv", "put", "secret/app/db", "password=-"],
-        Some(value),
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    s.kv_put(token, "app/db", "password", value);
 }
 
 /// Short ttls: the broker's cache keeps a value at most a third of it.
@@ -67,7 +62,11 @@ fn an_outage_fails_fast_and_the_broker_recovers_without_a_restart() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(wait_for(Duration::from_secs(10), || file.exists()));
+    assert!(
+        wait_for(DEADLINE, || file.exists()),
+        "not within {DEADLINE:?}:\n{}",
+        b.log_text()
+    );
 
     bao.server.stop();
     std::thread::sleep(Duration::from_millis(400)); // past the 1 s grant's cache age
@@ -76,11 +75,15 @@ fn an_outage_fails_fast_and_the_broker_recovers_without_a_restart() {
     let took = started.elapsed();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
-    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // Fails on the cause (the refused connection, named with the store and
+    // the address), not by waiting out the store's 1.5 s budget, which the
+    // broker would name ("no answer within"). How long it took is a figure.
     assert!(
         err.contains("vault store") && err.contains(&bao.server.addr),
         "{err}"
     );
+    assert!(!err.contains("no answer within"), "{err}");
+    eprintln!("the outage's refusal took {took:?}");
     assert!(!err.contains(&bao.root_token), "{err}");
     assert_eq!(
         std::fs::read(&file).unwrap(),
@@ -91,13 +94,13 @@ fn an_outage_fails_fast_and_the_broker_recovers_without_a_restart() {
     // Back, unsealed: the same broker serves again, the rotation included.
     bao.restart();
     kv_put(&bao.server, &bao.root_token, ROTATED);
-    let served = wait_for(Duration::from_secs(10), || {
+    let served = wait_for(DEADLINE, || {
         let out = exec(&b);
         out.status.success() && out.stdout == ROTATED
     });
     assert!(served, "not recovered:\n{}", b.log_text());
     assert!(
-        wait_for(Duration::from_secs(8), || std::fs::read(&file)
+        wait_for(DEADLINE, || std::fs::read(&file)
             .is_ok_and(|v| v == ROTATED)),
         "the sidecar did not pick up the rotation after the outage"
     );
@@ -135,14 +138,12 @@ fn a_raft_cluster_keeps_serving_when_its_leader_is_killed() {
 
     let leader = cluster.leader().expect("a leader");
     cluster.nodes[leader].kill();
-    let elected = wait_for(Duration::from_secs(30), || {
-        cluster.leader().is_some_and(|l| l != leader)
-    });
+    let elected = wait_for(DEADLINE, || cluster.leader().is_some_and(|l| l != leader));
     assert!(elected, "no new leader");
     let new_leader = cluster.leader().unwrap();
     kv_put(&cluster.nodes[new_leader], &token, ROTATED);
     let started = Instant::now();
-    let served = wait_for(Duration::from_secs(15), || {
+    let served = wait_for(DEADLINE, || {
         let out = exec(&b);
         out.status.success() && out.stdout == ROTATED
     });

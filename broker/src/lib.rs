@@ -86,11 +86,10 @@ fn fallback_dev_socket(uid: u32) -> PathBuf {
     base.join("unbaked").join("broker.sock")
 }
 
-/// SIGHUP, SIGTERM and SIGINT, installed before anything else: until a
-/// handler is installed, SIGHUP (a reload, a log rotation) takes its
-/// default action and kills the broker.
+/// SIGTERM and SIGINT, installed before anything else (SIGHUP is
+/// [`reload::triggers`]'s): until a handler is installed, a signal takes
+/// its default action and kills the broker.
 struct Signals {
-    _hangup: Signal,
     term: Signal,
     int: Signal,
 }
@@ -99,7 +98,6 @@ impl Signals {
     fn install() -> Result<Signals, BrokerError> {
         let sig = |k| signal(k).map_err(BrokerError::Signals);
         Ok(Signals {
-            _hangup: sig(SignalKind::hangup())?,
             term: sig(SignalKind::terminate())?,
             int: sig(SignalKind::interrupt())?,
         })
@@ -169,6 +167,10 @@ async fn start_admin(
 /// Run the broker until SIGTERM or SIGINT, with the container platform
 /// `open_platform` opens.
 pub async fn run(cfg: BrokerConfig, open_platform: PlatformOpener) -> Result<(), BrokerError> {
+    // Handlers first. From here on a SIGHUP or a policy edit is queued for
+    // the reload task, so one that comes right after the socket answers is
+    // not lost either.
+    let triggers = reload::triggers(cfg.policies.as_deref()).map_err(BrokerError::Signals)?;
     let mut signals = Signals::install()?;
     let uid = nix::unistd::geteuid().as_raw();
     let store = store::open(&cfg)?;
@@ -216,7 +218,12 @@ pub async fn run(cfg: BrokerConfig, open_platform: PlatformOpener) -> Result<(),
             dev::banner(&socket, cfg.policies.as_deref(), workloads)
         );
     }
-    let watcher = tokio::spawn(reload::watch(broker.clone(), cfg.policies.clone(), extra));
+    let watcher = tokio::spawn(reload::watch(
+        broker.clone(),
+        cfg.policies.clone(),
+        extra,
+        triggers,
+    ));
     let sweeper = tokio::spawn(sweep(broker.clone()));
     tokio::select! {
         _ = server::serve(listener, broker.clone()) => {}

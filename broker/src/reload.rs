@@ -74,40 +74,71 @@ pub fn reload(broker: &Broker, dir: Option<&Path>, extra: &Extra, why: &str) -> 
     }
 }
 
-/// Watch `dir` and SIGHUP; reload on either until the task is dropped.
-pub async fn watch(broker: Arc<Broker>, dir: Option<PathBuf>, extra: Extra) -> std::io::Result<()> {
-    let (tx, mut rx) = mpsc::channel::<&'static str>(16);
-    let _watcher = match &dir {
-        Some(dir) => {
-            let tx = tx.clone();
-            let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-                if ev.is_ok_and(|e| !e.kind.is_access()) {
-                    let _ = tx.try_send("policies directory changed");
-                }
-            })
-            .map_err(std::io::Error::other)?;
-            w.watch(dir, RecursiveMode::NonRecursive)
-                .map_err(std::io::Error::other)?;
-            Some(w)
-        }
-        None => None,
-    };
+/// What triggers a reload: SIGHUP and changes in the policies directory.
+/// Set up before the socket exists, so that a SIGHUP or an edit right
+/// after the broker answers is queued for [`watch`], never lost (a SIGHUP
+/// caught by no stream yet would be dropped).
+pub struct Triggers {
+    rx: mpsc::Receiver<&'static str>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl std::fmt::Debug for Triggers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Triggers")
+            .field("watching", &self._watcher.is_some())
+            .finish()
+    }
+}
+
+/// Install the SIGHUP handler and the directory watch. A directory that
+/// cannot be watched (inotify limits) is logged and leaves SIGHUP.
+pub fn triggers(dir: Option<&Path>) -> std::io::Result<Triggers> {
+    let (tx, rx) = mpsc::channel::<&'static str>(16);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let watcher = dir.and_then(|dir| {
+        let tx = tx.clone();
+        let watched = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            if ev.is_ok_and(|e| !e.kind.is_access()) {
+                let _ = tx.try_send("policies directory changed");
+            }
+        })
+        .and_then(|mut w| w.watch(dir, RecursiveMode::NonRecursive).map(|()| w));
+        match watched {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the policies directory: reload with SIGHUP");
+                None
+            }
+        }
+    });
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             let _ = tx.send("SIGHUP").await;
         }
     });
-    while let Some(mut why) = rx.recv().await {
+    Ok(Triggers {
+        rx,
+        _watcher: watcher,
+    })
+}
+
+/// Reload on every trigger until the task is dropped.
+pub async fn watch(
+    broker: Arc<Broker>,
+    dir: Option<PathBuf>,
+    extra: Extra,
+    mut triggers: Triggers,
+) {
+    while let Some(mut why) = triggers.rx.recv().await {
         tokio::time::sleep(SETTLE).await;
-        while let Ok(next) = rx.try_recv() {
+        while let Ok(next) = triggers.rx.try_recv() {
             if next == "SIGHUP" {
                 why = next;
             }
         }
         reload(&broker, dir.as_deref(), &extra, why);
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -18,14 +18,7 @@ const SIDECAR_UID: u32 = 2001;
 const ATTACKER_UID: u32 = 2002;
 
 fn config(socket: &Path, dir: &Path) -> SidecarConfig {
-    SidecarConfig {
-        token_file: None,
-        socket: socket.into(),
-        workload: "billing".into(),
-        dir: dir.into(),
-        once: true,
-        tmpfs_size: 1 << 20,
-    }
+    util::config(socket, dir, true)
 }
 
 fn broker() -> FakeBroker {
@@ -255,17 +248,16 @@ async fn a_dir_another_user_owns_or_may_write_is_refused() {
 /// 2002 is refused; its own 0700 directory (control) is accepted.
 #[test]
 fn a_sidecar_that_is_not_root_refuses_another_users_dir_and_accepts_its_own() {
-    let Some(base) = util::child_dir() else {
-        let base = util::shm_dir_for(SIDECAR_UID);
-        let theirs = base.path().join("theirs");
+    let name = "a_sidecar_that_is_not_root_refuses_another_users_dir_and_accepts_its_own";
+    let theirs_of = |base: &Path| {
+        let theirs = base.join("theirs");
         fs::create_dir(&theirs).unwrap();
         chown(&theirs, ATTACKER_UID);
         chmod(&theirs, 0o755);
-        let name = "a_sidecar_that_is_not_root_refuses_another_users_dir_and_accepts_its_own";
-        util::rerun_as(SIDECAR_UID, name, base.path(), 60);
+    };
+    let Some(base) = util::as_uid(SIDECAR_UID, name, theirs_of, |_| {}) else {
         return;
     };
-    util::assert_unprivileged(SIDECAR_UID);
     let theirs = base.join("theirs");
     let err = SecretsDir::open(&theirs, 1 << 20).unwrap_err();
     assert_eq!(

@@ -4,22 +4,10 @@ mod util;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use unbaked_api::exit;
 use unbaked_api::wire::{DeliveryKind, ErrorCode, FetchRequest};
-use unbaked_sidecar::sidecar::{run, SidecarConfig, SidecarError};
-use util::{api_error, file_item, lease, read, wait_for, FakeBroker};
-
-fn config(socket: &std::path::Path, dir: &std::path::Path, once: bool) -> SidecarConfig {
-    SidecarConfig {
-        token_file: None,
-        socket: socket.into(),
-        workload: "billing".into(),
-        dir: dir.into(),
-        once,
-        tmpfs_size: 1 << 20,
-    }
-}
+use unbaked_sidecar::sidecar::{run, SidecarError};
+use util::{api_error, config, file_item, lease, read, wait_for, FakeBroker};
 
 #[tokio::test]
 async fn once_writes_the_files_and_leaves_them() {
@@ -83,6 +71,35 @@ async fn an_unknown_workload_ends_and_once_does_not_wait_for_the_broker() {
     assert_eq!(err.exit_code(), exit::UNAVAILABLE);
 }
 
+/// CLOCK_BOOTTIME in ms: the clock of the sidecar's state file.
+fn boottime_ms() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).unwrap();
+    t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000
+}
+
+/// The sidecar's own record of its files' deadlines (`.unbaked-sidecar`:
+/// relative path -> CLOCK_BOOTTIME ms), and when it last wrote it.
+fn state(
+    dir: &std::path::Path,
+) -> (
+    std::collections::BTreeMap<String, u64>,
+    std::time::SystemTime,
+) {
+    let path = dir.join(".unbaked-sidecar");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let files = v["files"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect();
+    (files, std::fs::metadata(&path).unwrap().modified().unwrap())
+}
+
+/// The file is wiped at its ttl, judged by the sidecar's own records: the
+/// deadline it wrote down (between the request and the delivery, plus the
+/// ttl), never passed early by any observation, and the state it rewrote
+/// when it wiped (no later than the deadline and a late timer's second).
 #[tokio::test]
 async fn a_file_is_wiped_at_its_ttl_while_the_broker_is_down() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -103,14 +120,52 @@ async fn a_file_is_wiped_at_its_ttl_while_the_broker_is_down() {
     });
     let t = tempfile::tempdir_in("/dev/shm").unwrap();
     let dir = t.path().join("secrets");
+    let before = boottime_ms();
     let task = tokio::spawn(run(config(&broker.socket, &dir, false)));
-    wait_for(5, "delivery", || dir.join("short").exists()).await;
-    let delivered = std::time::Instant::now();
-    wait_for(5, "expiry", || !dir.join("short").exists()).await;
-    let lived = delivered.elapsed();
+    wait_for(60, "delivery", || dir.join("short").exists()).await;
+    let delivered = boottime_ms();
+    let (files, _) = state(&dir);
+    let deadline = files["short"];
     assert!(
-        lived >= Duration::from_millis(1500) && lived < Duration::from_secs(3),
-        "{lived:?}"
+        (before + 2000..=delivered + 2000).contains(&deadline),
+        "deadline {deadline} outside the request ({before}) and the delivery ({delivered}) plus the 2 s ttl"
+    );
+    assert!(
+        files["long"].abs_diff(deadline + 28_000) <= delivered - before + 1,
+        "{files:?}"
+    );
+    // Never gone before its deadline: an observation that finds it gone
+    // was made no earlier than the wipe.
+    wait_for(60, "expiry", || {
+        let gone = !dir.join("short").exists();
+        let now = boottime_ms();
+        assert!(
+            !gone || now + 1 >= deadline,
+            "wiped {} ms early",
+            deadline - now
+        );
+        gone
+    })
+    .await;
+    // When it wiped: its state rewritten without the file (no renewal
+    // succeeds, so nothing else rewrites it), on the wall clock mapped to
+    // CLOCK_BOOTTIME.
+    let (files, written) = state(&dir);
+    assert!(!files.contains_key("short"), "{files:?}");
+    let offset = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - boottime_ms();
+    let wiped = written
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - offset;
+    assert!(
+        wiped <= deadline + 1000,
+        "wiped {} ms after its deadline",
+        wiped.saturating_sub(deadline)
     );
     assert!(calls.load(Ordering::SeqCst) >= 1, "renewal was attempted");
     assert_eq!(

@@ -63,7 +63,7 @@ async fn deliver_rotate_withdraw_restore_and_wipe_on_sigterm() {
     let file = |n: &str| read(&dir.join(n));
     let inode = |n: &str| std::fs::metadata(dir.join(n)).map(|m| m.ino()).ok();
 
-    wait_for(5, "first delivery", || {
+    wait_for(60, "first delivery", || {
         file("b").as_deref() == Some(b"beta")
     })
     .await;
@@ -71,7 +71,7 @@ async fn deliver_rotate_withdraw_restore_and_wipe_on_sigterm() {
     let keep_ino = inode("keep");
 
     phase.store(ROTATED, Ordering::SeqCst);
-    wait_for(5, "rotation", || {
+    wait_for(60, "rotation", || {
         file("a").as_deref() == Some(b"alpha2") && file("sub/c").is_some() && file("b").is_none()
     })
     .await;
@@ -82,21 +82,21 @@ async fn deliver_rotate_withdraw_restore_and_wipe_on_sigterm() {
     );
 
     phase.store(DENIED, Ordering::SeqCst);
-    wait_for(5, "wipe on denial", || {
+    wait_for(60, "wipe on denial", || {
         ["keep", "a", "sub/c"].iter().all(|n| file(n).is_none())
     })
     .await;
     let fetches = broker.count("/v1/fetch");
 
     phase.store(RESTORED, Ordering::SeqCst);
-    wait_for(10, "restored delivery", || file("keep").is_some()).await;
+    wait_for(60, "restored delivery", || file("keep").is_some()).await;
     assert!(
         broker.count("/v1/fetch") > fetches,
         "denied sidecars fetch anew"
     );
     let keep_ino = inode("keep");
     let seen = broker.seen().len();
-    wait_for(5, "renew answered 404, then a fresh fetch", || {
+    wait_for(60, "renew answered 404, then a fresh fetch", || {
         let s = broker.seen();
         s.len() > seen + 1
             && s[seen..].iter().any(|r| r.uri == "/v1/renew")

@@ -31,14 +31,7 @@ fn read_only(id: &str, path: &str, version: u64, ttl_secs: u64, value: &[u8]) ->
 }
 
 fn config(socket: &Path, dir: &Path) -> SidecarConfig {
-    SidecarConfig {
-        token_file: None,
-        socket: socket.into(),
-        workload: "billing".into(),
-        dir: dir.into(),
-        once: false,
-        tmpfs_size: 1 << 20,
-    }
+    util::config(socket, dir, false)
 }
 
 /// The relative paths the state file lists; `None` without a state file.
@@ -95,18 +88,13 @@ const RESTORED: usize = 3;
 /// nothing, and a second sidecar on the directory has nothing to wipe.
 #[test]
 fn a_sidecar_that_is_not_root_zeroes_and_unlinks_its_read_only_files() {
-    let Some(base) = util::child_dir() else {
-        let base = util::shm_dir_for(SIDECAR_UID);
-        let name = "a_sidecar_that_is_not_root_zeroes_and_unlinks_its_read_only_files";
-        util::rerun_as(SIDECAR_UID, name, base.path(), 60);
-        // Seen from outside too: nothing of the secrets is left.
-        assert_eq!(names(&base.path().join("secrets")), Vec::<String>::new());
+    let name = "a_sidecar_that_is_not_root_zeroes_and_unlinks_its_read_only_files";
+    // Seen from outside too: nothing of the secrets is left.
+    let outside = |base: &Path| assert_eq!(names(&base.join("secrets")), Vec::<String>::new());
+    let Some(base) = util::as_uid(SIDECAR_UID, name, |_| {}, outside) else {
         return;
     };
-    util::assert_unprivileged(SIDECAR_UID);
-    let dir = base.join("secrets");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dir = util::private_dir(&base);
     runtime().block_on(async {
         let phase = Arc::new(AtomicUsize::new(ISSUED));
         let p = phase.clone();
@@ -144,13 +132,13 @@ fn a_sidecar_that_is_not_root_zeroes_and_unlinks_its_read_only_files() {
         let (db, key) = (dir.join("db_password"), dir.join("tls/key.pem"));
         let both = vec!["db_password".to_string(), "tls/key.pem".to_string()];
 
-        wait_for(5, "first delivery", || read(&key).is_some()).await;
+        wait_for(60, "first delivery", || read(&key).is_some()).await;
         assert_eq!(read(&db).unwrap(), b"pw-one");
         for f in [&db, &key] {
             let m = std::fs::metadata(f).unwrap();
             assert_eq!((m.mode() & 0o7777, m.uid()), (0o400, SIDECAR_UID), "{f:?}");
         }
-        wait_for(5, "the state file", || {
+        wait_for(60, "the state file", || {
             state_names(&dir) == Some(both.clone())
         })
         .await;
@@ -158,23 +146,23 @@ fn a_sidecar_that_is_not_root_zeroes_and_unlinks_its_read_only_files() {
         // Rotation: the replaced version is zeroed after the grace.
         let old = std::fs::File::open(&db).unwrap();
         phase.store(ROTATED, Ordering::SeqCst);
-        wait_for(5, "rotation", || read(&db).as_deref() == Some(b"pw-two")).await;
+        wait_for(60, "rotation", || read(&db).as_deref() == Some(b"pw-two")).await;
         assert_eq!(contents(&old), b"pw-one", "readable through the grace");
-        wait_for(5, "the replaced version zeroed", || zeroed(&old)).await;
+        wait_for(60, "the replaced version zeroed", || zeroed(&old)).await;
 
         // Withdrawal: every file zeroed and unlinked, the state says so.
         let held = std::fs::File::open(&key).unwrap();
         phase.store(DENIED, Ordering::SeqCst);
-        wait_for(5, "wipe on withdrawal", || {
+        wait_for(60, "wipe on withdrawal", || {
             read(&db).is_none() && read(&key).is_none()
         })
         .await;
         assert!(zeroed(&held), "zeroed before it was unlinked");
-        wait_for(5, "an empty state", || state_names(&dir) == Some(vec![])).await;
+        wait_for(60, "an empty state", || state_names(&dir) == Some(vec![])).await;
 
         // SIGTERM: the same, and the state file goes.
         phase.store(RESTORED, Ordering::SeqCst);
-        wait_for(10, "restored delivery", || {
+        wait_for(60, "restored delivery", || {
             read(&db).as_deref() == Some(b"pw-three") && read(&key).is_some()
         })
         .await;
@@ -206,16 +194,11 @@ fn a_sidecar_that_is_not_root_zeroes_and_unlinks_its_read_only_files() {
 /// goes, and leaves the list.
 #[test]
 fn a_file_that_cannot_be_unlinked_stays_listed_until_a_successor_wipes_it() {
-    let Some(base) = util::child_dir() else {
-        let base = util::shm_dir_for(SIDECAR_UID);
-        let name = "a_file_that_cannot_be_unlinked_stays_listed_until_a_successor_wipes_it";
-        util::rerun_as(SIDECAR_UID, name, base.path(), 60);
+    let name = "a_file_that_cannot_be_unlinked_stays_listed_until_a_successor_wipes_it";
+    let Some(base) = util::as_uid(SIDECAR_UID, name, |_| {}, |_| {}) else {
         return;
     };
-    util::assert_unprivileged(SIDECAR_UID);
-    let dir = base.join("secrets");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dir = util::private_dir(&base);
     let (db, key) = (dir.join("db_password"), dir.join("tls/key.pem"));
     runtime().block_on(async {
         let broker = FakeBroker::start(|_| {
@@ -230,7 +213,7 @@ fn a_file_that_cannot_be_unlinked_stays_listed_until_a_successor_wipes_it() {
         });
         let task = tokio::spawn(run(config(&broker.socket, &dir)));
         let both = vec!["db_password".to_string(), "tls/key.pem".to_string()];
-        wait_for(5, "delivery and state", || {
+        wait_for(60, "delivery and state", || {
             state_names(&dir) == Some(both.clone())
         })
         .await;
@@ -268,16 +251,11 @@ fn a_file_that_cannot_be_unlinked_stays_listed_until_a_successor_wipes_it() {
 /// empty), and the running sidecar tries again until it is gone.
 #[test]
 fn a_withdrawn_file_that_cannot_be_unlinked_is_retried_and_stays_listed() {
-    let Some(base) = util::child_dir() else {
-        let base = util::shm_dir_for(SIDECAR_UID);
-        let name = "a_withdrawn_file_that_cannot_be_unlinked_is_retried_and_stays_listed";
-        util::rerun_as(SIDECAR_UID, name, base.path(), 60);
+    let name = "a_withdrawn_file_that_cannot_be_unlinked_is_retried_and_stays_listed";
+    let Some(base) = util::as_uid(SIDECAR_UID, name, |_| {}, |_| {}) else {
         return;
     };
-    util::assert_unprivileged(SIDECAR_UID);
-    let dir = base.join("secrets");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dir = util::private_dir(&base);
     runtime().block_on(async {
         let phase = Arc::new(AtomicUsize::new(ISSUED));
         let p = phase.clone();
@@ -299,7 +277,7 @@ fn a_withdrawn_file_that_cannot_be_unlinked_is_retried_and_stays_listed() {
             dir.join("tls"),
         );
         let both = vec!["db_password".to_string(), "tls/key.pem".to_string()];
-        wait_for(5, "delivery and state", || {
+        wait_for(60, "delivery and state", || {
             state_names(&dir) == Some(both.clone())
         })
         .await;
@@ -307,8 +285,8 @@ fn a_withdrawn_file_that_cannot_be_unlinked_is_retried_and_stays_listed() {
         std::fs::set_permissions(&tls, std::fs::Permissions::from_mode(0o500)).unwrap();
 
         phase.store(DENIED, Ordering::SeqCst);
-        wait_for(5, "the other file wiped", || read(&db).is_none()).await;
-        wait_for(5, "the state listing the file left", || {
+        wait_for(60, "the other file wiped", || read(&db).is_none()).await;
+        wait_for(60, "the state listing the file left", || {
             state_names(&dir) == Some(vec!["tls/key.pem".to_string()])
         })
         .await;
@@ -319,11 +297,11 @@ fn a_withdrawn_file_that_cannot_be_unlinked_is_retried_and_stays_listed() {
         assert!(std::fs::symlink_metadata(&key).is_ok());
 
         std::fs::set_permissions(&tls, std::fs::Permissions::from_mode(0o711)).unwrap();
-        wait_for(5, "the retry wiping it", || {
+        wait_for(60, "the retry wiping it", || {
             std::fs::symlink_metadata(&key).is_err()
         })
         .await;
-        wait_for(5, "an empty state", || state_names(&dir) == Some(vec![])).await;
+        wait_for(60, "an empty state", || state_names(&dir) == Some(vec![])).await;
         assert!(!task.is_finished(), "the sidecar keeps asking");
         assert!(sigterm_and_wait(task).await.is_ok());
         assert!(names(&dir).is_empty(), "{:?}", names(&dir));

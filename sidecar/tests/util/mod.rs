@@ -164,6 +164,49 @@ pub fn read(path: &Path) -> Option<Vec<u8>> {
     std::fs::read(path).ok()
 }
 
+/// The sidecar of these tests: workload `billing` on `socket`, into `dir`.
+pub fn config(socket: &Path, dir: &Path, once: bool) -> unbaked_sidecar::sidecar::SidecarConfig {
+    unbaked_sidecar::sidecar::SidecarConfig {
+        token_file: None,
+        socket: socket.into(),
+        workload: "billing".into(),
+        dir: dir.into(),
+        once,
+        tmpfs_size: 1 << 20,
+    }
+}
+
+/// The part of test `name` that runs as `uid`. In the test as run (root):
+/// a directory `uid` owns is made, `prepare` may add to it, the test runs
+/// again alone as `uid` ([`rerun_as`]) and must pass, `after` checks the
+/// directory from outside; `None`. In that re-run: checks it is really
+/// unprivileged and returns the directory.
+pub fn as_uid(
+    uid: u32,
+    name: &str,
+    prepare: impl FnOnce(&Path),
+    after: impl FnOnce(&Path),
+) -> Option<PathBuf> {
+    let Some(base) = child_dir() else {
+        let base = shm_dir_for(uid);
+        prepare(base.path());
+        rerun_as(uid, name, base.path(), 60);
+        after(base.path());
+        return None;
+    };
+    assert_unprivileged(uid);
+    Some(base)
+}
+
+/// `base/secrets`, mode 0700, made by the (unprivileged) sidecar's uid.
+pub fn private_dir(base: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = base.join("secrets");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
 /// The env variable a test re-run by [`rerun_as`] finds its directory in.
 pub const CHILD_DIR: &str = "UNBAKED_TEST_CHILD_DIR";
 
