@@ -461,25 +461,7 @@ impl VaultStore {
                         }
                     })
                     .await;
-                let mut auth = match auth {
-                    Ok(a) => a,
-                    Err(Failure::Unavailable(reason)) => return Err(self.unavailable(reason)),
-                    Err(Failure::Denied(r) | Failure::Invalid(r)) => {
-                        return Err(invalid(format!(
-                            "approle login at {} (mount {mount}) was refused: {r}: check role_id_file and secret_id_file",
-                            self.addresses()
-                        )))
-                    }
-                    Err(Failure::NotFound) => {
-                        return Err(invalid(format!(
-                            "approle login at {}: no approle auth mounted at {mount}: enable it or set [vault.auth] mount",
-                            self.addresses()
-                        )))
-                    }
-                };
-                let token = Zeroizing::new(std::mem::take(&mut auth.client_token));
-                let ttl = Duration::from_secs(auth.lease_duration);
-                (token, Some(ttl), auth.renewable)
+                self.logged_in(auth, "approle", &mount, "check role_id_file and secret_id_file")?
             }
             VaultAuth::Cert { mount, name } => {
                 let session = self.current();
@@ -490,25 +472,12 @@ impl VaultStore {
                         async move { vaultrs::auth::cert::login(&node.client, &mount, &name).await }
                     })
                     .await;
-                let mut auth = match auth {
-                    Ok(a) => a,
-                    Err(Failure::Unavailable(reason)) => return Err(self.unavailable(reason)),
-                    Err(Failure::Denied(r) | Failure::Invalid(r)) => {
-                        return Err(invalid(format!(
-                            "cert login at {} (mount {mount}) was refused: {r}: check the client certificate (VAULT_CLIENT_CERT / [vault] client_cert) and the role's certificate",
-                            self.addresses()
-                        )))
-                    }
-                    Err(Failure::NotFound) => {
-                        return Err(invalid(format!(
-                            "cert login at {}: no cert auth mounted at {mount}: enable it or set [vault.auth] mount",
-                            self.addresses()
-                        )))
-                    }
-                };
-                let token = Zeroizing::new(std::mem::take(&mut auth.client_token));
-                let ttl = Duration::from_secs(auth.lease_duration);
-                (token, Some(ttl), auth.renewable)
+                self.logged_in(
+                    auth,
+                    "cert",
+                    &mount,
+                    "check the client certificate (VAULT_CLIENT_CERT / [vault] client_cert) and the role's certificate",
+                )?
             }
         };
         let nodes = build_nodes(&self.cfg, Some(&token))?;
@@ -528,6 +497,36 @@ impl VaultStore {
             "vault: logged in"
         );
         Ok(())
+    }
+
+    /// A login's answer as (token, ttl, renewable), or the error that says
+    /// what to check (`hint`) when `method` at `mount` refused or is absent.
+    fn logged_in(
+        &self,
+        auth: Result<vaultrs::api::AuthInfo, Failure>,
+        method: &str,
+        mount: &str,
+        hint: &str,
+    ) -> Result<(Zeroizing<String>, Option<Duration>, bool), StoreError> {
+        let mut auth = match auth {
+            Ok(a) => a,
+            Err(Failure::Unavailable(reason)) => return Err(self.unavailable(reason)),
+            Err(Failure::Denied(r) | Failure::Invalid(r)) => {
+                return Err(invalid(format!(
+                    "{method} login at {} (mount {mount}) was refused: {r}: {hint}",
+                    self.addresses()
+                )))
+            }
+            Err(Failure::NotFound) => {
+                return Err(invalid(format!(
+                    "{method} login at {}: no {method} auth mounted at {mount}: enable it or set [vault.auth] mount",
+                    self.addresses()
+                )))
+            }
+        };
+        let token = Zeroizing::new(std::mem::take(&mut auth.client_token));
+        let ttl = Duration::from_secs(auth.lease_duration);
+        Ok((token, Some(ttl), auth.renewable))
     }
 
     /// Learn a given token's ttl (lookup-self).
