@@ -4,6 +4,8 @@
 //! **Invariant:** this crate is the only one that serves the API or opens a
 //! store; clients speak to it through `unbaked-sidecar`'s client.
 #![forbid(unsafe_code)]
+// Libraries report through `tracing` and errors; only the binary prints.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod admin;
 pub mod attest;
@@ -213,10 +215,7 @@ pub async fn run(cfg: BrokerConfig, open_platform: PlatformOpener) -> Result<(),
         .start(broker.clone() as Arc<dyn platform::Core>)?;
     tracing::info!(socket = %socket.display(), store = broker.store().name(), workloads, "broker listening");
     if cfg.dev {
-        println!(
-            "{}",
-            dev::banner(&socket, cfg.policies.as_deref(), workloads)
-        );
+        print_banner(&dev::banner(&socket, cfg.policies.as_deref(), workloads));
     }
     let watcher = tokio::spawn(reload::watch(
         broker.clone(),
@@ -245,6 +244,13 @@ pub async fn run(cfg: BrokerConfig, open_platform: PlatformOpener) -> Result<(),
         tracing::error!(error = %e, "could not audit the stop");
     }
     Ok(())
+}
+
+/// The dev banner is the one thing the broker prints: it is for the person
+/// who typed `unbaked broker --dev`, not a log line.
+#[allow(clippy::print_stdout)]
+fn print_banner(banner: &str) {
+    println!("{banner}");
 }
 
 /// End expired leases (audited), every [`SWEEP_EVERY`].

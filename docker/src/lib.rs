@@ -19,6 +19,8 @@
 //!   namespace; `renewals.rs` and `events.rs`: keeping them current.
 //! - `platform.rs`: the `Platform` implementation.
 #![forbid(unsafe_code)]
+// Libraries report through `tracing` and errors; only the binary prints.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod containers;
 pub mod engine;

@@ -15,6 +15,8 @@
 //! are pure.
 
 #![forbid(unsafe_code)]
+// Libraries report through `tracing` and errors; only the binary prints.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod diagnostic;
 mod eval;

@@ -14,6 +14,8 @@
 //! policies name secrets, they never contain them.
 
 #![forbid(unsafe_code)]
+// Libraries report through `tracing` and errors; only the binary prints.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod cases;
 pub mod check;

@@ -13,6 +13,8 @@
 //! starts from that descriptor.
 //! **Invariant:** no error, log line or `Debug` output holds a value.
 #![forbid(unsafe_code)]
+// Libraries report through `tracing` and errors; only the binary prints.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod apply;
 pub mod sys;

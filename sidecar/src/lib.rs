@@ -8,6 +8,8 @@
 //! holds a secret value; values stay in [`unbaked_api::Secret`] or
 //! `Zeroizing` buffers until they are written to their destination.
 #![forbid(unsafe_code)]
+// Libraries report through `tracing` and errors; only the binary prints.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod client;
 pub mod exec;
