@@ -343,33 +343,40 @@ impl Template {
                 .parsed
                 .references()
                 .iter()
-                .map(|r| match &r.kind {
-                    unbaked_template::ReferenceKind::Kv { path, .. } => TemplateSource::Kv {
-                        secret: path.clone(),
-                        key: String::new(),
-                    },
-                    unbaked_template::ReferenceKind::Pki {
-                        mount,
-                        role,
-                        common_name,
-                        alt_names,
-                        ip_sans,
-                    } => TemplateSource::Pki {
-                        path: r.path().to_string(),
-                        issue: PkiIssue {
-                            mount: mount.clone(),
-                            role: role.clone(),
-                            common_name: common_name.clone(),
-                            alt_names: alt_names.clone(),
-                            ip_sans: ip_sans.clone(),
-                        },
-                    },
-                })
+                .map(Template::source_of)
                 .collect(),
         };
         out.sort();
         out.dedup();
         out
+    }
+
+    /// What a text template's `secret` / `pkiCert` call reads. The KV
+    /// mount in `MOUNT/data/PATH` is the broker's (`[vault] kv_mount`);
+    /// the store path is PATH.
+    pub fn source_of(r: &unbaked_template::Reference) -> TemplateSource {
+        match &r.kind {
+            unbaked_template::ReferenceKind::Kv { path, .. } => TemplateSource::Kv {
+                secret: path.clone(),
+                key: String::new(),
+            },
+            unbaked_template::ReferenceKind::Pki {
+                mount,
+                role,
+                common_name,
+                alt_names,
+                ip_sans,
+            } => TemplateSource::Pki {
+                path: r.path().to_string(),
+                issue: PkiIssue {
+                    mount: mount.clone(),
+                    role: role.clone(),
+                    common_name: common_name.clone(),
+                    alt_names: alt_names.clone(),
+                    ip_sans: ip_sans.clone(),
+                },
+            },
+        }
     }
 
     /// The wire form of `on_change`, if any.
