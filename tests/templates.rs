@@ -113,7 +113,9 @@ fn sidecar_writes_every_format_byte_for_byte() {
          version=1\n"
     );
     use std::os::unix::fs::MetadataExt;
-    let mode = std::fs::metadata(secrets.path().join("db.conf")).unwrap().mode();
+    let mode = std::fs::metadata(secrets.path().join("db.conf"))
+        .unwrap()
+        .mode();
     assert_eq!(mode & 0o777, 0o440);
     // Env and fd templates are not the sidecar's.
     let mut names: Vec<String> = std::fs::read_dir(secrets.path())

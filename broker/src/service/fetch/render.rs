@@ -148,7 +148,9 @@ impl Broker {
             let mut read = BTreeMap::new();
             let mut ttl = t.ttl;
             for src in t.sources() {
-                let fetched = self.read_source(ctx, policy, t, &src, lease_id, auth).await?;
+                let fetched = self
+                    .read_source(ctx, policy, t, &src, lease_id, auth)
+                    .await?;
                 if let Fetched::Pki { remaining, .. } = &fetched {
                     // A lease never outlives its certificate.
                     ttl = ttl.min(remaining.saturating_sub(LEASE_END_SLACK));
@@ -207,7 +209,10 @@ impl Broker {
         };
         let started = Instant::now();
         let found = if key.is_empty() {
-            self.store.read_all(secret).await?.map(|d| (d.version, d.data))
+            self.store
+                .read_all(secret)
+                .await?
+                .map(|d| (d.version, d.data))
         } else {
             self.store
                 .read_fresh(secret, key, t.ttl / 3)
