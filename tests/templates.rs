@@ -196,3 +196,65 @@ fn a_missing_secret_is_a_denial_naming_the_template() {
     assert!(err.contains("read by template file:app.env"), "{err}");
     assert!(err.contains("secret.missing"), "{err}");
 }
+
+/// `on_change = "command"` runs once per change of content: not on the
+/// first delivery, not on a renewal that renders the same bytes.
+#[test]
+fn a_change_runs_the_command_once_and_an_identical_render_does_not() {
+    let marker_dir = shm_dir("tmpl-marker");
+    let marker = marker_dir.path().join("ran");
+    let policy = host_policy(
+        "act",
+        &format!(
+            r#"
+[[template]]
+file = "app.env"
+format = "env"
+values = {{ API_TOKEN = "app/api#token" }}
+ttl = "2s"
+on_change = "command"
+command = ["sh", "-c", "echo ran >> {}"]
+debounce = "0s"
+"#,
+            marker.display()
+        ),
+    );
+    let b = Broker::start(&[("act.toml", &policy)]);
+    b.put("app/api", "token", TOKEN);
+    let secrets = shm_dir("tmpl-act");
+    let sidecar = b
+        .cmd()
+        .args(["sidecar", "--workload", "act", "--dir"])
+        .arg(secrets.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let renewals = || b.audit_text().matches("\"event\":\"renew\"").count();
+    let lines = || {
+        std::fs::read_to_string(&marker)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let env = secrets.path().join("app.env");
+    let delivered = wait_for(Duration::from_secs(10), || env.exists());
+    // Two renewals with the same content: nothing runs.
+    let quiet = delivered && wait_for(Duration::from_secs(10), || renewals() >= 2);
+    let before = lines();
+    b.put("app/api", "token", b"tmpl-token-r0tated");
+    let ran = wait_for(Duration::from_secs(10), || lines() == 1);
+    let at = renewals();
+    let settled = wait_for(Duration::from_secs(10), || renewals() >= at + 2);
+    let after = lines();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sidecar.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = sidecar.wait_with_output().unwrap();
+    let log = text(&out.stderr);
+    assert!(delivered && quiet && ran && settled, "sidecar log: {log}");
+    assert_eq!((before, after), (0, 1), "sidecar log: {log}");
+    assert!(log.contains("content changed: action done"), "{log}");
+    assert!(!log.contains("tmpl-token"), "a value in the sidecar log");
+    assert!(!b.audit_text().contains("tmpl-token"));
+}

@@ -12,6 +12,7 @@
 //! and unmount starts from that descriptor.
 #![forbid(unsafe_code)]
 
+pub mod actions;
 pub mod client;
 pub mod exec;
 mod jitter;
