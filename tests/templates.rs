@@ -258,3 +258,78 @@ debounce = "0s"
     assert!(!log.contains("tmpl-token"), "a value in the sidecar log");
     assert!(!b.audit_text().contains("tmpl-token"));
 }
+
+fn exec_policy(action: &str) -> String {
+    host_policy(
+        "ex",
+        &format!(
+            r#"
+[[template]]
+env = "API_TOKEN"
+contents = '{{{{ with secret "secret/data/app/api" }}}}{{{{ .Data.data.token }}}}{{{{ end }}}}'
+ttl = "2s"
+debounce = "0s"
+{action}
+"#
+        ),
+    )
+}
+
+/// `unbaked exec` stays the parent: on a change it signals its child (same
+/// pid) or restarts it with the new value; SIGTERM reaches the child.
+#[test]
+fn exec_signals_or_restarts_its_child_on_a_change() {
+    for (action, restart) in [
+        ("on_change = \"signal\"\nsignal = \"SIGUSR1\"", false),
+        ("on_change = \"restart\"", true),
+    ] {
+        let b = Broker::start(&[("ex.toml", &exec_policy(action))]);
+        b.put("app/api", "token", TOKEN);
+        let out_dir = shm_dir("tmpl-exec");
+        let log = out_dir.path().join("log");
+        // Each start appends "start PID TOKEN"; each SIGUSR1 "usr1 PID".
+        let script = format!(
+            "echo \"start $$ $API_TOKEN\" >> {log}; trap 'echo \"usr1 $$\" >> {log}' USR1; trap 'exit 7' TERM; while :; do sleep 0.05; done",
+            log = log.display()
+        );
+        let mut shim = b
+            .cmd()
+            .args(["exec", "--workload", "ex", "--", "sh", "-c", &script])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = || std::fs::read_to_string(&log).unwrap_or_default();
+        let started = wait_for(Duration::from_secs(10), || lines().contains("start"));
+        b.put("app/api", "token", b"tmpl-token-r0tated");
+        let want = if restart {
+            "tmpl-token-r0tated"
+        } else {
+            "usr1"
+        };
+        let acted = started && wait_for(Duration::from_secs(10), || lines().contains(want));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(shim.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = shim.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(shim.stderr.as_mut().unwrap(), &mut err).unwrap();
+        let text = lines();
+        assert!(acted, "{action}: child log {text:?}, shim log: {err}");
+        let pids: Vec<&str> = text.lines().map(|l| l.split(' ').nth(1).unwrap()).collect();
+        if restart {
+            assert_eq!(text.matches("start").count(), 2, "{text}");
+            assert_ne!(pids[0], pids[1], "restarted: a new process");
+        } else {
+            assert_eq!(text.matches("start").count(), 1, "{text}");
+            assert!(
+                pids.iter().all(|p| *p == pids[0]),
+                "signalled: the same pid: {text}"
+            );
+        }
+        // SIGTERM was forwarded; the shim exits with the child's status.
+        assert_eq!(status.code(), Some(7), "{action}: {err}");
+        assert!(!err.contains("tmpl-token"), "a value in the shim's log");
+    }
+}

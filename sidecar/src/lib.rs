@@ -17,6 +17,7 @@ pub mod client;
 pub mod exec;
 mod jitter;
 pub mod sidecar;
+mod supervise;
 pub mod sys;
 pub mod writer;
 
