@@ -50,6 +50,9 @@ pub enum Command {
     /// Work with the audit log
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Turn another tool's configuration into unbaked policy
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -205,6 +208,24 @@ pub enum FailOn {
     Weaken,
     Gain,
     Any,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// A Vault Agent configuration (templates, env templates, exec) as one workload's policy, plus a report of what could not be mapped
+    VaultAgent {
+        /// The agent's HCL configuration
+        config: PathBuf,
+        /// Directory to write WORKLOAD.toml and import-report.md into
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The workload's name
+        #[arg(long, value_name = "NAME", default_value = "imported")]
+        workload: String,
+        /// The uid the workload matches [default: the uid running this command]
+        #[arg(long, value_name = "UID")]
+        uid: Option<u32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,12 +3,13 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod import;
 mod policy_cmd;
 mod run;
 mod secret_args;
 
 use clap::Parser;
-use cli::{AuditCommand, Cli, Command, LogFormat, SecretCommand};
+use cli::{AuditCommand, Cli, Command, ImportCommand, LogFormat, SecretCommand};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -161,6 +162,29 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Audit(AuditCommand::Verify { file }) => audit_verify(&file),
+        Command::Import(ImportCommand::VaultAgent {
+            config,
+            out,
+            workload,
+            uid,
+        }) => {
+            let cfg = import::ImportConfig {
+                agent: config,
+                out,
+                workload,
+                uid: uid.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
+            };
+            let done = import::run(&cfg).map_err(|e| Failure::new(exit::FAILURE, e))?;
+            for line in done
+                .report
+                .iter()
+                .map(|l| format!("not mapped: {l}"))
+                .chain(done.next)
+            {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "unbaked", &mut std::io::stdout());
