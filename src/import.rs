@@ -53,7 +53,7 @@ pub struct Imported {
 type Obj = hcl::Map<String, hcl::Value>;
 
 /// Each block of `name`: `template {}` twice is a list, once an object.
-fn blocks<'a>(v: Option<&'a hcl::Value>) -> Vec<&'a Obj> {
+fn blocks(v: Option<&hcl::Value>) -> Vec<&Obj> {
     match v {
         Some(hcl::Value::Object(o)) => vec![o],
         Some(hcl::Value::Array(a)) => a

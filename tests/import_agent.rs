@@ -85,7 +85,10 @@ fn imported_templates_render_byte_identical_to_bao_agent() {
     };
     let mut agent_log = String::new();
     std::io::Read::read_to_string(agent.stderr.as_mut().unwrap(), &mut agent_log).unwrap();
-    assert!(status.is_some_and(|s| s.success()), "bao agent: {agent_log}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "bao agent: {agent_log}"
+    );
 
     // The import: one policy, a report of what it did not map.
     let out_dir = work.path().join("imported");
@@ -106,7 +109,10 @@ fn imported_templates_render_byte_identical_to_bao_agent() {
     let b = vault_broker(
         &[("imported.toml", &policy)],
         "",
-        &[("VAULT_ADDR", &dev.server.addr), ("VAULT_TOKEN", ROOT_TOKEN)],
+        &[
+            ("VAULT_ADDR", &dev.server.addr),
+            ("VAULT_TOKEN", ROOT_TOKEN),
+        ],
     );
     let dir = shm_dir("agent-unbaked");
     let once = output(
@@ -114,7 +120,12 @@ fn imported_templates_render_byte_identical_to_bao_agent() {
             .args(["sidecar", "--workload", "imported", "--once", "--dir"])
             .arg(dir.path()),
     );
-    assert!(once.status.success(), "{}\n{}", text(&once.stderr), b.log_text());
+    assert!(
+        once.status.success(),
+        "{}\n{}",
+        text(&once.stderr),
+        b.log_text()
+    );
     for (name, _) in TEMPLATES {
         let theirs = std::fs::read(agent_out.path().join(format!("{name}.out"))).unwrap();
         let rel = agent_out.path().join(format!("{name}.out"));
@@ -129,5 +140,8 @@ fn imported_templates_render_byte_identical_to_bao_agent() {
     assert!(agent("json.ctmpl.out").contains("\\u003c\\u0026\\u003e"));
     assert!(agent("env.ctmpl.out").contains("DB_VERSION=1\nTOKEN=YWdlbnQtdG9rZW4tMWY="));
     let pw = String::from_utf8_lossy(&PW[..9]).into_owned();
-    assert!(!b.log_text().contains("agent-pw"), "value in the broker log ({pw})");
+    assert!(
+        !b.log_text().contains("agent-pw"),
+        "value in the broker log ({pw})"
+    );
 }

@@ -136,9 +136,9 @@ impl Template {
         };
         let (nodes, end) = p.list()?;
         match end {
-            End::Eof => {}
-            End::End(at) => return Err(p.error(at, "{{end}} without an opening if, with or range")),
-            End::Else(at, _) => {
+            Stop::Eof => {}
+            Stop::End(at) => return Err(p.error(at, "{{end}} without an opening if, with or range")),
+            Stop::Else(at, _) => {
                 return Err(p.error(at, "{{else}} without an opening if, with or range"))
             }
         }
@@ -174,7 +174,7 @@ enum Tok {
 
 type Toks = Vec<(Tok, usize)>;
 
-enum End {
+enum Stop {
     Eof,
     End(usize),
     Else(usize, Toks),
@@ -211,7 +211,7 @@ impl Parser<'_> {
     }
 
     /// Nodes up to `{{end}}`, `{{else ...}}` or the end of the text.
-    fn list(&mut self) -> Result<(Vec<Node>, End), ParseError> {
+    fn list(&mut self) -> Result<(Vec<Node>, Stop), ParseError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return Err(self.error(self.pos, format!("blocks nest deeper than {MAX_DEPTH}")));
@@ -227,7 +227,7 @@ impl Parser<'_> {
             let Some(open) = open else {
                 push_text(&mut nodes, text);
                 self.pos = self.src.len();
-                break End::Eof;
+                break Stop::Eof;
             };
             let start = self.pos + open;
             let mut body = start + 2;
@@ -253,9 +253,9 @@ impl Parser<'_> {
                         if toks.len() > 1 {
                             return Err(self.error(toks[1].1, "unexpected words after {{end}}"));
                         }
-                        break End::End(*at);
+                        break Stop::End(*at);
                     }
-                    "else" => break End::Else(*at, toks[1..].to_vec()),
+                    "else" => break Stop::Else(*at, toks[1..].to_vec()),
                     "if" | "with" | "range" => {
                         let kw = w.clone();
                         nodes.push(self.control(&kw, *at, &toks[1..])?);
@@ -295,22 +295,22 @@ impl Parser<'_> {
         }
         let (body, end) = self.list()?;
         let otherwise = match end {
-            End::Eof => {
+            Stop::Eof => {
                 return Err(self.error(at, format!("{{{{{kw}}}}} is never closed: add {{{{end}}}}")))
             }
-            End::End(_) => Vec::new(),
-            End::Else(_, rest) if rest.is_empty() => match self.list()? {
-                (nodes, End::End(_)) => nodes,
-                (_, End::Else(at, _)) => {
+            Stop::End(_) => Vec::new(),
+            Stop::Else(_, rest) if rest.is_empty() => match self.list()? {
+                (nodes, Stop::End(_)) => nodes,
+                (_, Stop::Else(at, _)) => {
                     return Err(self.error(at, "a second {{else}} in one block"))
                 }
-                (_, End::Eof) => {
+                (_, Stop::Eof) => {
                     return Err(
                         self.error(at, format!("{{{{{kw}}}}} is never closed: add {{{{end}}}}"))
                     )
                 }
             },
-            End::Else(else_at, rest) => match &rest[0] {
+            Stop::Else(else_at, rest) => match &rest[0] {
                 (Tok::Ident(w), w_at) if (w == "if" || w == "with") && kw != "range" => {
                     let w = w.clone();
                     let chained = self.control(&w, *w_at, &rest[1..])?;
