@@ -145,3 +145,80 @@ fn imported_templates_render_byte_identical_to_bao_agent() {
         "value in the broker log ({pw})"
     );
 }
+
+/// A text template's `pkiCert` issues through the broker on OpenBao, like
+/// a `pki` grant: the certificate and key land in one file, and renewals
+/// keep a certificate held for the lease (never revoked as withdrawn).
+#[test]
+fn a_pki_template_renders_a_certificate_and_keeps_it_across_renewals() {
+    let dev = Dev::start();
+    setup_pki(&dev.server, ROOT_TOKEN);
+    let policy = host_policy(
+        "web",
+        r#"
+[[template]]
+file = "tls/bundle.pem"
+ttl = "3s"
+contents = '''
+{{- with pkiCert "pki/issue/web" "common_name=web.internal" -}}
+{{ .Data.Cert }}
+{{ .Data.Key }}
+{{- end }}
+'''
+"#,
+    );
+    let b = vault_broker(
+        &[("web.toml", &policy)],
+        "",
+        &[
+            ("VAULT_ADDR", &dev.server.addr),
+            ("VAULT_TOKEN", ROOT_TOKEN),
+        ],
+    );
+    let dir = shm_dir("pki-template");
+    let mut sidecar = b
+        .cmd()
+        .args(["sidecar", "--workload", "web", "--dir"])
+        .arg(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bundle = dir.path().join("tls/bundle.pem");
+    let read = || std::fs::read(&bundle).map(|b| text(&b)).unwrap_or_default();
+    let issued = wait_for(Duration::from_secs(15), || {
+        read().contains("PRIVATE KEY-----")
+    });
+    let first = read();
+    let renewals = || b.audit_text().matches("\"event\":\"renew\"").count();
+    let renewed = issued && wait_for(Duration::from_secs(15), || renewals() >= 2);
+    let after_renewals = read();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sidecar.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = sidecar.wait();
+    let mut log = String::new();
+    std::io::Read::read_to_string(sidecar.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(
+        issued && renewed,
+        "sidecar: {log}\nbroker: {}",
+        b.log_text()
+    );
+    assert!(first.starts_with("-----BEGIN CERTIFICATE-----"), "{first}");
+    // Renewals keep delivering a certificate and never revoke the
+    // template's as a withdrawn grant (a replacement near its expiry is
+    // by design); the lease's end revokes it in OpenBao.
+    assert!(
+        after_renewals.contains("BEGIN CERTIFICATE"),
+        "{after_renewals}"
+    );
+    let audit = b.audit_text();
+    assert!(audit.contains("revoking dynamic credentials"), "{audit}");
+    assert!(!audit.contains("grant withdrawn"), "{audit}");
+    let revoked = wait_for(Duration::from_secs(10), || {
+        dev.audited("update", "pki/revoke") >= 1
+    });
+    assert!(revoked, "broker: {}", b.log_text());
+    assert!(!b.log_text().contains("PRIVATE KEY"));
+}
