@@ -192,7 +192,14 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos() as u64;
-        std::env::temp_dir().join(format!("unbaked-template-env-{}-{n}", std::process::id()))
+        // tmpfs when there is one: even a test value stays off disk.
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        dir.join(format!("unbaked-template-env-{}-{n}", std::process::id()))
     }
 
     #[test]

@@ -137,7 +137,9 @@ impl Template {
         let (nodes, end) = p.list()?;
         match end {
             Stop::Eof => {}
-            Stop::End(at) => return Err(p.error(at, "{{end}} without an opening if, with or range")),
+            Stop::End(at) => {
+                return Err(p.error(at, "{{end}} without an opening if, with or range"))
+            }
             Stop::Else(at, _) => {
                 return Err(p.error(at, "{{else}} without an opening if, with or range"))
             }
