@@ -178,7 +178,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             for line in done
                 .report
                 .iter()
-                .map(|l| format!("not mapped: {l}"))
+                .map(|l| format!("import: {l}"))
                 .chain(done.next)
             {
                 println!("{line}");
