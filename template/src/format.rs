@@ -230,6 +230,37 @@ mod tests {
             out,
             "\"key: x\": \"v\\n- injected: 1\\n# c\"\n\"b\": \"\\u0085\\u2028\\ufeff\\\"\\\\\\u001bé\"\n"
         );
+        // A real YAML parser (PyYAML, YAML 1.1) reads every value back.
+        let values = pairs(&[
+            ("a", HARD),
+            ("b", "\u{85}\u{2028}\u{feff}\u{1b}\u{7f}é: #x".as_bytes()),
+            ("c", b"- x\n---\n... &a *a !!str"),
+            ("yes", b"no"),
+            ("d", b""),
+        ]);
+        let file = tempfile_path();
+        std::fs::write(&file, yaml(&values).unwrap().as_bytes()).unwrap();
+        let read_back = std::process::Command::new("python3")
+            .args(["-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1], encoding='utf-8'))))"])
+            .arg(&file)
+            .output()
+            .expect("python3 (scripts/test installs python3-yaml)");
+        std::fs::remove_file(&file).unwrap();
+        assert!(
+            read_back.status.success(),
+            "{}",
+            String::from_utf8_lossy(&read_back.stderr)
+        );
+        let back: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&read_back.stdout).unwrap();
+        assert_eq!(back.len(), values.len());
+        for (name, value) in &values {
+            assert_eq!(
+                back[name].as_str().unwrap().as_bytes(),
+                value.expose_secret(),
+                "{name}"
+            );
+        }
         // YAML's double-quoted escapes used here are also JSON's, so each
         // line's scalars read back with a JSON parser.
         for line in out.lines() {
