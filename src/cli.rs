@@ -53,6 +53,9 @@ pub enum Command {
     /// Set up the persistent file store
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Turn another tool's configuration into unbaked policy
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -238,6 +241,24 @@ pub enum FailOn {
 pub enum StoreCommand {
     /// Write a new random store key to FILE (mode 0400; never over an existing file)
     InitKey { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// A Vault Agent configuration (templates, env templates, exec) as one workload's policy, plus a report of what could not be mapped
+    VaultAgent {
+        /// The agent's HCL configuration
+        config: PathBuf,
+        /// Directory to write WORKLOAD.toml and import-report.md into
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The workload's name
+        #[arg(long, value_name = "NAME", default_value = "imported")]
+        workload: String,
+        /// The uid the workload matches [default: the uid running this command]
+        #[arg(long, value_name = "UID")]
+        uid: Option<u32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

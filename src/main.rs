@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod import;
 mod logging;
 mod man;
 mod policy_cmd;
@@ -11,7 +12,7 @@ mod secret_args;
 mod transfer;
 
 use clap::Parser;
-use cli::{AuditCommand, Cli, Command, LogFormat, SecretCommand, StoreCommand};
+use cli::{AuditCommand, Cli, Command, ImportCommand, LogFormat, SecretCommand, StoreCommand};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -163,6 +164,29 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 "{}: a new store key (mode 0400); keep a copy apart from the store: without it the store cannot be opened",
                 file.display()
             );
+            Ok(())
+        }
+        Command::Import(ImportCommand::VaultAgent {
+            config,
+            out,
+            workload,
+            uid,
+        }) => {
+            let cfg = import::ImportConfig {
+                agent: config,
+                out,
+                workload,
+                uid: uid.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
+            };
+            let done = import::run(&cfg).map_err(|e| Failure::new(exit::FAILURE, e))?;
+            for line in done
+                .report
+                .iter()
+                .map(|l| format!("import: {l}"))
+                .chain(done.next)
+            {
+                println!("{line}");
+            }
             Ok(())
         }
         Command::Completions { shell } => {

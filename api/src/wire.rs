@@ -81,6 +81,31 @@ pub struct Lease {
     /// Renew before this many seconds have passed (the shortest item ttl).
     pub ttl_secs: u64,
     pub items: Vec<Item>,
+    /// What the client does when an item's content changes, by item id
+    /// (templates with `on_change`); absent items do nothing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub actions: BTreeMap<String, ChangeAction>,
+}
+
+/// A template's `on_change`, as the client carries it out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeAction {
+    pub on_change: OnChange,
+    /// Changes closer together than this are coalesced into one action.
+    pub debounce_ms: u64,
+}
+
+/// What to do when delivered content changes (by content, not version: a
+/// renewal that renders identical bytes does nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum OnChange {
+    /// Send this signal (a name like `SIGHUP`) to the app.
+    Signal { signal: String },
+    /// Run this command (argv, no shell), not holding any value.
+    Command { command: Vec<String> },
+    /// Stop the app (SIGTERM, then SIGKILL after a grace) and start it again.
+    Restart,
 }
 
 /// One delivered secret value.
@@ -292,6 +317,7 @@ mod tests {
                 ttl_secs: 60,
                 value: Secret::from_slice(b"s3cr3t"),
             }],
+            actions: BTreeMap::new(),
         };
         let json = to_json_zeroizing(&lease);
         let back: Lease = serde_json::from_slice(&json).unwrap();

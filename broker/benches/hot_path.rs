@@ -40,6 +40,7 @@ fn lease() -> Lease {
             ttl_secs: 600,
             value: Secret::from_slice(VALUE),
         }],
+        actions: Default::default(),
     }
 }
 

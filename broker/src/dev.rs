@@ -42,6 +42,7 @@ pub fn demo_policy(uid: u32) -> Policy {
             grant(GrantDelivery::Env("DEMO_MESSAGE".into())),
             grant(GrantDelivery::Fd("DEMO_MESSAGE_FILE".into())),
         ],
+        templates: vec![],
     }
 }
 

@@ -31,7 +31,9 @@ pub(crate) async fn launch(
     let refuse = |refusals| refused(core, ctx, &w, refusals);
     let parsed = launch::parse(&req.args).map_err(refuse)?;
     let launch_id = unbaked_broker::lease::new_lease_id()[..16].to_string();
-    let has_files = policy.grants_of(&[DeliveryKind::File]).next().is_some();
+    // File grants and file templates both land in /run/secrets.
+    let has_files = policy.grants_of(&[DeliveryKind::File]).next().is_some()
+        || policy.templates_of(&[DeliveryKind::File]).next().is_some();
     let secrets_dir = has_files.then(|| containers.base.join(&launch_id));
     let facts = facts(
         containers,

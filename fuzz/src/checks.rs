@@ -24,7 +24,50 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("api_request", api_request),
     ("broker_request", broker_request),
     ("launch_args", launch_args),
+    ("template_parse", template_parse),
 ];
+
+/// The template parser and renderer (`unbaked_template`): any text either
+/// parses, with every reference a literal, and renders over fixed values
+/// within the output bound, or fails with a position inside the text; a
+/// render error never holds the values it rendered.
+pub fn template_parse(data: &[u8]) {
+    use unbaked_template::{ReferenceKind, Resolved, Template};
+    let text = String::from_utf8_lossy(data).into_owned();
+    match Template::parse(&text) {
+        Err(e) => {
+            assert!(
+                e.offset <= text.len(),
+                "offset {} of {}",
+                e.offset,
+                text.len()
+            );
+            assert!(e.line >= 1 && e.line <= text.lines().count() + 1);
+            let again = Template::parse(&text).expect_err("deterministic");
+            assert_eq!(e, again);
+        }
+        Ok(t) => {
+            const MARK: &str = "fuzz-secret-7c1d";
+            let data: BTreeMap<String, Secret> = [("password", MARK), ("user", "u")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), Secret::from_slice(v.as_bytes())))
+                .collect();
+            let mut r = Resolved::default();
+            for reference in t.references() {
+                assert!(!reference.path().is_empty());
+                let v = match reference.kind {
+                    ReferenceKind::Kv { .. } => Resolved::kv(1, &data),
+                    ReferenceKind::Pki { .. } => Resolved::pki(&reference.function, &data),
+                };
+                r.insert(reference, v);
+            }
+            match t.render(&r) {
+                Ok(out) => assert!(out.len() <= 1 << 20),
+                Err(e) => assert!(!e.to_string().contains(MARK), "a value in {e}"),
+            }
+        }
+    }
+}
 
 /// The policy parser and evaluator: any text either parses into a set or
 /// yields diagnostics that point inside it; both are deterministic, and

@@ -68,6 +68,18 @@ pub mod rule {
     /// A `dynamic` path or `field` that is not valid, or an env/fd dynamic
     /// grant without the `field` it delivers.
     pub const BAD_FIELD: &str = "bad-field";
+    /// A `[[template]]` whose text does not parse (consul-template syntax),
+    /// or that mixes `contents` and `values`, or lacks both.
+    pub const TEMPLATE_SYNTAX: &str = "template-syntax";
+    /// A template reference that is not a literal KV v2 or PKI issue path,
+    /// or a `values` entry that is not `PATH#KEY`.
+    pub const TEMPLATE_SOURCE: &str = "template-source";
+    /// An unknown `format`, or a format that cannot be delivered where the
+    /// template says (a multi-line format into `env`).
+    pub const TEMPLATE_FORMAT: &str = "template-format";
+    /// An `on_change` that is not none, signal, command or restart, or
+    /// lacks its `signal` / `command`, or a bad `debounce`.
+    pub const BAD_ON_CHANGE: &str = "bad-on-change";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -206,6 +206,16 @@ impl Policy {
             .filter(move |g| kinds.is_empty() || kinds.contains(&g.delivery.kind()))
     }
 
+    /// Templates of the given kinds, in file order; an empty slice means all.
+    pub fn templates_of<'a>(
+        &'a self,
+        kinds: &'a [DeliveryKind],
+    ) -> impl Iterator<Item = &'a crate::Template> + 'a {
+        self.templates
+            .iter()
+            .filter(move |t| kinds.is_empty() || kinds.contains(&t.delivery.kind()))
+    }
+
     fn whose(&self) -> String {
         format!("workload {:?} ({})", self.workload, self.source.display())
     }
@@ -245,6 +255,7 @@ mod tests {
                 grant(GrantDelivery::Env("A".into())),
                 grant(GrantDelivery::Fd("B".into())),
             ],
+            templates: vec![],
         }
     }
 

@@ -34,7 +34,8 @@ pub use load::{
     Strictness, MAX_POLICY_BYTES, MAX_POLICY_FILES,
 };
 pub use model::{
-    Dynamic, Grant, GrantDelivery, Isolation, Launch, Match, PkiIssue, Policy, PolicySet,
+    Dynamic, Format, Grant, GrantDelivery, Isolation, Launch, Match, PkiIssue, Policy, PolicySet,
+    Template, TemplateBody, TemplateSource, TemplateValue, TextTemplate, DEFAULT_DEBOUNCE,
     DEFAULT_MODE, DEFAULT_TTL, PKI_FIELDS,
 };
 pub use schema::json_schema;

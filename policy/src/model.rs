@@ -4,8 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
-use unbaked_api::wire::{Delivery, DeliveryKind};
+use unbaked_api::wire::{ChangeAction, Delivery, DeliveryKind, OnChange};
+pub use unbaked_template::format::Format;
 
 /// How long a delivered copy lives unless renewed, when `ttl` is absent.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10 * 60);
@@ -55,6 +57,8 @@ pub struct Policy {
     pub isolation: Isolation,
     /// `[[grant]]` tables in file order.
     pub grants: Vec<Grant>,
+    /// `[[template]]` tables in file order.
+    pub templates: Vec<Template>,
 }
 
 /// Who may claim the workload: every non-empty selector must hold.
@@ -230,6 +234,160 @@ impl GrantDelivery {
     }
 }
 
+/// How long changes are coalesced before a template's `on_change` runs
+/// when `debounce` is absent: Vault Agent's exec mode settled on 2 s.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_secs(2);
+
+/// A `[[template]]`: one file or variable rendered from several secrets.
+/// Every secret it reads is named in the policy ([`Template::sources`]),
+/// so the workload is granted exactly those.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    pub delivery: GrantDelivery,
+    pub body: TemplateBody,
+    pub ttl: Duration,
+    pub mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// `None`: a change is delivered and nothing else happens.
+    pub on_change: Option<OnChange>,
+    pub debounce: Duration,
+}
+
+/// What a template renders.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TemplateBody {
+    /// consul-template / Vault Agent syntax (`format = "text"`).
+    Text(TextTemplate),
+    /// `.env`, JSON or YAML of named values, sorted by name.
+    Values {
+        format: Format,
+        values: Vec<TemplateValue>,
+    },
+}
+
+/// A text template, parsed once when the policy loads.
+#[derive(Debug, Clone)]
+pub struct TextTemplate {
+    pub contents: String,
+    pub parsed: Arc<unbaked_template::Template>,
+}
+
+impl PartialEq for TextTemplate {
+    fn eq(&self, other: &Self) -> bool {
+        self.contents == other.contents
+    }
+}
+
+/// `NAME = "PATH#KEY"` in a template's `values`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateValue {
+    pub name: String,
+    pub secret: String,
+    pub key: String,
+}
+
+/// One secret a template reads: what is authorized, fetched and reviewed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TemplateSource {
+    /// A stored secret: one key, or every key (`key` empty) for a text
+    /// template's `secret "MOUNT/data/PATH"`.
+    Kv { secret: String, key: String },
+    /// A certificate issued for the lease.
+    Pki { path: String, issue: PkiIssue },
+}
+
+impl TemplateSource {
+    /// `app/db#password`, `app/db` (every key), `pki/issue/web (cn=..)`.
+    pub fn describe(&self) -> String {
+        match self {
+            TemplateSource::Kv { secret, key } if key.is_empty() => secret.clone(),
+            TemplateSource::Kv { secret, key } => format!("{secret}#{key}"),
+            TemplateSource::Pki { path, issue } => {
+                format!("{path} (common_name {})", issue.common_name)
+            }
+        }
+    }
+}
+
+impl Template {
+    /// `file:app.env`, like a grant's id; unique among grants and templates.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.delivery.kind(), self.delivery.target())
+    }
+
+    pub fn wire_delivery(&self) -> Delivery {
+        match &self.delivery {
+            GrantDelivery::File(path) => Delivery::File {
+                path: path.clone(),
+                mode: self.mode,
+                uid: self.uid,
+                gid: self.gid,
+            },
+            GrantDelivery::Env(name) => Delivery::Env { name: name.clone() },
+            GrantDelivery::Fd(name) => Delivery::Fd { name: name.clone() },
+        }
+    }
+
+    /// Every secret it reads, sorted, without duplicates.
+    pub fn sources(&self) -> Vec<TemplateSource> {
+        let mut out: Vec<TemplateSource> = match &self.body {
+            TemplateBody::Values { values, .. } => values
+                .iter()
+                .map(|v| TemplateSource::Kv {
+                    secret: v.secret.clone(),
+                    key: v.key.clone(),
+                })
+                .collect(),
+            TemplateBody::Text(t) => t
+                .parsed
+                .references()
+                .iter()
+                .map(Template::source_of)
+                .collect(),
+        };
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// What a text template's `secret` / `pkiCert` call reads. The KV
+    /// mount in `MOUNT/data/PATH` is the broker's (`[vault] kv_mount`);
+    /// the store path is PATH.
+    pub fn source_of(r: &unbaked_template::Reference) -> TemplateSource {
+        match &r.kind {
+            unbaked_template::ReferenceKind::Kv { path, .. } => TemplateSource::Kv {
+                secret: path.clone(),
+                key: String::new(),
+            },
+            unbaked_template::ReferenceKind::Pki {
+                mount,
+                role,
+                common_name,
+                alt_names,
+                ip_sans,
+            } => TemplateSource::Pki {
+                path: r.path().to_string(),
+                issue: PkiIssue {
+                    mount: mount.clone(),
+                    role: role.clone(),
+                    common_name: common_name.clone(),
+                    alt_names: alt_names.clone(),
+                    ip_sans: ip_sans.clone(),
+                },
+            },
+        }
+    }
+
+    /// The wire form of `on_change`, if any.
+    pub fn action(&self) -> Option<ChangeAction> {
+        self.on_change.clone().map(|on_change| ChangeAction {
+            on_change,
+            debounce_ms: u64::try_from(self.debounce.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +446,7 @@ mod tests {
             launch: Launch::default(),
             isolation: Isolation::default(),
             grants: vec![],
+            templates: vec![],
         };
         let mut set = PolicySet::default();
         assert!(set.is_empty());

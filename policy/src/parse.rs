@@ -20,6 +20,9 @@ use std::path::Path;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+mod template;
+use template::RawTemplate;
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a policy table")]
 pub(crate) struct RawPolicy {
@@ -35,6 +38,9 @@ pub(crate) struct RawPolicy {
     #[serde(default)]
     #[schemars(with = "Vec<RawGrant>")]
     grant: Vec<Spanned<RawGrant>>,
+    #[serde(default)]
+    #[schemars(with = "Vec<RawTemplate>")]
+    template: Vec<Spanned<RawTemplate>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -112,7 +118,7 @@ struct RawGrant {
 
 /// `mode = 0o440` or `mode = "0440"`; checked once we can see the literal.
 #[derive(Debug)]
-enum RawMode {
+pub(crate) enum RawMode {
     Int(i64),
     Str(String),
 }
@@ -400,6 +406,7 @@ impl Checker<'_> {
             .map(|(i, g)| self.grant(i, g))
             .unzip();
         self.duplicate_targets(&raw.grant, &targets);
+        let templates = self.templates(&raw.template, &targets);
 
         let result = match (&workload, self.diags.is_empty()) {
             (Some(w), true) => Ok(Policy {
@@ -409,6 +416,7 @@ impl Checker<'_> {
                 launch,
                 isolation,
                 grants: grants.into_iter().flatten().collect(),
+                templates,
             }),
             _ => Err(self.diags),
         };

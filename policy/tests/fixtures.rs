@@ -78,6 +78,7 @@ fn summary(set: &PolicySet, dir: &Path) -> String {
             launch: l,
             isolation: i,
             grants,
+            templates,
         } = p;
         let source = source.strip_prefix(dir).unwrap_or(source).display();
         writeln!(out, "workload {workload} ({source})").unwrap();
@@ -122,6 +123,20 @@ fn summary(set: &PolicySet, dir: &Path) -> String {
                 write!(out, " mode={:#o} uid={:?} gid={:?}", g.mode, g.uid, g.gid).unwrap();
             }
             out.push('\n');
+        }
+        for t in templates {
+            let sources: Vec<String> = t.sources().iter().map(|s| s.describe()).collect();
+            writeln!(
+                out,
+                "  template {} <- {} ttl={}s mode={:#o} on_change={:?} debounce={}ms",
+                t.id(),
+                sources.join(", "),
+                t.ttl.as_secs(),
+                t.mode,
+                t.on_change,
+                t.debounce.as_millis()
+            )
+            .unwrap();
         }
     }
     out

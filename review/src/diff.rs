@@ -12,7 +12,9 @@ use serde::Serialize;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
-use unbaked_policy::{Dynamic, Grant, GrantDelivery, Isolation, Match, Policy, PolicySet};
+use unbaked_policy::{
+    Dynamic, Grant, GrantDelivery, Isolation, Match, Policy, PolicySet, Template, TemplateSource,
+};
 
 /// Change kinds: stable ids for JSON consumers and CI filters.
 pub mod kind {
@@ -383,6 +385,7 @@ impl Differ<'_> {
         for g in &p.grants {
             self.grant_gained(g);
         }
+        self.templates(&[], &p.templates);
     }
 
     fn removed(&mut self, p: &Policy) {
@@ -404,6 +407,7 @@ impl Differ<'_> {
                 None,
             );
         }
+        self.templates(&p.templates, &[]);
     }
 
     fn policy(&mut self, o: &Policy, n: &Policy) {
@@ -412,6 +416,74 @@ impl Differ<'_> {
         self.launch(&o.launch.gids, &n.launch.gids, "launch.gids");
         self.isolation(&o.isolation, &n.isolation);
         self.grants(&o.grants, &n.grants);
+        self.templates(&o.templates, &n.templates);
+    }
+
+    /// Templates by target: each secret a template starts or stops reading
+    /// is a gain or a loss (a template is how the workload receives it).
+    fn templates(&mut self, o: &[Template], n: &[Template]) {
+        let reads = |ts: &[Template]| -> BTreeSet<(String, TemplateSource)> {
+            ts.iter()
+                .flat_map(|t| t.sources().into_iter().map(move |s| (t.id(), s)))
+                .collect()
+        };
+        let (before, after) = (reads(o), reads(n));
+        let env = |id: &str| id.starts_with("env:");
+        for (id, src) in after.difference(&before) {
+            let subject = format!("{} (template {id})", src.describe());
+            let note = env(id).then_some(ENV_NOTE);
+            self.push(
+                Effect::Gain,
+                kind::SECRET_GAINED,
+                subject,
+                None,
+                Some(id.clone()),
+                note,
+            );
+        }
+        for (id, src) in before.difference(&after) {
+            let subject = format!("{} (template {id})", src.describe());
+            self.push(
+                Effect::Loss,
+                kind::SECRET_LOST,
+                subject,
+                Some(id.clone()),
+                None,
+                None,
+            );
+        }
+        for a in o {
+            let Some(b) = n.iter().find(|b| b.id() == a.id()) else {
+                continue;
+            };
+            if a.ttl != b.ttl {
+                let (effect, k) = if b.ttl > a.ttl {
+                    (Effect::Weaker, kind::TTL_RAISED)
+                } else {
+                    (Effect::Stronger, kind::TTL_LOWERED)
+                };
+                let subject = format!("template {}", a.id());
+                self.push(
+                    effect,
+                    k,
+                    subject,
+                    Some(human_duration(a.ttl)),
+                    Some(human_duration(b.ttl)),
+                    None,
+                );
+            }
+            if b.mode & !a.mode & 0o077 != 0 {
+                let subject = format!("template {}", a.id());
+                self.push(
+                    Effect::Weaker,
+                    kind::MODE_WIDENED,
+                    subject,
+                    Some(format!("{:#o}", a.mode)),
+                    Some(format!("{:#o}", b.mode)),
+                    None,
+                );
+            }
+        }
     }
 
     fn grant_gained(&mut self, g: &Grant) {
@@ -931,6 +1003,50 @@ mod tests {
             .into_iter()
             .map(|c| (c.kind, c.effect))
             .collect()
+    }
+
+    #[test]
+    fn a_template_gaining_a_secret_is_a_gain() {
+        let t = |contents: &str| {
+            format!("[[template]]\nfile = \"db.conf\"\ncontents = '''{contents}'''\n")
+        };
+        let old = set(
+            &t("{{ with secret \"secret/data/app/db\" }}{{ .Data.data.password }}{{ end }}"),
+            "",
+        );
+        let new = set(
+            &t("{{ with secret \"secret/data/app/db\" }}{{ .Data.data.password }}{{ end }}{{ with secret \"secret/data/app/admin\" }}{{ .Data.data.key }}{{ end }}"),
+            "",
+        );
+        let changes = diff(&old, &new);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(
+            (changes[0].kind, changes[0].effect),
+            (kind::SECRET_GAINED, Effect::Gain)
+        );
+        assert_eq!(changes[0].subject, "app/admin (template file:db.conf)");
+        assert_eq!(kinds(&new, &old), [(kind::SECRET_LOST, Effect::Loss)]);
+        // A new workload's templates are gains too; a values template by key.
+        let env = set(
+            "[[template]]\nenv = \"DB\"\nformat = \"env\"\nvalues = { P = \"app/db#password\" }\n",
+            "",
+        );
+        let none = PolicySet::default();
+        let gained: Vec<_> = diff(&none, &env)
+            .into_iter()
+            .map(|c| (c.kind, c.subject, c.note.is_some()))
+            .collect();
+        assert_eq!(
+            gained,
+            [
+                (kind::WORKLOAD_ADDED, "w".to_string(), false),
+                (
+                    kind::SECRET_GAINED,
+                    "app/db#password (template env:DB)".to_string(),
+                    true
+                )
+            ]
+        );
     }
 
     #[test]

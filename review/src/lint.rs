@@ -78,6 +78,7 @@ pub(crate) fn lint(
         launch(policy, site, out);
         isolation(policy, site, out);
         grants(policy, site, limits, out);
+        templates(policy, site, limits, out);
     }
     shared_secrets(&sites, limits, out);
 }
@@ -294,6 +295,44 @@ fn grants(p: &Policy, site: &Site<'_>, limits: &Limits, out: &mut Vec<Finding>) 
     }
 }
 
+/// The same delivery lints for templates: env delivery, open modes, ttl.
+fn templates(p: &Policy, site: &Site<'_>, limits: &Limits, out: &mut Vec<Finding>) {
+    for (k, t) in p.templates.iter().enumerate() {
+        let reads: Vec<String> = t.sources().iter().map(|s| s.describe()).collect();
+        let what = format!("template {} (reading {})", t.id(), reads.join(", "));
+        match &t.delivery {
+            GrantDelivery::Env(name) => out.push(site.finding(
+                lint::ENV_DELIVERY,
+                format!("template[{k}].env"),
+                format!("{what} is delivered in the environment variable {name:?}, readable in /proc/PID/environ by every process of the same uid and inherited by child processes"),
+                format!("deliver it with fd = \"{name}_FILE\" (a sealed memfd) or as a file"),
+            )),
+            GrantDelivery::File(_) if t.mode & 0o007 != 0 => out.push(site.finding(
+                lint::FILE_MODE_OTHER,
+                format!("template[{k}].mode"),
+                format!("mode 0o{:03o} gives every other user access to {what}", t.mode),
+                "use 0o400, or 0o440 with a gid for the group that needs it",
+            )),
+            _ => {}
+        }
+        if t.ttl > limits.max_ttl {
+            out.push(site.finding(
+                lint::LONG_TTL,
+                format!("template[{k}].ttl"),
+                format!(
+                    "ttl {} of {what} is above {}: a leaked copy stays valid that long",
+                    human_duration(t.ttl),
+                    human_duration(limits.max_ttl)
+                ),
+                format!(
+                    "use at most \"{}\", e.g. \"10m\"",
+                    human_duration(limits.max_ttl)
+                ),
+            ));
+        }
+    }
+}
+
 fn shared_secrets(sites: &[(&Policy, Site<'_>)], limits: &Limits, out: &mut Vec<Finding>) {
     // secret -> (workload, its site, index of its first grant of the secret)
     let mut by_secret: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
@@ -369,6 +408,19 @@ mod tests {
     fn a_host_workload_with_safe_defaults_is_clean() {
         let p = "workload = \"a\"\nmatch = { uids = [1] }\n[[grant]]\nsecret = \"s\"\nkey = \"k\"\nfile = \"f\"\n";
         assert!(rules(&[("a.toml", p)], &Limits::default()).is_empty());
+    }
+
+    #[test]
+    fn templates_get_the_delivery_lints_on_their_own_lines() {
+        let p = "workload = \"a\"\nmatch = { uids = [1] }\n[[template]]\nenv = \"DB\"\ncontents = '{{ with secret \"secret/data/app/db\" }}{{ .Data.data.p }}{{ end }}'\n[[template]]\nfile = \"f\"\nmode = 0o444\nttl = \"12h\"\ncontents = 'x'\n";
+        assert_eq!(
+            rules(&[("a.toml", p)], &Limits::default()),
+            [
+                ("a.toml".into(), 4, "env-delivery"),
+                ("a.toml".into(), 8, "file-mode-other"),
+                ("a.toml".into(), 9, "long-ttl"),
+            ]
+        );
     }
 
     #[test]

@@ -144,6 +144,10 @@ pub const RULES: &[Rule] = &[
     error(parse::GRANT_SOURCE, "a grant without exactly one of secret, pki, dynamic, or with a key of another kind of grant", "Give each grant one source: `secret` and `key` for a stored secret, `pki` and `common_name` for a certificate, `dynamic` (with `field` for env and fd) for a leased credential."),
     error(parse::BAD_PKI, "a pki grant whose path, common_name, alt_names or ip_sans is not valid", "Write `pki = \"MOUNT/issue/ROLE\"` and DNS names or IP addresses the role may issue for."),
     error(parse::BAD_FIELD, "a dynamic grant whose path or field is not valid, or an env or fd dynamic grant without a field", "Name the credential field to deliver, e.g. `field = \"password\"`; only a file grant may receive every field as a directory."),
+    error(parse::TEMPLATE_SYNTAX, "a template whose text does not parse, or that has both or neither of contents and values", "Write a text template in `contents` (the consul-template subset in README.md), or `values` with format env, json or yaml."),
+    error(parse::TEMPLATE_SOURCE, "a template reference that is not a literal KV v2 or PKI issue path, or a value that is not PATH#KEY", "Write `secret \"MOUNT/data/PATH\"` or `pkiCert \"MOUNT/issue/ROLE\" \"common_name=NAME\"` with string literals, and values as \"app/db#password\"."),
+    error(parse::TEMPLATE_FORMAT, "an unknown template format, or a JSON or YAML template delivered in an environment variable", "Use format env, json, yaml or text; deliver JSON and YAML as a file or fd."),
+    error(parse::BAD_ON_CHANGE, "an on_change that is not none, signal, command or restart, lacks its signal or command, or a debounce over 60s", "Write on_change = \"signal\" with signal = \"SIGHUP\", on_change = \"command\" with command = [...], or on_change = \"restart\"."),
     Rule {
         id: lint::ENV_DELIVERY,
         level: Level::Warning,

@@ -1,6 +1,11 @@
 //! `unbaked exec`: fetch env and fd grants, then replace this process with
 //! the command. Nothing is written anywhere: env values live in the new
 //! process's environment, fd values in sealed memfds it inherits.
+//!
+//! When a delivered template has an `on_change`, the shim cannot simply
+//! `execve`: it stays as a small parent (`supervise.rs`) that renews the
+//! lease, watches the rendered content and signals, restarts or runs a
+//! command for its one child.
 
 use crate::client::{Client, ClientError};
 use std::ffi::OsString;
@@ -32,6 +37,8 @@ pub struct Prepared {
     fds: Vec<OwnedFd>,
     /// Variable names only, for `Debug`.
     names: Vec<String>,
+    /// Set when a template has an `on_change`: the shim supervises.
+    supervise: Option<crate::supervise::Supervised>,
 }
 
 impl fmt::Debug for Prepared {
@@ -64,9 +71,22 @@ pub enum ExecError {
     BadItem { name: String, reason: &'static str },
     #[error("cannot create the memfd for {name}")]
     Io { name: String, source: io::Error },
+    #[error("cannot supervise the command (on_change): {0}")]
+    Supervise(#[source] io::Error),
 }
 
 impl ExecError {
+    /// Why spawning `program` failed, like `exec` reports it.
+    pub(crate) fn spawn(program: OsString, err: io::Error) -> ExecError {
+        match err.kind() {
+            io::ErrorKind::NotFound => ExecError::NotFound { program },
+            _ => ExecError::CannotExecute {
+                program,
+                source: err,
+            },
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             ExecError::Client(e) => e.exit_code(),
@@ -79,18 +99,38 @@ impl ExecError {
 
 /// Fetch the env and fd grants and build the command around them.
 pub async fn prepare(cfg: &ExecConfig) -> Result<Prepared, ExecError> {
-    let (program, args) = cfg.command.split_first().ok_or(ExecError::EmptyCommand)?;
-    let lease = Client::new(&cfg.socket)
-        .with_token_file(cfg.token_file.clone())
+    let (program, _) = cfg.command.split_first().ok_or(ExecError::EmptyCommand)?;
+    let client = Client::new(&cfg.socket).with_token_file(cfg.token_file.clone());
+    let lease = client
         .fetch(&FetchRequest {
             workload: cfg.workload.clone(),
             kinds: vec![DeliveryKind::Env, DeliveryKind::Fd],
         })
         .await?;
+    let (command, fds, names) = build(&cfg.command, &lease.items)?;
+    tracing::debug!(workload = %cfg.workload, lease_id = %lease.lease_id, variables = names.len(), "exec grants prepared");
+    let supervise = (!lease.actions.is_empty())
+        .then(|| crate::supervise::Supervised::new(client, cfg.command.clone(), lease));
+    Ok(Prepared {
+        command,
+        program: program.clone(),
+        fds,
+        names,
+        supervise,
+    })
+}
+
+/// The command around a lease's env and fd items: the command, the memfds
+/// it must inherit, and the variable names.
+pub(crate) fn build(
+    argv: &[OsString],
+    items: &[unbaked_api::wire::Item],
+) -> Result<(Command, Vec<OwnedFd>, Vec<String>), ExecError> {
+    let (program, args) = argv.split_first().ok_or(ExecError::EmptyCommand)?;
     let mut command = Command::new(program);
     command.args(args);
     let (mut fds, mut names) = (Vec::new(), Vec::new());
-    for item in &lease.items {
+    for item in items {
         let value = item.value.expose_secret();
         match &item.delivery {
             Delivery::Env { name } => {
@@ -119,13 +159,7 @@ pub async fn prepare(cfg: &ExecConfig) -> Result<Prepared, ExecError> {
             Delivery::File { .. } => {} // not asked for; the sidecar's job
         }
     }
-    tracing::debug!(workload = %cfg.workload, lease_id = %lease.lease_id, variables = names.len(), "exec grants prepared");
-    Ok(Prepared {
-        command,
-        program: program.clone(),
-        fds,
-        names,
-    })
+    Ok((command, fds, names))
 }
 
 fn check_name(name: &str) -> Result<(), ExecError> {
@@ -142,6 +176,9 @@ impl Prepared {
     /// Replace this process with the command (PATH lookup); returns only on
     /// failure. The lease is not revoked: the command's copy lives its ttl.
     pub fn exec(mut self) -> ExecError {
+        if let Some(sup) = self.supervise.take() {
+            return sup.run(self.command, self.fds, self.program);
+        }
         let err = self.command.exec();
         drop(self.fds);
         match err.kind() {

@@ -11,10 +11,12 @@
 // Libraries report through `tracing` and errors; only the binary prints.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
+pub mod actions;
 pub mod client;
 pub mod exec;
 mod jitter;
 pub mod sidecar;
+mod supervise;
 
 pub use client::{Client, ClientError};
 pub use exec::{ExecConfig, ExecError, Prepared};

@@ -2,6 +2,7 @@
 //! them current while the lease is renewed, wipe them when withdrawn,
 //! expired or on SIGTERM/SIGINT.
 
+use crate::actions::Watch;
 use crate::client::{Client, ClientError};
 use std::collections::BTreeMap;
 use std::io;
@@ -65,6 +66,7 @@ pub async fn run(cfg: SidecarConfig) -> Result<(), SidecarError> {
         state: inherited(&dir, Instant::now()),
         cfg,
         lease_id: None,
+        watch: Watch::new(),
     };
     if !sidecar.state.is_empty() {
         tracing::warn!(
@@ -127,6 +129,8 @@ struct Sidecar {
     /// Item id -> what is on disk for it.
     state: Applied,
     lease_id: Option<String>,
+    /// Templates' `on_change`: content hashes and pending actions.
+    watch: Watch,
 }
 
 impl Sidecar {
@@ -146,10 +150,15 @@ impl Sidecar {
         let mut delivered = false;
         loop {
             let expiry = self.state.values().map(|d| d.expires).min();
+            let action_due = self.watch.next_due();
             let renewing = self.lease_id.is_some();
             let answer = tokio::select! {
                 _ = signals.recv() => return Ok(Exit::Shutdown),
                 _ = sleep_until_opt(expiry) => None,
+                _ = sleep_until_opt(action_due) => {
+                    self.run_actions().await;
+                    continue;
+                }
                 r = async {
                     sleep_until(next_call).await;
                     let sent = Instant::now();
@@ -172,6 +181,8 @@ impl Sidecar {
                     // Ours from here: revoked on the way out even if a write fails.
                     self.lease_id = Some(lease.lease_id.clone());
                     let (written, wiped) = self.apply(dir, &lease, sent)?;
+                    // After the new content is in place.
+                    self.watch.observe(&lease, now);
                     transient.reset();
                     denied.reset();
                     let files = self.state.len();
@@ -222,6 +233,24 @@ impl Sidecar {
                         next_call = now + wait;
                     }
                 }
+            }
+        }
+    }
+
+    /// Carry out the change actions whose debounce window closed. The
+    /// sidecar runs commands; it has no process of its own to signal or
+    /// restart (that is `unbaked exec`'s, or the engine's for `unbaked run`).
+    async fn run_actions(&mut self) {
+        for due in self.watch.take_due(Instant::now()) {
+            match &due.action {
+                unbaked_api::wire::OnChange::Command { command } => {
+                    let r = crate::actions::run_command(command).await;
+                    self.watch.done(&due, r, Instant::now());
+                }
+                _ => self.watch.abandon(
+                    &due,
+                    "the sidecar has no app process to signal or restart: use on_change = \"command\" here, or run the app under unbaked exec",
+                ),
             }
         }
     }

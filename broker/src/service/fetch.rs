@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use unbaked_api::wire::{ApiError, DeliveryKind, ErrorCode, FetchRequest, Item, Lease};
 use unbaked_policy::{Policy, PolicySet};
 
+mod render;
+
 impl Broker {
     /// Add what a bearer token proves to the caller. Without a token the
     /// caller is what the socket says; a token that does not verify is a
@@ -209,6 +211,11 @@ impl Broker {
                 value: v.value,
             });
         }
+        // Templates, rendered here so every client receives them as items.
+        let rendered = self
+            .deliver_templates(ctx, policy, kinds, lease_id, auth)
+            .await?;
+        items.extend(rendered);
         Ok(items)
     }
 
@@ -310,6 +317,7 @@ impl Broker {
             workload: req.workload,
             ttl_secs: ttl.as_secs(),
             items,
+            actions: render::actions(policy, &req.kinds),
         })
     }
 
@@ -410,6 +418,7 @@ impl Broker {
         let used: Vec<_> = policy
             .grants_of(&lease.kinds)
             .filter_map(issued::request_for)
+            .chain(render::issue_requests(policy, &lease.kinds))
             .collect();
         let withdrawn = self.issued.retain(lease_id, &used);
         self.revoke_released(lease_id, withdrawn, "grant withdrawn");
@@ -434,6 +443,7 @@ impl Broker {
             workload: lease.workload,
             ttl_secs: ttl.as_secs(),
             items,
+            actions: render::actions(policy, &lease.kinds),
         })
     }
 

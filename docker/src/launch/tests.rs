@@ -40,6 +40,7 @@ fn policy() -> Policy {
             grant(GrantDelivery::Env("API_TOKEN".into())),
             grant(GrantDelivery::Fd("KEY_FILE".into())),
         ],
+        templates: vec![],
     }
 }
 

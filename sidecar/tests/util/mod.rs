@@ -136,6 +136,7 @@ pub fn lease(id: &str, ttl_secs: u64, items: Vec<Item>) -> Answer {
         workload: "billing".into(),
         ttl_secs,
         items,
+        actions: Default::default(),
     };
     (200, to_json_zeroizing(&l).to_vec())
 }
