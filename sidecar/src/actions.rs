@@ -12,7 +12,7 @@
 //!   versions it went from and to, the action and the outcome, never a
 //!   value, and counts it in [`Counters`].
 
-use crate::sidecar::Backoff;
+use crate::jitter::Backoff;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use std::time::Instant;

@@ -12,6 +12,7 @@
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod actions;
+mod child;
 pub mod client;
 pub mod exec;
 mod jitter;

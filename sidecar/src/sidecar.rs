@@ -4,6 +4,7 @@
 
 use crate::actions::Watch;
 use crate::client::{Client, ClientError};
+use crate::jitter::Backoff;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
@@ -388,52 +389,9 @@ impl Signals {
     }
 }
 
-/// Capped exponential backoff with equal jitter, so sidecars that lost the
-/// broker together do not come back in step.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    start: Duration,
-    cap: Duration,
-    cur: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(start: Duration, cap: Duration) -> Self {
-        Backoff {
-            start,
-            cap,
-            cur: start,
-        }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.cur = self.start;
-    }
-
-    /// Between half and all of the current step; the step then doubles.
-    pub(crate) fn next(&mut self) -> Duration {
-        let base = self.cur;
-        self.cur = (self.cur * 2).min(self.cap);
-        base / 2 + base.mul_f64(crate::jitter::unit()) / 2
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_jitter_in_range() {
-        let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
-        let mut step = Duration::from_millis(250);
-        for _ in 0..12 {
-            let d = b.next();
-            assert!(d >= step / 2 && d <= step, "{d:?} not within {step:?}");
-            step = (step * 2).min(Duration::from_secs(30));
-        }
-        b.reset();
-        assert!(b.next() <= Duration::from_millis(250));
-    }
 
     #[test]
     fn renewal_comes_between_55_percent_and_two_thirds_of_the_ttl_at_least_a_second() {

@@ -20,9 +20,9 @@
 //! that leaves orphans behind wants `docker run --init` as well.
 
 use crate::actions::{run_command, signal_of, Watch};
+use crate::child::{build, ExecError};
 use crate::client::Client;
-use crate::exec::{build, ExecError};
-use crate::sidecar::Backoff;
+use crate::jitter::Backoff;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
