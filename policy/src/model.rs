@@ -151,21 +151,12 @@ impl Grant {
     /// Stable id within the workload: `file:db_password`, `env:API_TOKEN`,
     /// `fd:TOKEN_FILE`. Unique because targets are unique per workload.
     pub fn id(&self) -> String {
-        format!("{}:{}", self.delivery.kind(), self.delivery.target())
+        self.delivery.id()
     }
 
     /// The wire delivery for this grant.
     pub fn wire_delivery(&self) -> Delivery {
-        match &self.delivery {
-            GrantDelivery::File(path) => Delivery::File {
-                path: path.clone(),
-                mode: self.mode,
-                uid: self.uid,
-                gid: self.gid,
-            },
-            GrantDelivery::Env(name) => Delivery::Env { name: name.clone() },
-            GrantDelivery::Fd(name) => Delivery::Fd { name: name.clone() },
-        }
+        self.delivery.wire(self.mode, self.uid, self.gid)
     }
 }
 
@@ -218,6 +209,26 @@ pub enum GrantDelivery {
 }
 
 impl GrantDelivery {
+    /// Stable id within the workload (`file:db_password`, `env:API_TOKEN`):
+    /// unique because targets are unique among grants and templates.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.kind(), self.target())
+    }
+
+    /// The wire delivery; `mode` and the owner apply to files only.
+    pub fn wire(&self, mode: u32, uid: Option<u32>, gid: Option<u32>) -> Delivery {
+        match self {
+            GrantDelivery::File(path) => Delivery::File {
+                path: path.clone(),
+                mode,
+                uid,
+                gid,
+            },
+            GrantDelivery::Env(name) => Delivery::Env { name: name.clone() },
+            GrantDelivery::Fd(name) => Delivery::Fd { name: name.clone() },
+        }
+    }
+
     pub fn kind(&self) -> DeliveryKind {
         match self {
             GrantDelivery::File(_) => DeliveryKind::File,
@@ -313,20 +324,11 @@ impl TemplateSource {
 impl Template {
     /// `file:app.env`, like a grant's id; unique among grants and templates.
     pub fn id(&self) -> String {
-        format!("{}:{}", self.delivery.kind(), self.delivery.target())
+        self.delivery.id()
     }
 
     pub fn wire_delivery(&self) -> Delivery {
-        match &self.delivery {
-            GrantDelivery::File(path) => Delivery::File {
-                path: path.clone(),
-                mode: self.mode,
-                uid: self.uid,
-                gid: self.gid,
-            },
-            GrantDelivery::Env(name) => Delivery::Env { name: name.clone() },
-            GrantDelivery::Fd(name) => Delivery::Fd { name: name.clone() },
-        }
+        self.delivery.wire(self.mode, self.uid, self.gid)
     }
 
     /// Every secret it reads, sorted, without duplicates.
