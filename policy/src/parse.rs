@@ -567,6 +567,27 @@ impl Checker<'_> {
         }
     }
 
+    /// One delivery target (`file`, `env` or `fd`) checked, as a
+    /// [`GrantDelivery`]; grants and templates share it.
+    pub(crate) fn delivery(
+        &mut self,
+        kind: &str,
+        target: &Spanned<String>,
+        field: &str,
+    ) -> Option<GrantDelivery> {
+        let checked = if kind == "file" {
+            self.check(target, field, validate::file_path)
+        } else {
+            self.check(target, field, |t| validate::variable_name(t, kind))
+        };
+        let t = target.get_ref().clone();
+        checked.map(|()| match kind {
+            "file" => GrantDelivery::File(t),
+            "env" => GrantDelivery::Env(t),
+            _ => GrantDelivery::Fd(t),
+        })
+    }
+
     /// The grant, `None` if it has errors (already reported), and its
     /// delivery if that alone is valid, for the duplicate check.
     fn grant(
@@ -591,19 +612,7 @@ impl Checker<'_> {
                 self.error(at, format!("grant[{index}]"), rule::GRANT_DELIVERY, "a grant needs exactly one of `file`, `env`, `fd`", "add file = \"NAME\" for a file, env = \"NAME\" for an environment variable, or fd = \"NAME\" for a memfd");
                 None
             }
-            [(kind, target)] => {
-                let checked = if *kind == "file" {
-                    self.check(target, &field(kind), validate::file_path)
-                } else {
-                    self.check(target, &field(kind), |t| validate::variable_name(t, kind))
-                };
-                let t = target.get_ref().clone();
-                checked.map(|()| match *kind {
-                    "file" => GrantDelivery::File(t),
-                    "env" => GrantDelivery::Env(t),
-                    _ => GrantDelivery::Fd(t),
-                })
-            }
+            [(kind, target)] => self.delivery(kind, target, &field(kind)),
             [(first, _), rest @ ..] => {
                 let (second, target) = rest[0];
                 let message = format!("a grant needs exactly one of `file`, `env`, `fd`, but this one has `{first}` and `{second}`");

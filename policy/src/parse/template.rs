@@ -212,19 +212,7 @@ impl Checker<'_> {
                 .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
                 .collect();
         let delivery = match targets.as_slice() {
-            [(kind, target)] => {
-                let ok = if *kind == "file" {
-                    self.check(target, &field(kind), validate::file_path)
-                } else {
-                    self.check(target, &field(kind), |v| validate::variable_name(v, kind))
-                };
-                let name = target.get_ref().clone();
-                ok.map(|()| match *kind {
-                    "file" => GrantDelivery::File(name),
-                    "env" => GrantDelivery::Env(name),
-                    _ => GrantDelivery::Fd(name),
-                })
-            }
+            [(kind, target)] => self.delivery(kind, target, &field(kind)),
             _ => {
                 self.error(
                     at,
