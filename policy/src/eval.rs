@@ -82,6 +82,14 @@ impl Policy {
                 ),
             );
         }
+        self.match_container(caller)?;
+        self.match_pod(caller)
+    }
+
+    /// `docker_labels` and `image`: hold only for a caller in a container.
+    fn match_container(&self, caller: &Caller) -> Result<(), Denial> {
+        let m = &self.matcher;
+        let whose = self.whose();
         if !m.docker_labels.is_empty() {
             let flags = m
                 .docker_labels
@@ -129,6 +137,14 @@ impl Policy {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// `k8s_service_accounts` and `k8s_namespaces`: hold only for a caller
+    /// with a verified service-account token.
+    fn match_pod(&self, caller: &Caller) -> Result<(), Denial> {
+        let m = &self.matcher;
+        let whose = self.whose();
         if !m.k8s_service_accounts.is_empty() || !m.k8s_namespaces.is_empty() {
             let Some(sa) = &caller.service_account else {
                 return deny(

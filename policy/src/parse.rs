@@ -470,24 +470,7 @@ impl Checker<'_> {
         };
         let uids = ids(raw.uids, "uids");
         let gids = ids(raw.gids, "gids");
-        let mut docker_labels = BTreeMap::new();
-        if let Some(labels) = raw.docker_labels {
-            if labels.get_ref().is_empty() {
-                self.error(labels.span().start, "match.docker_labels", rule::EMPTY_SELECTOR, "an empty `docker_labels` table matches no container", "add the labels to match, e.g. { app = \"billing\" }, or remove `docker_labels`");
-            }
-            for (name, value) in labels.into_inner() {
-                if name.get_ref().is_empty() {
-                    self.error(
-                        name.span().start,
-                        "match.docker_labels",
-                        rule::BAD_LABEL,
-                        "a docker label name is empty",
-                        "name the label, e.g. app = \"billing\"",
-                    );
-                }
-                docker_labels.insert(name.into_inner(), value);
-            }
-        }
+        let docker_labels = self.docker_labels(raw.docker_labels);
         let image = raw.image.and_then(|i| {
             self.check(&i, "match.image", validate::image_id)
                 .map(|()| i.into_inner())
@@ -510,6 +493,39 @@ impl Checker<'_> {
             k8s_service_accounts,
             k8s_namespaces,
         }
+    }
+
+    /// `match.docker_labels`: neither the table nor a name may be empty.
+    fn docker_labels(
+        &mut self,
+        labels: Option<Spanned<BTreeMap<Spanned<String>, String>>>,
+    ) -> BTreeMap<String, String> {
+        let mut docker_labels = BTreeMap::new();
+        let Some(labels) = labels else {
+            return docker_labels;
+        };
+        if labels.get_ref().is_empty() {
+            self.error(
+                labels.span().start,
+                "match.docker_labels",
+                rule::EMPTY_SELECTOR,
+                "an empty `docker_labels` table matches no container",
+                "add the labels to match, e.g. { app = \"billing\" }, or remove `docker_labels`",
+            );
+        }
+        for (name, value) in labels.into_inner() {
+            if name.get_ref().is_empty() {
+                self.error(
+                    name.span().start,
+                    "match.docker_labels",
+                    rule::BAD_LABEL,
+                    "a docker label name is empty",
+                    "name the label, e.g. app = \"billing\"",
+                );
+            }
+            docker_labels.insert(name.into_inner(), value);
+        }
+        docker_labels
     }
 
     /// A list of names under [match], each checked; empty is an error.
@@ -607,83 +623,17 @@ impl Checker<'_> {
                 .filter_map(|(kind, v)| v.as_ref().map(|v| (kind, v)))
                 .collect();
         deliveries.sort_by_key(|(_, v)| v.span().start);
-        let delivery = match deliveries.as_slice() {
-            [] => {
-                self.error(at, format!("grant[{index}]"), rule::GRANT_DELIVERY, "a grant needs exactly one of `file`, `env`, `fd`", "add file = \"NAME\" for a file, env = \"NAME\" for an environment variable, or fd = \"NAME\" for a memfd");
-                None
-            }
-            [(kind, target)] => self.delivery(kind, target, &field(kind)),
-            [(first, _), rest @ ..] => {
-                let (second, target) = rest[0];
-                let message = format!("a grant needs exactly one of `file`, `env`, `fd`, but this one has `{first}` and `{second}`");
-                self.error(
-                    target.span().start,
-                    field(second),
-                    rule::GRANT_DELIVERY,
-                    &message,
-                    "split it into one [[grant]] per delivery",
-                );
-                None
-            }
-        };
+        let delivery = self.one_delivery(index, at, &deliveries);
 
         let ttl = match &g.ttl {
             Some(t) => self.check(t, &field("ttl"), validate::ttl),
             None => Some(DEFAULT_TTL),
         };
 
-        let mode = g.mode.as_ref().and_then(|m| {
-            let checked = match m.get_ref() {
-                RawMode::Str(s) => validate::mode_str(s),
-                RawMode::Int(n) => self.int_mode(*n, m.span()),
-            };
-            checked
-                .map_err(|p| self.report(m.span().start, field("mode"), p))
-                .ok()
-        });
+        let mode = g.mode.as_ref().and_then(|m| self.mode(m, field("mode")));
 
-        // Owner and mode mean nothing for a variable; refusing them avoids a
-        // policy that looks stricter than what is enforced.
-        if let [(kind @ ("env" | "fd"), _)] = deliveries.as_slice() {
-            let file_only = [
-                ("mode", g.mode.as_ref().map(Spanned::span)),
-                ("uid", g.uid.as_ref().map(Spanned::span)),
-                ("gid", g.gid.as_ref().map(Spanned::span)),
-            ];
-            for (name, span) in file_only {
-                if let Some(span) = span {
-                    let message = format!("`{name}` applies to file grants only, but this grant delivers through `{kind}`");
-                    self.error(
-                        span.start,
-                        field(name),
-                        rule::FILE_ONLY,
-                        &message,
-                        &format!("remove `{name}`: a variable has no owner or mode"),
-                    );
-                }
-            }
-        }
-
-        // A dynamic env or fd grant delivers one value, so it names the field.
-        if let (Some((_, _, Some(_))), [(kind @ ("env" | "fd"), target)]) =
-            (&source, deliveries.as_slice())
-        {
-            if g.field.is_none() {
-                let message =
-                    format!("a dynamic `{kind}` grant delivers one value, but names no `field`");
-                let hint = if g.pki.is_some() {
-                    "add field = \"certificate\", \"private_key\" or \"issuing_ca\", or deliver the whole certificate as a directory with file = \"tls\""
-                } else {
-                    "add the field to deliver, e.g. field = \"password\", or deliver every field as a directory with file = \"NAME\""
-                };
-                self.error(
-                    target.span().start,
-                    field("field"),
-                    rule::BAD_FIELD,
-                    &message,
-                    hint,
-                );
-            }
+        if let [(kind @ ("env" | "fd"), target)] = deliveries.as_slice() {
+            self.variable_delivery(index, g, kind, target, source.as_ref());
         }
 
         let grant = match (source, delivery.clone(), ttl) {
@@ -706,6 +656,84 @@ impl Checker<'_> {
         (grant, delivery)
     }
 
+    /// The one of `file`, `env`, `fd` a grant names (sorted by position).
+    fn one_delivery(
+        &mut self,
+        index: usize,
+        at: usize,
+        deliveries: &[(&str, &Spanned<String>)],
+    ) -> Option<GrantDelivery> {
+        let field = |name: &str| format!("grant[{index}].{name}");
+        match deliveries {
+            [] => {
+                self.error(at, format!("grant[{index}]"), rule::GRANT_DELIVERY, "a grant needs exactly one of `file`, `env`, `fd`", "add file = \"NAME\" for a file, env = \"NAME\" for an environment variable, or fd = \"NAME\" for a memfd");
+                None
+            }
+            [(kind, target)] => self.delivery(kind, target, &field(kind)),
+            [(first, _), (second, target), ..] => {
+                let message = format!("a grant needs exactly one of `file`, `env`, `fd`, but this one has `{first}` and `{second}`");
+                self.error(
+                    target.span().start,
+                    field(second),
+                    rule::GRANT_DELIVERY,
+                    &message,
+                    "split it into one [[grant]] per delivery",
+                );
+                None
+            }
+        }
+    }
+
+    /// What an `env` or `fd` grant may not say: an owner or a mode mean
+    /// nothing for a variable (refusing them avoids a policy that looks
+    /// stricter than what is enforced), and a dynamic one delivers one
+    /// value, so it names its `field`.
+    fn variable_delivery(
+        &mut self,
+        index: usize,
+        g: &RawGrant,
+        kind: &str,
+        target: &Spanned<String>,
+        source: Option<&(String, String, Option<Dynamic>)>,
+    ) {
+        let field = |name: &str| format!("grant[{index}].{name}");
+        let file_only = [
+            ("mode", g.mode.as_ref().map(Spanned::span)),
+            ("uid", g.uid.as_ref().map(Spanned::span)),
+            ("gid", g.gid.as_ref().map(Spanned::span)),
+        ];
+        for (name, span) in file_only {
+            if let Some(span) = span {
+                let message = format!(
+                    "`{name}` applies to file grants only, but this grant delivers through `{kind}`"
+                );
+                self.error(
+                    span.start,
+                    field(name),
+                    rule::FILE_ONLY,
+                    &message,
+                    &format!("remove `{name}`: a variable has no owner or mode"),
+                );
+            }
+        }
+        if let (Some((_, _, Some(_))), None) = (source, &g.field) {
+            let message =
+                format!("a dynamic `{kind}` grant delivers one value, but names no `field`");
+            let hint = if g.pki.is_some() {
+                "add field = \"certificate\", \"private_key\" or \"issuing_ca\", or deliver the whole certificate as a directory with file = \"tls\""
+            } else {
+                "add the field to deliver, e.g. field = \"password\", or deliver every field as a directory with file = \"NAME\""
+            };
+            self.error(
+                target.span().start,
+                field("field"),
+                rule::BAD_FIELD,
+                &message,
+                hint,
+            );
+        }
+    }
+
     /// Where the grant's value comes from: (path, key or field, dynamic).
     /// Exactly one of `secret` (with `key`), `pki` (with `common_name`) or
     /// `dynamic`; keys of another kind of grant are refused, not ignored.
@@ -714,10 +742,34 @@ impl Checker<'_> {
         index: usize,
         raw: &Spanned<RawGrant>,
     ) -> Option<(String, String, Option<Dynamic>)> {
+        let (kind, path) = self.source_kind(index, raw)?;
+        let g = raw.get_ref();
+        if !self.no_foreign_keys(index, g, kind) {
+            return None;
+        }
+        let field = |name: &str| format!("grant[{index}].{name}");
+        match kind {
+            "secret" => self.kv_source(index, raw, path),
+            "pki" => self.pki_source(index, g, path),
+            _ => {
+                let ok = self.check(path, &field("dynamic"), validate::dynamic_path);
+                let value = self.field_value(g, &field("field"), false);
+                ok?;
+                Some((path.get_ref().clone(), value?, Some(Dynamic::Leased)))
+            }
+        }
+    }
+
+    /// The one of `secret`, `pki`, `dynamic` the grant names, with its path.
+    fn source_kind<'g>(
+        &mut self,
+        index: usize,
+        raw: &'g Spanned<RawGrant>,
+    ) -> Option<(&'static str, &'g Spanned<String>)> {
         let at = raw.span().start;
         let field = |name: &str| format!("grant[{index}].{name}");
         let g = raw.get_ref();
-        let mut sources: Vec<(&str, &Spanned<String>)> = [
+        let mut sources: Vec<(&'static str, &Spanned<String>)> = [
             ("secret", &g.secret),
             ("pki", &g.pki),
             ("dynamic", &g.dynamic),
@@ -726,7 +778,7 @@ impl Checker<'_> {
         .filter_map(|(kind, v)| v.as_ref().map(|v| (kind, v)))
         .collect();
         sources.sort_by_key(|(_, v)| v.span().start);
-        let (kind, path) = match sources.as_slice() {
+        match sources.as_slice() {
             [] => {
                 self.error(
                     at,
@@ -736,17 +788,11 @@ impl Checker<'_> {
                     "name the store path, e.g. secret = \"app/db\"; or issue a credential with pki = \"pki/issue/ROLE\" or dynamic = \"database/creds/ROLE\"",
                 );
                 if g.key.is_none() {
-                    self.error(
-                        at,
-                        field("key"),
-                        rule::MISSING_FIELD,
-                        "missing `key`",
-                        "name the key inside the secret, e.g. key = \"password\"",
-                    );
+                    self.missing_key(at, index);
                 }
-                return None;
+                None
             }
-            [(kind, path)] => (*kind, *path),
+            [(kind, path)] => Some((*kind, *path)),
             [(first, _), (second, path), ..] => {
                 let message = format!("a grant names exactly one of `secret`, `pki`, `dynamic`, but this one has `{first}` and `{second}`");
                 self.error(
@@ -756,11 +802,27 @@ impl Checker<'_> {
                     &message,
                     "split it into one [[grant]] per source",
                 );
-                return None;
+                None
             }
+        }
+    }
+
+    fn missing_key(&mut self, at: usize, index: usize) {
+        self.error(
+            at,
+            format!("grant[{index}].key"),
+            rule::MISSING_FIELD,
+            "missing `key`",
+            "name the key inside the secret, e.g. key = \"password\"",
+        );
+    }
+
+    /// Refuses keys that belong to another kind of grant; true when none.
+    fn no_foreign_keys(&mut self, index: usize, g: &RawGrant, kind: &str) -> bool {
+        let first = |v: &Option<Vec<Spanned<String>>>| {
+            v.as_ref().and_then(|v| v.first()).map(Spanned::span)
         };
-        // Keys that belong to another kind of grant.
-        let foreign: &[(&str, Option<Range<usize>>, &str)] = &[
+        let foreign: [(&str, Option<Range<usize>>, &str); 5] = [
             (
                 "key",
                 g.key.as_ref().map(Spanned::span),
@@ -778,18 +840,12 @@ impl Checker<'_> {
             ),
             (
                 "alt_names",
-                g.alt_names
-                    .as_ref()
-                    .and_then(|v| v.first())
-                    .map(Spanned::span),
+                first(&g.alt_names),
                 "certificate names belong to `pki` grants",
             ),
             (
                 "ip_sans",
-                g.ip_sans
-                    .as_ref()
-                    .and_then(|v| v.first())
-                    .map(Spanned::span),
+                first(&g.ip_sans),
                 "certificate names belong to `pki` grants",
             ),
         ];
@@ -800,91 +856,101 @@ impl Checker<'_> {
         };
         let before = self.diags.len();
         for (name, span, why) in foreign {
-            if let (false, Some(span)) = (allowed.contains(name), span) {
+            if let (false, Some(span)) = (allowed.contains(&name), span) {
                 let message = format!("`{name}` does not apply to a `{kind}` grant");
                 let hint = format!("remove `{name}`: {why}");
-                self.error(span.start, field(name), rule::GRANT_SOURCE, &message, &hint);
+                let field = format!("grant[{index}].{name}");
+                self.error(span.start, field, rule::GRANT_SOURCE, &message, &hint);
             }
         }
-        if self.diags.len() > before {
-            return None;
-        }
-        match kind {
-            "secret" => {
-                let secret = self.check(path, &field("secret"), validate::secret_path);
-                let key = match &g.key {
-                    Some(k) => self.check(k, &field("key"), validate::secret_key),
-                    None => {
-                        self.error(
-                            at,
-                            field("key"),
-                            rule::MISSING_FIELD,
-                            "missing `key`",
-                            "name the key inside the secret, e.g. key = \"password\"",
-                        );
-                        None
-                    }
-                };
-                secret?;
-                key?;
-                let key = g.key.as_ref().map(|k| k.get_ref().clone())?;
-                Some((path.get_ref().clone(), key, None))
+        self.diags.len() == before
+    }
+
+    /// A KV grant: `secret` and `key`.
+    fn kv_source(
+        &mut self,
+        index: usize,
+        raw: &Spanned<RawGrant>,
+        path: &Spanned<String>,
+    ) -> Option<(String, String, Option<Dynamic>)> {
+        let g = raw.get_ref();
+        let secret = self.check(
+            path,
+            &format!("grant[{index}].secret"),
+            validate::secret_path,
+        );
+        let key = match &g.key {
+            Some(k) => self.check(k, &format!("grant[{index}].key"), validate::secret_key),
+            None => {
+                self.missing_key(raw.span().start, index);
+                None
             }
-            "pki" => {
-                let mount_role = self.check(path, &field("pki"), validate::pki_path);
-                let value = self.field_value(g, &field("field"), true);
-                let common_name = match &g.common_name {
-                    Some(cn) => self
-                        .check(cn, &field("common_name"), |c| {
-                            validate::cert_name(c, "common_name")
-                        })
-                        .map(|()| cn.get_ref().clone()),
-                    None => {
-                        self.error(
-                            path.span().start,
-                            field("common_name"),
-                            rule::MISSING_FIELD,
-                            "a `pki` grant needs `common_name`",
-                            "add the certificate's name, e.g. common_name = \"billing.internal\"",
-                        );
-                        None
-                    }
-                };
-                let mut names =
-                    |list: &Option<Vec<Spanned<String>>>,
-                     name: &str,
-                     check: fn(&str) -> Result<(), Problem>| {
-                        let list = list.as_deref().unwrap_or_default();
-                        let ok = list.iter().enumerate().all(|(i, v)| {
-                            self.check(v, &field(&format!("{name}[{i}]")), check)
-                                .is_some()
-                        });
-                        ok.then(|| list.iter().map(|v| v.get_ref().clone()).collect::<Vec<_>>())
-                    };
-                let alt_names = names(&g.alt_names, "alt_names", |n| {
-                    validate::cert_name(n, "alt_names entry")
-                });
-                let ip_sans = names(&g.ip_sans, "ip_sans", validate::ip_san);
-                let (mount, role) = mount_role?;
-                Some((
-                    path.get_ref().clone(),
-                    value?,
-                    Some(Dynamic::Pki(PkiIssue {
-                        mount,
-                        role,
-                        common_name: common_name?,
-                        alt_names: alt_names?,
-                        ip_sans: ip_sans?,
-                    })),
-                ))
+        };
+        secret?;
+        key?;
+        let key = g.key.as_ref().map(|k| k.get_ref().clone())?;
+        Some((path.get_ref().clone(), key, None))
+    }
+
+    /// A PKI grant: `pki` (mount and role), `common_name`, optional names.
+    fn pki_source(
+        &mut self,
+        index: usize,
+        g: &RawGrant,
+        path: &Spanned<String>,
+    ) -> Option<(String, String, Option<Dynamic>)> {
+        let field = |name: &str| format!("grant[{index}].{name}");
+        let mount_role = self.check(path, &field("pki"), validate::pki_path);
+        let value = self.field_value(g, &field("field"), true);
+        let common_name = match &g.common_name {
+            Some(cn) => self
+                .check(cn, &field("common_name"), |c| {
+                    validate::cert_name(c, "common_name")
+                })
+                .map(|()| cn.get_ref().clone()),
+            None => {
+                self.error(
+                    path.span().start,
+                    field("common_name"),
+                    rule::MISSING_FIELD,
+                    "a `pki` grant needs `common_name`",
+                    "add the certificate's name, e.g. common_name = \"billing.internal\"",
+                );
+                None
             }
-            _ => {
-                let ok = self.check(path, &field("dynamic"), validate::dynamic_path);
-                let value = self.field_value(g, &field("field"), false);
-                ok?;
-                Some((path.get_ref().clone(), value?, Some(Dynamic::Leased)))
-            }
-        }
+        };
+        let alt_names = self.cert_names(index, &g.alt_names, "alt_names", |n| {
+            validate::cert_name(n, "alt_names entry")
+        });
+        let ip_sans = self.cert_names(index, &g.ip_sans, "ip_sans", validate::ip_san);
+        let (mount, role) = mount_role?;
+        Some((
+            path.get_ref().clone(),
+            value?,
+            Some(Dynamic::Pki(PkiIssue {
+                mount,
+                role,
+                common_name: common_name?,
+                alt_names: alt_names?,
+                ip_sans: ip_sans?,
+            })),
+        ))
+    }
+
+    /// A list of certificate names, each checked; `None` if any fails.
+    fn cert_names(
+        &mut self,
+        index: usize,
+        list: &Option<Vec<Spanned<String>>>,
+        name: &str,
+        check: fn(&str) -> Result<(), Problem>,
+    ) -> Option<Vec<String>> {
+        let list = list.as_deref().unwrap_or_default();
+        let ok = list.iter().enumerate().all(|(i, v)| {
+            self.check(v, &format!("grant[{index}].{name}[{i}]"), check)
+                .is_some()
+        });
+        ok.then(|| list.iter().map(|v| v.get_ref().clone()).collect())
     }
 
     /// The `field` of a dynamic grant, empty when absent (a directory).
@@ -895,6 +961,17 @@ impl Checker<'_> {
                 .map(|()| f.get_ref().clone()),
             None => Some(String::new()),
         }
+    }
+
+    /// A file mode, as a string ("0440") or an octal integer (0o440).
+    pub(crate) fn mode(&mut self, m: &Spanned<RawMode>, field: String) -> Option<u32> {
+        let checked = match m.get_ref() {
+            RawMode::Str(s) => validate::mode_str(s),
+            RawMode::Int(n) => self.int_mode(*n, m.span()),
+        };
+        checked
+            .map_err(|p| self.report(m.span().start, field, p))
+            .ok()
     }
 
     /// An integer mode must be written in octal: `mode = 440` is 0o670, a

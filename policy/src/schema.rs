@@ -124,15 +124,17 @@ pub fn json_schema() -> Value {
 /// The largest uid or gid (`u32`): 4294967296 is refused by the parser.
 const MAX_ID: u32 = u32::MAX;
 
+/// Adds `rules` to the node at the dotted `path` of the generated schema.
+fn set(schema: &mut Value, path: &str, rules: Value) {
+    let node = locate(schema, path)
+        .unwrap_or_else(|| panic!("schema has no {path:?}: update value_rules"));
+    if let Value::Object(rules) = rules {
+        node.extend(rules);
+    }
+}
+
 /// The parser's value rules, as JSON Schema (see the module comment).
 fn value_rules(schema: &mut Value) {
-    let set = |schema: &mut Value, path: &str, rules: Value| {
-        let node = locate(schema, path)
-            .unwrap_or_else(|| panic!("schema has no {path:?}: update value_rules"));
-        if let Value::Object(rules) = rules {
-            node.extend(rules);
-        }
-    };
     set(schema, "", json!({ "required": ["workload", "match"] }));
     set(
         schema,
@@ -178,6 +180,11 @@ fn value_rules(schema: &mut Value) {
         "isolation.cap_add",
         json!({ "items": { "type": "string", "enum": crate::validate::CAPABILITIES } }),
     );
+    grant_rules(schema);
+}
+
+/// `[[grant]]`: each field's values, then which fields go together.
+fn grant_rules(schema: &mut Value) {
     const SEGMENT: &str = "[A-Za-z0-9_.-]+";
     set(
         schema,

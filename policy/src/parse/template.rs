@@ -201,164 +201,35 @@ impl Checker<'_> {
         i: usize,
         raw: &Spanned<RawTemplate>,
     ) -> (Option<Template>, Option<GrantDelivery>) {
-        let at = raw.span().start;
         let field = |name: &str| format!("template[{i}].{name}");
         let t = raw.get_ref();
-
-        // Where it goes: exactly one of file, env, fd.
-        let targets: Vec<(&str, &Spanned<String>)> =
-            [("file", &t.file), ("env", &t.env), ("fd", &t.fd)]
-                .into_iter()
-                .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
-                .collect();
-        let delivery = match targets.as_slice() {
-            [(kind, target)] => self.delivery(kind, target, &field(kind)),
-            _ => {
-                self.error(
-                    at,
-                    format!("template[{i}]"),
-                    rule::GRANT_DELIVERY,
-                    "a template needs exactly one of `file`, `env`, `fd`",
-                    "add file = \"NAME\" to render into a file (or env / fd for a variable)",
-                );
-                None
-            }
-        };
-
-        let format = match &t.format {
-            None if t.values.is_some() && t.contents.is_none() => {
-                self.error(
-                    at,
-                    field("format"),
-                    rule::TEMPLATE_FORMAT,
-                    "a template with `values` needs a `format`",
-                    "add format = \"env\", \"json\" or \"yaml\"",
-                );
-                None
-            }
-            None => Some(None),
-            Some(f) => match f.get_ref().as_str() {
-                "text" => Some(None),
-                "env" => Some(Some(Format::Env)),
-                "json" => Some(Some(Format::Json)),
-                "yaml" => Some(Some(Format::Yaml)),
-                other => {
-                    let message = format!("unknown template format {other:?}");
-                    self.error(
-                        f.span().start,
-                        field("format"),
-                        rule::TEMPLATE_FORMAT,
-                        &message,
-                        "use \"env\", \"json\", \"yaml\", or \"text\" with `contents`",
-                    );
-                    None
-                }
-            },
-        };
+        let delivery = self.template_delivery(i, raw);
+        let format = self.template_format(i, raw);
         if let (Some(Some(Format::Json | Format::Yaml)), Some(GrantDelivery::Env(_))) =
             (&format, &delivery)
         {
             self.error(
-                at,
+                raw.span().start,
                 field("env"),
                 rule::TEMPLATE_FORMAT,
                 "a JSON or YAML document in an environment variable is hard to read back safely",
                 "deliver it as a file or an fd",
             );
         }
-
-        let body = match (format, &t.contents, &t.values) {
-            (None, _, _) => None,
-            (Some(None), Some(c), None) => self.text(i, c),
-            (Some(None), None, _) => {
-                self.error(
-                    at,
-                    field("contents"),
-                    rule::TEMPLATE_SYNTAX,
-                    "a text template needs `contents`",
-                    "write the template in contents = '''...''' (consul-template syntax), or use format = \"env\" with `values`",
-                );
-                None
-            }
-            (Some(None), Some(_), Some(v)) | (Some(Some(_)), Some(_), Some(v)) => {
-                self.error(
-                    v.span().start,
-                    field("values"),
-                    rule::TEMPLATE_SYNTAX,
-                    "a template has `contents` or `values`, not both",
-                    "keep `contents` with format = \"text\", or `values` with env, json or yaml",
-                );
-                None
-            }
-            (Some(Some(_)), Some(c), None) => {
-                self.error(
-                    c.span().start,
-                    field("contents"),
-                    rule::TEMPLATE_SYNTAX,
-                    "`contents` is a text template, but the format is not \"text\"",
-                    "drop `format`, or list the values in `values`",
-                );
-                None
-            }
-            (Some(Some(f)), None, None) => {
-                let _ = f;
-                self.error(
-                    at,
-                    field("values"),
-                    rule::TEMPLATE_SYNTAX,
-                    "the template has no `values`",
-                    "list what it renders, e.g. values = { DB_PASSWORD = \"app/db#password\" }",
-                );
-                None
-            }
-            (Some(Some(f)), None, Some(v)) => self.values(i, f, v),
-        };
-
+        let body = format.and_then(|format| self.template_body(i, raw, format));
         let ttl = match &t.ttl {
             Some(v) => self.check(v, &field("ttl"), validate::ttl),
             None => Some(DEFAULT_TTL),
         };
         let mode = match &t.mode {
             None => Some(DEFAULT_MODE),
-            Some(m) => {
-                let checked = match m.get_ref() {
-                    RawMode::Str(s) => validate::mode_str(s),
-                    RawMode::Int(n) => self.int_mode(*n, m.span()),
-                };
-                checked
-                    .map_err(|p| self.report(m.span().start, field("mode"), p))
-                    .ok()
-            }
+            Some(m) => self.mode(m, field("mode")),
         };
         if !matches!(delivery, Some(GrantDelivery::File(_)) | None) {
-            for (name, span) in [
-                ("mode", t.mode.as_ref().map(Spanned::span)),
-                ("uid", t.uid.as_ref().map(Spanned::span)),
-                ("gid", t.gid.as_ref().map(Spanned::span)),
-            ] {
-                if let Some(span) = span {
-                    self.error(
-                        span.start,
-                        field(name),
-                        rule::FILE_ONLY,
-                        &format!("`{name}` applies to file templates only"),
-                        &format!("remove `{name}`: a variable has no owner or mode"),
-                    );
-                }
-            }
+            self.file_only(i, t);
         }
         let on_change = self.on_change(i, raw);
-        let debounce = match &t.debounce {
-            None => Some(DEFAULT_DEBOUNCE),
-            Some(d) => self.check(d, &field("debounce"), |text| {
-                let hint = "write a short duration, e.g. \"2s\" (at most \"60s\"; \"0s\" acts on every change)";
-                match humantime::parse_duration(text) {
-                    Ok(d) if d <= MAX_DEBOUNCE => Ok(d),
-                    Ok(_) => Err(problem(rule::BAD_ON_CHANGE, format!("debounce {text:?} is longer than 60s"), hint)),
-                    Err(e) => Err(problem(rule::BAD_ON_CHANGE, format!("debounce {text:?} is not a duration ({e})"), hint)),
-                }
-            }),
-        };
+        let debounce = self.debounce(i, t);
         let template = match (delivery.clone(), body, ttl, mode, on_change, debounce) {
             (
                 Some(delivery),
@@ -380,6 +251,149 @@ impl Checker<'_> {
             _ => None,
         };
         (template, delivery)
+    }
+
+    /// Where it goes: exactly one of file, env, fd.
+    fn template_delivery(&mut self, i: usize, raw: &Spanned<RawTemplate>) -> Option<GrantDelivery> {
+        let t = raw.get_ref();
+        let targets: Vec<(&str, &Spanned<String>)> =
+            [("file", &t.file), ("env", &t.env), ("fd", &t.fd)]
+                .into_iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+                .collect();
+        match targets.as_slice() {
+            [(kind, target)] => self.delivery(kind, target, &format!("template[{i}].{kind}")),
+            _ => {
+                self.error(
+                    raw.span().start,
+                    format!("template[{i}]"),
+                    rule::GRANT_DELIVERY,
+                    "a template needs exactly one of `file`, `env`, `fd`",
+                    "add file = \"NAME\" to render into a file (or env / fd for a variable)",
+                );
+                None
+            }
+        }
+    }
+
+    /// `None`: an error (reported); `Some(None)`: a text template;
+    /// `Some(Some(f))`: `values` rendered as `f`.
+    fn template_format(&mut self, i: usize, raw: &Spanned<RawTemplate>) -> Option<Option<Format>> {
+        let t = raw.get_ref();
+        let field = format!("template[{i}].format");
+        match &t.format {
+            None if t.values.is_some() && t.contents.is_none() => {
+                self.error(
+                    raw.span().start,
+                    field,
+                    rule::TEMPLATE_FORMAT,
+                    "a template with `values` needs a `format`",
+                    "add format = \"env\", \"json\" or \"yaml\"",
+                );
+                None
+            }
+            None => Some(None),
+            Some(f) => match f.get_ref().as_str() {
+                "text" => Some(None),
+                "env" => Some(Some(Format::Env)),
+                "json" => Some(Some(Format::Json)),
+                "yaml" => Some(Some(Format::Yaml)),
+                other => {
+                    let message = format!("unknown template format {other:?}");
+                    self.error(
+                        f.span().start,
+                        field,
+                        rule::TEMPLATE_FORMAT,
+                        &message,
+                        "use \"env\", \"json\", \"yaml\", or \"text\" with `contents`",
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    /// What it renders: `contents` (text) or `values` (a format), never both.
+    fn template_body(
+        &mut self,
+        i: usize,
+        raw: &Spanned<RawTemplate>,
+        format: Option<Format>,
+    ) -> Option<TemplateBody> {
+        let at = raw.span().start;
+        let field = |name: &str| format!("template[{i}].{name}");
+        let t = raw.get_ref();
+        let (span, name, message, hint) = match (format, &t.contents, &t.values) {
+            (None, Some(c), None) => return self.text(i, c),
+            (Some(f), None, Some(v)) => return self.values(i, f, v),
+            (None, None, _) => (
+                at,
+                "contents",
+                "a text template needs `contents`",
+                "write the template in contents = '''...''' (consul-template syntax), or use format = \"env\" with `values`",
+            ),
+            (_, Some(_), Some(v)) => (
+                v.span().start,
+                "values",
+                "a template has `contents` or `values`, not both",
+                "keep `contents` with format = \"text\", or `values` with env, json or yaml",
+            ),
+            (Some(_), Some(c), None) => (
+                c.span().start,
+                "contents",
+                "`contents` is a text template, but the format is not \"text\"",
+                "drop `format`, or list the values in `values`",
+            ),
+            (Some(_), None, None) => (
+                at,
+                "values",
+                "the template has no `values`",
+                "list what it renders, e.g. values = { DB_PASSWORD = \"app/db#password\" }",
+            ),
+        };
+        self.error(span, field(name), rule::TEMPLATE_SYNTAX, message, hint);
+        None
+    }
+
+    /// Owner and mode mean nothing for a variable.
+    fn file_only(&mut self, i: usize, t: &RawTemplate) {
+        for (name, span) in [
+            ("mode", t.mode.as_ref().map(Spanned::span)),
+            ("uid", t.uid.as_ref().map(Spanned::span)),
+            ("gid", t.gid.as_ref().map(Spanned::span)),
+        ] {
+            if let Some(span) = span {
+                self.error(
+                    span.start,
+                    format!("template[{i}].{name}"),
+                    rule::FILE_ONLY,
+                    &format!("`{name}` applies to file templates only"),
+                    &format!("remove `{name}`: a variable has no owner or mode"),
+                );
+            }
+        }
+    }
+
+    fn debounce(&mut self, i: usize, t: &RawTemplate) -> Option<Duration> {
+        let Some(d) = &t.debounce else {
+            return Some(DEFAULT_DEBOUNCE);
+        };
+        self.check(d, &format!("template[{i}].debounce"), |text| {
+            let hint = "write a short duration, e.g. \"2s\" (at most \"60s\"; \"0s\" acts on every change)";
+            match humantime::parse_duration(text) {
+                Ok(d) if d <= MAX_DEBOUNCE => Ok(d),
+                Ok(_) => Err(problem(
+                    rule::BAD_ON_CHANGE,
+                    format!("debounce {text:?} is longer than 60s"),
+                    hint,
+                )),
+                Err(e) => Err(problem(
+                    rule::BAD_ON_CHANGE,
+                    format!("debounce {text:?} is not a duration ({e})"),
+                    hint,
+                )),
+            }
+        })
     }
 
     fn text(&mut self, i: usize, contents: &Spanned<String>) -> Option<TemplateBody> {
@@ -499,6 +513,40 @@ impl Checker<'_> {
         })
     }
 
+    /// The signal of on_change = "signal", named as `SIGHUP` whatever the
+    /// spelling (`hup`, `HUP`, `SIGHUP`).
+    fn signal(&mut self, i: usize, t: &RawTemplate, at: usize) -> Option<OnChange> {
+        let field = format!("template[{i}].signal");
+        let Some(s) = &t.signal else {
+            self.error(
+                at,
+                field,
+                rule::BAD_ON_CHANGE,
+                "on_change = \"signal\" needs `signal`",
+                "add signal = \"SIGHUP\" (or SIGUSR1, ...)",
+            );
+            return None;
+        };
+        let name = s.get_ref().to_ascii_uppercase();
+        let name = if name.starts_with("SIG") {
+            name
+        } else {
+            format!("SIG{name}")
+        };
+        if SIGNALS.contains(&name.as_str()) {
+            return Some(OnChange::Signal { signal: name });
+        }
+        let message = format!("signal {:?} is not one an app can act on", s.get_ref());
+        self.error(
+            s.span().start,
+            field,
+            rule::BAD_ON_CHANGE,
+            &message,
+            &format!("use one of {}", SIGNALS.join(", ")),
+        );
+        None
+    }
+
     /// `on_change` with its `signal` or `command`; `Some(None)` for none.
     fn on_change(&mut self, i: usize, raw: &Spanned<RawTemplate>) -> Option<Option<OnChange>> {
         let field = |name: &str| format!("template[{i}].{name}");
@@ -511,40 +559,7 @@ impl Checker<'_> {
         let result = match word {
             None | Some(("none", _)) => None,
             Some(("restart", _)) => Some(OnChange::Restart),
-            Some(("signal", at)) => match &t.signal {
-                None => {
-                    self.error(
-                        at,
-                        field("signal"),
-                        rule::BAD_ON_CHANGE,
-                        "on_change = \"signal\" needs `signal`",
-                        "add signal = \"SIGHUP\" (or SIGUSR1, ...)",
-                    );
-                    None
-                }
-                Some(s) => {
-                    let name = s.get_ref().to_ascii_uppercase();
-                    let name = if name.starts_with("SIG") {
-                        name
-                    } else {
-                        format!("SIG{name}")
-                    };
-                    if SIGNALS.contains(&name.as_str()) {
-                        Some(OnChange::Signal { signal: name })
-                    } else {
-                        let message =
-                            format!("signal {:?} is not one an app can act on", s.get_ref());
-                        self.error(
-                            s.span().start,
-                            field("signal"),
-                            rule::BAD_ON_CHANGE,
-                            &message,
-                            &format!("use one of {}", SIGNALS.join(", ")),
-                        );
-                        None
-                    }
-                }
-            },
+            Some(("signal", at)) => self.signal(i, t, at),
             Some(("command", at)) => match &t.command {
                 Some(c) if !c.get_ref().is_empty() && !c.get_ref()[0].is_empty() => {
                     Some(OnChange::Command {
