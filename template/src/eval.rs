@@ -379,73 +379,19 @@ fn equal(a: &Value, b: &Value) -> bool {
     a == b
 }
 
+/// A template function by name: Go's builtins and consul-template's
+/// string helpers of the subset (the rest are refused by name).
 fn call(name: &str, args: Vec<Value>) -> Result<Value, String> {
-    Ok(match name {
-        "toJSON" | "toJSONPretty" => {
-            let v = one(name, args)?;
-            let mut b = Buf::new();
-            gojson::encode(&v, name == "toJSONPretty", &mut b);
-            Value::Str(b.into_secret())
-        }
-        "base64Encode" => {
-            let s = bytes_of(name, &one(name, args)?)?;
-            let enc = Zeroizing::new(STANDARD.encode(s.expose_secret()));
-            Value::str(&enc)
-        }
-        "base64Decode" => {
-            let s = bytes_of(name, &one(name, args)?)?;
-            let mut out = Zeroizing::new(Vec::new());
-            STANDARD
-                .decode_vec(s.expose_secret(), &mut out)
-                .map_err(|_| "base64Decode: the value is not valid base64".to_string())?;
-            Value::Str(Secret::from(out))
-        }
-        "trimSpace" => {
-            let s = bytes_of(name, &one(name, args)?)?;
-            let b = s.expose_secret();
-            match std::str::from_utf8(b) {
-                Ok(t) => Value::str(t.trim()),
-                Err(_) => Value::Str(Secret::from_slice(b.trim_ascii())),
-            }
-        }
-        "toUpper" | "toLower" => {
-            let s = bytes_of(name, &one(name, args)?)?;
-            let b = s.expose_secret();
-            let t = Zeroizing::new(match std::str::from_utf8(b) {
-                Ok(t) if name == "toUpper" => t.to_uppercase().into_bytes(),
-                Ok(t) => t.to_lowercase().into_bytes(),
-                Err(_) if name == "toUpper" => b.to_ascii_uppercase(),
-                Err(_) => b.to_ascii_lowercase(),
-            });
-            Value::Str(Secret::from(t))
-        }
+    match name {
+        "toJSON" | "toJSONPretty" | "base64Encode" | "base64Decode" | "trimSpace" | "toUpper"
+        | "toLower" => transform(name, one(name, args)?),
         "len" => match one(name, args)? {
-            Value::Str(s) => Value::Int(s.len() as i64),
-            Value::Map(m) => Value::Int(m.len() as i64),
-            Value::List(l) => Value::Int(l.len() as i64),
-            other => return Err(format!("len of a {}", other.kind())),
+            Value::Str(s) => Ok(Value::Int(s.len() as i64)),
+            Value::Map(m) => Ok(Value::Int(m.len() as i64)),
+            Value::List(l) => Ok(Value::Int(l.len() as i64)),
+            other => Err(format!("len of a {}", other.kind())),
         },
-        "index" => {
-            let mut it = args.into_iter();
-            let mut cur = it.next().ok_or("index needs a map or list")?;
-            for k in it {
-                cur = match (&cur, &k) {
-                    (Value::Map(m), Value::Str(s)) => {
-                        let key = String::from_utf8_lossy(s.expose_secret()).into_owned();
-                        m.get(&key).cloned().unwrap_or_default()
-                    }
-                    (Value::List(l), Value::Int(i)) => usize::try_from(*i)
-                        .ok()
-                        .and_then(|i| l.get(i).cloned())
-                        .ok_or("index out of range")?,
-                    (Value::Nil, _) => Value::Nil,
-                    (c, k) => {
-                        return Err(format!("cannot index a {} with a {}", c.kind(), k.kind()))
-                    }
-                };
-            }
-            cur
-        }
+        "index" => index(args),
         "eq" | "ne" => {
             let mut it = args.into_iter();
             let first = it.next().ok_or(format!("{name} needs two arguments"))?;
@@ -454,14 +400,14 @@ fn call(name: &str, args: Vec<Value>) -> Result<Value, String> {
                 return Err(format!("{name} needs two arguments"));
             }
             let hit = rest.iter().any(|r| equal(&first, r));
-            Value::Bool(if name == "eq" { hit } else { !hit })
+            Ok(Value::Bool(if name == "eq" { hit } else { !hit }))
         }
-        "not" => Value::Bool(!one(name, args)?.truthy()),
+        "not" => Ok(Value::Bool(!one(name, args)?.truthy())),
         "and" | "or" => {
-            let n = args.len();
-            if n < 1 {
+            if args.is_empty() {
                 return Err(format!("{name} needs arguments"));
             }
+            // Go's and/or: the first operand that decides, else the last.
             let want = name == "or";
             let mut last = Value::Nil;
             for a in args {
@@ -470,24 +416,83 @@ fn call(name: &str, args: Vec<Value>) -> Result<Value, String> {
                 }
                 last = a;
             }
-            last
+            Ok(last)
         }
-        "print" => {
-            // fmt.Sprint: a space between operands when neither is a string.
-            let mut b = Buf::new();
-            let mut prev_str = true;
-            for (i, a) in args.iter().enumerate() {
-                let is_str = matches!(a, Value::Str(_));
-                if i > 0 && !is_str && !prev_str {
-                    b.push(b" ");
-                }
-                print(a, false, &mut b);
-                prev_str = is_str;
-            }
-            Value::Str(b.into_secret())
+        "print" => Ok(sprint(&args)),
+        other => Err(format!("function {other:?} is not supported")),
+    }
+}
+
+/// The one-argument functions that turn a value into a new string, in
+/// zeroizing buffers (their inputs and outputs are secret).
+fn transform(name: &str, v: Value) -> Result<Value, String> {
+    if let "toJSON" | "toJSONPretty" = name {
+        let mut b = Buf::new();
+        gojson::encode(&v, name == "toJSONPretty", &mut b);
+        return Ok(Value::Str(b.into_secret()));
+    }
+    let s = bytes_of(name, &v)?;
+    let b = s.expose_secret();
+    Ok(match name {
+        "base64Encode" => Value::str(&Zeroizing::new(STANDARD.encode(b))),
+        "base64Decode" => {
+            let mut out = Zeroizing::new(Vec::new());
+            STANDARD
+                .decode_vec(b, &mut out)
+                .map_err(|_| "base64Decode: the value is not valid base64".to_string())?;
+            Value::Str(Secret::from(out))
         }
-        other => return Err(format!("function {other:?} is not supported")),
+        "trimSpace" => match std::str::from_utf8(b) {
+            Ok(t) => Value::str(t.trim()),
+            Err(_) => Value::Str(Secret::from_slice(b.trim_ascii())),
+        },
+        _ => {
+            let upper = name == "toUpper";
+            let t = Zeroizing::new(match std::str::from_utf8(b) {
+                Ok(t) if upper => t.to_uppercase().into_bytes(),
+                Ok(t) => t.to_lowercase().into_bytes(),
+                Err(_) if upper => b.to_ascii_uppercase(),
+                Err(_) => b.to_ascii_lowercase(),
+            });
+            Value::Str(Secret::from(t))
+        }
     })
+}
+
+/// `index MAP KEY...` / `index LIST N...`; a missing map key is nil, as in Go.
+fn index(args: Vec<Value>) -> Result<Value, String> {
+    let mut it = args.into_iter();
+    let mut cur = it.next().ok_or("index needs a map or list")?;
+    for k in it {
+        cur = match (&cur, &k) {
+            (Value::Map(m), Value::Str(s)) => {
+                let key = String::from_utf8_lossy(s.expose_secret()).into_owned();
+                m.get(&key).cloned().unwrap_or_default()
+            }
+            (Value::List(l), Value::Int(i)) => usize::try_from(*i)
+                .ok()
+                .and_then(|i| l.get(i).cloned())
+                .ok_or("index out of range")?,
+            (Value::Nil, _) => Value::Nil,
+            (c, k) => return Err(format!("cannot index a {} with a {}", c.kind(), k.kind())),
+        };
+    }
+    Ok(cur)
+}
+
+/// fmt.Sprint: a space between operands when neither is a string.
+fn sprint(args: &[Value]) -> Value {
+    let mut b = Buf::new();
+    let mut prev_str = true;
+    for (i, a) in args.iter().enumerate() {
+        let is_str = matches!(a, Value::Str(_));
+        if i > 0 && !is_str && !prev_str {
+            b.push(b" ");
+        }
+        print(a, false, &mut b);
+        prev_str = is_str;
+    }
+    Value::Str(b.into_secret())
 }
 
 #[cfg(test)]

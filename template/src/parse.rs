@@ -390,24 +390,6 @@ impl Parser<'_> {
     fn token(&self, i: usize) -> Result<(Tok, usize), ParseError> {
         let rest = &self.src[i..];
         let b = rest.as_bytes()[0];
-        let word_len = |s: &str| {
-            s.char_indices()
-                .find(|&(_, c)| !(c.is_alphanumeric() || c == '_'))
-                .map_or(s.len(), |(n, _)| n)
-        };
-        // `.a.b.c` or `$x.a.b`
-        let chain = |mut j: usize| -> Result<(Vec<String>, usize), ParseError> {
-            let mut fields = Vec::new();
-            while rest[j..].starts_with('.') {
-                let n = word_len(&rest[j + 1..]);
-                if n == 0 {
-                    break;
-                }
-                fields.push(rest[j + 1..j + 1 + n].to_string());
-                j += 1 + n;
-            }
-            Ok((fields, j))
-        };
         Ok(match b {
             b'|' => (Tok::Pipe, 1),
             b'(' => (Tok::LParen, 1),
@@ -424,7 +406,7 @@ impl Parser<'_> {
                 None => return Err(self.error(i, "unterminated raw string: add `")),
             },
             b'.' => {
-                let (fields, n) = chain(0)?;
+                let (fields, n) = chain(rest, 0);
                 if fields.is_empty() {
                     (Tok::Dot, 1)
                 } else {
@@ -434,23 +416,19 @@ impl Parser<'_> {
             b'$' => {
                 let n = word_len(&rest[1..]);
                 let name = rest[1..1 + n].to_string();
-                let (fields, end) = chain(1 + n)?;
+                let (fields, end) = chain(rest, 1 + n);
                 (Tok::Var(name, fields), end)
             }
             b'-' | b'0'..=b'9' => {
                 let n = 1 + rest[1..].bytes().take_while(u8::is_ascii_digit).count();
-                match rest[..n].parse::<i64>() {
-                    Ok(v) => (Tok::Int(v), n),
-                    Err(_) => {
-                        return Err(self.error(
-                            i,
-                            format!(
-                                "bad number {:?}: only whole numbers are supported",
-                                &rest[..n]
-                            ),
-                        ))
-                    }
-                }
+                let v = rest[..n].parse::<i64>().map_err(|_| {
+                    let message = format!(
+                        "bad number {:?}: only whole numbers are supported",
+                        &rest[..n]
+                    );
+                    self.error(i, message)
+                })?;
+                (Tok::Int(v), n)
             }
             _ => {
                 let n = word_len(rest);
@@ -609,22 +587,9 @@ impl Parser<'_> {
                     continue;
                 }
                 Tok::LParen => {
-                    let (inner, used) = self.commands(&toks[i + 1..], depth + 1)?;
-                    let close = i + 1 + used;
-                    if !matches!(toks.get(close), Some((Tok::RParen, _))) {
-                        return Err(self.error(*at, "unclosed (: add )"));
-                    }
-                    if inner.is_empty() {
-                        return Err(self.error(*at, "empty ()"));
-                    }
-                    i = close + 1;
-                    let p = Pipe {
-                        offset: *at,
-                        decl: Vec::new(),
-                        assign: false,
-                        cmds: inner,
-                    };
+                    let (p, used) = self.parenthesized(&toks[i..], depth)?;
                     push_arg(&mut cur, *at, Arg::Pipe(Box::new(p)));
+                    i += used;
                     continue;
                 }
                 Tok::Declare | Tok::Assign | Tok::Comma => {
@@ -640,25 +605,7 @@ impl Parser<'_> {
                 Tok::Dot => Arg::Dot,
                 Tok::Field(f) => Arg::Field(f.clone()),
                 Tok::Var(v, f) => Arg::Var(v.clone(), f.clone()),
-                Tok::Ident(name) => {
-                    if !FUNCTIONS.contains(&name.as_str()) {
-                        let hint = if ["if", "with", "range", "end", "else"]
-                            .contains(&name.as_str())
-                        {
-                            format!("{name:?} must start its action")
-                        } else {
-                            format!("function {name:?} is not supported in unbaked templates (supported: {})", FUNCTIONS.join(", "))
-                        };
-                        return Err(self.error(*at, hint));
-                    }
-                    if cur.is_some() {
-                        return Err(self.error(
-                            *at,
-                            format!("{name} takes arguments: call it in parentheses, ({name} ...)"),
-                        ));
-                    }
-                    Arg::Func(name.clone())
-                }
+                Tok::Ident(name) => self.function(name, *at, cur.is_some())?,
             };
             push_arg(&mut cur, *at, arg);
             i += 1;
@@ -675,6 +622,54 @@ impl Parser<'_> {
             self.check_reference(c, n > 0)?;
         }
         Ok((cmds, i))
+    }
+
+    /// `( PIPELINE )` starting at `toks[0]`: the pipe and how many tokens
+    /// it used, both parentheses included.
+    fn parenthesized(
+        &mut self,
+        toks: &[(Tok, usize)],
+        depth: usize,
+    ) -> Result<(Pipe, usize), ParseError> {
+        let at = toks[0].1;
+        let (inner, used) = self.commands(&toks[1..], depth + 1)?;
+        let close = 1 + used;
+        if !matches!(toks.get(close), Some((Tok::RParen, _))) {
+            return Err(self.error(at, "unclosed (: add )"));
+        }
+        if inner.is_empty() {
+            return Err(self.error(at, "empty ()"));
+        }
+        let p = Pipe {
+            offset: at,
+            decl: Vec::new(),
+            assign: false,
+            cmds: inner,
+        };
+        Ok((p, close + 1))
+    }
+
+    /// A function name as a command's first word: supported, and not in
+    /// argument position (`f g x` would need parentheses).
+    fn function(&self, name: &str, at: usize, in_argument: bool) -> Result<Arg, ParseError> {
+        if !FUNCTIONS.contains(&name) {
+            let hint = if ["if", "with", "range", "end", "else"].contains(&name) {
+                format!("{name:?} must start its action")
+            } else {
+                format!(
+                    "function {name:?} is not supported in unbaked templates (supported: {})",
+                    FUNCTIONS.join(", ")
+                )
+            };
+            return Err(self.error(at, hint));
+        }
+        if in_argument {
+            return Err(self.error(
+                at,
+                format!("{name} takes arguments: call it in parentheses, ({name} ...)"),
+            ));
+        }
+        Ok(Arg::Func(name.to_string()))
     }
 
     /// A `secret` / `pkiCert` call: literal arguments only, recorded.
@@ -797,6 +792,27 @@ impl fmt::Display for Reference {
         }
         Ok(())
     }
+}
+
+/// The length of the identifier at the start of `s`.
+fn word_len(s: &str) -> usize {
+    s.char_indices()
+        .find(|&(_, c)| !(c.is_alphanumeric() || c == '_'))
+        .map_or(s.len(), |(n, _)| n)
+}
+
+/// The field chain `.a.b.c` starting at `rest[j..]` and where it ends.
+fn chain(rest: &str, mut j: usize) -> (Vec<String>, usize) {
+    let mut fields = Vec::new();
+    while rest[j..].starts_with('.') {
+        let n = word_len(&rest[j + 1..]);
+        if n == 0 {
+            break;
+        }
+        fields.push(rest[j + 1..j + 1 + n].to_string());
+        j += 1 + n;
+    }
+    (fields, j)
 }
 
 #[cfg(test)]
