@@ -823,63 +823,77 @@ impl Differ<'_> {
         let files = matches!(a.delivery, GrantDelivery::File(_))
             && matches!(b.delivery, GrantDelivery::File(_));
         if files {
-            let mode = |m: u32| format!("0o{m:03o}");
-            if b.mode & !a.mode != 0 {
-                self.push(
-                    Effect::Weaker,
-                    kind::MODE_WIDENED,
-                    s.clone(),
-                    Some(mode(a.mode)),
-                    Some(mode(b.mode)),
-                    None,
-                );
-            } else if a.mode & !b.mode != 0 {
-                self.push(
-                    Effect::Stronger,
-                    kind::MODE_NARROWED,
-                    s.clone(),
-                    Some(mode(a.mode)),
-                    Some(mode(b.mode)),
-                    None,
-                );
-            }
-            if (a.uid, a.gid) != (b.uid, b.gid) {
-                self.push(
-                    Effect::Changed,
-                    kind::OWNER_CHANGED,
-                    s.clone(),
-                    Some(owner(a)),
-                    Some(owner(b)),
-                    None,
-                );
-            }
+            self.file_attributes(a, b, &s);
         }
         if let (Some(Dynamic::Pki(x)), Some(Dynamic::Pki(y))) = (&a.dynamic, &b.dynamic) {
-            let names = |p: &unbaked_policy::PkiIssue| {
-                let mut v = vec![p.common_name.clone()];
-                v.extend(p.alt_names.iter().cloned());
-                v.extend(p.ip_sans.iter().cloned());
-                v
+            self.certificate_names(x, y, s);
+        }
+    }
+
+    /// A file grant's mode and owner.
+    fn file_attributes(&mut self, a: &Grant, b: &Grant, s: &str) {
+        let mode = |m: u32| format!("0o{m:03o}");
+        if b.mode & !a.mode != 0 {
+            self.push(
+                Effect::Weaker,
+                kind::MODE_WIDENED,
+                s,
+                Some(mode(a.mode)),
+                Some(mode(b.mode)),
+                None,
+            );
+        } else if a.mode & !b.mode != 0 {
+            self.push(
+                Effect::Stronger,
+                kind::MODE_NARROWED,
+                s,
+                Some(mode(a.mode)),
+                Some(mode(b.mode)),
+                None,
+            );
+        }
+        if (a.uid, a.gid) != (b.uid, b.gid) {
+            self.push(
+                Effect::Changed,
+                kind::OWNER_CHANGED,
+                s,
+                Some(owner(a)),
+                Some(owner(b)),
+                None,
+            );
+        }
+    }
+
+    /// A certificate's names, role and mount: more names is weaker.
+    fn certificate_names(
+        &mut self,
+        x: &unbaked_policy::PkiIssue,
+        y: &unbaked_policy::PkiIssue,
+        s: String,
+    ) {
+        let names = |p: &unbaked_policy::PkiIssue| {
+            let mut v = vec![p.common_name.clone()];
+            v.extend(p.alt_names.iter().cloned());
+            v.extend(p.ip_sans.iter().cloned());
+            v
+        };
+        let (nx, ny) = (names(x), names(y));
+        if nx != ny || x.role != y.role || x.mount != y.mount {
+            let widened = ny.iter().any(|n| !nx.contains(n));
+            let effect = if widened {
+                Effect::Weaker
+            } else {
+                Effect::Changed
             };
-            let (nx, ny) = (names(x), names(y));
-            if nx != ny || x.role != y.role || x.mount != y.mount {
-                let widened = ny.iter().any(|n| !nx.contains(n));
-                let effect = if widened {
-                    Effect::Weaker
-                } else {
-                    Effect::Changed
-                };
-                let note =
-                    widened.then_some("the certificate is valid for names it was not before");
-                self.push(
-                    effect,
-                    kind::CERTIFICATE_CHANGED,
-                    s,
-                    Some(nx.join(", ")),
-                    Some(ny.join(", ")),
-                    note,
-                );
-            }
+            let note = widened.then_some("the certificate is valid for names it was not before");
+            self.push(
+                effect,
+                kind::CERTIFICATE_CHANGED,
+                s,
+                Some(nx.join(", ")),
+                Some(ny.join(", ")),
+                note,
+            );
         }
     }
 }

@@ -49,6 +49,56 @@ pub struct Snapshot {
 /// The policy files of `dir` at `rev`. `dir` is a path in the working tree
 /// of the repository that holds it; it need not exist there any more.
 pub fn read_dir_at(rev: &str, dir: &Path) -> Result<Snapshot, GitError> {
+    let (repo, rel) = locate(dir)?;
+    let rel_text = rel.to_string_lossy().replace('\\', "/");
+    let label = if rel_text.is_empty() {
+        format!("{rev}:")
+    } else {
+        format!("{rev}:{rel_text}")
+    };
+    let tree = tree_at(&repo, rev, &rel, &rel_text)?;
+    let mut sources = Vec::new();
+    let mut diags = Vec::new();
+    let tree_ref = tree.decode().map_err(|e| read_error(rev, &rel_text, &e))?;
+    for entry in &tree_ref.entries {
+        let name = entry.filename.to_string();
+        if name.starts_with('.') || !name.ends_with(".toml") {
+            continue;
+        }
+        let path = if rel_text.is_empty() {
+            PathBuf::from(format!("{rev}:{name}"))
+        } else {
+            PathBuf::from(format!("{label}/{name}"))
+        };
+        if entry.mode.is_link() {
+            diags.push(unusable(
+                &path,
+                "a symlink, which is not followed at a git revision",
+                "commit the policy file itself",
+            ));
+            continue;
+        }
+        if !entry.mode.is_blob() {
+            continue;
+        }
+        let blob = repo
+            .find_object(entry.oid)
+            .map_err(|e| read_error(rev, &name, &e))?;
+        match String::from_utf8(blob.data.clone()) {
+            Ok(text) => sources.push((path, text)),
+            Err(_) => diags.push(unusable(&path, "not UTF-8 text", "save the file as UTF-8")),
+        }
+    }
+    sources.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(Snapshot {
+        label,
+        sources,
+        unreadable: Diagnostics(diags),
+    })
+}
+
+/// The repository that holds `dir` and `dir` relative to its work tree.
+fn locate(dir: &Path) -> Result<(gix::Repository, PathBuf), GitError> {
     let cwd = std::env::current_dir().map_err(GitError::Cwd)?;
     let abs = normalize(&cwd.join(dir));
     // Discover from the deepest part of the path that exists: the directory
@@ -78,90 +128,54 @@ pub fn read_dir_at(rev: &str, dir: &Path) -> Result<Snapshot, GitError> {
             root: root.clone(),
         })?
         .to_path_buf();
-    let rel_text = rel.to_string_lossy().replace('\\', "/");
-    let label = if rel_text.is_empty() {
-        format!("{rev}:")
-    } else {
-        format!("{rev}:{rel_text}")
-    };
+    Ok((repo, rel))
+}
 
-    let read_err = |what: &str, e: &dyn std::fmt::Display| GitError::Read {
+fn read_error(rev: &str, what: &str, e: &dyn std::fmt::Display) -> GitError {
+    GitError::Read {
         rev: rev.to_owned(),
         what: what.to_owned(),
         message: e.to_string(),
+    }
+}
+
+/// The tree of directory `rel` in the commit `rev` names.
+fn tree_at<'r>(
+    repo: &'r gix::Repository,
+    rev: &str,
+    rel: &Path,
+    rel_text: &str,
+) -> Result<gix::Tree<'r>, GitError> {
+    let revision = |message: String| GitError::Revision {
+        rev: rev.to_owned(),
+        message,
     };
     let tree = repo
         .rev_parse_single(rev)
-        .map_err(|e| GitError::Revision {
-            rev: rev.to_owned(),
-            message: e.to_string(),
-        })?
+        .map_err(|e| revision(e.to_string()))?
         .object()
-        .map_err(|e| read_err("the commit", &e))?
+        .map_err(|e| read_error(rev, "the commit", &e))?
         .peel_to_tree()
-        .map_err(|e| GitError::Revision {
-            rev: rev.to_owned(),
-            message: e.to_string(),
-        })?;
-    let tree = if rel.as_os_str().is_empty() {
-        tree
-    } else {
-        let not_dir = || GitError::NotADirectory {
-            rev: rev.to_owned(),
-            path: rel_text.clone(),
-        };
-        let entry = tree
-            .lookup_entry_by_path(&rel)
-            .map_err(|e| read_err(&rel_text, &e))?
-            .ok_or_else(not_dir)?;
-        if !entry.mode().is_tree() {
-            return Err(not_dir());
-        }
-        entry
-            .object()
-            .map_err(|e| read_err(&rel_text, &e))?
-            .try_into_tree()
-            .map_err(|_| not_dir())?
-    };
-
-    let mut sources = Vec::new();
-    let mut diags = Vec::new();
-    let tree_ref = tree.decode().map_err(|e| read_err(&rel_text, &e))?;
-    for entry in &tree_ref.entries {
-        let name = entry.filename.to_string();
-        if name.starts_with('.') || !name.ends_with(".toml") {
-            continue;
-        }
-        let path = if rel_text.is_empty() {
-            PathBuf::from(format!("{rev}:{name}"))
-        } else {
-            PathBuf::from(format!("{label}/{name}"))
-        };
-        if entry.mode.is_link() {
-            diags.push(unusable(
-                &path,
-                "a symlink, which is not followed at a git revision",
-                "commit the policy file itself",
-            ));
-            continue;
-        }
-        if !entry.mode.is_blob() {
-            continue;
-        }
-        let blob = repo
-            .find_object(entry.oid)
-            .map_err(|e| read_err(&name, &e))?;
-        match String::from_utf8(blob.data.clone()) {
-            Ok(text) => sources.push((path, text)),
-            Err(_) => diags.push(unusable(&path, "not UTF-8 text", "save the file as UTF-8")),
-        }
+        .map_err(|e| revision(e.to_string()))?;
+    if rel.as_os_str().is_empty() {
+        return Ok(tree);
     }
-    sources.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(Snapshot {
-        label,
-        sources,
-        unreadable: Diagnostics(diags),
-    })
+    let not_dir = || GitError::NotADirectory {
+        rev: rev.to_owned(),
+        path: rel_text.to_owned(),
+    };
+    let entry = tree
+        .lookup_entry_by_path(rel)
+        .map_err(|e| read_error(rev, rel_text, &e))?
+        .ok_or_else(not_dir)?;
+    if !entry.mode().is_tree() {
+        return Err(not_dir());
+    }
+    entry
+        .object()
+        .map_err(|e| read_error(rev, rel_text, &e))?
+        .try_into_tree()
+        .map_err(|_| not_dir())
 }
 
 fn unusable(path: &Path, what: &str, hint: &str) -> Diagnostic {

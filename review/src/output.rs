@@ -85,57 +85,14 @@ fn sarif(report: &Report, root: &SarifRoot) -> Value {
     }
     let order = |r: &Rule| rules::RULES.iter().position(|k| k.id == r.id);
     used.sort_by_key(|r| (order(r).is_none(), order(r), r.id));
-    let descriptors: Vec<Value> = used
-        .iter()
-        .map(|r| {
-            json!({
-                "id": r.id,
-                "name": r.name(),
-                "shortDescription": { "text": r.summary },
-                "fullDescription": { "text": r.help },
-                "help": {
-                    "text": r.help,
-                    "markdown": format!("**{}**\n\n{}", r.summary, r.help),
-                },
-                "helpUri": format!("{RULES_DOC}#{}", r.id),
-                "defaultConfiguration": { "level": r.level.sarif() },
-                "properties": {
-                    "tags": if r.is_error() { vec!["policy", "correctness"] } else { vec!["policy", "security"] },
-                },
-            })
-        })
-        .collect();
+    let descriptors: Vec<Value> = used.iter().map(sarif_rule).collect();
     let results: Vec<Value> = report
         .findings
         .iter()
         .map(|f| {
-            let mut text = String::new();
-            if !f.field.is_empty() {
-                let _ = write!(text, "{}: ", f.field);
-            }
-            text.push_str(&f.message);
-            if let Some(hint) = &f.hint {
-                let _ = write!(text, " (hint: {hint})");
-            }
-            // A finding without a position (an unreadable file, a missing
-            // directory) is about the whole file: line 1, which GitHub
-            // requires of every result.
-            let physical = json!({
-                "artifactLocation": root.location(&report.dir, &f.file),
-                "region": { "startLine": f.line.max(1), "startColumn": f.column.max(1) },
-            });
-            let mut location = json!({ "physicalLocation": physical });
-            if !f.field.is_empty() {
-                location["logicalLocations"] =
-                    json!([{ "fullyQualifiedName": f.field, "kind": "member" }]);
-            }
-            json!({
-                "ruleId": f.rule,
-                "ruleIndex": used.iter().position(|r| r.id == f.rule),
-                "level": f.level.sarif(),
-                "message": { "text": text },
-                "locations": [location],
-            })
+            let mut result = sarif_result(f, root.location(&report.dir, &f.file));
+            result["ruleIndex"] = json!(used.iter().position(|r| r.id == f.rule));
+            result
         })
         .collect();
     json!({
@@ -159,6 +116,54 @@ fn sarif(report: &Report, root: &SarifRoot) -> Value {
             "columnKind": "unicodeCodePoints",
             "results": results,
         }]
+    })
+}
+
+/// A rule's `reportingDescriptor`.
+fn sarif_rule(r: &Rule) -> Value {
+    json!({
+        "id": r.id,
+        "name": r.name(),
+        "shortDescription": { "text": r.summary },
+        "fullDescription": { "text": r.help },
+        "help": {
+            "text": r.help,
+            "markdown": format!("**{}**\n\n{}", r.summary, r.help),
+        },
+        "helpUri": format!("{RULES_DOC}#{}", r.id),
+        "defaultConfiguration": { "level": r.level.sarif() },
+        "properties": {
+            "tags": if r.is_error() { vec!["policy", "correctness"] } else { vec!["policy", "security"] },
+        },
+    })
+}
+
+/// One finding as a SARIF `result` at `artifact` (without its `ruleIndex`).
+fn sarif_result(f: &Finding, artifact: Value) -> Value {
+    let mut text = String::new();
+    if !f.field.is_empty() {
+        let _ = write!(text, "{}: ", f.field);
+    }
+    text.push_str(&f.message);
+    if let Some(hint) = &f.hint {
+        let _ = write!(text, " (hint: {hint})");
+    }
+    // A finding without a position (an unreadable file, a missing
+    // directory) is about the whole file: line 1, which GitHub requires
+    // of every result.
+    let physical = json!({
+        "artifactLocation": artifact,
+        "region": { "startLine": f.line.max(1), "startColumn": f.column.max(1) },
+    });
+    let mut location = json!({ "physicalLocation": physical });
+    if !f.field.is_empty() {
+        location["logicalLocations"] = json!([{ "fullyQualifiedName": f.field, "kind": "member" }]);
+    }
+    json!({
+        "ruleId": f.rule,
+        "level": f.level.sarif(),
+        "message": { "text": text },
+        "locations": [location],
     })
 }
 
