@@ -120,38 +120,68 @@ pub fn convert(path: &Path, text: &str, workload: &str, uid: u32) -> Result<Impo
             message: "the top level is not a body".into(),
         });
     };
-    let base = path.parent().unwrap_or(Path::new("."));
-    let mut report = Vec::new();
-    let mut next = Vec::new();
-    let mut out = String::new();
+    let mut imported = Imported {
+        policy: String::new(),
+        report: Vec::new(),
+        next: Vec::new(),
+    };
     let _ = writeln!(
-        out,
+        imported.policy,
         "# Imported from {} by `unbaked import vault-agent`: review before use.\nworkload = {}\n\n[match]\nuids = [{uid}]",
         path.display(),
         toml::Value::String(workload.to_string())
     );
+    imported.unmapped(&root, uid);
+    let base = path.parent().unwrap_or(Path::new("."));
+    for (i, t) in blocks(root.get("template")).into_iter().enumerate() {
+        imported.file_template(i, t, base)?;
+    }
+    let exec = blocks(root.get("exec")).first().copied();
+    imported.env_templates(&root, exec);
+    if let Some(e) = exec {
+        let cmd = strings(e, "command").unwrap_or_default();
+        imported.next.push(format!(
+            "run the app with: unbaked exec --workload {workload} -- {}",
+            cmd.join(" ")
+        ));
+        if let Some(sig) = string(e, "restart_stop_signal") {
+            imported.report.push(format!("exec.restart_stop_signal = {sig}: not mapped: a restart stops the app with SIGTERM"));
+        }
+    }
+    if !blocks(root.get("template")).is_empty() {
+        imported.next.push(format!(
+            "run the sidecar with: unbaked sidecar --workload {workload} --dir DIR"
+        ));
+    }
+    Ok(imported)
+}
 
-    for (key, value) in &root {
-        match key.as_str() {
-            "template" | "env_template" | "exec" => {}
-            "auto_auth" => {
-                let methods: Vec<String> = blocks(Some(value))
-                    .iter()
-                    .flat_map(|a| blocks(a.get("method")))
-                    .flat_map(|m| m.keys().cloned().chain(string(m, "type")))
-                    .collect();
-                report.push(format!(
-                    "auto_auth ({}): not needed: the broker attests the calling process; the workload matches uid {uid} (change [match] for containers or pods)",
-                    if methods.is_empty() { "no method".into() } else { methods.join(", ") }
-                ));
+impl Imported {
+    /// The top-level blocks that have no `[[template]]`: each reported.
+    fn unmapped(&mut self, root: &Obj, uid: u32) {
+        for (key, value) in root {
+            match key.as_str() {
+                "template" | "env_template" | "exec" => {}
+                "auto_auth" => {
+                    let methods: Vec<String> = blocks(Some(value))
+                        .iter()
+                        .flat_map(|a| blocks(a.get("method")))
+                        .flat_map(|m| m.keys().cloned().chain(string(m, "type")))
+                        .collect();
+                    self.report.push(format!(
+                        "auto_auth ({}): not needed: the broker attests the calling process; the workload matches uid {uid} (change [match] for containers or pods)",
+                        if methods.is_empty() { "no method".into() } else { methods.join(", ") }
+                    ));
+                }
+                "vault" => self.report.push("vault: the broker's [vault] configuration (address, TLS, auth) replaces it".into()),
+                "template_config" => self.report.push("template_config: not mapped: templates re-render at each lease renewal (the template's ttl)".into()),
+                other => self.report.push(format!("{other}: not mapped")),
             }
-            "vault" => report.push("vault: the broker's [vault] configuration (address, TLS, auth) replaces it".into()),
-            "template_config" => report.push("template_config: not mapped: templates re-render at each lease renewal (the template's ttl)".into()),
-            other => report.push(format!("{other}: not mapped")),
         }
     }
 
-    for (i, t) in blocks(root.get("template")).into_iter().enumerate() {
+    /// A `template` block: a file `[[template]]`, its command an `on_change`.
+    fn file_template(&mut self, i: usize, t: &Obj, base: &Path) -> Result<(), ImportError> {
         let what = format!("template[{i}]");
         let contents = match (string(t, "contents"), string(t, "source")) {
             (Some(c), _) => c,
@@ -161,29 +191,30 @@ pub fn convert(path: &Path, text: &str, workload: &str, uid: u32) -> Result<Impo
                     .map_err(|source| ImportError::Read { path: p, source })?
             }
             (None, None) => {
-                report.push(format!("{what}: no contents or source: skipped"));
-                continue;
+                self.report
+                    .push(format!("{what}: no contents or source: skipped"));
+                return Ok(());
             }
         };
         let Some(dest) = string(t, "destination") else {
-            report.push(format!("{what}: no destination: skipped"));
-            continue;
+            self.report.push(format!("{what}: no destination: skipped"));
+            return Ok(());
         };
+        let out = &mut self.policy;
         let file = dest.trim_start_matches('/').to_string();
         let _ = writeln!(
             out,
             "\n[[template]]\nfile = {}",
             toml::Value::String(file.clone())
         );
-        report.push(format!("{what}: destination {dest} is written as {file} under the sidecar's --dir (point the app there, or bind-mount it)"));
+        self.report.push(format!("{what}: destination {dest} is written as {file} under the sidecar's --dir (point the app there, or bind-mount it)"));
         if let Some(perms) = string(t, "perms") {
             let _ = writeln!(out, "mode = {}", toml::Value::String(perms));
         }
         let exec_cmd = blocks(t.get("exec"))
             .first()
             .and_then(|e| strings(e, "command"));
-        let command = exec_cmd.or_else(|| strings(t, "command"));
-        if let Some(cmd) = command {
+        if let Some(cmd) = exec_cmd.or_else(|| strings(t, "command")) {
             let _ = writeln!(
                 out,
                 "on_change = \"command\"\ncommand = {}",
@@ -191,71 +222,59 @@ pub fn convert(path: &Path, text: &str, workload: &str, uid: u32) -> Result<Impo
             );
         }
         let _ = writeln!(out, "contents = {}", toml_str(&contents));
+        const KNOWN: [&str; 7] = [
+            "contents",
+            "source",
+            "destination",
+            "perms",
+            "command",
+            "exec",
+            "create_dest_dirs",
+        ];
         for (k, v) in t {
-            let known = [
-                "contents",
-                "source",
-                "destination",
-                "perms",
-                "command",
-                "exec",
-                "create_dest_dirs",
-            ];
-            if !known.contains(&k.as_str()) {
-                report.push(format!("{what}.{k} = {}: not mapped", short(v)));
+            if !KNOWN.contains(&k.as_str()) {
+                self.report
+                    .push(format!("{what}.{k} = {}: not mapped", short(v)));
+            }
+        }
+        Ok(())
+    }
+
+    /// `env_template` blocks: env `[[template]]`s, restarting the app on a
+    /// change unless `exec` says never (the agent's default restarts).
+    fn env_templates(&mut self, root: &Obj, exec: Option<&Obj>) {
+        let env_templates = match root.get("env_template") {
+            Some(hcl::Value::Object(o)) => o.iter().collect::<Vec<_>>(),
+            _ => Vec::new(),
+        };
+        let restart = exec
+            .and_then(|e| string(e, "restart_on_secret_changes"))
+            .is_none_or(|r| r != "never");
+        for (name, body) in env_templates {
+            let hcl::Value::Object(body) = body else {
+                continue;
+            };
+            let Some(contents) = string(body, "contents") else {
+                self.report
+                    .push(format!("env_template {name}: no contents: skipped"));
+                continue;
+            };
+            let out = &mut self.policy;
+            let _ = writeln!(
+                out,
+                "\n[[template]]\nenv = {}",
+                toml::Value::String(name.clone())
+            );
+            if restart {
+                let _ = writeln!(out, "on_change = \"restart\"");
+            }
+            let _ = writeln!(out, "contents = {}", toml_str(&contents));
+            for k in body.keys().filter(|k| k.as_str() != "contents") {
+                self.report
+                    .push(format!("env_template {name}.{k}: not mapped"));
             }
         }
     }
-
-    let env_templates = match root.get("env_template") {
-        Some(hcl::Value::Object(o)) => o.iter().collect::<Vec<_>>(),
-        _ => Vec::new(),
-    };
-    let exec = blocks(root.get("exec")).first().copied();
-    let restart = exec
-        .and_then(|e| string(e, "restart_on_secret_changes"))
-        .is_none_or(|r| r != "never");
-    for (name, body) in env_templates {
-        let hcl::Value::Object(body) = body else {
-            continue;
-        };
-        let Some(contents) = string(body, "contents") else {
-            report.push(format!("env_template {name}: no contents: skipped"));
-            continue;
-        };
-        let _ = writeln!(
-            out,
-            "\n[[template]]\nenv = {}",
-            toml::Value::String(name.clone())
-        );
-        if restart {
-            let _ = writeln!(out, "on_change = \"restart\"");
-        }
-        let _ = writeln!(out, "contents = {}", toml_str(&contents));
-        for k in body.keys().filter(|k| k.as_str() != "contents") {
-            report.push(format!("env_template {name}.{k}: not mapped"));
-        }
-    }
-    if let Some(e) = exec {
-        let cmd = strings(e, "command").unwrap_or_default();
-        next.push(format!(
-            "run the app with: unbaked exec --workload {workload} -- {}",
-            cmd.join(" ")
-        ));
-        if let Some(sig) = string(e, "restart_stop_signal") {
-            report.push(format!("exec.restart_stop_signal = {sig}: not mapped: a restart stops the app with SIGTERM"));
-        }
-    }
-    if blocks(root.get("template")).iter().any(|_| true) {
-        next.push(format!(
-            "run the sidecar with: unbaked sidecar --workload {workload} --dir DIR"
-        ));
-    }
-    Ok(Imported {
-        policy: out,
-        report,
-        next,
-    })
 }
 
 fn short(v: &hcl::Value) -> String {
