@@ -11,7 +11,7 @@
 //! the key file's bytes are zeroized once reqwest holds the identity.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vaultrs::api::EndpointMiddleware;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
@@ -48,66 +48,15 @@ pub(crate) fn client(
     let mut url: reqwest::Url = address
         .parse()
         .map_err(|e| format!("vault address {address}: {e}"))?;
-    let mut http = reqwest::ClientBuilder::new()
+    let http = reqwest::ClientBuilder::new()
         .tls_backend_rustls()
         .timeout(timeout);
-    if url.scheme() == "http" {
+    let http = if url.scheme() == "http" {
         // No TLS: nothing to load (reqwest/rustls would still want roots).
-        http = http.tls_certs_only(Vec::new());
+        http.tls_certs_only(Vec::new())
     } else {
-        let mut certs = Vec::new();
-        for file in ca_files(tls)? {
-            let pem = std::fs::read(&file)
-                .map_err(|e| format!("cannot read the CA file {}: {e}", file.display()))?;
-            let found = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("{} is not a PEM CA bundle: {e}", file.display()))?;
-            if found.is_empty() {
-                return Err(format!("{} holds no PEM certificate", file.display()));
-            }
-            certs.extend(found);
-        }
-        http = if tls.ca_only && !certs.is_empty() {
-            http.tls_certs_only(certs)
-        } else {
-            http.tls_certs_merge(certs)
-        };
-        if let Some((cert, key)) = &tls.client_cert {
-            let mut pem = Zeroizing::new(std::fs::read(cert).map_err(|e| {
-                format!("cannot read the client certificate {}: {e}", cert.display())
-            })?);
-            pem.push(b'\n');
-            let key_pem = Zeroizing::new(
-                std::fs::read(key)
-                    .map_err(|e| format!("cannot read the client key {}: {e}", key.display()))?,
-            );
-            pem.extend_from_slice(&key_pem);
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                format!(
-                    "the client certificate {} and key {} do not make a TLS identity: {e}: both PEM, the key unencrypted",
-                    cert.display(),
-                    key.display()
-                )
-            })?;
-            http = http.identity(identity);
-        }
-        if tls.skip_verify {
-            http = http.tls_danger_accept_invalid_certs(true);
-        }
-        if let Some(name) = &tls.server_name {
-            // Connect where the address points, check the certificate for
-            // `name` (and send it as SNI): the URL names the server, the
-            // resolver maps that name to the address's host.
-            let port = url.port_or_known_default().unwrap_or(8200);
-            let host = url.host_str().unwrap_or_default().to_string();
-            let addrs: Vec<SocketAddr> = (host.trim_matches(['[', ']']), port)
-                .to_socket_addrs()
-                .map_err(|e| format!("cannot resolve {host} (vault address {address}): {e}"))?
-                .collect();
-            url.set_host(Some(name))
-                .map_err(|e| format!("VAULT_TLS_SERVER_NAME {name:?}: {e}"))?;
-            http = http.resolve_to_addrs(name, &addrs);
-        }
-    }
+        with_tls(http, tls, &mut url, address)?
+    };
     let http = http
         .build()
         .map_err(|e| format!("cannot set up the HTTP client for {address}: {e}"))?;
@@ -136,6 +85,75 @@ pub(crate) fn client(
         http: rustify::clients::reqwest::Client::new(&base, http),
         middle,
         settings,
+    })
+}
+
+/// An https client: its CAs, client identity, verification and the name
+/// the server's certificate is checked for (which may rewrite `url`).
+fn with_tls(
+    mut http: reqwest::ClientBuilder,
+    tls: &VaultTls,
+    url: &mut reqwest::Url,
+    address: &str,
+) -> Result<reqwest::ClientBuilder, String> {
+    let mut certs = Vec::new();
+    for file in ca_files(tls)? {
+        let pem = std::fs::read(&file)
+            .map_err(|e| format!("cannot read the CA file {}: {e}", file.display()))?;
+        let found = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{} is not a PEM CA bundle: {e}", file.display()))?;
+        if found.is_empty() {
+            return Err(format!("{} holds no PEM certificate", file.display()));
+        }
+        certs.extend(found);
+    }
+    http = if tls.ca_only && !certs.is_empty() {
+        http.tls_certs_only(certs)
+    } else {
+        http.tls_certs_merge(certs)
+    };
+    if let Some((cert, key)) = &tls.client_cert {
+        http = http.identity(identity(cert, key)?);
+    }
+    if tls.skip_verify {
+        http = http.tls_danger_accept_invalid_certs(true);
+    }
+    if let Some(name) = &tls.server_name {
+        // Connect where the address points, check the certificate for
+        // `name` (and send it as SNI): the URL names the server, the
+        // resolver maps that name to the address's host.
+        let port = url.port_or_known_default().unwrap_or(8200);
+        let host = url.host_str().unwrap_or_default().to_string();
+        let addrs: Vec<SocketAddr> = (host.trim_matches(['[', ']']), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host} (vault address {address}): {e}"))?
+            .collect();
+        url.set_host(Some(name))
+            .map_err(|e| format!("VAULT_TLS_SERVER_NAME {name:?}: {e}"))?;
+        http = http.resolve_to_addrs(name, &addrs);
+    }
+    Ok(http)
+}
+
+/// The client certificate and its key as one TLS identity; the key's
+/// bytes are zeroized once reqwest holds it.
+fn identity(cert: &Path, key: &Path) -> Result<reqwest::Identity, String> {
+    let mut pem = Zeroizing::new(
+        std::fs::read(cert)
+            .map_err(|e| format!("cannot read the client certificate {}: {e}", cert.display()))?,
+    );
+    pem.push(b'\n');
+    let key_pem = Zeroizing::new(
+        std::fs::read(key)
+            .map_err(|e| format!("cannot read the client key {}: {e}", key.display()))?,
+    );
+    pem.extend_from_slice(&key_pem);
+    reqwest::Identity::from_pem(&pem).map_err(|e| {
+        format!(
+            "the client certificate {} and key {} do not make a TLS identity: {e}: both PEM, the key unencrypted",
+            cert.display(),
+            key.display()
+        )
     })
 }
 
