@@ -124,6 +124,15 @@ fn inherited(dir: &SecretsDir, now: Instant) -> Applied {
         .collect()
 }
 
+/// When to call the broker next, and how far the backoffs have grown.
+struct Pace {
+    next_call: Instant,
+    transient: Backoff,
+    denied: Backoff,
+    /// Something was delivered since the start.
+    delivered: bool,
+}
+
 struct Sidecar {
     cfg: SidecarConfig,
     client: Client,
@@ -144,15 +153,17 @@ impl Sidecar {
             workload: self.cfg.workload.clone(),
             kinds: vec![DeliveryKind::File],
         };
-        let workload = self.cfg.workload.clone();
-        let mut next_call = Instant::now();
-        let mut transient = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
-        let mut denied = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-        let mut delivered = false;
+        let mut pace = Pace {
+            next_call: Instant::now(),
+            transient: Backoff::new(Duration::from_millis(250), Duration::from_secs(30)),
+            denied: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+            delivered: false,
+        };
         loop {
             let expiry = self.state.values().map(|d| d.expires).min();
             let action_due = self.watch.next_due();
             let renewing = self.lease_id.is_some();
+            let next_call = pace.next_call;
             let answer = tokio::select! {
                 _ = signals.recv() => return Ok(Exit::Shutdown),
                 _ = sleep_until_opt(expiry) => None,
@@ -177,65 +188,95 @@ impl Sidecar {
                     self.persist(dir);
                 }
                 Some((sent, Ok(lease))) => {
-                    let new_lease =
-                        !delivered || self.lease_id.as_deref() != Some(lease.lease_id.as_str());
-                    // Ours from here: revoked on the way out even if a write fails.
-                    self.lease_id = Some(lease.lease_id.clone());
-                    let (written, wiped) = self.apply(dir, &lease, sent)?;
-                    // After the new content is in place.
-                    self.watch.observe(&lease, now);
-                    transient.reset();
-                    denied.reset();
-                    let files = self.state.len();
-                    if new_lease {
-                        tracing::info!(%workload, lease_id = %lease.lease_id, files, "secrets delivered");
-                    } else if written + wiped > 0 {
-                        tracing::info!(%workload, lease_id = %lease.lease_id, files, written, wiped, "secrets updated");
-                    } else {
-                        tracing::debug!(%workload, lease_id = %lease.lease_id, "lease renewed");
-                    }
-                    delivered = true;
-                    if self.cfg.once {
-                        // Nobody renews these: no deadline for a successor to enforce.
-                        dir.forget_state();
-                        return Ok(Exit::Once);
-                    }
-                    self.persist(dir);
-                    // From when the request left, like the expiry: a slow
-                    // answer does not push the next renewal towards it.
-                    next_call = sent + renew_after(lease.ttl_secs, crate::jitter::unit());
-                }
-                Some((_, Err(e))) => {
-                    let withdrawn = e.is_denied() || (!renewing && e.is_not_found());
-                    if withdrawn && delivered {
-                        let left = self.wipe_files(dir);
-                        self.persist(dir);
-                        self.lease_id = None;
-                        if left == 0 {
-                            tracing::warn!(%workload, reason = %e, "the broker withdrew the secrets: files wiped, retrying");
-                        } else {
-                            tracing::error!(%workload, reason = %e, files_left = left, "the broker withdrew the secrets: not every file could be wiped, trying again");
-                        }
-                        next_call = now + denied.next();
-                    } else if e.is_denied() {
-                        return Err(SidecarError::Denied(match e {
-                            ClientError::Api(a) => a.message,
-                            other => other.to_string(),
-                        }));
-                    } else if renewing && e.is_not_found() {
-                        tracing::info!(%workload, "the broker does not know the lease (restarted?): fetching anew");
-                        self.lease_id = None;
-                        next_call = now;
-                    } else if !delivered && (self.cfg.once || !transient_error(&e)) {
-                        return Err(SidecarError::Client(e));
-                    } else {
-                        let wait = transient.next();
-                        tracing::warn!(%workload, error = %e, retry_in = ?wait, "cannot reach the broker: files stay until their ttl");
-                        next_call = now + wait;
+                    if let Some(exit) = self.delivered(dir, &lease, sent, now, &mut pace)? {
+                        return Ok(exit);
                     }
                 }
+                Some((_, Err(e))) => self.failed(dir, e, renewing, now, &mut pace)?,
             }
         }
+    }
+
+    /// A lease arrived: files brought in line, actions noted, the next
+    /// renewal planned. `Some` when the sidecar is done (`--once`).
+    fn delivered(
+        &mut self,
+        dir: &mut SecretsDir,
+        lease: &Lease,
+        sent: Instant,
+        now: Instant,
+        pace: &mut Pace,
+    ) -> Result<Option<Exit>, SidecarError> {
+        let workload = self.cfg.workload.clone();
+        let new_lease =
+            !pace.delivered || self.lease_id.as_deref() != Some(lease.lease_id.as_str());
+        // Ours from here: revoked on the way out even if a write fails.
+        self.lease_id = Some(lease.lease_id.clone());
+        let (written, wiped) = self.apply(dir, lease, sent)?;
+        // After the new content is in place.
+        self.watch.observe(lease, now);
+        pace.transient.reset();
+        pace.denied.reset();
+        let files = self.state.len();
+        if new_lease {
+            tracing::info!(%workload, lease_id = %lease.lease_id, files, "secrets delivered");
+        } else if written + wiped > 0 {
+            tracing::info!(%workload, lease_id = %lease.lease_id, files, written, wiped, "secrets updated");
+        } else {
+            tracing::debug!(%workload, lease_id = %lease.lease_id, "lease renewed");
+        }
+        pace.delivered = true;
+        if self.cfg.once {
+            // Nobody renews these: no deadline for a successor to enforce.
+            dir.forget_state();
+            return Ok(Some(Exit::Once));
+        }
+        self.persist(dir);
+        // From when the request left, like the expiry: a slow answer does
+        // not push the next renewal towards it.
+        pace.next_call = sent + renew_after(lease.ttl_secs, crate::jitter::unit());
+        Ok(None)
+    }
+
+    /// A fetch or renewal failed: wipe on a withdrawal, stop on a denial
+    /// before anything was delivered, else try again with backoff.
+    fn failed(
+        &mut self,
+        dir: &mut SecretsDir,
+        e: ClientError,
+        renewing: bool,
+        now: Instant,
+        pace: &mut Pace,
+    ) -> Result<(), SidecarError> {
+        let workload = self.cfg.workload.clone();
+        let withdrawn = e.is_denied() || (!renewing && e.is_not_found());
+        if withdrawn && pace.delivered {
+            let left = self.wipe_files(dir);
+            self.persist(dir);
+            self.lease_id = None;
+            if left == 0 {
+                tracing::warn!(%workload, reason = %e, "the broker withdrew the secrets: files wiped, retrying");
+            } else {
+                tracing::error!(%workload, reason = %e, files_left = left, "the broker withdrew the secrets: not every file could be wiped, trying again");
+            }
+            pace.next_call = now + pace.denied.next();
+        } else if e.is_denied() {
+            return Err(SidecarError::Denied(match e {
+                ClientError::Api(a) => a.message,
+                other => other.to_string(),
+            }));
+        } else if renewing && e.is_not_found() {
+            tracing::info!(%workload, "the broker does not know the lease (restarted?): fetching anew");
+            self.lease_id = None;
+            pace.next_call = now;
+        } else if !pace.delivered && (self.cfg.once || !transient_error(&e)) {
+            return Err(SidecarError::Client(e));
+        } else {
+            let wait = pace.transient.next();
+            tracing::warn!(%workload, error = %e, retry_in = ?wait, "cannot reach the broker: files stay until their ttl");
+            pace.next_call = now + wait;
+        }
+        Ok(())
     }
 
     /// Carry out the change actions whose debounce window closed. The
