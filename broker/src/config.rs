@@ -138,6 +138,9 @@ pub struct VaultSection {
     pub max_retries: Option<u32>,
     /// A duration ("5s") or a number of seconds, as VAULT_CLIENT_TIMEOUT.
     pub client_timeout: Option<String>,
+    /// Serve sealed copies younger than this while Vault is unreachable
+    /// ("1h"; off when absent). Needs the store directory and key.
+    pub max_stale: Option<String>,
     pub auth: Option<VaultAuthSection>,
 }
 
@@ -250,7 +253,8 @@ pub struct BrokerConfig {
     pub dev: bool,
     /// Set exactly when `store` is `Vault`.
     pub vault: Option<VaultConfig>,
-    /// Set exactly when `store` is `File`.
+    /// Set exactly when `store` is `File`, or `Vault` with `max_stale`
+    /// (its copies' directory and key).
     pub file_store: Option<FileStoreConfig>,
     pub kubernetes: Option<KubernetesConfig>,
     pub admin_addr: Option<std::net::SocketAddr>,
@@ -273,7 +277,7 @@ pub enum ConfigError {
     },
     #[error("the vault store is not configured: {0}")]
     Vault(String),
-    #[error("the file store has no key: give --store-key-file FILE, store_key_file in [broker], {ENV_STORE_KEY_FILE}, or a systemd credential named {STORE_KEY_CREDENTIAL} (LoadCredentialEncrypted=); `unbaked store init-key FILE` creates a key")]
+    #[error("the file store (or [vault] max_stale) has no key: give --store-key-file FILE, store_key_file in [broker], {ENV_STORE_KEY_FILE}, or a systemd credential named {STORE_KEY_CREDENTIAL} (LoadCredentialEncrypted=); `unbaked store init-key FILE` creates a key")]
     NoStoreKey,
     #[error("[broker] {field}: {message}")]
     Invalid {
@@ -334,6 +338,7 @@ impl BrokerConfig {
             StoreKind::Vault => Some(resolve_vault(file.vault.unwrap_or_default(), &env)?),
             StoreKind::Memory | StoreKind::File => None,
         };
+        let stale = vault.as_ref().is_some_and(|v| v.max_stale.is_some());
         let file_store = match store {
             StoreKind::File => {
                 let (key_file, key_from) =
@@ -347,6 +352,21 @@ impl BrokerConfig {
                     key_file,
                     key_from,
                     max_versions: file.broker.store_max_versions.unwrap_or(0),
+                })
+            }
+            // The Vault store's stale copies: the same directory and key.
+            StoreKind::Vault if stale => {
+                let (key_file, key_from) =
+                    store_key_file(opts.store_key_file, file.broker.store_key_file, &env)
+                        .ok_or(ConfigError::NoStoreKey)?;
+                Some(FileStoreConfig {
+                    dir: opts
+                        .store_dir
+                        .or(file.broker.store_dir)
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_DIR)),
+                    key_file,
+                    key_from,
+                    max_versions: 1,
                 })
             }
             StoreKind::Memory | StoreKind::Vault => None,
@@ -474,6 +494,17 @@ fn resolve_vault(
         })?,
         None => crate::store::vault::BUDGET,
     };
+    let max_stale = match v.max_stale {
+        Some(text) => Some(
+            humantime::parse_duration(&text)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    bad("[vault] max_stale is not a positive duration: write e.g. \"1h\" or \"30m\" (leave it out to serve nothing stale)")
+                })?,
+        ),
+        None => None,
+    };
     Ok(VaultConfig {
         addresses,
         kv_mount: v.kv_mount.unwrap_or_else(|| DEFAULT_KV_MOUNT.into()),
@@ -491,6 +522,7 @@ fn resolve_vault(
         max_retries,
         timeout,
         auth,
+        max_stale,
     })
 }
 
