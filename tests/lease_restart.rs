@@ -58,6 +58,21 @@ fn logs_containing(f: &Fleet, what: &str) -> usize {
         .count()
 }
 
+/// A log line without its colours.
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in line.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
 /// Wait until the broker says it kept `n` leases after audit line `skip`
 /// (the keeper saves within a second of a change).
 fn wait_kept(b: &Broker, n: usize) {
@@ -67,7 +82,7 @@ fn wait_kept(b: &Broker, n: usize) {
             .lines()
             .rev()
             .find(|l| l.contains("leases kept"))
-            .is_some_and(|l| l.contains(&want))
+            .is_some_and(|l| plain(l).contains(&want))
     });
     assert!(ok, "the broker did not keep {n} leases:\n{}", b.log_text());
 }
