@@ -54,7 +54,11 @@ impl Drop for Fleet {
 fn logs_containing(f: &Fleet, what: &str) -> usize {
     f.logs
         .iter()
-        .filter(|p| std::fs::read_to_string(p).unwrap_or_default().contains(what))
+        .filter(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .contains(what)
+        })
         .count()
 }
 
@@ -144,7 +148,11 @@ fn a_restarted_broker_renews_its_sidecars_leases_by_their_ids() {
         .iter()
         .map(|d| d.path().join("db/password"))
         .collect();
-    let all_there = || files.iter().all(|f| std::fs::read(f).is_ok_and(|v| v == PW));
+    let all_there = || {
+        files
+            .iter()
+            .all(|f| std::fs::read(f).is_ok_and(|v| v == PW))
+    };
     assert!(wait_for(DEADLINE, all_there), "{}", b.log_text());
     let grants: std::collections::BTreeSet<String> = records_after(&b, 0)
         .iter()
@@ -164,7 +172,9 @@ fn a_restarted_broker_renews_its_sidecars_leases_by_their_ids() {
             .filter_map(|r| Some(r["lease"].as_str()?.to_string()))
             .collect()
     };
-    let ok = wait_for(DEADLINE, || grants.iter().all(|id| renewed(&b).contains(id)));
+    let ok = wait_for(DEADLINE, || {
+        grants.iter().all(|id| renewed(&b).contains(id))
+    });
     assert!(
         ok,
         "not every lease was renewed after the restart ({} of {n}):\n{}",
@@ -177,7 +187,10 @@ fn a_restarted_broker_renews_its_sidecars_leases_by_their_ids() {
         .filter(|r| r["event"] == "grant" && r["workload"] == "app")
         .count();
     assert_eq!(fresh, 0, "sidecars fetched afresh after the restart");
-    assert!(!after.iter().any(|r| r["event"] == "expire"), "a lease expired");
+    assert!(
+        !after.iter().any(|r| r["event"] == "expire"),
+        "a lease expired"
+    );
     assert_eq!(logs_containing(&fleet, "does not know the lease"), 0);
     assert!(all_there(), "a sidecar lost its file");
     // Renewals carry on after the restart: each lease renewed twice more.

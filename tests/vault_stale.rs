@@ -179,7 +179,13 @@ fn an_openbao_outage_is_served_from_sealed_copies_within_max_stale() {
         body.starts_with("degraded: ") && body.contains("unavailable"),
         "{body}"
     );
-    assert!(counter(&b.metrics(), "unbaked_stale_served_total", &["workload=\"app\""]) >= 1);
+    assert!(
+        counter(
+            &b.metrics(),
+            "unbaked_stale_served_total",
+            &["workload=\"app\""]
+        ) >= 1
+    );
 
     // A certificate is never served stale, nor reused for a new lease.
     let pki = exec(&b, "web", "TLS_CERT");
@@ -190,7 +196,13 @@ fn an_openbao_outage_is_served_from_sealed_copies_within_max_stale() {
     // serves the copy it kept on disk.
     b.restart();
     let out = exec(&b, "app", "DB_PASSWORD");
-    assert_eq!((out.code, &out.stdout[..]), (Some(0), PW), "{}\n{}", out.stderr, b.log_text());
+    assert_eq!(
+        (out.code, &out.stdout[..]),
+        (Some(0), PW),
+        "{}\n{}",
+        out.stderr,
+        b.log_text()
+    );
     let grant = last(&b, "grant", "app");
     assert_eq!(grant["secrets"][0]["stale"], true, "{grant}");
 
@@ -237,7 +249,8 @@ fn an_openbao_outage_is_served_from_sealed_copies_within_max_stale() {
         .max()
         .expect("OpenBao audited the rotation");
     assert!(
-        wait_for(DEADLINE, || std::fs::read(&file).is_ok_and(|v| v == ROTATED)),
+        wait_for(DEADLINE, || std::fs::read(&file)
+            .is_ok_and(|v| v == ROTATED)),
         "{}",
         b.log_text()
     );
@@ -356,7 +369,11 @@ fn a_wrong_or_missing_key_is_refused_and_nothing_changes() {
     std::fs::create_dir_all(&policies).unwrap();
     let socket = tmp.path().join("refused.sock");
     let other = tmp.path().join("other.key");
-    let out = output(Command::new(BIN).args([OsStr::new("store"), "init-key".as_ref(), other.as_os_str()]));
+    let out = output(Command::new(BIN).args([
+        OsStr::new("store"),
+        "init-key".as_ref(),
+        other.as_os_str(),
+    ]));
     assert!(out.status.success());
     let config = tmp.path().join("broker.toml");
     let write = |key: &Path| {
@@ -373,7 +390,10 @@ fn a_wrong_or_missing_key_is_refused_and_nothing_changes() {
     };
     write(&other);
     let e = refused(&config, &socket, &policies);
-    assert!(e.contains("does not open") && e.contains("max_stale"), "{e}");
+    assert!(
+        e.contains("does not open") && e.contains("max_stale"),
+        "{e}"
+    );
     write(&tmp.path().join("absent.key"));
     let e = refused(&config, &socket, &policies);
     assert!(e.contains("absent.key") && e.contains("init-key"), "{e}");

@@ -342,7 +342,10 @@ mod tests {
         assert_eq!((l.id.as_str(), l.pid, l.ttl), ("l1", Some(42), lease.ttl));
         assert!(l.expires_at > now + Duration::from_secs(55));
         let c = &kept.issued[0];
-        assert_eq!((&c.request, &c.handle, c.version), (&cred.request, &cred.handle, 7));
+        assert_eq!(
+            (&c.request, &c.handle, c.version),
+            (&cred.request, &cred.handle, 7)
+        );
         assert_eq!(
             c.fields["private_key"].expose_secret(),
             b"kept-private-key-marker"

@@ -72,7 +72,9 @@ pub enum BrokerError {
     Platform(#[from] PlatformError),
     #[error("cannot open the kept leases: {0}")]
     Leases(store::file::FileStoreError),
-    #[error("the kept leases in {dir} do not read ({reason}): move {dir} away to start without them")]
+    #[error(
+        "the kept leases in {dir} do not read ({reason}): move {dir} away to start without them"
+    )]
     LeasesUnreadable { dir: PathBuf, reason: String },
 }
 

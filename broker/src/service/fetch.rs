@@ -527,8 +527,10 @@ impl Broker {
             kept.issued.iter().map(|e| e.lease.clone()).collect();
         self.issued.import(kept.issued);
         let wall = std::time::SystemTime::now();
-        let (live, ended): (Vec<_>, Vec<_>) =
-            kept.leases.into_iter().partition(|(_, deadline)| *deadline > wall);
+        let (live, ended): (Vec<_>, Vec<_>) = kept
+            .leases
+            .into_iter()
+            .partition(|(_, deadline)| *deadline > wall);
         let live: Vec<LeaseRecord> = live.into_iter().map(|(l, _)| l).collect();
         let ended: Vec<LeaseRecord> = ended.into_iter().map(|(l, _)| l).collect();
         for lease in &live {

@@ -110,7 +110,11 @@ impl Broker {
         let leases = self.leases.snapshot();
         let issued = self.issued.export();
         k.save(changes, &leases, &issued)?;
-        tracing::debug!(leases = leases.len(), credentials = issued.len(), "leases kept");
+        tracing::debug!(
+            leases = leases.len(),
+            credentials = issued.len(),
+            "leases kept"
+        );
         Ok(true)
     }
 

@@ -329,7 +329,10 @@ impl Index {
     fn put(&mut self, path: &str, version: u64, v: Version, max_versions: u32) -> u64 {
         let entry = self.paths.entry(path.to_string()).or_default();
         // A version written again (a stale copy refreshed) replaces its record.
-        let mut dead = entry.versions.insert(version, v).map_or(0, |old| old.frame_len);
+        let mut dead = entry
+            .versions
+            .insert(version, v)
+            .map_or(0, |old| old.frame_len);
         while max_versions > 0 && entry.versions.len() > max_versions as usize {
             if let Some((_, old)) = entry.versions.pop_first() {
                 dead += old.frame_len;

@@ -121,7 +121,9 @@ impl IssuedTable {
                     .fields
                     .iter()
                     .filter_map(|(f, s)| {
-                        let v = self.sealer.open(&aad(lease, &h.request.path, f, h.version), s)?;
+                        let v = self
+                            .sealer
+                            .open(&aad(lease, &h.request.path, f, h.version), s)?;
                         Some((f.clone(), v))
                     })
                     .collect();

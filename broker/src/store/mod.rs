@@ -30,6 +30,10 @@ pub struct Versioned {
     pub value: Secret,
 }
 
+/// A read that may have been answered from a stale copy: the value, and
+/// the copy's age when it was ([`Store::read_or_stale`]).
+pub type MaybeStale = Option<(Versioned, Option<Duration>)>;
+
 /// Every key of a secret at one version.
 #[derive(Debug, Clone)]
 pub struct VersionedData {
@@ -151,7 +155,7 @@ pub trait Store: Send + Sync + 'static {
         path: &str,
         key: &str,
         max_age: Duration,
-    ) -> BoxFuture<'_, Result<Option<(Versioned, Option<Duration>)>, StoreError>> {
+    ) -> BoxFuture<'_, Result<MaybeStale, StoreError>> {
         let read = self.read_fresh(path, key, max_age);
         Box::pin(async move { Ok(read.await?.map(|v| (v, None))) })
     }
@@ -201,7 +205,9 @@ pub enum OpenError {
     Vault(StoreError),
     #[error("no system randomness for the sealing key")]
     Random,
-    #[error("[vault] max_stale needs the store directory and key (--store-dir, --store-key-file): {0}")]
+    #[error(
+        "[vault] max_stale needs the store directory and key (--store-dir, --store-key-file): {0}"
+    )]
     StaleCopies(file::FileStoreError),
 }
 

@@ -172,7 +172,12 @@ impl StaleCopies {
         let on_disk = d
             .data
             .remove(AT)
-            .and_then(|s| std::str::from_utf8(s.expose_secret()).ok()?.parse::<u64>().ok())
+            .and_then(|s| {
+                std::str::from_utf8(s.expose_secret())
+                    .ok()?
+                    .parse::<u64>()
+                    .ok()
+            })
             .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))?;
         let confirmed = match self.seen().get(path) {
             Some(s) if s.version == d.version => s.confirmed.max(on_disk),
@@ -222,19 +227,29 @@ mod tests {
         };
         let s = StaleCopies::with(open(7).unwrap(), Duration::from_secs(3600));
         assert!(s.confirmed("secret/app/db", 3));
-        s.keep("secret/app/db", &data(3, b"stale-copy-marker-3")).unwrap();
+        s.keep("secret/app/db", &data(3, b"stale-copy-marker-3"))
+            .unwrap();
         assert!(!s.confirmed("secret/app/db", 3), "unchanged: not rewritten");
         assert!(s.confirmed("secret/app/db", 4), "a new version is");
-        s.keep("secret/app/db", &data(4, b"stale-copy-marker-4")).unwrap();
+        s.keep("secret/app/db", &data(4, b"stale-copy-marker-4"))
+            .unwrap();
         let (v, age) = s.lookup("secret/app/db", "password").unwrap();
-        assert_eq!((v.version, v.value.expose_secret()), (4, &b"stale-copy-marker-4"[..]));
+        assert_eq!(
+            (v.version, v.value.expose_secret()),
+            (4, &b"stale-copy-marker-4"[..])
+        );
         assert!(age < Duration::from_secs(60));
         assert!(s.lookup("secret/app/db", "other").is_none());
         drop(s);
 
         // Nothing in clear: values, key names, paths.
         let bytes = std::fs::read(dir.path().join(DIR).join(super::super::file::LOG)).unwrap();
-        for needle in [&b"stale-copy-marker"[..], b"password", b"app/db", b"fetched_at"] {
+        for needle in [
+            &b"stale-copy-marker"[..],
+            b"password",
+            b"app/db",
+            b"fetched_at",
+        ] {
             assert!(
                 !bytes.windows(needle.len()).any(|w| w == needle),
                 "{} in clear",

@@ -26,7 +26,8 @@ use super::cache::Cache;
 use super::stale::StaleCopies;
 pub use super::vault_tls::VaultTls;
 use super::{
-    BoxFuture, IssueRequest, Issued, IssuedHandle, Store, StoreError, Versioned, VersionedData,
+    BoxFuture, IssueRequest, Issued, IssuedHandle, MaybeStale, Store, StoreError, Versioned,
+    VersionedData,
 };
 use rustify::endpoint::Endpoint;
 use rustify::enums::{RequestMethod, RequestType, ResponseType};
@@ -667,7 +668,7 @@ impl VaultStore {
         path: &str,
         key: &str,
         err: StoreError,
-    ) -> Result<Option<(Versioned, Option<Duration>)>, StoreError> {
+    ) -> Result<MaybeStale, StoreError> {
         let StoreError::Unavailable { reason, .. } = &err else {
             return Err(err);
         };
@@ -844,7 +845,7 @@ impl Store for VaultStore {
         path: &str,
         key: &str,
         max_age: Duration,
-    ) -> BoxFuture<'_, Result<Option<(Versioned, Option<Duration>)>, StoreError>> {
+    ) -> BoxFuture<'_, Result<MaybeStale, StoreError>> {
         let (path, key) = (path.to_string(), key.to_string());
         Box::pin(async move {
             let Some(copies) = self.copies.as_deref() else {
@@ -868,9 +869,7 @@ impl Store for VaultStore {
     }
 
     fn stale_window(&self) -> Option<(Duration, u64)> {
-        self.copies
-            .as_deref()
-            .map(|c| (c.max_stale(), c.served()))
+        self.copies.as_deref().map(|c| (c.max_stale(), c.served()))
     }
 
     fn read_all(&self, path: &str) -> BoxFuture<'_, Result<Option<VersionedData>, StoreError>> {
