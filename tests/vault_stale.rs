@@ -100,9 +100,9 @@ fn exec(b: &Broker, workload: &str, var: &str) -> Run {
 fn last(b: &Broker, event: &str, workload: &str) -> serde_json::Value {
     b.audit_text()
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|r| r["event"] == event && r["workload"] == workload)
-        .last()
+        .find(|r| r["event"] == event && r["workload"] == workload)
         .unwrap_or_else(|| panic!("no {event} record for {workload}:\n{}", b.audit_text()))
 }
 
@@ -419,4 +419,128 @@ fn a_wrong_or_missing_key_is_refused_and_nothing_changes() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(up, "the right key did not start the broker");
+}
+
+/// Serials of the certificates `pki/` has issued.
+fn serials(dev: &Dev) -> Vec<String> {
+    let v = dev.json(&["list", "-format=json", "pki/certs"]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn revocation_time(dev: &Dev, serial: &str) -> i64 {
+    dev.json(&["read", "-format=json", &format!("pki/cert/{serial}")])["data"]["revocation_time"]
+        .as_i64()
+        .unwrap()
+}
+
+/// A certificate held by a sidecar's lease across a broker SIGKILL: the
+/// restarted broker renews the lease by its id with the same certificate
+/// (none issued anew) and still revokes it when the sidecar stops.
+#[test]
+fn a_leases_certificate_is_kept_across_a_restart_and_revoked_at_its_end() {
+    let dev = Dev::start();
+    setup_pki(&dev.server, ROOT_TOKEN);
+    let web = host_policy(
+        "web",
+        r#"
+[[grant]]
+pki = "pki/issue/web"
+common_name = "web.internal"
+file = "tls"
+ttl = "6s"
+"#,
+    );
+    let (_tmp, store_dir, key) = store_setup();
+    let mut b = Broker::builder()
+        .policies(&[("web.toml", &web)])
+        .vault(&vault_config(&dev.server.addr, "1h"))
+        .env("VAULT_TOKEN", ROOT_TOKEN)
+        .args([
+            OsStr::new("--store-dir"),
+            store_dir.as_os_str(),
+            OsStr::new("--store-key-file"),
+            key.as_os_str(),
+        ])
+        .start();
+    let secrets = shm_dir("vault-stale-pki");
+    let log = b.dir.path().join("sidecar-web.log");
+    let mut sidecar = b
+        .cmd()
+        .args(["sidecar", "--workload", "web", "--dir"])
+        .arg(secrets.path())
+        .env("UNBAKED_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let cert = secrets.path().join("tls/cert.pem");
+    assert!(wait_for(DEADLINE, || cert.exists()), "{}", b.log_text());
+    let pem = std::fs::read(&cert).unwrap();
+    let issued = serials(&dev);
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    let serial = issued[0].clone();
+    let lease = last(&b, "grant", "web")["lease"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The keeper saves within a second of a change.
+    let kept = wait_for(DEADLINE, || {
+        b.log_text()
+            .lines()
+            .any(|l| l.contains("leases kept") && plain(l).contains("credentials=1"))
+    });
+    assert!(kept, "{}", b.log_text());
+
+    let mark = b.audit_text().lines().count();
+    b.restart();
+    let renewed = wait_for(DEADLINE, || {
+        b.audit_text()
+            .lines()
+            .skip(mark)
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|r| r["event"] == "renew" && r["lease"] == lease.as_str())
+    });
+    assert!(renewed, "{}", b.log_text());
+    assert_eq!(serials(&dev), issued, "a certificate was issued anew");
+    assert_eq!(std::fs::read(&cert).unwrap(), pem, "the file was rewritten");
+    assert!(!text(&std::fs::read(&log).unwrap()).contains("does not know the lease"));
+    assert_eq!(revocation_time(&dev, &serial), 0);
+
+    let key_pem = std::fs::read_to_string(secrets.path().join("tls/key.pem")).unwrap();
+    let key_line = key_pem.lines().nth(1).unwrap().to_string();
+
+    // The sidecar stops: the restarted broker revokes the kept certificate.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sidecar.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    sidecar.wait().unwrap();
+    assert!(
+        wait_for(DEADLINE, || revocation_time(&dev, &serial) > 0),
+        "certificate {serial} not revoked:\n{}",
+        b.log_text()
+    );
+    // The private key was kept sealed.
+    assert!(files_containing(&store_dir, key_line.as_bytes()).is_empty());
+}
+
+/// A log line without its colours.
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in line.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
 }

@@ -83,6 +83,8 @@ pub struct BrokerOptions {
     pub socket_group: Option<String>,
     pub store_dir: Option<PathBuf>,
     pub store_key_file: Option<PathBuf>,
+    /// `--vault-max-stale`, over `[vault] max_stale`.
+    pub vault_max_stale: Option<String>,
 }
 
 /// The `--config FILE` format.
@@ -335,7 +337,13 @@ impl BrokerConfig {
             .or(file.broker.store)
             .unwrap_or(StoreKind::Memory);
         let vault = match store {
-            StoreKind::Vault => Some(resolve_vault(file.vault.unwrap_or_default(), &env)?),
+            StoreKind::Vault => {
+                let mut section = file.vault.unwrap_or_default();
+                if let Some(m) = opts.vault_max_stale.clone() {
+                    section.max_stale = Some(m);
+                }
+                Some(resolve_vault(section, &env)?)
+            }
             StoreKind::Memory | StoreKind::File => None,
         };
         let stale = vault.as_ref().is_some_and(|v| v.max_stale.is_some());
@@ -500,7 +508,7 @@ fn resolve_vault(
                 .ok()
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| {
-                    bad("[vault] max_stale is not a positive duration: write e.g. \"1h\" or \"30m\" (leave it out to serve nothing stale)")
+                    bad("[vault] max_stale (--vault-max-stale) is not a positive duration: write e.g. \"1h\" or \"30m\" (leave it out to serve nothing stale)")
                 })?,
         ),
         None => None,
@@ -844,6 +852,72 @@ mod tests {
             e.contains("init-key") && e.contains(ENV_STORE_KEY_FILE),
             "{e}"
         );
+    }
+
+    #[test]
+    fn max_stale_needs_the_store_key_and_a_flag_wins_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(
+            &file,
+            "[broker]\nstore = \"vault\"\nstore_dir = \"/d\"\n\n[vault]\naddress = \"http://127.0.0.1:8200\"\nmax_stale = \"1h\"\n",
+        )
+        .unwrap();
+        let env = |k: &str| match k {
+            "VAULT_TOKEN" => Some("t".to_string()),
+            ENV_STORE_KEY_FILE => Some("/k".to_string()),
+            _ => None,
+        };
+        let opts = BrokerOptions {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let c = BrokerConfig::resolve(opts.clone(), env).unwrap();
+        assert_eq!(
+            c.vault.unwrap().max_stale,
+            Some(std::time::Duration::from_secs(3600))
+        );
+        let f = c.file_store.unwrap();
+        assert_eq!((f.dir, f.key_file), ("/d".into(), "/k".into()));
+        let c = BrokerConfig::resolve(
+            BrokerOptions {
+                vault_max_stale: Some("10m".into()),
+                ..opts.clone()
+            },
+            env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.vault.unwrap().max_stale,
+            Some(std::time::Duration::from_secs(600))
+        );
+        let no_key = |k: &str| (k == "VAULT_TOKEN").then(|| "t".to_string());
+        let e = BrokerConfig::resolve(opts.clone(), no_key).unwrap_err();
+        assert!(e.to_string().contains("max_stale"), "{e}");
+        let e = BrokerConfig::resolve(
+            BrokerOptions {
+                vault_max_stale: Some("soon".into()),
+                ..opts
+            },
+            env,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--vault-max-stale"), "{e}");
+        // Without max_stale the Vault store needs no key.
+        std::fs::write(
+            &file,
+            "[broker]\nstore = \"vault\"\n\n[vault]\naddress = \"http://127.0.0.1:8200\"\n",
+        )
+        .unwrap();
+        let c = BrokerConfig::resolve(
+            BrokerOptions {
+                config: Some(file),
+                ..Default::default()
+            },
+            no_key,
+        )
+        .unwrap();
+        assert!(c.file_store.is_none());
     }
 
     #[test]
