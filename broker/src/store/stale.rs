@@ -14,8 +14,9 @@
 //!
 //! Only when Vault is unreachable (connection failure, timeout, 429/5xx;
 //! never a refusal or a 404) is a copy served, and only one younger than
-//! `max_stale`; a 404 removes the copy. Dynamic credentials are never
-//! copied. **Invariant:** no value, key name or path in clear on disk.
+//! `max_stale`; a 404, or a write or delete through the broker, removes
+//! the copy. Dynamic credentials are never copied.
+//! **Invariant:** no value, key name or path in clear on disk.
 
 use super::file::{FileStore, FileStoreConfig, FileStoreError};
 use super::{StoreError, Versioned, VersionedData};

@@ -655,6 +655,24 @@ impl VaultStore {
         found
     }
 
+    /// A write or a delete through the broker: the kept copy, now
+    /// outdated, is not served while Vault is away (the next read keeps the
+    /// new version).
+    async fn drop_copy(&self, path: &str) {
+        let Some(copies) = self.copies.clone() else {
+            return;
+        };
+        let copy = self.copy_path(path);
+        if !copies.has(&copy) {
+            return;
+        }
+        match tokio::task::spawn_blocking(move || copies.forget(&copy)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "vault: could not drop a stale copy"),
+            Err(e) => tracing::warn!(error = %e, "vault: could not drop a stale copy"),
+        }
+    }
+
     /// A copy's path: the KV mount and the secret's path.
     fn copy_path(&self, path: &str) -> String {
         format!("{}/{path}", self.cfg.kv_mount)
@@ -904,6 +922,7 @@ impl Store for VaultStore {
                 .await?
                 .ok_or_else(|| invalid(format!("no kv v2 engine at {}", self.cfg.kv_mount)))?;
             self.cache.invalidate(&path);
+            self.drop_copy(&path).await;
             Ok(meta.version)
         })
     }
@@ -927,6 +946,7 @@ impl Store for VaultStore {
                 .await?;
             }
             self.cache.invalidate(&path);
+            self.drop_copy(&path).await;
             Ok(exists)
         })
     }
