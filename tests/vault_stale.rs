@@ -272,6 +272,7 @@ fn an_openbao_outage_is_served_from_sealed_copies_within_max_stale() {
         .expect("a renewal delivered version 2");
     assert!(fresh["secrets"][0].get("stale").is_none(), "{fresh}");
     let reached = ts(fresh).duration_since(rotated_at).unwrap_or_default();
+    eprintln!("stale lease renewed {gap:?} after its grant; rotation reached the sidecar {reached:?} after OpenBao took it (audit clocks)");
     assert!(
         reached <= Duration::from_secs(30),
         "the rotation reached the workload {reached:?} after OpenBao took it"
