@@ -648,3 +648,108 @@ fn secret_refs(items: &[Item], stale: &Stale) -> Vec<SecretRef> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease_keep::{Kept, LeaseKeeper};
+    use crate::store::file::FileStore;
+    use crate::store::issued::Exported;
+    use crate::store::key::StoreKey;
+    use crate::store::{IssueRequest, IssuedHandle};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::SystemTime;
+    use unbaked_api::Secret;
+    use unbaked_policy::Dynamic;
+
+    fn broker(audit: &std::path::Path, keep: &std::path::Path) -> Broker {
+        let policies = unbaked_policy::from_sources(&[(
+            "web.toml".into(),
+            "workload = \"web\"\n[match]\nuids = [1000]\n".into(),
+        )])
+        .unwrap();
+        let keeper = LeaseKeeper::with(
+            FileStore::open_with_key(keep, StoreKey::from_bytes([9; 32]), "test", 1).unwrap(),
+        );
+        Broker::new(
+            policies,
+            Arc::new(crate::store::memory::MemoryStore::new().unwrap()),
+            crate::audit::Audit::open(audit).unwrap(),
+            0,
+        )
+        .with_keeper(keeper)
+    }
+
+    fn lease(id: &str, ttl: Duration) -> LeaseRecord {
+        LeaseRecord {
+            id: id.into(),
+            workload: "web".into(),
+            uid: 1000,
+            gid: 1000,
+            pid: Some(42),
+            kinds: vec![DeliveryKind::File],
+            ttl,
+            expires_at: Instant::now() + ttl,
+        }
+    }
+
+    fn credential(lease: &str) -> Exported {
+        Exported {
+            lease: lease.into(),
+            request: IssueRequest {
+                path: "database/creds/web".into(),
+                kind: Dynamic::Leased,
+                ttl: Duration::from_secs(60),
+            },
+            handle: IssuedHandle::Lease(format!("database/creds/web/{lease}")),
+            version: 3,
+            valid_until: SystemTime::now() + Duration::from_secs(120),
+            renewable: true,
+            fields: BTreeMap::from([("password".to_string(), Secret::from_slice(b"pw"))]),
+        }
+    }
+
+    /// A broker's saved leases come back in the next one: a live lease by
+    /// its id, with its credential; one whose deadline passed while the
+    /// broker was stopped ends at start, audited, its credential revoked.
+    #[tokio::test]
+    async fn kept_leases_come_back_and_past_deadlines_end_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (audit, keep) = (dir.path().join("audit.log"), dir.path().join("leases"));
+        let first = broker(&audit, &keep);
+        first.leases.insert(lease("live", Duration::from_secs(60)));
+        first
+            .leases
+            .insert(lease("short", Duration::from_millis(200)));
+        first
+            .issued
+            .import(vec![credential("live"), credential("short")]);
+        assert!(first.save_leases().unwrap());
+        assert!(!first.save_leases().unwrap(), "nothing changed: not saved");
+        drop(first);
+        std::thread::sleep(Duration::from_millis(300));
+
+        let second = broker(&audit, &keep);
+        let kept: Kept = second.keeper.as_ref().unwrap().load().unwrap();
+        assert_eq!(kept.leases.len(), 2);
+        assert_eq!(second.restore_leases(kept), (1, 1));
+        assert!(second.leases.get("live", Instant::now()).is_some());
+        assert!(second.leases.get("short", Instant::now()).is_none());
+        let exported = second.issued.export();
+        assert_eq!(exported.len(), 1);
+        assert_eq!(
+            (exported[0].lease.as_str(), exported[0].version),
+            ("live", 3)
+        );
+        let text = std::fs::read_to_string(&audit).unwrap();
+        assert!(
+            text.contains("\"expire\"") && text.contains("short"),
+            "{text}"
+        );
+        assert!(
+            text.contains("database/creds/web/short") && !text.contains("database/creds/web/live"),
+            "{text}"
+        );
+    }
+}
