@@ -77,7 +77,7 @@ fn plain(line: &str) -> String {
     out
 }
 
-/// Wait until the broker says it kept `n` leases after audit line `skip`
+/// Wait until the broker's latest save kept `n` leases
 /// (the keeper saves within a second of a change).
 fn wait_kept(b: &Broker, n: usize) {
     let want = format!("leases={n}");
