@@ -534,7 +534,10 @@ impl Broker {
         let live: Vec<LeaseRecord> = live.into_iter().map(|(l, _)| l).collect();
         let ended: Vec<LeaseRecord> = ended.into_iter().map(|(l, _)| l).collect();
         for lease in &live {
-            self.leases.insert(lease.clone());
+            // The table held at most the limit per holder; should it not
+            // have, the oldest end as they would have then.
+            let evicted = self.leases.insert(lease.clone());
+            self.end_leases(&evicted, "the holder held more leases than the limit");
         }
         self.end_leases(&ended, "ttl passed while the broker was stopped");
         // Credentials whose lease was not kept: revoked.
