@@ -86,6 +86,9 @@ pub struct BrokerArgs {
     /// The key the file store is sealed with [env: UNBAKED_STORE_KEY_FILE, or $CREDENTIALS_DIRECTORY/unbaked-store-key]
     #[arg(long, value_name = "FILE")]
     pub store_key_file: Option<PathBuf>,
+    /// With --store vault: serve sealed copies (kept in --store-dir) younger than DURATION while Vault is unreachable ([vault] max_stale)
+    #[arg(long, value_name = "DURATION")]
+    pub vault_max_stale: Option<String>,
     /// Append the hash-chained audit log to FILE (without it, audit records go to the log)
     #[arg(long, value_name = "FILE")]
     pub audit: Option<PathBuf>,

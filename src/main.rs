@@ -110,6 +110,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 socket_group: args.socket_group,
                 store_dir: args.store_dir,
                 store_key_file: args.store_key_file,
+                vault_max_stale: args.vault_max_stale,
             };
             let cfg = BrokerConfig::resolve(opts, |k| std::env::var(k).ok())
                 .map_err(|e| Failure::new(exit::FAILURE, e))?;

@@ -88,6 +88,7 @@ fn grant_record() -> Record {
             secret: "app/db".into(),
             key: "password".into(),
             version: 3,
+            ..SecretRef::default()
         }],
         ..Record::default()
     }

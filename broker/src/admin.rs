@@ -1,6 +1,7 @@
 //! The admin listener (`--admin-addr`, off by default, loopback unless told
 //! otherwise): `/healthz` (alive), `/readyz` (policies loaded, audit sink
-//! writable, store reachable) and `/metrics` (Prometheus text: OpenMetrics or the classic 0.0.4 format, as
+//! writable, store reachable; `200 degraded: ...` while the Vault store
+//! is unreachable and stale copies are served) and `/metrics` (Prometheus text: OpenMetrics or the classic 0.0.4 format, as
 //! `Accept` asks).
 //!
 //! **Invariant:** it serves no secret and takes no input beyond the path;
@@ -34,7 +35,9 @@ async fn route(broker: &Broker, req: Request<hyper::body::Incoming>) -> Response
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n".into()),
         "/readyz" => match broker.ready().await {
-            Ok(()) => text(StatusCode::OK, PLAIN, "ready\n".into()),
+            Ok(None) => text(StatusCode::OK, PLAIN, "ready\n".into()),
+            // Still serving, from stale copies: 200, and a body saying so.
+            Ok(Some(why)) => text(StatusCode::OK, PLAIN, format!("degraded: {why}\n")),
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 PLAIN,

@@ -72,12 +72,19 @@ pub struct ContainerRef {
 }
 
 /// Which secret a record is about: its location and version, never its value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretRef {
     pub id: String,
     pub secret: String,
     pub key: String,
     pub version: u64,
+    /// Answered from a stale copy while the store was unreachable
+    /// (`[vault] max_stale`).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub stale: bool,
+    /// The stale copy's age: since the store last confirmed it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub age_secs: Option<u64>,
 }
 
 /// The event-specific part of a record.

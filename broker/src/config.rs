@@ -83,6 +83,8 @@ pub struct BrokerOptions {
     pub socket_group: Option<String>,
     pub store_dir: Option<PathBuf>,
     pub store_key_file: Option<PathBuf>,
+    /// `--vault-max-stale`, over `[vault] max_stale`.
+    pub vault_max_stale: Option<String>,
 }
 
 /// The `--config FILE` format.
@@ -138,6 +140,9 @@ pub struct VaultSection {
     pub max_retries: Option<u32>,
     /// A duration ("5s") or a number of seconds, as VAULT_CLIENT_TIMEOUT.
     pub client_timeout: Option<String>,
+    /// Serve sealed copies younger than this while Vault is unreachable
+    /// ("1h"; off when absent). Needs the store directory and key.
+    pub max_stale: Option<String>,
     pub auth: Option<VaultAuthSection>,
 }
 
@@ -250,7 +255,8 @@ pub struct BrokerConfig {
     pub dev: bool,
     /// Set exactly when `store` is `Vault`.
     pub vault: Option<VaultConfig>,
-    /// Set exactly when `store` is `File`.
+    /// Set exactly when `store` is `File`, or `Vault` with `max_stale`
+    /// (its copies' directory and key).
     pub file_store: Option<FileStoreConfig>,
     pub kubernetes: Option<KubernetesConfig>,
     pub admin_addr: Option<std::net::SocketAddr>,
@@ -273,7 +279,7 @@ pub enum ConfigError {
     },
     #[error("the vault store is not configured: {0}")]
     Vault(String),
-    #[error("the file store has no key: give --store-key-file FILE, store_key_file in [broker], {ENV_STORE_KEY_FILE}, or a systemd credential named {STORE_KEY_CREDENTIAL} (LoadCredentialEncrypted=); `unbaked store init-key FILE` creates a key")]
+    #[error("the file store (or [vault] max_stale) has no key: give --store-key-file FILE, store_key_file in [broker], {ENV_STORE_KEY_FILE}, or a systemd credential named {STORE_KEY_CREDENTIAL} (LoadCredentialEncrypted=); `unbaked store init-key FILE` creates a key")]
     NoStoreKey,
     #[error("[broker] {field}: {message}")]
     Invalid {
@@ -331,9 +337,16 @@ impl BrokerConfig {
             .or(file.broker.store)
             .unwrap_or(StoreKind::Memory);
         let vault = match store {
-            StoreKind::Vault => Some(resolve_vault(file.vault.unwrap_or_default(), &env)?),
+            StoreKind::Vault => {
+                let mut section = file.vault.unwrap_or_default();
+                if let Some(m) = opts.vault_max_stale.clone() {
+                    section.max_stale = Some(m);
+                }
+                Some(resolve_vault(section, &env)?)
+            }
             StoreKind::Memory | StoreKind::File => None,
         };
+        let stale = vault.as_ref().is_some_and(|v| v.max_stale.is_some());
         let file_store = match store {
             StoreKind::File => {
                 let (key_file, key_from) =
@@ -347,6 +360,21 @@ impl BrokerConfig {
                     key_file,
                     key_from,
                     max_versions: file.broker.store_max_versions.unwrap_or(0),
+                })
+            }
+            // The Vault store's stale copies: the same directory and key.
+            StoreKind::Vault if stale => {
+                let (key_file, key_from) =
+                    store_key_file(opts.store_key_file, file.broker.store_key_file, &env)
+                        .ok_or(ConfigError::NoStoreKey)?;
+                Some(FileStoreConfig {
+                    dir: opts
+                        .store_dir
+                        .or(file.broker.store_dir)
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_DIR)),
+                    key_file,
+                    key_from,
+                    max_versions: 1,
                 })
             }
             StoreKind::Memory | StoreKind::Vault => None,
@@ -474,6 +502,17 @@ fn resolve_vault(
         })?,
         None => crate::store::vault::BUDGET,
     };
+    let max_stale = match v.max_stale {
+        Some(text) => Some(
+            humantime::parse_duration(&text)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    bad("[vault] max_stale (--vault-max-stale) is not a positive duration: write e.g. \"1h\" or \"30m\" (leave it out to serve nothing stale)")
+                })?,
+        ),
+        None => None,
+    };
     Ok(VaultConfig {
         addresses,
         kv_mount: v.kv_mount.unwrap_or_else(|| DEFAULT_KV_MOUNT.into()),
@@ -491,6 +530,7 @@ fn resolve_vault(
         max_retries,
         timeout,
         auth,
+        max_stale,
     })
 }
 
@@ -812,6 +852,72 @@ mod tests {
             e.contains("init-key") && e.contains(ENV_STORE_KEY_FILE),
             "{e}"
         );
+    }
+
+    #[test]
+    fn max_stale_needs_the_store_key_and_a_flag_wins_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(
+            &file,
+            "[broker]\nstore = \"vault\"\nstore_dir = \"/d\"\n\n[vault]\naddress = \"http://127.0.0.1:8200\"\nmax_stale = \"1h\"\n",
+        )
+        .unwrap();
+        let env = |k: &str| match k {
+            "VAULT_TOKEN" => Some("t".to_string()),
+            ENV_STORE_KEY_FILE => Some("/k".to_string()),
+            _ => None,
+        };
+        let opts = BrokerOptions {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let c = BrokerConfig::resolve(opts.clone(), env).unwrap();
+        assert_eq!(
+            c.vault.unwrap().max_stale,
+            Some(std::time::Duration::from_secs(3600))
+        );
+        let f = c.file_store.unwrap();
+        assert_eq!((f.dir, f.key_file), ("/d".into(), "/k".into()));
+        let c = BrokerConfig::resolve(
+            BrokerOptions {
+                vault_max_stale: Some("10m".into()),
+                ..opts.clone()
+            },
+            env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.vault.unwrap().max_stale,
+            Some(std::time::Duration::from_secs(600))
+        );
+        let no_key = |k: &str| (k == "VAULT_TOKEN").then(|| "t".to_string());
+        let e = BrokerConfig::resolve(opts.clone(), no_key).unwrap_err();
+        assert!(e.to_string().contains("max_stale"), "{e}");
+        let e = BrokerConfig::resolve(
+            BrokerOptions {
+                vault_max_stale: Some("soon".into()),
+                ..opts
+            },
+            env,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--vault-max-stale"), "{e}");
+        // Without max_stale the Vault store needs no key.
+        std::fs::write(
+            &file,
+            "[broker]\nstore = \"vault\"\n\n[vault]\naddress = \"http://127.0.0.1:8200\"\n",
+        )
+        .unwrap();
+        let c = BrokerConfig::resolve(
+            BrokerOptions {
+                config: Some(file),
+                ..Default::default()
+            },
+            no_key,
+        )
+        .unwrap();
+        assert!(c.file_store.is_none());
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct LeaseRecord {
 #[derive(Debug, Default)]
 pub struct LeaseTable {
     inner: Mutex<Inner>,
+    /// Bumped by every change, so the lease keeper saves only after one.
+    changes: std::sync::atomic::AtomicU64,
 }
 
 /// Live leases one process may hold for one workload. A sidecar holds
@@ -77,6 +79,7 @@ impl LeaseTable {
     /// [`MAX_LEASES_PER_HOLDER`], oldest first, are removed and returned
     /// for the caller to end.
     pub fn insert(&self, lease: LeaseRecord) -> Vec<LeaseRecord> {
+        self.changed();
         let mut t = self.lock();
         let deadline = (lease.expires_at, lease.id.clone());
         let (key, id) = (holder(&lease), lease.id.clone());
@@ -109,6 +112,7 @@ impl LeaseTable {
 
     /// Push the deadline out by a new ttl; false if the lease is gone.
     pub fn extend(&self, id: &str, ttl: Duration, now: Instant) -> bool {
+        self.changed();
         let mut t = self.lock();
         let Inner {
             leases, deadlines, ..
@@ -126,6 +130,7 @@ impl LeaseTable {
     }
 
     pub fn remove(&self, id: &str) -> Option<LeaseRecord> {
+        self.changed();
         let mut t = self.lock();
         let lease = t.leases.remove(id)?;
         t.forget(&lease);
@@ -145,7 +150,25 @@ impl LeaseTable {
                 expired.push(lease);
             }
         }
+        if !expired.is_empty() {
+            self.changed();
+        }
         expired
+    }
+
+    /// A count that changes whenever the table does.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn changed(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Every lease (to keep across a restart).
+    pub fn snapshot(&self) -> Vec<LeaseRecord> {
+        self.lock().leases.values().cloned().collect()
     }
 
     pub fn len(&self) -> usize {

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod config;
 pub mod dev;
 pub mod lease;
+pub mod lease_keep;
 pub mod metrics;
 pub mod names;
 pub mod platform;
@@ -69,6 +70,12 @@ pub enum BrokerError {
     /// is not private to the broker).
     #[error(transparent)]
     Platform(#[from] PlatformError),
+    #[error("cannot open the kept leases: {0}")]
+    Leases(store::file::FileStoreError),
+    #[error(
+        "the kept leases in {dir} do not read ({reason}): move {dir} away to start without them"
+    )]
+    LeasesUnreadable { dir: PathBuf, reason: String },
 }
 
 /// Opens the container platform for a broker on the socket at the given
@@ -184,6 +191,19 @@ pub async fn run(cfg: BrokerConfig, open_platform: PlatformOpener) -> Result<(),
     let (policies, audit) = open_core(&cfg, &store, &extra).await?;
     let workloads = policies.len();
     let mut broker = Broker::new(policies, store, audit, uid);
+    // The leases a previous run kept, taken back before anyone can ask.
+    if let Some(f) = &cfg.file_store {
+        let keeper = lease_keep::LeaseKeeper::open(f).map_err(BrokerError::Leases)?;
+        let kept = keeper
+            .load()
+            .map_err(|reason| BrokerError::LeasesUnreadable {
+                dir: f.dir.join(lease_keep::DIR),
+                reason,
+            })?;
+        broker = broker.with_keeper(keeper);
+        let (live, ended) = broker.restore_leases(kept);
+        tracing::info!(live, ended, "kept leases taken back");
+    }
     if let Some(vault) = &cfg.vault {
         let off = i64::from(vault.tls.skip_verify);
         broker.metrics().vault_tls_verify_disabled.set(off);
@@ -238,6 +258,10 @@ pub async fn run(cfg: BrokerConfig, open_platform: PlatformOpener) -> Result<(),
     }
     platform.stop();
     let _ = std::fs::remove_file(&socket);
+    // Served leases as they stand now, for the next run.
+    if let Err(e) = broker.save_leases() {
+        tracing::error!(error = %e, "could not keep the leases for the next start");
+    }
     broker.flush_denials(true);
     // Closes the chain: an edit of the last real record now breaks a link.
     if let Err(e) = broker.audit().record(Event::Stop, Record::default()) {
@@ -259,5 +283,11 @@ async fn sweep(broker: Arc<Broker>) {
     loop {
         tick.tick().await;
         broker.expire(Instant::now());
+        let b = broker.clone();
+        match tokio::task::spawn_blocking(move || b.save_leases()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "could not keep the leases"),
+            Err(e) => tracing::error!(error = %e, "could not keep the leases"),
+        }
     }
 }

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub grants: Family<WorkloadLabels, Counter>,
     pub denials: Family<DenialLabels, Counter>,
     pub renewals: Family<WorkloadLabels, Counter>,
+    /// Items answered from a stale copy while the store was unreachable.
+    pub stale_served: Family<WorkloadLabels, Counter>,
     pub active_leases: Gauge,
     pub store_latency: Family<StoreLabels, Histogram>,
     pub cache_hits: Family<StoreLabels, Counter>,
@@ -78,6 +80,7 @@ impl Metrics {
         let grants = Family::default();
         let denials = Family::default();
         let renewals = Family::default();
+        let stale_served = Family::default();
         let active_leases = Gauge::default();
         let store_latency = Family::<StoreLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(store_buckets())
@@ -102,6 +105,11 @@ impl Metrics {
             denials.clone(),
         );
         registry.register("renewals", "Leases renewed, by workload", renewals.clone());
+        registry.register(
+            "stale_served",
+            "Secrets answered from a stale copy while the vault store was unreachable ([vault] max_stale), by workload",
+            stale_served.clone(),
+        );
         registry.register(
             "active_leases",
             "Leases currently held",
@@ -139,6 +147,7 @@ impl Metrics {
             grants,
             denials,
             renewals,
+            stale_served,
             active_leases,
             store_latency,
             cache_hits,

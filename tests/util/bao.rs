@@ -308,11 +308,32 @@ pub struct Persistent {
 
 impl Persistent {
     pub fn start() -> Persistent {
+        Self::start_with(false)
+    }
+
+    /// With a file audit device at `<dir>/bao-audit.log` (OpenBao 2 enables
+    /// audit devices only in its config).
+    pub fn start_audited() -> Persistent {
+        Self::start_with(true)
+    }
+
+    /// The audit log of [`Self::start_audited`].
+    pub fn audit_log(&self) -> PathBuf {
+        self.server.dir.join("bao-audit.log")
+    }
+
+    fn start_with(audited: bool) -> Persistent {
         let dir = tempfile::tempdir().unwrap();
         let (port, cluster) = (free_port(), free_port());
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
-        let config = raft_config(&data, "solo", port, cluster);
+        let mut config = raft_config(&data, "solo", port, cluster);
+        if audited {
+            config.push_str(&format!(
+                "audit \"file\" \"to-file\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+                dir.path().join("bao-audit.log").display()
+            ));
+        }
         let server = Server::spawn(dir.path(), "disk", &config, false, port);
         let init = server.json(
             "",

@@ -12,6 +12,7 @@ use crate::platform::FilesTarget;
 use crate::request::Refusal;
 use crate::rules::DenyRule;
 use crate::store::issued::{self, Released};
+use crate::store::stale::STALE_LEASE_TTL;
 use std::time::{Duration, Instant};
 use unbaked_api::wire::{ApiError, DeliveryKind, ErrorCode, FetchRequest, Item, Lease};
 use unbaked_policy::{Policy, PolicySet};
@@ -171,8 +172,9 @@ impl Broker {
         kinds: &[DeliveryKind],
         lease_id: &str,
         auth: &mut Option<Record>,
-    ) -> Result<Vec<Item>, ServiceError> {
+    ) -> Result<(Vec<Item>, Stale), ServiceError> {
         let mut items = Vec::new();
+        let mut stale = Stale::new();
         for grant in policy.grants_of(kinds) {
             if let Some(req) = issued::request_for(grant) {
                 let (cred, replaced) = self.issued.obtain(&*self.store, lease_id, &req).await?;
@@ -190,24 +192,34 @@ impl Broker {
             }
             // A cached copy at most a third of the ttl old: with renewal at
             // two thirds, a rotation reaches the workload within one ttl.
+            // With the store unreachable, a kept copy younger than its
+            // max_stale, on a short lease (so the workload asks again soon),
+            // audited as stale.
             let started = Instant::now();
             let found = self
                 .store
-                .read_fresh(&grant.secret, &grant.key, grant.ttl / 3)
+                .read_or_stale(&grant.secret, &grant.key, grant.ttl / 3)
                 .await?;
             self.metrics
                 .store_read(self.store.name(), started.elapsed());
-            let Some(v) = found else {
+            let Some((v, age)) = found else {
                 let refusal = self.missing(policy, &grant.secret, &grant.key);
                 return Err(self.deny_after(ctx, auth, &policy.workload, refusal));
             };
+            let mut ttl = grant.ttl;
+            if let Some(age) = age {
+                ttl = ttl.min(STALE_LEASE_TTL);
+                stale.push((items.len(), age));
+                self.metrics
+                    .workload(&self.metrics.stale_served, &policy.workload);
+            }
             items.push(Item {
                 id: grant.id(),
                 secret: grant.secret.clone(),
                 key: grant.key.clone(),
                 delivery: grant.wire_delivery(),
                 version: v.version,
-                ttl_secs: grant.ttl.as_secs(),
+                ttl_secs: ttl.as_secs().max(1),
                 value: v.value,
             });
         }
@@ -216,7 +228,7 @@ impl Broker {
             .deliver_templates(ctx, policy, kinds, lease_id, auth)
             .await?;
         items.extend(rendered);
-        Ok(items)
+        Ok((items, stale))
     }
 
     /// A granted secret the store lacks: the policy file is named only to
@@ -332,11 +344,11 @@ impl Broker {
         auth: &mut Option<Record>,
     ) -> Result<Vec<Item>, ServiceError> {
         match self.deliver(ctx, policy, &req.kinds, id, auth).await {
-            Ok(items) => {
+            Ok((items, stale)) => {
                 let grant = Record {
                     workload: Some(req.workload.clone()),
                     lease: Some(id.to_string()),
-                    secrets: secret_refs(&items),
+                    secrets: secret_refs(&items, &stale),
                     ..ctx.record()
                 };
                 let first = auth.take().map(|a| (Event::Authenticate, a));
@@ -411,7 +423,7 @@ impl Broker {
                 });
             }
         };
-        let items = self
+        let (items, stale) = self
             .deliver(ctx, policy, &lease.kinds, lease_id, &mut None)
             .await?;
         // Credentials of grants withdrawn since the last answer go back.
@@ -428,7 +440,7 @@ impl Broker {
             Record {
                 workload: Some(lease.workload.clone()),
                 lease: Some(lease.id.clone()),
-                secrets: secret_refs(&items),
+                secrets: secret_refs(&items, &stale),
                 ..ctx.record()
             },
         )?;
@@ -506,6 +518,37 @@ impl Broker {
         Ok(lease)
     }
 
+    /// Take back the leases a previous run kept (before serving): live ones
+    /// into the table with their credentials; those whose deadline passed
+    /// while the broker was stopped end now (audited `expire`, their
+    /// credentials revoked). (live, ended).
+    pub fn restore_leases(&self, kept: crate::lease_keep::Kept) -> (usize, usize) {
+        let holders: std::collections::BTreeSet<String> =
+            kept.issued.iter().map(|e| e.lease.clone()).collect();
+        self.issued.import(kept.issued);
+        let wall = std::time::SystemTime::now();
+        let (live, ended): (Vec<_>, Vec<_>) = kept
+            .leases
+            .into_iter()
+            .partition(|(_, deadline)| *deadline > wall);
+        let live: Vec<LeaseRecord> = live.into_iter().map(|(l, _)| l).collect();
+        let ended: Vec<LeaseRecord> = ended.into_iter().map(|(l, _)| l).collect();
+        for lease in &live {
+            // The table held at most the limit per holder; should it not
+            // have, the oldest end as they would have then.
+            let evicted = self.leases.insert(lease.clone());
+            self.end_leases(&evicted, "the holder held more leases than the limit");
+        }
+        self.end_leases(&ended, "ttl passed while the broker was stopped");
+        // Credentials whose lease was not kept: revoked.
+        for id in holders {
+            if !live.iter().any(|l| l.id == id) && !ended.iter().any(|l| l.id == id) {
+                self.release_issued(&id, "its lease was not kept");
+            }
+        }
+        (live.len(), ended.len())
+    }
+
     /// Drop leases past their deadline and audit each; write the
     /// aggregated denials whose window ended.
     pub fn expire(&self, now: Instant) -> usize {
@@ -558,6 +601,7 @@ impl Broker {
                     secret: r.path.clone(),
                     key: String::new(),
                     version: 0,
+                    ..SecretRef::default()
                 })
                 .collect(),
             reason: Some(format!("revoking dynamic credentials in the store: {why}")),
@@ -587,14 +631,128 @@ fn lease_ttl(items: &[Item]) -> Duration {
         .unwrap_or(EMPTY_LEASE_TTL)
 }
 
-fn secret_refs(items: &[Item]) -> Vec<SecretRef> {
+/// Which items (by index) were answered from a stale copy, and its age.
+type Stale = Vec<(usize, Duration)>;
+
+fn secret_refs(items: &[Item], stale: &Stale) -> Vec<SecretRef> {
     items
         .iter()
-        .map(|i| SecretRef {
-            id: i.id.clone(),
-            secret: i.secret.clone(),
-            key: i.key.clone(),
-            version: i.version,
+        .enumerate()
+        .map(|(n, i)| {
+            let age = stale.iter().find(|(at, _)| *at == n).map(|(_, a)| *a);
+            SecretRef {
+                id: i.id.clone(),
+                secret: i.secret.clone(),
+                key: i.key.clone(),
+                version: i.version,
+                stale: age.is_some(),
+                age_secs: age.map(|a| a.as_secs()),
+            }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease_keep::{Kept, LeaseKeeper};
+    use crate::store::file::FileStore;
+    use crate::store::issued::Exported;
+    use crate::store::key::StoreKey;
+    use crate::store::{IssueRequest, IssuedHandle};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::SystemTime;
+    use unbaked_api::Secret;
+    use unbaked_policy::Dynamic;
+
+    fn broker(audit: &std::path::Path, keep: &std::path::Path) -> Broker {
+        let policies = unbaked_policy::from_sources(&[(
+            "web.toml".into(),
+            "workload = \"web\"\n[match]\nuids = [1000]\n".into(),
+        )])
+        .unwrap();
+        let keeper = LeaseKeeper::with(
+            FileStore::open_with_key(keep, StoreKey::from_bytes([9; 32]), "test", 1).unwrap(),
+        );
+        Broker::new(
+            policies,
+            Arc::new(crate::store::memory::MemoryStore::new().unwrap()),
+            crate::audit::Audit::open(audit).unwrap(),
+            0,
+        )
+        .with_keeper(keeper)
+    }
+
+    fn lease(id: &str, ttl: Duration) -> LeaseRecord {
+        LeaseRecord {
+            id: id.into(),
+            workload: "web".into(),
+            uid: 1000,
+            gid: 1000,
+            pid: Some(42),
+            kinds: vec![DeliveryKind::File],
+            ttl,
+            expires_at: Instant::now() + ttl,
+        }
+    }
+
+    fn credential(lease: &str) -> Exported {
+        Exported {
+            lease: lease.into(),
+            request: IssueRequest {
+                path: "database/creds/web".into(),
+                kind: Dynamic::Leased,
+                ttl: Duration::from_secs(60),
+            },
+            handle: IssuedHandle::Lease(format!("database/creds/web/{lease}")),
+            version: 3,
+            valid_until: SystemTime::now() + Duration::from_secs(120),
+            renewable: true,
+            fields: BTreeMap::from([("password".to_string(), Secret::from_slice(b"pw"))]),
+        }
+    }
+
+    /// A broker's saved leases come back in the next one: a live lease by
+    /// its id, with its credential; one whose deadline passed while the
+    /// broker was stopped ends at start, audited, its credential revoked.
+    #[tokio::test]
+    async fn kept_leases_come_back_and_past_deadlines_end_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (audit, keep) = (dir.path().join("audit.log"), dir.path().join("leases"));
+        let first = broker(&audit, &keep);
+        first.leases.insert(lease("live", Duration::from_secs(60)));
+        first
+            .leases
+            .insert(lease("short", Duration::from_millis(200)));
+        first
+            .issued
+            .import(vec![credential("live"), credential("short")]);
+        assert!(first.save_leases().unwrap());
+        assert!(!first.save_leases().unwrap(), "nothing changed: not saved");
+        drop(first);
+        std::thread::sleep(Duration::from_millis(300));
+
+        let second = broker(&audit, &keep);
+        let kept: Kept = second.keeper.as_ref().unwrap().load().unwrap();
+        assert_eq!(kept.leases.len(), 2);
+        assert_eq!(second.restore_leases(kept), (1, 1));
+        assert!(second.leases.get("live", Instant::now()).is_some());
+        assert!(second.leases.get("short", Instant::now()).is_none());
+        let exported = second.issued.export();
+        assert_eq!(exported.len(), 1);
+        assert_eq!(
+            (exported[0].lease.as_str(), exported[0].version),
+            ("live", 3)
+        );
+        let text = std::fs::read_to_string(&audit).unwrap();
+        assert!(
+            text.contains("\"expire\"") && text.contains("short"),
+            "{text}"
+        );
+        assert!(
+            text.contains("database/creds/web/short") && !text.contains("database/creds/web/live"),
+            "{text}"
+        );
+    }
 }

@@ -58,6 +58,8 @@ pub struct Broker {
     tokens: Option<TokenVerifier>,
     /// Repeated identical denials, aggregated in the audit log.
     repeats: deny::Repeats,
+    /// Keeps the lease and credential tables across a restart.
+    keeper: Option<crate::lease_keep::LeaseKeeper>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -85,7 +87,35 @@ impl Broker {
             metrics: crate::metrics::Metrics::new(),
             tokens: None,
             repeats: deny::Repeats::default(),
+            keeper: None,
         }
+    }
+
+    /// Keep leases across restarts with `k` ([`Broker::save_leases`]).
+    pub fn with_keeper(mut self, k: crate::lease_keep::LeaseKeeper) -> Broker {
+        self.keeper = Some(k);
+        self
+    }
+
+    /// Save the lease and credential tables if they changed since the last
+    /// save (blocking: an fsync); true when saved.
+    pub fn save_leases(&self) -> Result<bool, crate::store::StoreError> {
+        let Some(k) = &self.keeper else {
+            return Ok(false);
+        };
+        let changes = self.leases.changes().wrapping_add(self.issued.changes());
+        if !k.due(changes) {
+            return Ok(false);
+        }
+        let leases = self.leases.snapshot();
+        let issued = self.issued.export();
+        k.save(changes, &leases, &issued)?;
+        tracing::debug!(
+            leases = leases.len(),
+            credentials = issued.len(),
+            "leases kept"
+        );
+        Ok(true)
     }
 
     /// Serve containers through `platform` (attestation, isolation, launches).
@@ -119,13 +149,26 @@ impl Broker {
     }
 
     /// Ready to serve: the audit sink takes records and the store answers.
-    pub async fn ready(&self) -> Result<(), ServiceError> {
+    /// Ready: `Ok(None)`; ready but degraded (the store is unreachable
+    /// and stale copies are served, `[vault] max_stale`): `Ok(Some(why))`.
+    pub async fn ready(&self) -> Result<Option<String>, ServiceError> {
         if !self.audit.healthy() {
             return Err(ServiceError::AuditFailing);
         }
         // A read of a path no grant can name: only reachability matters.
-        self.store.read(".unbaked-readiness", "probe").await?;
-        Ok(())
+        match self.store.read(".unbaked-readiness", "probe").await {
+            Ok(_) => Ok(None),
+            Err(e @ crate::store::StoreError::Unavailable { .. }) => {
+                let Some((max, served)) = self.store.stale_window() else {
+                    return Err(e.into());
+                };
+                Ok(Some(format!(
+                    "{e}; serving kept copies up to {} old ({served} stale answers since start)",
+                    humantime::format_duration(max)
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn policies(&self) -> Arc<PolicySet> {

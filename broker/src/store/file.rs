@@ -328,8 +328,11 @@ impl Index {
     /// Apply a put; returns the bytes of records retention made dead.
     fn put(&mut self, path: &str, version: u64, v: Version, max_versions: u32) -> u64 {
         let entry = self.paths.entry(path.to_string()).or_default();
-        entry.versions.insert(version, v);
-        let mut dead = 0;
+        // A version written again (a stale copy refreshed) replaces its record.
+        let mut dead = entry
+            .versions
+            .insert(version, v)
+            .map_or(0, |old| old.frame_len);
         while max_versions > 0 && entry.versions.len() > max_versions as usize {
             if let Some((_, old)) = entry.versions.pop_first() {
                 dead += old.frame_len;
@@ -565,6 +568,29 @@ impl FileStore {
                 _lock: lock,
             }),
         })
+    }
+
+    /// Write `data` as version `version` of `path`, replacing a kept copy
+    /// of the same version; acknowledged once synced. The Vault store's
+    /// stale copies keep Vault's version numbers this way. Blocking.
+    pub fn put_version(
+        &self,
+        path: &str,
+        version: u64,
+        data: &BTreeMap<String, Secret>,
+    ) -> Result<(), StoreError> {
+        self.inner.put_sync(path, Some(version), data).map(|_| ())
+    }
+
+    /// The current version of `path`, every key. Does no I/O.
+    pub fn current(&self, path: &str) -> Option<VersionedData> {
+        self.inner.read_all_sync(path)
+    }
+
+    /// Remove every version of `path`; false when nothing was there.
+    /// Blocking (a record is appended and synced).
+    pub fn remove(&self, path: &str) -> Result<bool, StoreError> {
+        self.inner.delete_sync(path)
     }
 
     /// Every kept version of `path`, oldest first (export, tests).
@@ -873,14 +899,25 @@ impl Inner {
     }
 
     fn write_sync(&self, path: &str, data: BTreeMap<String, Secret>) -> Result<u64, StoreError> {
+        self.put_sync(path, None, &data)
+    }
+
+    /// Append `data` as `version` of `path` (the next one when `None`).
+    fn put_sync(
+        &self,
+        path: &str,
+        version: Option<u64>,
+        data: &BTreeMap<String, Secret>,
+    ) -> Result<u64, StoreError> {
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         // Only writers change the index, and they hold `log`.
-        let version = self
-            .index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .current(path)
-            .map_or(1, |(n, _)| n + 1);
+        let version = version.unwrap_or_else(|| {
+            self.index
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .current(path)
+                .map_or(1, |(n, _)| n + 1)
+        });
         let plain = encode_put(
             path,
             version,

@@ -62,6 +62,21 @@ pub struct IssuedTable {
     sealer: Sealer,
     next_version: AtomicU64,
     by_lease: Mutex<HashMap<String, Vec<Held>>>,
+    /// Bumped by every change, so the lease keeper saves only after one.
+    changes: AtomicU64,
+}
+
+/// One held credential with its fields open, to keep across a restart
+/// (`crate::lease_keep`, sealed on disk under the operator key).
+#[derive(Debug)]
+pub struct Exported {
+    pub lease: String,
+    pub request: IssueRequest,
+    pub handle: IssuedHandle,
+    pub version: u64,
+    pub valid_until: std::time::SystemTime,
+    pub renewable: bool,
+    pub fields: BTreeMap<String, Secret>,
 }
 
 impl std::fmt::Debug for IssuedTable {
@@ -82,7 +97,76 @@ impl IssuedTable {
             sealer: Sealer::new()?,
             next_version: AtomicU64::new(1),
             by_lease: Mutex::new(HashMap::new()),
+            changes: AtomicU64::new(0),
         })
+    }
+
+    /// A count that changes whenever the table does.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every held credential, fields open, to keep across a restart.
+    pub fn export(&self) -> Vec<Exported> {
+        let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+        let leases = self.lock();
+        let mut out = Vec::new();
+        for (lease, held) in leases.iter() {
+            for h in held {
+                let fields = h
+                    .fields
+                    .iter()
+                    .filter_map(|(f, s)| {
+                        let v = self
+                            .sealer
+                            .open(&aad(lease, &h.request.path, f, h.version), s)?;
+                        Some((f.clone(), v))
+                    })
+                    .collect();
+                out.push(Exported {
+                    lease: lease.clone(),
+                    request: h.request.clone(),
+                    handle: h.handle.clone(),
+                    version: h.version,
+                    valid_until: wall + h.valid_until.saturating_duration_since(now),
+                    renewable: h.renewable,
+                    fields,
+                });
+            }
+        }
+        out
+    }
+
+    /// Take back what [`Self::export`] gave (a restart): same versions, so
+    /// a workload is not made to rewrite what it has.
+    pub fn import(&self, kept: Vec<Exported>) {
+        let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+        let mut leases = self.lock();
+        for e in kept {
+            let fields = e
+                .fields
+                .iter()
+                .map(|(f, v)| {
+                    let aad = aad(&e.lease, &e.request.path, f, e.version);
+                    (f.clone(), self.sealer.seal(&aad, v.expose_secret()))
+                })
+                .collect();
+            self.next_version
+                .fetch_max(e.version + 1, Ordering::Relaxed);
+            leases.entry(e.lease).or_default().push(Held {
+                request: e.request,
+                handle: e.handle,
+                version: e.version,
+                valid_until: now + e.valid_until.duration_since(wall).unwrap_or_default(),
+                renewable: e.renewable,
+                fields,
+            });
+        }
+        self.changed();
     }
 
     /// The credential `lease` holds for `req`, valid for at least the
@@ -127,6 +211,7 @@ impl IssuedTable {
         let Some(held) = leases.get_mut(lease) else {
             return Vec::new();
         };
+        self.changed();
         let (keep, drop): (Vec<Held>, Vec<Held>) = std::mem::take(held)
             .into_iter()
             .partition(|h| used.contains(&h.request));
@@ -139,6 +224,7 @@ impl IssuedTable {
 
     /// Every credential of a lease that ended, to revoke.
     pub fn release(&self, lease: &str) -> Vec<Released> {
+        self.changed();
         self.lock()
             .remove(lease)
             .unwrap_or_default()
@@ -165,6 +251,7 @@ impl IssuedTable {
         {
             h.valid_until = until;
         }
+        self.changed();
     }
 
     fn open(&self, lease: &str, req: &IssueRequest, now: Instant) -> Option<Credential> {
@@ -212,6 +299,7 @@ impl IssuedTable {
             renewable: issued.renewable,
             fields,
         };
+        self.changed();
         let mut leases = self.lock();
         let list = leases.entry(lease.to_string()).or_default();
         let replaced = match list.iter_mut().find(|h| h.request == *req) {

@@ -8,6 +8,7 @@ pub mod file;
 pub mod issued;
 pub mod key;
 pub mod memory;
+pub mod stale;
 pub mod vault;
 pub mod vault_tls;
 
@@ -28,6 +29,10 @@ pub struct Versioned {
     pub version: u64,
     pub value: Secret,
 }
+
+/// A read that may have been answered from a stale copy: the value, and
+/// the copy's age when it was ([`Store::read_or_stale`]).
+pub type MaybeStale = Option<(Versioned, Option<Duration>)>;
 
 /// Every key of a secret at one version.
 #[derive(Debug, Clone)]
@@ -140,6 +145,27 @@ pub trait Store: Send + Sync + 'static {
         self.read(path, key)
     }
 
+    /// Like [`Store::read_fresh`], but when the store cannot be reached a
+    /// store with bounded-stale copies (`[vault] max_stale`) may answer
+    /// from one younger than its bound: then also the copy's age. Only a
+    /// caller that audits the answer as stale and shortens its lease asks
+    /// this way.
+    fn read_or_stale(
+        &self,
+        path: &str,
+        key: &str,
+        max_age: Duration,
+    ) -> BoxFuture<'_, Result<MaybeStale, StoreError>> {
+        let read = self.read_fresh(path, key, max_age);
+        Box::pin(async move { Ok(read.await?.map(|v| (v, None))) })
+    }
+
+    /// The oldest copy the store would serve while unreachable, if it
+    /// keeps copies, and how many it has served since start.
+    fn stale_window(&self) -> Option<(Duration, u64)> {
+        None
+    }
+
     /// (hits, misses) of the store's read cache, if it has one.
     fn cache_stats(&self) -> Option<(u64, u64)> {
         None
@@ -179,6 +205,10 @@ pub enum OpenError {
     Vault(StoreError),
     #[error("no system randomness for the sealing key")]
     Random,
+    #[error(
+        "[vault] max_stale needs the store directory and key (--store-dir, --store-key-file): {0}"
+    )]
+    StaleCopies(file::FileStoreError),
 }
 
 /// Open the store the configuration names. Must run inside the runtime:
@@ -188,7 +218,19 @@ pub fn open(cfg: &crate::config::BrokerConfig) -> Result<Arc<dyn Store>, OpenErr
     Ok(match cfg.store {
         StoreKind::Vault => {
             let vault = cfg.vault.clone().ok_or(OpenError::NoVault)?;
-            let store = vault::VaultStore::new(vault).map_err(OpenError::Vault)?;
+            // The stale copies are opened (the key checked) before Vault is
+            // asked anything: a broker restarted during an outage serves them.
+            let copies = match (vault.max_stale, cfg.file_store.as_ref()) {
+                (Some(max), Some(f)) => {
+                    let copies =
+                        stale::StaleCopies::open(f, max).map_err(OpenError::StaleCopies)?;
+                    tracing::info!(dir = %f.dir.join(stale::DIR).display(), key_from = f.key_from, max_stale = ?max, "vault stale copies opened");
+                    Some(Arc::new(copies))
+                }
+                (Some(_), None) => return Err(OpenError::NoFile),
+                (None, _) => None,
+            };
+            let store = vault::VaultStore::with_copies(vault, copies).map_err(OpenError::Vault)?;
             // Renews the broker's token and logs in again when it is refused.
             store.spawn_token_keeper();
             store

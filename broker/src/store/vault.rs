@@ -23,9 +23,11 @@
 //! token copies it holds are zeroized when a session is dropped.
 
 use super::cache::Cache;
+use super::stale::StaleCopies;
 pub use super::vault_tls::VaultTls;
 use super::{
-    BoxFuture, IssueRequest, Issued, IssuedHandle, Store, StoreError, Versioned, VersionedData,
+    BoxFuture, IssueRequest, Issued, IssuedHandle, MaybeStale, Store, StoreError, Versioned,
+    VersionedData,
 };
 use rustify::endpoint::Endpoint;
 use rustify::enums::{RequestMethod, RequestType, ResponseType};
@@ -74,6 +76,9 @@ pub struct VaultConfig {
     /// re-login included (`VAULT_CLIENT_TIMEOUT`; default [`BUDGET`]).
     pub timeout: Duration,
     pub auth: VaultAuth,
+    /// `[vault] max_stale`: keep sealed copies of KV reads on disk and
+    /// serve ones younger than this while Vault is unreachable.
+    pub max_stale: Option<Duration>,
 }
 
 /// How the broker gets its own Vault token.
@@ -154,6 +159,8 @@ pub struct VaultStore {
     /// Index of the node that answered last.
     active: AtomicUsize,
     cache: Cache,
+    /// `[vault] max_stale`: the sealed copies on disk.
+    copies: Option<Arc<StaleCopies>>,
 }
 
 impl std::fmt::Debug for VaultStore {
@@ -174,6 +181,14 @@ impl VaultStore {
     /// Build the clients; no request is made yet, so the broker starts even
     /// while Vault is away (and serves once it is back).
     pub fn new(cfg: VaultConfig) -> Result<Arc<VaultStore>, StoreError> {
+        Self::with_copies(cfg, None)
+    }
+
+    /// [`Self::new`], keeping bounded-stale copies in `copies`.
+    pub fn with_copies(
+        cfg: VaultConfig,
+        copies: Option<Arc<StaleCopies>>,
+    ) -> Result<Arc<VaultStore>, StoreError> {
         // TLS through ring; a second call finds it installed, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
         if cfg.addresses.is_empty() {
@@ -205,6 +220,7 @@ impl VaultStore {
             generation: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             cache,
+            copies,
         }))
     }
 
@@ -605,6 +621,99 @@ impl VaultStore {
         }))
     }
 
+    /// [`Self::fetch_kv`], keeping the answer's copy when copies are kept:
+    /// a new version (or one not rewritten for a while) is written before
+    /// the answer is used; a 404 removes the copy.
+    async fn fetch_kv_kept(&self, path: String) -> Result<Option<VersionedData>, StoreError> {
+        let Some(copies) = self.copies.clone() else {
+            return self.fetch_kv(path).await;
+        };
+        let found = self.fetch_kv(path.clone()).await;
+        let copy = self.copy_path(&path);
+        let blocking = |f: Box<dyn FnOnce() -> Result<(), StoreError> + Send>| async move {
+            match tokio::task::spawn_blocking(f).await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "vault: could not update a stale copy"),
+                Err(e) => tracing::warn!(error = %e, "vault: could not update a stale copy"),
+                Ok(Ok(())) => {}
+            }
+        };
+        match &found {
+            Ok(Some(d)) => {
+                if copies.confirmed(&copy, d.version) {
+                    let d = d.clone();
+                    blocking(Box::new(move || copies.keep(&copy, &d))).await;
+                }
+            }
+            Ok(None) => {
+                if copies.has(&copy) {
+                    blocking(Box::new(move || copies.forget(&copy))).await;
+                }
+            }
+            Err(StoreError::Unavailable { .. }) => copies.unreachable(),
+            Err(_) => {}
+        }
+        found
+    }
+
+    /// A write or a delete through the broker: the kept copy, now
+    /// outdated, is not served while Vault is away (the next read keeps the
+    /// new version).
+    async fn drop_copy(&self, path: &str) {
+        let Some(copies) = self.copies.clone() else {
+            return;
+        };
+        let copy = self.copy_path(path);
+        if !copies.has(&copy) {
+            return;
+        }
+        match tokio::task::spawn_blocking(move || copies.forget(&copy)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "vault: could not drop a stale copy"),
+            Err(e) => tracing::warn!(error = %e, "vault: could not drop a stale copy"),
+        }
+    }
+
+    /// A copy's path: the KV mount and the secret's path.
+    fn copy_path(&self, path: &str) -> String {
+        format!("{}/{path}", self.cfg.kv_mount)
+    }
+
+    /// Vault was unreachable (`err`): the copy of `path`'s `key` if one
+    /// younger than `max_stale` is kept, else `err`, saying why not.
+    fn stale_answer(
+        &self,
+        copies: &StaleCopies,
+        path: &str,
+        key: &str,
+        err: StoreError,
+    ) -> Result<MaybeStale, StoreError> {
+        let StoreError::Unavailable { reason, .. } = &err else {
+            return Err(err);
+        };
+        let max = copies.max_stale();
+        match copies.lookup(&self.copy_path(path), key) {
+            Some((v, age)) if age <= max => {
+                copies.note_served();
+                tracing::warn!(
+                    secret = path,
+                    key,
+                    version = v.version,
+                    age = ?Duration::from_secs(age.as_secs()),
+                    "vault unreachable: serving a stale copy"
+                );
+                Ok(Some((v, Some(age))))
+            }
+            Some((_, age)) => Err(self.unavailable(format!(
+                "{reason}; the kept copy of {path} is {} old, past max_stale {}: nothing is served until vault answers",
+                humantime::format_duration(Duration::from_secs(age.as_secs())),
+                humantime::format_duration(max)
+            ))),
+            None => Err(self.unavailable(format!(
+                "{reason}; no copy of {path} key {key} was kept (the broker never read it from vault)"
+            ))),
+        }
+    }
+
     async fn issue_pki(
         &self,
         req: &IssueRequest,
@@ -743,10 +852,42 @@ impl Store for VaultStore {
         Box::pin(async move {
             let entry = self
                 .cache
-                .get(&path, max_age, || self.fetch_kv(path.clone()))
+                .get(&path, max_age, || self.fetch_kv_kept(path.clone()))
                 .await?;
             Ok(entry.and_then(|e| self.cache.open(&path, &e, &key)))
         })
+    }
+
+    fn read_or_stale(
+        &self,
+        path: &str,
+        key: &str,
+        max_age: Duration,
+    ) -> BoxFuture<'_, Result<MaybeStale, StoreError>> {
+        let (path, key) = (path.to_string(), key.to_string());
+        Box::pin(async move {
+            let Some(copies) = self.copies.as_deref() else {
+                return Ok(self
+                    .read_fresh(&path, &key, max_age)
+                    .await?
+                    .map(|v| (v, None)));
+            };
+            // Vault failed a moment ago: the kept copy (as fresh as the
+            // cache's, whose confirmation time it shares), without waiting
+            // out another failed attempt.
+            if copies.recently_down() {
+                let down = self.unavailable("it did not answer a moment ago".into());
+                return self.stale_answer(copies, &path, &key, down);
+            }
+            match self.read_fresh(&path, &key, max_age).await {
+                Ok(v) => Ok(v.map(|v| (v, None))),
+                Err(e) => self.stale_answer(copies, &path, &key, e),
+            }
+        })
+    }
+
+    fn stale_window(&self) -> Option<(Duration, u64)> {
+        self.copies.as_deref().map(|c| (c.max_stale(), c.served()))
     }
 
     fn read_all(&self, path: &str) -> BoxFuture<'_, Result<Option<VersionedData>, StoreError>> {
@@ -781,6 +922,7 @@ impl Store for VaultStore {
                 .await?
                 .ok_or_else(|| invalid(format!("no kv v2 engine at {}", self.cfg.kv_mount)))?;
             self.cache.invalidate(&path);
+            self.drop_copy(&path).await;
             Ok(meta.version)
         })
     }
@@ -804,6 +946,7 @@ impl Store for VaultStore {
                 .await?;
             }
             self.cache.invalidate(&path);
+            self.drop_copy(&path).await;
             Ok(exists)
         })
     }
