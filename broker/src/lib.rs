@@ -190,31 +190,7 @@ pub async fn run(cfg: BrokerConfig, open_platform: PlatformOpener) -> Result<(),
     };
     let (policies, audit) = open_core(&cfg, &store, &extra).await?;
     let workloads = policies.len();
-    let mut broker = Broker::new(policies, store, audit, uid);
-    // The leases a previous run kept, taken back before anyone can ask.
-    if let Some(f) = &cfg.file_store {
-        let keeper = lease_keep::LeaseKeeper::open(f).map_err(BrokerError::Leases)?;
-        let kept = keeper
-            .load()
-            .map_err(|reason| BrokerError::LeasesUnreadable {
-                dir: f.dir.join(lease_keep::DIR),
-                reason,
-            })?;
-        broker = broker.with_keeper(keeper);
-        let (live, ended) = broker.restore_leases(kept);
-        tracing::info!(live, ended, "kept leases taken back");
-    }
-    if let Some(vault) = &cfg.vault {
-        let off = i64::from(vault.tls.skip_verify);
-        broker.metrics().vault_tls_verify_disabled.set(off);
-    }
-    if let Some(k8s) = &cfg.kubernetes {
-        let verifier = attest::token::load(k8s)
-            .await
-            .map_err(BrokerError::Kubernetes)?;
-        tracing::info!(issuer = %k8s.issuer, audience = %k8s.audience, "service-account tokens accepted");
-        broker = broker.with_tokens(verifier);
-    }
+    let broker = build(&cfg, Broker::new(policies, store, audit, uid)).await?;
     // The platform is opened before the socket exists: a caller that
     // reaches the socket finds the broker fully started.
     let mut socket = cfg.socket.clone();
@@ -258,6 +234,43 @@ pub async fn run(cfg: BrokerConfig, open_platform: PlatformOpener) -> Result<(),
     }
     platform.stop();
     let _ = std::fs::remove_file(&socket);
+    shut_down(&broker);
+    Ok(())
+}
+
+/// The parts of the broker the configuration asks for: the leases a
+/// previous run kept (taken back before anyone can ask), Vault's TLS gauge,
+/// the Kubernetes token verifier.
+async fn build(cfg: &BrokerConfig, mut broker: Broker) -> Result<Broker, BrokerError> {
+    if let Some(f) = &cfg.file_store {
+        let keeper = lease_keep::LeaseKeeper::open(f).map_err(BrokerError::Leases)?;
+        let kept = keeper
+            .load()
+            .map_err(|reason| BrokerError::LeasesUnreadable {
+                dir: f.dir.join(lease_keep::DIR),
+                reason,
+            })?;
+        broker = broker.with_keeper(keeper);
+        let (live, ended) = broker.restore_leases(kept);
+        tracing::info!(live, ended, "kept leases taken back");
+    }
+    if let Some(vault) = &cfg.vault {
+        let off = i64::from(vault.tls.skip_verify);
+        broker.metrics().vault_tls_verify_disabled.set(off);
+    }
+    if let Some(k8s) = &cfg.kubernetes {
+        let verifier = attest::token::load(k8s)
+            .await
+            .map_err(BrokerError::Kubernetes)?;
+        tracing::info!(issuer = %k8s.issuer, audience = %k8s.audience, "service-account tokens accepted");
+        broker = broker.with_tokens(verifier);
+    }
+    Ok(broker)
+}
+
+/// After serving: the leases kept for the next run, pending denials
+/// flushed, the audit chain closed.
+fn shut_down(broker: &Broker) {
     // Served leases as they stand now, for the next run.
     if let Err(e) = broker.save_leases() {
         tracing::error!(error = %e, "could not keep the leases for the next start");
@@ -267,7 +280,6 @@ pub async fn run(cfg: BrokerConfig, open_platform: PlatformOpener) -> Result<(),
     if let Err(e) = broker.audit().record(Event::Stop, Record::default()) {
         tracing::error!(error = %e, "could not audit the stop");
     }
-    Ok(())
 }
 
 /// The dev banner is the one thing the broker prints: it is for the person

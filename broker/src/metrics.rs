@@ -67,6 +67,22 @@ pub struct Metrics {
     pub vault_tls_verify_disabled: Gauge,
 }
 
+/// A new metric of type `M`, registered under `name`.
+fn register<M>(registry: &mut Registry, name: &str, help: &str) -> M
+where
+    M: Default + Clone + prometheus_client::registry::Metric,
+{
+    register_with(registry, name, help, M::default())
+}
+
+fn register_with<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: Clone + prometheus_client::registry::Metric,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -75,84 +91,36 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("unbaked");
-        let requests = Family::default();
-        let grants = Family::default();
-        let denials = Family::default();
-        let renewals = Family::default();
-        let stale_served = Family::default();
-        let active_leases = Gauge::default();
+        let mut r = Registry::with_prefix("unbaked");
         let store_latency = Family::<StoreLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(store_buckets())
         });
-        let cache_hits = Family::default();
-        let cache_misses = Family::default();
-        let reloads = Family::default();
-        let vault_tls_verify_disabled = Gauge::default();
-        registry.register(
-            "requests",
-            "API requests by endpoint and HTTP status",
-            requests.clone(),
-        );
-        registry.register(
-            "grants",
-            "Deliveries (fetches) granted, by workload",
-            grants.clone(),
-        );
-        registry.register(
-            "denials",
-            "Requests denied, by workload and rule",
-            denials.clone(),
-        );
-        registry.register("renewals", "Leases renewed, by workload", renewals.clone());
-        registry.register(
-            "stale_served",
-            "Secrets answered from a stale copy while the vault store was unreachable ([vault] max_stale), by workload",
-            stale_served.clone(),
-        );
-        registry.register(
-            "active_leases",
-            "Leases currently held",
-            active_leases.clone(),
-        );
-        registry.register(
-            "store_read_seconds",
-            "Latency of one store read",
-            store_latency.clone(),
-        );
-        registry.register(
-            "cache_hits",
-            "Store reads answered by the cache",
-            cache_hits.clone(),
-        );
-        registry.register(
-            "cache_misses",
-            "Store reads that went to the store",
-            cache_misses.clone(),
-        );
-        registry.register(
-            "policy_reloads",
-            "Policy reloads by outcome",
-            reloads.clone(),
-        );
-        registry.register(
-            "vault_tls_verify_disabled",
-            "1 when the vault server's TLS certificate is not checked (VAULT_SKIP_VERIFY)",
-            vault_tls_verify_disabled.clone(),
-        );
         Metrics {
-            registry,
-            vault_tls_verify_disabled,
-            requests,
-            grants,
-            denials,
-            renewals,
-            stale_served,
-            active_leases,
-            store_latency,
-            cache_hits,
-            cache_misses,
-            reloads,
+            requests: register(&mut r, "requests", "API requests by endpoint and HTTP status"),
+            grants: register(&mut r, "grants", "Deliveries (fetches) granted, by workload"),
+            denials: register(&mut r, "denials", "Requests denied, by workload and rule"),
+            renewals: register(&mut r, "renewals", "Leases renewed, by workload"),
+            stale_served: register(
+                &mut r,
+                "stale_served",
+                "Secrets answered from a stale copy while the vault store was unreachable ([vault] max_stale), by workload",
+            ),
+            active_leases: register(&mut r, "active_leases", "Leases currently held"),
+            store_latency: register_with(
+                &mut r,
+                "store_read_seconds",
+                "Latency of one store read",
+                store_latency,
+            ),
+            cache_hits: register(&mut r, "cache_hits", "Store reads answered by the cache"),
+            cache_misses: register(&mut r, "cache_misses", "Store reads that went to the store"),
+            reloads: register(&mut r, "policy_reloads", "Policy reloads by outcome"),
+            vault_tls_verify_disabled: register(
+                &mut r,
+                "vault_tls_verify_disabled",
+                "1 when the vault server's TLS certificate is not checked (VAULT_SKIP_VERIFY)",
+            ),
+            registry: r,
         }
     }
 
