@@ -56,6 +56,8 @@ fn facts() -> Facts {
         containers_dir: "/run/unbaked/containers".into(),
         sockets: vec![],
         resolved: BTreeMap::new(),
+        compose: false,
+        container_files: false,
     }
 }
 
