@@ -267,7 +267,21 @@ fn project_config(cli: &[String], globals: &[String]) -> Result<Yaml, ComposeErr
     if docs.is_empty() {
         return Err(ComposeError::ConfigYaml("empty".into()));
     }
-    Ok(docs.swap_remove(0))
+    let mut doc = docs.swap_remove(0);
+    unescape(&mut doc);
+    Ok(doc)
+}
+
+/// `compose config` prints a file compose could read again, so a literal
+/// `$` comes out as `$$`: the values the container gets have single ones
+/// (the override escapes them again).
+fn unescape(y: &mut Yaml) {
+    match y {
+        Yaml::String(s) if s.contains("$$") => *s = s.replace("$$", "$"),
+        Yaml::Array(a) => a.iter_mut().for_each(unescape),
+        Yaml::Hash(h) => h.values_mut().for_each(unescape),
+        _ => {}
+    }
 }
 
 /// compose v2 prints the project's name; docker-compose 1.29 takes `-p`,
