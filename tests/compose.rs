@@ -158,14 +158,13 @@ fn the_example_project_comes_up_attested_isolated_and_leaves_no_lease() {
         networks: vec!["unbaked-billing".into(), "unbaked-reports".into()],
     };
     let example = example_dir.join("docker-compose.yml");
-    let (ex, tf) = (example.display().to_string(), test_file.display().to_string());
+    let (ex, tf) = (
+        example.display().to_string(),
+        test_file.display().to_string(),
+    );
     let globals = ["-p", p.as_str(), "-f", ex.as_str(), "-f", tf.as_str()];
     let with = |rest: &[&str]| -> Vec<String> {
-        globals
-            .iter()
-            .chain(rest)
-            .map(|s| s.to_string())
-            .collect()
+        globals.iter().chain(rest).map(|s| s.to_string()).collect()
     };
 
     // The dry run prints the override: the shim, the network, the tmpfs,
@@ -188,10 +187,14 @@ fn the_example_project_comes_up_attested_isolated_and_leaves_no_lease() {
         .contains(&"ALL".into()));
     let tmpfs = billing["tmpfs"][0].as_str().unwrap();
     assert!(tmpfs.starts_with("/run/secrets:mode=0711"), "{tmpfs}");
-    assert!(doc["services"].get("web").is_none(), "web is not a workload's");
+    assert!(
+        doc["services"].get("web").is_none(),
+        "web is not a workload's"
+    );
     let cmd = billing["command"].as_array().unwrap();
     assert!(
-        cmd.windows(2).any(|w| w[0] == "--files" && w[1] == "/run/secrets"),
+        cmd.windows(2)
+            .any(|w| w[0] == "--files" && w[1] == "/run/secrets"),
         "{cmd:?}"
     );
     let overlay_file = tmp.path().join("override.json");
@@ -199,7 +202,10 @@ fn the_example_project_comes_up_attested_isolated_and_leaves_no_lease() {
     // The compose-spec schema docker-compose 1.29 validates with (Debian's
     // package ships it; check-jsonschema 0.29 does not vendor one).
     let spec = Path::new(COMPOSE_SPEC);
-    assert!(spec.is_file(), "{COMPOSE_SPEC} missing: scripts/install-docker-deps installs docker-compose");
+    assert!(
+        spec.is_file(),
+        "{COMPOSE_SPEC} missing: scripts/install-docker-deps installs docker-compose"
+    );
     let schema = |file: &Path| {
         output(
             Command::new(venv_bin("check-jsonschema"))
@@ -217,8 +223,15 @@ fn the_example_project_comes_up_attested_isolated_and_leaves_no_lease() {
     );
     // Control: the schema rejects a field compose does not know.
     let broken = tmp.path().join("broken.json");
-    std::fs::write(&broken, overlay.replacen("\"cap_drop\"", "\"cap_dropped\"", 1)).unwrap();
-    assert!(!schema(&broken).status.success(), "a broken override passed");
+    std::fs::write(
+        &broken,
+        overlay.replacen("\"cap_drop\"", "\"cap_dropped\"", 1),
+    )
+    .unwrap();
+    assert!(
+        !schema(&broken).status.success(),
+        "a broken override passed"
+    );
 
     // Up, with billing scaled to two replicas.
     let up = output(compose(&b, &["--"]).args(with(&["up", "-d", "--scale", "billing=2"])));
@@ -299,7 +312,10 @@ fn the_example_project_comes_up_attested_isolated_and_leaves_no_lease() {
         text(&out.stdout)
     };
     let got = reach(&billing[0], &ip_of(&billing[1], "unbaked-billing"));
-    assert!(!got.contains("billing"), "replicas reached each other: {got}");
+    assert!(
+        !got.contains("billing"),
+        "replicas reached each other: {got}"
+    );
     let got = reach(&billing[0], &ip_of(&reports[0], "unbaked-reports"));
     assert!(!got.contains("reports"), "billing reached reports: {got}");
     let default_net = format!("{p}_default");
@@ -314,21 +330,61 @@ fn the_example_project_comes_up_attested_isolated_and_leaves_no_lease() {
     ]);
     assert!(got.contains("web"), "the control pair did not reach: {got}");
 
-    // No value in docker inspect, in compose config (with and without the
+    // A replica killed outright (its shim cannot revoke) loses its leases
+    // through the engine's events: audited `revoke`, the death as reason.
+    let held: BTreeSet<String> = b
+        .audit_records()
+        .iter()
+        .filter(|r| r.event == "grant" && r.json["container"]["name"] == billing[1].as_str())
+        .filter_map(|r| r.lease().map(str::to_string))
+        .collect();
+    assert_eq!(
+        held.len(),
+        2,
+        "a file lease and an env lease: {}",
+        b.audit_text()
+    );
+    docker_ok(&["kill", &billing[1]]);
+    let died = || -> BTreeSet<String> {
+        b.audit_records()
+            .iter()
+            .filter(|r| {
+                r.event == "revoke"
+                    && r.json["reason"]
+                        .as_str()
+                        .is_some_and(|x| x.contains("the container died"))
+            })
+            .filter_map(|r| r.lease().map(str::to_string))
+            .collect()
+    };
+    assert!(
+        eventually(60, || held.is_subset(&died())),
+        "the killed replica's leases did not end: {}",
+        b.audit_text()
+    );
+
     // override), in the broker's log or audit, or in the project directory.
     for c in billing.iter().chain(&reports).chain(&web) {
         let out = output(docker().args(["inspect", c]));
         assert!(out.status.success());
         assert_no_secret_in("docker inspect", &out.stdout);
     }
-    let plain = output(Command::new("docker-compose").args(with(&["config"])).env("APP_IMAGE", image));
+    let plain = output(
+        Command::new("docker-compose")
+            .args(with(&["config"]))
+            .env("APP_IMAGE", image),
+    );
     assert!(plain.status.success(), "{}", text(&plain.stderr));
     assert_no_secret_in("docker-compose config", &plain.stdout);
     let merged = output(compose(&b, &["--"]).args(with(&["config"])));
     assert!(merged.status.success(), "{}", text(&merged.stderr));
     assert!(text(&merged.stdout).contains("unbaked-billing"));
     assert_no_secret_in("compose config with the override", &merged.stdout);
-    assert_eq!(files_under(&example_dir), before, "files appeared in the project");
+    assert_eq!(
+        files_under(&example_dir),
+        before,
+        "files appeared in the project"
+    );
 
     // ps works through the wrapper; down ends every lease, audited.
     let ps = output(compose(&b, &["--"]).args(with(&["ps"])));
@@ -360,7 +416,10 @@ fn the_example_project_comes_up_attested_isolated_and_leaves_no_lease() {
     let health = daemon::http(&b.socket, "GET /v1/health HTTP/1.1", b"").unwrap();
     let health: serde_json::Value = serde_json::from_str(&health.body).unwrap();
     assert_eq!(health["leases"], 0, "{health}");
-    assert!(mounts_under(b.dir.path()).is_empty(), "a host mount is left");
+    assert!(
+        mounts_under(b.dir.path()).is_empty(),
+        "a host mount is left"
+    );
     assert_no_secret_in("the broker's log", b.log_text().as_bytes());
     assert_no_secret_in("the audit file", b.audit_text().as_bytes());
 }
@@ -393,11 +452,15 @@ fn a_service_that_breaks_isolation_is_refused_before_any_container_exists() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     // Named: the service, the rule, the file and line of the field.
     assert!(
-        err.contains(&format!("{f}:11: service \"bad\" (workload \"{w}\"): isolation.privileged: --privileged")),
+        err.contains(&format!(
+            "{f}:11: service \"bad\" (workload \"{w}\"): isolation.privileged: --privileged"
+        )),
         "{err}"
     );
     assert!(
-        err.contains(&format!("{f}:19: service \"sock\" (workload \"{w}\"): isolation.docker_socket:")),
+        err.contains(&format!(
+            "{f}:19: service \"sock\" (workload \"{w}\"): isolation.docker_socket:"
+        )),
         "{err}"
     );
     assert!(!err.contains("service \"ok\""), "{err}");
@@ -413,7 +476,12 @@ fn a_service_that_breaks_isolation_is_refused_before_any_container_exists() {
     // Control: without those two the same project starts.
     std::fs::write(&file, &ok).unwrap();
     let out = output(&mut compose(&b, &["--", "-p", &p, "-f", &f, "up", "-d"]));
-    assert!(out.status.success(), "{}\n{}", text(&out.stderr), b.log_text());
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        b.log_text()
+    );
     let ok_c = containers(&p, "ok");
     assert_eq!(ok_c.len(), 1);
     assert!(eventually(60, || running(&ok_c[0])), "{}", logs(&ok_c[0]));

@@ -88,13 +88,12 @@ pub async fn run_with_files(
     let (ready_tx, ready_rx) = oneshot::channel();
     let (stop_tx, stop_rx) = oneshot::channel();
     let task = tokio::spawn(crate::sidecar::run_until(files, ready_tx, stop_rx));
-    let stopped = |r: Result<Result<(), crate::sidecar::SidecarError>, tokio::task::JoinError>| {
-        match r {
+    let stopped =
+        |r: Result<Result<(), crate::sidecar::SidecarError>, tokio::task::JoinError>| match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ExecError::Files(Box::new(e))),
             Err(e) => Err(ExecError::Supervise(io::Error::other(e))),
-        }
-    };
+        };
     if ready_rx.await.is_err() {
         // The sidecar ended before its first delivery: say why.
         stopped(task.await)?;

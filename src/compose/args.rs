@@ -125,7 +125,8 @@ pub fn files(split: &Split, env: impl Fn(&str) -> Option<String>) -> Result<File
     }
     let start = match &split.project_directory {
         Some(d) => PathBuf::from(d),
-        None => std::env::current_dir().map_err(|e| format!("cannot read the working directory: {e}"))?,
+        None => std::env::current_dir()
+            .map_err(|e| format!("cannot read the working directory: {e}"))?,
     };
     let mut dir: Option<&Path> = Some(&start);
     while let Some(d) = dir {

@@ -25,10 +25,13 @@ enum Node {
     Map(Vec<(String, usize, Node)>),
 }
 
+/// A collection being read: the node, its line, and for a mapping the key
+/// (and its line) waiting for its value.
+type Open = (Node, usize, Option<(String, usize)>);
+
 #[derive(Default)]
 struct Builder {
-    /// Open collections: the node, its line, and for a mapping a pending key.
-    stack: Vec<(Node, usize, Option<(String, usize)>)>,
+    stack: Vec<Open>,
     root: Option<Node>,
 }
 
@@ -162,17 +165,20 @@ services:
             Some((8, 4))
         );
         // Missing steps: the deepest found.
-        assert_eq!(
-            at(&[key("services"), key("web"), key("pid")]),
-            Some((2, 2))
-        );
+        assert_eq!(at(&[key("services"), key("web"), key("pid")]), Some((2, 2)));
         let other = Located::parse(Path::new("o.yml"), "services:\n  web:\n    pid: host\n");
         let files = [f, other];
         assert_eq!(
             find(&files, &[key("services"), key("web"), key("pid")]),
             Some((PathBuf::from("o.yml"), 3))
         );
-        assert!(written(&files, &[key("services"), key("web"), key("volumes")]));
-        assert!(!written(&files, &[key("services"), key("web"), key("networks")]));
+        assert!(written(
+            &files,
+            &[key("services"), key("web"), key("volumes")]
+        ));
+        assert!(!written(
+            &files,
+            &[key("services"), key("web"), key("networks")]
+        ));
     }
 }

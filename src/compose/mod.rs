@@ -177,9 +177,9 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
                             eprintln!("unbaked: warning: service {name:?}: {warning}");
                         }
                     }
-                    overlay.add(name, converted, &plan.args, v2).map_err(|e| {
-                        ComposeError::ConfigYaml(format!("service {name:?}: {e}"))
-                    })?;
+                    overlay
+                        .add(name, converted, &plan.args, v2)
+                        .map_err(|e| ComposeError::ConfigYaml(format!("service {name:?}: {e}")))?;
                 }
                 Err(ClientError::Api(e)) if e.code == ErrorCode::Denied => {
                     refused.push(refusal_lines(&located, name, w, converted, &e.message));
@@ -227,12 +227,14 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
 
 /// `UNBAKED_COMPOSE`, else `docker-compose` when on PATH, else `docker compose`.
 fn compose_cli() -> Vec<String> {
-    if let Some(v) = std::env::var(ENV_COMPOSE).ok().filter(|v| !v.trim().is_empty()) {
+    if let Some(v) = std::env::var(ENV_COMPOSE)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
         return v.split_whitespace().map(str::to_string).collect();
     }
-    let on_path = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join("docker-compose").is_file())
-    });
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("docker-compose").is_file()));
     if on_path {
         vec!["docker-compose".into()]
     } else {
@@ -261,9 +263,10 @@ fn project_config(cli: &[String], globals: &[String]) -> Result<Yaml, ComposeErr
             stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_string(),
         });
     }
-    let text = String::from_utf8(out.stdout)
-        .map_err(|_| ComposeError::ConfigYaml("not UTF-8".into()))?;
-    let mut docs = YamlLoader::load_from_str(&text).map_err(|e| ComposeError::ConfigYaml(e.to_string()))?;
+    let text =
+        String::from_utf8(out.stdout).map_err(|_| ComposeError::ConfigYaml("not UTF-8".into()))?;
+    let mut docs =
+        YamlLoader::load_from_str(&text).map_err(|e| ComposeError::ConfigYaml(e.to_string()))?;
     if docs.is_empty() {
         return Err(ComposeError::ConfigYaml("empty".into()));
     }
@@ -302,7 +305,12 @@ fn project_name(config: &Yaml, split: &args::Split, files: &args::Files) -> Stri
         .project_directory
         .as_ref()
         .map(PathBuf::from)
-        .or_else(|| files.paths.first().and_then(|p| p.parent().map(Path::to_path_buf)))
+        .or_else(|| {
+            files
+                .paths
+                .first()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+        })
         .unwrap_or_default();
     let dir = std::fs::canonicalize(if dir.as_os_str().is_empty() {
         Path::new(".")

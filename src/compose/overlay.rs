@@ -138,7 +138,11 @@ fn bind(v: &str) -> Result<Value, String> {
             "src" | "source" => m.insert("source".into(), json!(val)),
             "dst" | "destination" | "target" => m.insert("target".into(), json!(val)),
             "readonly" | "ro" => m.insert("read_only".into(), json!(val != "false")),
-            other => return Err(format!("the broker's plan mounts with {other}=, which unbaked compose cannot express")),
+            other => {
+                return Err(format!(
+                    "the broker's plan mounts with {other}=, which unbaked compose cannot express"
+                ))
+            }
         };
     }
     Ok(Value::Object(m))
@@ -222,7 +226,7 @@ mod tests {
             json!({"type": "bind", "source": "/usr/lib/unbaked", "target": "/run/unbaked/bin/unbaked", "read_only": true})
         );
         assert_eq!(web["entrypoint"], json!(["/run/unbaked/bin/unbaked"]));
-        assert_eq!(web["command"][9], json!("echo $$HOME"));
+        assert_eq!(web["command"][10], json!("echo $$HOME"));
         let mut o = Overlay::default();
         o.add("web", &converted, &plan, true).unwrap();
         assert!(o.render().contains("\"cgroup\": \"private\""));

@@ -214,7 +214,11 @@ pub fn convert(name: &str, svc: &Yaml, project: Project<'_>) -> Result<Converted
     }
     for (k, v) in label_pairs(&svc["labels"]) {
         if k != LABEL {
-            out.opt("label", Some(format!("{k}={v}")), vec![key("labels"), key(&k)]);
+            out.opt(
+                "label",
+                Some(format!("{k}={v}")),
+                vec![key("labels"), key(&k)],
+            );
         }
     }
     // Names only: the plan warns when a grant replaces one.
@@ -282,11 +286,8 @@ fn env_names(y: &Yaml) -> Vec<String> {
 /// A `volumes:` entry: the short form as `--volume`, the long form as
 /// `--mount`; a named volume by its engine name.
 fn volume(v: &Yaml, project: Project<'_>) -> Result<(&'static str, String), String> {
-    let named = |src: &str| {
-        !src.is_empty()
-            && !src.starts_with(['/', '.', '~'])
-            && !src.contains('/')
-    };
+    let named =
+        |src: &str| !src.is_empty() && !src.starts_with(['/', '.', '~']) && !src.contains('/');
     if let Some(s) = scalar(v) {
         let mut parts: Vec<String> = s.split(':').map(str::to_string).collect();
         if parts.len() >= 2 && named(&parts[0]) {
@@ -375,7 +376,10 @@ volumes:
         );
         assert!(!c.args.iter().any(|a| a.contains("hunter2")));
         let (spelled, at) = &c.origins[4];
-        assert_eq!(spelled, "--volume /var/run/docker.sock:/var/run/docker.sock:rw");
+        assert_eq!(
+            spelled,
+            "--volume /var/run/docker.sock:/var/run/docker.sock:rw"
+        );
         assert_eq!(at, &vec![key("volumes"), Step::Index(1)]);
         // An implicit default network is not judged; a declared one is.
         assert!(!c.args.iter().any(|a| a.starts_with("--network")));
