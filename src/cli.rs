@@ -216,6 +216,10 @@ pub enum PolicyCommand {
         /// Exit 1 on warnings too, not only on errors
         #[arg(long)]
         strict: bool,
+        /// Also check this compose file: each service labelled io.unbaked.workload
+        /// whose declared settings break its workload's [isolation] (repeatable)
+        #[arg(long, value_name = "FILE")]
+        compose: Vec<PathBuf>,
     },
     /// Run the assertion files DIR/tests/*.toml ([[case]] workload, secret, expect) against DIR
     Test { dir: PathBuf },

@@ -488,3 +488,80 @@ fn a_service_that_breaks_isolation_is_refused_before_any_container_exists() {
     let out = output(&mut compose(&b, &["--", "-p", &p, "-f", &f, "down"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// `policy check DIR --compose FILE`: the services `unbaked compose` would
+/// refuse, found before anyone runs it, with SARIF locations in the file.
+#[test]
+fn policy_check_reports_compose_services_that_break_their_isolation() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(policies.join("web.toml"), policy("web")).unwrap();
+    let file = dir.path().join("docker-compose.yml");
+    let bad = "\
+services:
+  web:
+    image: app:1
+    labels:
+      io.unbaked.workload: web
+    privileged: true
+    volumes:
+      - ./data:/data
+      - /var/run/docker.sock:/var/run/docker.sock
+  other:
+    image: app:1
+    labels: [io.unbaked.workload=nobody]
+  plain:
+    image: app:1
+    privileged: true
+";
+    std::fs::write(&file, bad).unwrap();
+    let check = |format: &str| {
+        output(
+            unbaked(Path::new("/nonexistent.sock"))
+                .args(["policy", "check"])
+                .arg(&policies)
+                .arg("--compose")
+                .arg(&file)
+                .args(["--format", format]),
+        )
+    };
+    let out = check("human");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let human = text(&out.stdout);
+    let f = file.display();
+    for want in [
+        format!("{f}:6:1: error[compose-service]: services.web.privileged: service \"web\" (workload \"web\"): isolation.privileged:"),
+        format!("{f}:9:1: error[compose-service]: services.web.volumes[1]: service \"web\" (workload \"web\"): isolation.docker_socket:"),
+        format!("{f}:12:1: error[compose-service]: services.other.labels: service \"other\" names workload \"nobody\""),
+    ] {
+        assert!(human.contains(&want), "{want}\nnot in:\n{human}");
+    }
+    // The relative bind and the unlabelled service are fine.
+    assert_eq!(human.matches("compose-service").count(), 3, "{human}");
+    let sarif: serde_json::Value = serde_json::from_slice(&check("sarif").stdout).unwrap();
+    let lines: Vec<u64> = sarif["runs"][0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["ruleId"] == "compose-service")
+        .map(|r| {
+            let loc = &r["locations"][0]["physicalLocation"];
+            assert!(loc["artifactLocation"]["uri"]
+                .as_str()
+                .unwrap()
+                .ends_with("docker-compose.yml"));
+            loc["region"]["startLine"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(lines, [6, 9, 12]);
+    // Control: the same file without the breaches passes.
+    let fixed = bad
+        .replace("    privileged: true\n    volumes", "    volumes")
+        .replace("      - /var/run/docker.sock:/var/run/docker.sock\n", "")
+        .replace("nobody", "web");
+    std::fs::write(&file, fixed).unwrap();
+    let out = check("human");
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(!text(&out.stdout).contains("compose-service"));
+}

@@ -19,6 +19,7 @@
 //!    project, never a value in it.
 
 mod args;
+pub mod check;
 mod locate;
 mod overlay;
 mod service;
@@ -122,6 +123,7 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
         name: &project_name,
         config: &config,
         files: &located,
+        base: None,
     };
     let mut workloads = Vec::new();
     let mut refused = Vec::new();
@@ -357,17 +359,7 @@ fn refusal_lines(
     for line in lines {
         // `rule: --option value: why`
         let reason = line.split_once(": ").map_or(line, |(_, r)| r);
-        let field = converted
-            .origins
-            .iter()
-            .filter(|(spelled, _)| {
-                reason.strip_prefix(spelled.as_str()).is_some_and(|rest| {
-                    rest.is_empty() || rest.starts_with(':') || rest.starts_with(' ')
-                })
-            })
-            .max_by_key(|(spelled, _)| spelled.len())
-            .map(|(_, path)| path.clone())
-            .unwrap_or_default();
+        let field = origin(converted, reason);
         out.push(format!(
             "{}: service {name:?} (workload {w:?}): {line}",
             at(files, name, &field)
@@ -377,6 +369,22 @@ fn refusal_lines(
         out.push(format!("  {t}"));
     }
     out.join("\n")
+}
+
+/// The field (under `services.NAME`) of the option a refusal's reason
+/// starts with (`--option value: why`); empty when none does.
+fn origin(converted: &service::Converted, reason: &str) -> Vec<Step> {
+    converted
+        .origins
+        .iter()
+        .filter(|(spelled, _)| {
+            reason.strip_prefix(spelled.as_str()).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with(':') || rest.starts_with(' ')
+            })
+        })
+        .max_by_key(|(spelled, _)| spelled.len())
+        .map(|(_, path)| path.clone())
+        .unwrap_or_default()
 }
 
 /// Replace this process with the compose CLI.

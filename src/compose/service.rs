@@ -33,6 +33,10 @@ pub struct Project<'a> {
     pub name: &'a str,
     pub config: &'a Yaml,
     pub files: &'a [Located],
+    /// The directory relative bind sources are relative to: `None` for
+    /// `compose config`'s output (already absolute), the file's own
+    /// directory for a file read as written (`policy check --compose`).
+    pub base: Option<&'a std::path::Path>,
 }
 
 impl Project<'_> {
@@ -288,10 +292,18 @@ fn env_names(y: &Yaml) -> Vec<String> {
 fn volume(v: &Yaml, project: Project<'_>) -> Result<(&'static str, String), String> {
     let named =
         |src: &str| !src.is_empty() && !src.starts_with(['/', '.', '~']) && !src.contains('/');
+    let absolute = |src: &str| match project.base {
+        Some(base) if src == "." || src.starts_with("./") || src.starts_with("../") => {
+            base.join(src).display().to_string()
+        }
+        _ => src.to_string(),
+    };
     if let Some(s) = scalar(v) {
         let mut parts: Vec<String> = s.split(':').map(str::to_string).collect();
         if parts.len() >= 2 && named(&parts[0]) {
             parts[0] = project.resource("volumes", &parts[0]);
+        } else if parts.len() >= 2 {
+            parts[0] = absolute(&parts[0]);
         }
         return Ok(("volume", parts.join(":")));
     }
@@ -300,6 +312,8 @@ fn volume(v: &Yaml, project: Project<'_>) -> Result<(&'static str, String), Stri
     let mut src = scalar(&v["source"]).unwrap_or_default();
     if kind == "volume" && named(&src) {
         src = project.resource("volumes", &src);
+    } else if kind == "bind" {
+        src = absolute(&src);
     }
     let mut fields = vec![format!("type={kind}")];
     if !src.is_empty() {
@@ -353,6 +367,7 @@ volumes:
                 name: "proj",
                 config: &config,
                 files: &[],
+                base: None,
             },
         )
         .unwrap();
@@ -395,6 +410,7 @@ volumes:
                 name: "p",
                 config: &config,
                 files: &[],
+                base: None,
             },
         )
         .unwrap_err();
