@@ -428,7 +428,7 @@ fn the_example_project_comes_up_attested_isolated_and_leaves_no_lease() {
 fn a_service_that_breaks_isolation_is_refused_before_any_container_exists() {
     let image = test_image();
     let w = unique("crefuse");
-    let b = Broker::start(&[("w.toml", &policy(&w))]);
+    let mut b = Broker::start(&[("w.toml", &policy(&w))]);
     b.put(&format!("{w}/db"), "password", BILLING_DB);
     b.put(&format!("{w}/api"), "token", BILLING_API);
     let tmp = tempfile::tempdir().unwrap();
@@ -485,8 +485,14 @@ fn a_service_that_breaks_isolation_is_refused_before_any_container_exists() {
     let ok_c = containers(&p, "ok");
     assert_eq!(ok_c.len(), 1);
     assert!(eventually(60, || running(&ok_c[0])), "{}", logs(&ok_c[0]));
+    // `down` works while the broker is away (it plans nothing); `up` does not.
+    b.kill();
+    let out = output(&mut compose(&b, &["--", "-p", &p, "-f", &f, "up", "-d"]));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     let out = output(&mut compose(&b, &["--", "-p", &p, "-f", &f, "down"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("without the override"));
+    assert!(containers(&p, "ok").is_empty());
 }
 
 /// `policy check DIR --compose FILE`: the services `unbaked compose` would

@@ -186,6 +186,13 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
                 Err(ClientError::Api(e)) if e.code == ErrorCode::Denied => {
                     refused.push(refusal_lines(&located, name, w, converted, &e.message));
                 }
+                Err(e @ ClientError::Unavailable { .. }) if tears_down(&split.rest) => {
+                    // Stopping or reading a project needs no plan: compose
+                    // finds its containers by label, and the workload
+                    // networks are external, so it leaves them alone.
+                    eprintln!("unbaked: warning: {e}: running compose without the override (enough for `{}`)", split.rest[0]);
+                    return exec(&cli, &split.globals, &[], None, &split.rest);
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -225,6 +232,15 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
     let e = exec(&cli, &split.globals, &named, Some(&path), &split.rest);
     drop(fd);
     e
+}
+
+/// Compose commands that create or start nothing, so they may run without
+/// the broker (a `down` must work while the broker is away).
+fn tears_down(rest: &[String]) -> bool {
+    const SAFE: &[&str] = &[
+        "down", "stop", "kill", "rm", "ps", "logs", "top", "events", "port", "images", "pause",
+    ];
+    rest.first().is_some_and(|c| SAFE.contains(&c.as_str()))
 }
 
 /// `UNBAKED_COMPOSE`, else `docker-compose` when on PATH, else `docker compose`.
