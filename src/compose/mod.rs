@@ -62,6 +62,8 @@ pub enum ComposeError {
     },
     #[error("cannot read the output of `compose config`: {0}")]
     ConfigYaml(String),
+    #[error("cannot turn the broker's plan into a compose override: {0}")]
+    Plan(String),
     #[error("refused before anything started:\n{0}")]
     Refused(String),
     #[error(transparent)]
@@ -181,7 +183,7 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
                     }
                     overlay
                         .add(name, converted, &plan.args, v2)
-                        .map_err(|e| ComposeError::ConfigYaml(format!("service {name:?}: {e}")))?;
+                        .map_err(|e| ComposeError::Plan(format!("service {name:?}: {e}")))?;
                 }
                 Err(ClientError::Api(e)) if e.code == ErrorCode::Denied => {
                     refused.push(refusal_lines(&located, name, w, converted, &e.message));
