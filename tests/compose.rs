@@ -571,3 +571,89 @@ services:
     assert!(out.status.success(), "{}", text(&out.stdout));
     assert!(!text(&out.stdout).contains("compose-service"));
 }
+
+/// A developer (uid 1000 in the docker group, not root) runs a project
+/// whose workload service runs as a non-root user: the tmpfs is that
+/// user's, the shim writes the files as it, the app reads them.
+#[test]
+fn a_non_root_developer_runs_a_service_with_a_non_root_user() {
+    use std::os::unix::fs::PermissionsExt;
+    const DEV: u32 = 1000;
+    let image = test_image();
+    let w = unique("cuser");
+    let pol = policy(&w).replace(
+        &format!("[launch]\nuids = [{}]", uid()),
+        &format!("[launch]\nuids = [{DEV}]"),
+    );
+    assert!(pol.contains(&format!("uids = [{DEV}]")), "{pol}");
+    let b = Broker::start(&[("w.toml", &pol)]);
+    std::fs::set_permissions(b.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    b.put(&format!("{w}/db"), "password", REPORTS_DB);
+    b.put(&format!("{w}/api"), "token", REPORTS_API);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = tmp.path().join("docker-compose.yml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  app:\n    image: {image}\n    user: \"{DEV}:{DEV}\"\n    labels:\n      io.unbaked.workload: {w}\n    command:\n      - |\n        \
+             printf 'file=%s\\n' \"$$(rev /run/secrets/db_password)\"\n        \
+             printf 'env=%s\\n' \"$$(printf %s \"$$API_TOKEN\" | rev)\"\n        \
+             ls -ln /run/secrets/db_password\n        \
+             exec sleep 300\n"
+        ),
+    )
+    .unwrap();
+    let p = unique("ucuser");
+    let _project = Project {
+        name: p.clone(),
+        networks: vec![format!("unbaked-{w}")],
+    };
+    let docker_gid = nix::unistd::Group::from_name("docker")
+        .unwrap()
+        .expect("the docker group (scripts/install-docker-deps)")
+        .gid
+        .as_raw();
+    let as_dev = |rest: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={DEV}"))
+            .arg(format!("--regid={DEV}"))
+            .arg(format!("--groups={docker_gid}"))
+            .arg(BIN)
+            .arg("compose")
+            .arg("--")
+            .args(["-p", &p, "-f"])
+            .arg(&file)
+            .args(rest)
+            .env("UNBAKED_SOCKET", &b.socket)
+            .env("UNBAKED_SHIM", static_binary())
+            .env("HOME", tmp.path())
+            .current_dir(tmp.path());
+        output(&mut c)
+    };
+    let up = as_dev(&["up", "-d"]);
+    assert!(
+        up.status.success(),
+        "{}\n{}",
+        text(&up.stderr),
+        b.log_text()
+    );
+    let app = containers(&p, "app");
+    assert_eq!(app.len(), 1);
+    assert!(
+        eventually(60, || logs(&app[0]).contains("db_password")),
+        "{}\n{}",
+        logs(&app[0]),
+        b.log_text()
+    );
+    let l = logs(&app[0]);
+    assert!(l.contains(&format!("file={}\n", rev(REPORTS_DB))), "{l}");
+    assert!(l.contains(&format!("env={}\n", rev(REPORTS_API))), "{l}");
+    assert!(
+        l.contains(&format!("-r--------    1 {DEV}     {DEV}")),
+        "{l}"
+    );
+    let down = as_dev(&["down"]);
+    assert!(down.status.success(), "{}", text(&down.stderr));
+    assert!(containers(&p, "app").is_empty());
+}
