@@ -574,7 +574,8 @@ services:
 
 /// A developer (uid 1000 in the docker group, not root) runs a project
 /// whose workload service runs as a non-root user: the tmpfs is that
-/// user's, the shim writes the files as it, the app reads them.
+/// user's, the shim writes the files as it, the app reads them. The file
+/// says `version: "2.4"`: the override carries the same version.
 #[test]
 fn a_non_root_developer_runs_a_service_with_a_non_root_user() {
     use std::os::unix::fs::PermissionsExt;
@@ -596,7 +597,7 @@ fn a_non_root_developer_runs_a_service_with_a_non_root_user() {
     std::fs::write(
         &file,
         format!(
-            "services:\n  app:\n    image: {image}\n    user: \"{DEV}:{DEV}\"\n    labels:\n      io.unbaked.workload: {w}\n    command:\n      - |\n        \
+            "version: \"2.4\"\nservices:\n  app:\n    image: {image}\n    user: \"{DEV}:{DEV}\"\n    labels:\n      io.unbaked.workload: {w}\n    command:\n      - |\n        \
              printf 'file=%s\\n' \"$$(rev /run/secrets/db_password)\"\n        \
              printf 'env=%s\\n' \"$$(printf %s \"$$API_TOKEN\" | rev)\"\n        \
              ls -ln /run/secrets/db_password\n        \

@@ -166,6 +166,7 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
             break;
         }
         overlay = overlay::Overlay::default();
+        overlay.version = service::scalar(&config["version"]);
         for (name, w, converted) in &workloads {
             let req = LaunchRequest {
                 workload: Some(w.clone()),

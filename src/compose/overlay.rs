@@ -16,6 +16,9 @@ use unbaked_docker::launch::{mount_fields, parse};
 pub struct Overlay {
     services: Map<String, Value>,
     networks: Map<String, Value>,
+    /// The project's file version (`compose config` of docker-compose 1.29
+    /// prints it): an extension file must carry the same.
+    pub version: Option<String>,
 }
 
 impl Overlay {
@@ -116,6 +119,9 @@ impl Overlay {
     /// override like any file, and a command may hold a `$`.
     pub fn render(&self) -> String {
         let mut top = Map::new();
+        if let Some(v) = &self.version {
+            top.insert("version".into(), json!(v));
+        }
         top.insert("services".into(), Value::Object(self.services.clone()));
         if !self.networks.is_empty() {
             top.insert("networks".into(), Value::Object(self.networks.clone()));
@@ -128,24 +134,38 @@ impl Overlay {
     }
 }
 
-/// A plan's `--mount type=bind,src=..,dst=..,readonly` in compose's long form.
+/// A plan's `--mount type=bind,src=..,dst=..,readonly` in compose's short
+/// form (`SRC:DST:ro`), which every file version reads (the long form is
+/// 3.2 and later only).
 fn bind(v: &str) -> Result<Value, String> {
-    let fields = mount_fields(v)?;
-    let mut m = Map::new();
-    for (k, val) in fields {
+    let (mut src, mut dst, mut ro) = (None, None, false);
+    for (k, val) in mount_fields(v)? {
         match k.as_str() {
-            "type" => m.insert("type".into(), json!(val)),
-            "src" | "source" => m.insert("source".into(), json!(val)),
-            "dst" | "destination" | "target" => m.insert("target".into(), json!(val)),
-            "readonly" | "ro" => m.insert("read_only".into(), json!(val != "false")),
+            "type" if val == "bind" => {}
+            "src" | "source" => src = Some(val),
+            "dst" | "destination" | "target" => dst = Some(val),
+            "readonly" | "ro" => ro = val != "false",
             other => {
                 return Err(format!(
-                    "the broker's plan mounts with {other}=, which unbaked compose cannot express"
-                ))
+                "the broker's plan mounts with {other}={val}, which unbaked compose cannot express"
+            ))
             }
-        };
+        }
     }
-    Ok(Value::Object(m))
+    let (Some(src), Some(dst)) = (src, dst) else {
+        return Err(format!(
+            "the broker's plan mounts {v:?} without a source or target"
+        ));
+    };
+    if src.contains(':') || dst.contains(':') {
+        return Err(format!(
+            "{src:?} or {dst:?} holds a colon, which compose's volume syntax cannot carry"
+        ));
+    }
+    Ok(json!(format!(
+        "{src}:{dst}:{}",
+        if ro { "ro" } else { "rw" }
+    )))
 }
 
 fn escape(v: &mut Value) {
@@ -223,7 +243,7 @@ mod tests {
         assert_eq!(web["labels"]["io.unbaked.workload"], json!("web"));
         assert_eq!(
             web["volumes"][0],
-            json!({"type": "bind", "source": "/usr/lib/unbaked", "target": "/run/unbaked/bin/unbaked", "read_only": true})
+            json!("/usr/lib/unbaked:/run/unbaked/bin/unbaked:ro")
         );
         assert_eq!(web["entrypoint"], json!(["/run/unbaked/bin/unbaked"]));
         assert_eq!(web["command"][10], json!("echo $$HOME"));
