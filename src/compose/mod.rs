@@ -95,12 +95,23 @@ impl ComposeError {
     }
 }
 
+/// What to run once the project is planned.
+enum Decision {
+    /// `--dry-run`: the override was printed.
+    DryRun,
+    /// No workload service (or the broker is away for a teardown): compose
+    /// as the user asked, with no override.
+    Plain,
+    /// Compose with this override.
+    Override(String),
+}
+
 /// Returns only on failure, or after a dry run.
 pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
     let argv = cfg
         .args
-        .into_iter()
-        .map(|a| a.into_string().map_err(ComposeError::NotText))
+        .iter()
+        .map(|a| a.clone().into_string().map_err(ComposeError::NotText))
         .collect::<Result<Vec<String>, _>>()?;
     let split = args::split(&argv);
     let cli = compose_cli();
@@ -110,7 +121,51 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
         ));
     }
     let files = args::files(&split, |k| std::env::var(k).ok()).map_err(ComposeError::Usage)?;
-    let config = project_config(&cli, &split.globals)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ComposeError::Runtime)?;
+    let mut named = Vec::new();
+    if !files.explicit {
+        // `-f override` turns compose's own file lookup off: name them.
+        for p in &files.paths {
+            named.push("-f".to_string());
+            named.push(p.display().to_string());
+        }
+    }
+    let decided = decide(&cfg, &cli, &split, &files, &rt);
+    match decided? {
+        Decision::DryRun => Ok(()),
+        Decision::Plain => exec(&cli, &split.globals, &[], None, &split.rest),
+        Decision::Override(text) => {
+            let fd =
+                unbaked_secretsdir::sys::sealed_memfd("unbaked-compose-override", text.as_bytes())
+                    .map_err(ComposeError::Override)?;
+            unbaked_secretsdir::sys::clear_cloexec(fd.as_fd()).map_err(ComposeError::Override)?;
+            // Through our pid, not `self`: `docker compose` runs its plugin
+            // as a child of the docker CLI (this process after the exec).
+            let path = format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                std::os::fd::AsRawFd::as_raw_fd(&fd)
+            );
+            let e = exec(&cli, &split.globals, &named, Some(&path), &split.rest);
+            drop(fd);
+            e
+        }
+    }
+}
+
+/// Resolve the project, plan every workload service, and say what to run.
+fn decide(
+    cfg: &ComposeConfig,
+    cli: &[String],
+    split: &args::Split,
+    files: &args::Files,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Decision, ComposeError> {
+    let config = project_config(cli, &split.globals)?;
+    let version = service::scalar(&config["version"]);
     let located: Vec<Located> = files
         .paths
         .iter()
@@ -120,7 +175,7 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
         })
         .collect();
     let v2 = config["name"].as_str().is_some();
-    let project_name = project_name(&config, &split, &files);
+    let project_name = project_name(&config, split, files);
     let project = service::Project {
         name: &project_name,
         config: &config,
@@ -146,15 +201,11 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
     if workloads.is_empty() && refused.is_empty() {
         if cfg.dry_run {
             eprintln!("unbaked compose: no service is labelled {}: compose runs unchanged, without an override", service::LABEL);
-            return Ok(());
+            return Ok(Decision::DryRun);
         }
-        return exec(&cli, &split.globals, &[], None, &split.rest);
+        return Ok(Decision::Plain);
     }
     let (shim, shim_static) = find_shim()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ComposeError::Runtime)?;
     let client = Client::new(&cfg.socket);
     // Every service is planned as a dry run first, so a refusal of any one
     // leaves nothing behind; then, for real, the broker creates each
@@ -166,7 +217,7 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
             break;
         }
         overlay = overlay::Overlay::default();
-        overlay.version = service::scalar(&config["version"]);
+        overlay.version = version.clone();
         for (name, w, converted) in &workloads {
             let req = LaunchRequest {
                 workload: Some(w.clone()),
@@ -194,7 +245,7 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
                     // finds its containers by label, and the workload
                     // networks are external, so it leaves them alone.
                     eprintln!("unbaked: warning: {e}: running compose without the override (enough for `{}`)", split.rest[0]);
-                    return exec(&cli, &split.globals, &[], None, &split.rest);
+                    return Ok(Decision::Plain);
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -212,29 +263,9 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
     let text = overlay.render();
     if cfg.dry_run {
         print!("{text}");
-        return Ok(());
+        return Ok(Decision::DryRun);
     }
-    let fd = unbaked_secretsdir::sys::sealed_memfd("unbaked-compose-override", text.as_bytes())
-        .map_err(ComposeError::Override)?;
-    unbaked_secretsdir::sys::clear_cloexec(fd.as_fd()).map_err(ComposeError::Override)?;
-    // Through our pid, not `self`: `docker compose` runs its plugin as a
-    // child of the docker CLI (which is this process after the exec).
-    let path = format!(
-        "/proc/{}/fd/{}",
-        std::process::id(),
-        std::os::fd::AsRawFd::as_raw_fd(&fd)
-    );
-    let mut named = Vec::new();
-    if !files.explicit {
-        // `-f override` turns compose's own file lookup off: name them.
-        for p in &files.paths {
-            named.push("-f".to_string());
-            named.push(p.display().to_string());
-        }
-    }
-    let e = exec(&cli, &split.globals, &named, Some(&path), &split.rest);
-    drop(fd);
-    e
+    Ok(Decision::Override(text))
 }
 
 /// Compose commands that create or start nothing, so they may run without
