@@ -44,6 +44,8 @@ pub enum Command {
     Exec(ExecArgs),
     /// `docker run` under the workload's isolation policy, with its secrets injected at start
     Run(RunArgs),
+    /// Compose with every service labelled `io.unbaked.workload: NAME` run like `unbaked run`
+    Compose(ComposeArgs),
     /// Review policy files: check (lint), test (assertions), diff (for pull requests)
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -164,6 +166,10 @@ pub struct ExecArgs {
     /// Also prove identity with this projected service-account token (Kubernetes)
     #[arg(long, env = "UNBAKED_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// Also write the file grants into DIR (a tmpfs) before starting CMD, and stay
+    /// its parent: renew, rotate, and wipe them when CMD exits (a Compose service's shim)
+    #[arg(long, value_name = "DIR")]
+    pub files: Option<PathBuf>,
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -187,6 +193,22 @@ pub struct RunArgs {
     pub docker_args: Vec<OsString>,
 }
 
+#[derive(Debug, Args)]
+pub struct ComposeArgs {
+    /// Print the override file (it never holds a secret) instead of running compose
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The compose arguments: global options (-f, -p, --project-directory,
+    /// --env-file...), the compose command and its arguments
+    #[arg(
+        last = true,
+        required = true,
+        allow_hyphen_values = true,
+        value_name = "COMPOSE_ARGS"
+    )]
+    pub compose_args: Vec<OsString>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate and lint every policy file of DIR; findings name file:line:column, field and rule
@@ -197,6 +219,10 @@ pub enum PolicyCommand {
         /// Exit 1 on warnings too, not only on errors
         #[arg(long)]
         strict: bool,
+        /// Also check this compose file: each service labelled io.unbaked.workload
+        /// whose declared settings break its workload's [isolation] (repeatable)
+        #[arg(long, value_name = "FILE")]
+        compose: Vec<PathBuf>,
     },
     /// Run the assertion files DIR/tests/*.toml ([[case]] workload, secret, expect) against DIR
     Test { dir: PathBuf },

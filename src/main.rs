@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod compose;
 mod import;
 mod logging;
 mod man;
@@ -144,6 +145,14 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             };
             run::run(cfg).map_err(|e| Failure::new(e.exit_code(), e))
         }
+        Command::Compose(args) => {
+            let cfg = compose::ComposeConfig {
+                socket: client_socket(cli.socket),
+                dry_run: args.dry_run,
+                args: args.compose_args,
+            };
+            compose::run(cfg).map_err(|e| Failure::new(e.exit_code(), e))
+        }
         Command::Exec(args) => {
             let cfg = unbaked_sidecar::exec::ExecConfig {
                 socket: client_socket(cli.socket),
@@ -151,6 +160,20 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 command: args.command,
                 token_file: args.token_file,
             };
+            if let Some(dir) = args.files {
+                let files = unbaked_sidecar::sidecar::SidecarConfig {
+                    socket: cfg.socket.clone(),
+                    workload: cfg.workload.clone(),
+                    dir,
+                    once: false,
+                    tmpfs_size: unbaked_sidecar::sidecar::DEFAULT_TMPFS_SIZE,
+                    token_file: cfg.token_file.clone(),
+                };
+                let code = runtime()?
+                    .block_on(unbaked_sidecar::exec::run_with_files(&cfg, files))
+                    .map_err(|e| Failure::new(e.exit_code(), e))?;
+                std::process::exit(code);
+            }
             let prepared = runtime()?
                 .block_on(unbaked_sidecar::exec::prepare(&cfg))
                 .map_err(|e| Failure::new(e.exit_code(), e))?;

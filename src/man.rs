@@ -264,7 +264,14 @@ executes (default: docker on PATH).
 .B UNBAKED_SHIM
 The static unbaked binary
 .B unbaked run
-mounts into the container as its exec shim.
+and
+.B unbaked compose
+mount into the container as its exec shim.
+.TP
+.B UNBAKED_COMPOSE
+The compose CLI
+.B unbaked compose
+executes (default: docker\-compose on PATH, else docker compose).
 .TP
 .BR VAULT_ADDR ", " VAULT_TOKEN ", " VAULT_CACERT ", " VAULT_CAPATH ", " VAULT_NAMESPACE
 Vault or OpenBao, for
@@ -370,6 +377,14 @@ Run a container with its workload's secrets:
 .RS
 .nf
 unbaked run \-\-workload billing \-\- \-\-rm \-p 8080:8080 billing:1.4
+.fi
+.RE
+.PP
+Start a Compose project whose services are labelled io.unbaked.workload:
+.PP
+.RS
+.nf
+unbaked compose \-\- up \-d
 .fi
 .RE
 .PP

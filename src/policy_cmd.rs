@@ -16,7 +16,8 @@ pub fn run(cmd: PolicyCommand) -> Result<(), Failure> {
             dir,
             format,
             strict,
-        } => check(&dir, format, strict),
+            compose,
+        } => check(&dir, format, strict, &compose),
         PolicyCommand::Test { dir } => test(&dir),
         PolicyCommand::Diff {
             old,
@@ -49,10 +50,30 @@ fn require_dir(dir: &Path) -> Result<(), Failure> {
     ))
 }
 
-fn check(dir: &Path, format: CheckFormat, strict: bool) -> Result<(), Failure> {
+fn check(
+    dir: &Path,
+    format: CheckFormat,
+    strict: bool,
+    compose: &[std::path::PathBuf],
+) -> Result<(), Failure> {
     // A missing directory still gets a report (with its `io` error) in the
     // asked format, so a CI step uploading the SARIF has a valid file.
-    let report = check_dir(dir, &Limits::default());
+    let mut report = check_dir(dir, &Limits::default());
+    if !compose.is_empty() {
+        // Judged against the set as the broker would load it; a set with
+        // errors has them reported already, and judges nothing.
+        let (sources, _) = unbaked_policy::read_dir_sources(dir);
+        if let Ok(set) = unbaked_policy::from_sources(&sources) {
+            for file in compose {
+                report
+                    .findings
+                    .extend(crate::compose::check::check_file(file, &set));
+            }
+            report.findings.sort_by(|a, b| {
+                (&a.file, a.line, a.column, a.rule).cmp(&(&b.file, b.line, b.column, b.rule))
+            });
+        }
+    }
     let format = match format {
         CheckFormat::Human => Format::Human,
         CheckFormat::Json => Format::Json,

@@ -78,6 +78,7 @@ pub fn run(cfg: RunConfig) -> Result<(), RunError> {
             args: args.clone(),
             shim: shim.display().to_string(),
             dry_run: true,
+            compose: false,
         };
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -94,6 +95,7 @@ pub fn run(cfg: RunConfig) -> Result<(), RunError> {
         args,
         shim: shim.display().to_string(),
         dry_run: cfg.dry_run,
+        compose: false,
     };
     let plan = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -126,7 +128,7 @@ pub fn run(cfg: RunConfig) -> Result<(), RunError> {
 /// `target/x86_64-unknown-linux-gnu/release/` next to `target/release/`)
 /// or the packaged one, so the binary the README builds runs `unbaked run`
 /// as it is. Returns the path and whether it is static.
-fn find_shim() -> Result<(PathBuf, bool), RunError> {
+pub(crate) fn find_shim() -> Result<(PathBuf, bool), RunError> {
     if let Some(p) = std::env::var_os(ENV_SHIM) {
         let p = std::fs::canonicalize(PathBuf::from(p)).map_err(RunError::Shim)?;
         let st = is_static(&p).map_err(RunError::Shim)?;

@@ -2,7 +2,7 @@
 //! holds what makes it work as written: Kubernetes manifests through
 //! `kubernetes-validate --strict` for the two newest Kubernetes versions it
 //! knows, the Nomad job and client configuration through python-hcl2, the
-//! compose file through `docker-compose config`, the CI jobs through
+//! compose file through `docker-compose config` (tests/compose.rs runs it), the CI jobs through
 //! check-jsonschema's GitHub workflow and GitLab CI schemas. Each validator
 //! is shown to reject a broken copy, so a pass means something.
 mod util;
@@ -179,8 +179,9 @@ fn the_nomad_job_mounts_the_socket_directory_and_a_tmpfs_outside_the_runtime_dir
 }
 
 #[test]
-fn the_compose_example_parses_and_mounts_the_socket_directory() {
-    let file = root().join("examples/compose/docker-compose.yml");
+fn the_compose_example_parses_and_labels_two_workloads_and_one_plain_service() {
+    let dir = root().join("examples/compose");
+    let file = dir.join("docker-compose.yml");
     let out = output(
         Command::new("docker-compose")
             .arg("-f")
@@ -193,17 +194,27 @@ fn the_compose_example_parses_and_mounts_the_socket_directory() {
         text(&out.stderr)
     );
     let doc = &load(&file)[0];
-    let mut socket_mounts = 0;
+    let mut workloads = Vec::new();
+    let mut plain = 0;
     for (name, service) in doc["services"].as_object().unwrap() {
-        for v in service["volumes"].as_array().into_iter().flatten() {
-            let v = v.as_str().unwrap_or_default();
-            assert!(!v.contains(".sock"), "{name} mounts the socket file: {v}");
-            if v.starts_with("/run/unbaked:") {
-                socket_mounts += 1;
+        match service["labels"]["io.unbaked.workload"].as_str() {
+            Some(w) => {
+                // Its policy is in the example, and nothing secret is in the file.
+                assert!(
+                    dir.join("policies").join(format!("{w}.toml")).is_file(),
+                    "{name}: no policy for workload {w}"
+                );
+                assert!(service.get("environment").is_none(), "{name}");
+                workloads.push(w.to_string());
             }
+            None => plain += 1,
         }
     }
-    assert!(socket_mounts >= 1, "no service mounts /run/unbaked");
+    workloads.sort();
+    assert_eq!(workloads, ["billing", "reports"]);
+    assert_eq!(plain, 1);
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    assert!(readme.contains("unbaked compose -- up -d"), "{readme}");
 }
 
 #[test]

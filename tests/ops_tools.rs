@@ -240,6 +240,7 @@ fn man_pages_one_per_subcommand_pass_mandoc_lint_and_resolve_the_units_documenta
         "unbaked-sidecar.1",
         "unbaked-exec.1",
         "unbaked-run.1",
+        "unbaked-compose.1",
         "unbaked-secret.1",
         "unbaked-secret-put.1",
         "unbaked-policy.1",

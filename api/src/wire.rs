@@ -204,6 +204,12 @@ pub struct LaunchRequest {
     /// Plan only: create no network and no secrets mount.
     #[serde(default)]
     pub dry_run: bool,
+    /// A Compose service (`unbaked compose`): its replicas are started by
+    /// compose, not claimed through a launch, so the plan carries no launch
+    /// label and no host tmpfs; the shim writes the file grants into a
+    /// per-container engine tmpfs at `/run/secrets` (`exec --files`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compose: bool,
 }
 
 /// The answer to a [`LaunchRequest`]. Holds names and paths, never a value.

@@ -34,8 +34,10 @@ pub(crate) async fn launch(
     // File grants and file templates both land in /run/secrets.
     let has_files = policy.grants_of(&[DeliveryKind::File]).next().is_some()
         || policy.templates_of(&[DeliveryKind::File]).next().is_some();
-    let secrets_dir = has_files.then(|| containers.base.join(&launch_id));
-    let facts = facts(
+    // A Compose service's files go to a per-container engine tmpfs that
+    // its shim fills: no host tmpfs, no launch entry to claim.
+    let secrets_dir = (has_files && !req.compose).then(|| containers.base.join(&launch_id));
+    let mut facts = facts(
         containers,
         &parsed,
         &req,
@@ -43,6 +45,8 @@ pub(crate) async fn launch(
         secrets_dir.as_deref(),
     )
     .await?;
+    facts.compose = req.compose;
+    facts.container_files = req.compose && has_files;
     let host = host_facts(containers, &parsed).await?;
     let set = core.policies();
     let inputs = launch::Inputs {
@@ -52,7 +56,11 @@ pub(crate) async fn launch(
         host: &host,
     };
     let plan = launch::plan_with(&parsed, &inputs).map_err(refuse)?;
-    if !req.dry_run {
+    if !req.dry_run && req.compose {
+        if let Some(net) = &plan.network {
+            containers.engine.ensure_isolated_network(net, &w).await?;
+        }
+    } else if !req.dry_run {
         check_limit(containers, core, ctx, &w)?;
         if let Some(net) = &plan.network {
             containers.engine.ensure_isolated_network(net, &w).await?;
@@ -64,7 +72,7 @@ pub(crate) async fn launch(
         let entry = LaunchEntry::new(w.clone(), ctx.caller.uid, dir);
         containers.launches().insert(launch_id.clone(), entry);
     }
-    tracing::info!(workload = %w, launch = %launch_id, dry_run = req.dry_run, uid = ctx.caller.uid, "launch planned");
+    tracing::info!(workload = %w, launch = %launch_id, dry_run = req.dry_run, compose = req.compose, uid = ctx.caller.uid, "launch planned");
     Ok(LaunchPlan {
         workload: w,
         launch_id,
@@ -99,6 +107,8 @@ async fn facts(
         containers_dir: containers.base.display().to_string(),
         sockets: vec![containers.engine.socket().to_string()],
         resolved: resolve_sources(parsed),
+        compose: false,
+        container_files: false,
     })
 }
 

@@ -301,6 +301,8 @@ fn launch_facts() -> launch::Facts {
         containers_dir: "/run/unbaked/containers".into(),
         sockets: vec!["/var/run/docker.sock".into()],
         resolved: BTreeMap::new(),
+        compose: false,
+        container_files: false,
     }
 }
 

@@ -72,6 +72,8 @@ pub mod lint {
 pub mod check {
     /// A directory without any policy file.
     pub const NO_POLICIES: &str = "no-policies";
+    /// `--compose FILE`: a workload service the broker would refuse.
+    pub const COMPOSE_SERVICE: &str = "compose-service";
 }
 
 /// One rule's metadata.
@@ -117,6 +119,7 @@ const fn error(id: &'static str, summary: &'static str, help: &'static str) -> R
 /// Every rule, parser errors first, then lints.
 pub const RULES: &[Rule] = &[
     error(parse::IO, "the file or directory cannot be read", "Check that the path exists, is readable and holds UTF-8 text."),
+    error(check::COMPOSE_SERVICE, "a compose service that `unbaked compose` would refuse", "A service labelled `io.unbaked.workload: NAME` is checked like `unbaked run` checks its arguments: its declared settings (privileged, volumes, network_mode, pid, ipc, cap_add, devices, security_opt, labels...) must fit the workload's [isolation], and the workload must exist. The message names the runtime rule (docs/deny-rules.md); change the service, or, if the workload really needs it, its [isolation]."),
     error(check::NO_POLICIES, "the policy directory holds no policy file", "Name the directory that holds the `*.toml` policies (e.g. `policies/`); a broker started on an empty one serves no workload and denies every request."),
     error(parse::PARSE, "TOML syntax error", "Fix the TOML syntax at the location shown; a key may appear once per table."),
     error(parse::TYPE, "a value of the wrong type", "Write the type the field takes: a string for names and ttls, a list of numbers for uids and gids, a [[grant]] table per grant."),

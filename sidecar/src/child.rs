@@ -33,6 +33,9 @@ pub enum ExecError {
     Io { name: String, source: io::Error },
     #[error("cannot supervise the command (on_change): {0}")]
     Supervise(#[source] io::Error),
+    /// `exec --files`: the file grants could not be delivered.
+    #[error(transparent)]
+    Files(Box<crate::sidecar::SidecarError>),
 }
 
 impl ExecError {
@@ -52,6 +55,7 @@ impl ExecError {
             ExecError::Client(e) => e.exit_code(),
             ExecError::NotFound { .. } => exit::COMMAND_NOT_FOUND,
             ExecError::CannotExecute { .. } => exit::CANNOT_EXECUTE,
+            ExecError::Files(e) => e.exit_code(),
             _ => exit::FAILURE,
         }
     }

@@ -74,6 +74,55 @@ pub async fn prepare(cfg: &ExecConfig) -> Result<Prepared, ExecError> {
     })
 }
 
+/// `unbaked exec --files DIR`, the shim of a Compose service: the file
+/// grants go into `files.dir` (the container's own tmpfs) first, then the
+/// env and fd grants are fetched and the command started as a child; the
+/// shim stays its parent, renewing both leases (files rewritten on
+/// rotation, wiped when withdrawn), forwarding signals, and when the
+/// command exits it wipes the files, revokes, and returns its status.
+pub async fn run_with_files(
+    cfg: &ExecConfig,
+    files: crate::sidecar::SidecarConfig,
+) -> Result<i32, ExecError> {
+    use tokio::sync::oneshot;
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let task = tokio::spawn(crate::sidecar::run_until(files, ready_tx, stop_rx));
+    let stopped =
+        |r: Result<Result<(), crate::sidecar::SidecarError>, tokio::task::JoinError>| match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ExecError::Files(Box::new(e))),
+            Err(e) => Err(ExecError::Supervise(io::Error::other(e))),
+        };
+    if ready_rx.await.is_err() {
+        // The sidecar ended before its first delivery: say why.
+        stopped(task.await)?;
+        return Err(ExecError::Supervise(io::Error::other(
+            "the file grants' delivery stopped before the first delivery",
+        )));
+    }
+    let outcome = async {
+        let (program, _) = cfg.command.split_first().ok_or(ExecError::EmptyCommand)?;
+        let client = Client::new(&cfg.socket).with_token_file(cfg.token_file.clone());
+        let lease = client
+            .fetch(&FetchRequest {
+                workload: cfg.workload.clone(),
+                kinds: vec![DeliveryKind::Env, DeliveryKind::Fd],
+            })
+            .await?;
+        let (command, fds, _) = build(&cfg.command, &lease.items)?;
+        crate::supervise::Supervised::new(client, cfg.command.clone(), lease)
+            .serve(command, fds, program.clone())
+            .await
+    }
+    .await;
+    let _ = stop_tx.send(());
+    let wiped = stopped(task.await);
+    let code = outcome?;
+    wiped?;
+    Ok(code)
+}
+
 impl Prepared {
     /// Replace this process with the command (PATH lookup); returns only on
     /// failure. The lease is not revoked: the command's copy lives its ttl.

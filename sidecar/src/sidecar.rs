@@ -59,7 +59,28 @@ impl SidecarError {
 pub async fn run(cfg: SidecarConfig) -> Result<(), SidecarError> {
     // Handlers first, so a SIGTERM from here on wipes instead of killing us
     // with a tmpfs mounted.
-    let mut signals = Signals::new().map_err(SidecarError::Signal)?;
+    let signals = Signals::new().map_err(SidecarError::Signal)?;
+    serve(cfg, Stop::Signals(signals), None).await
+}
+
+/// The file half of `unbaked exec --files DIR` (a Compose service's shim):
+/// like [`run`], but `ready` is told once the first delivery is on disk,
+/// and it stops (wiping and revoking) when `stop` is told or dropped, not
+/// on signals: the shim forwards those to the app and stops this once the
+/// app has exited.
+pub async fn run_until(
+    cfg: SidecarConfig,
+    ready: tokio::sync::oneshot::Sender<()>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), SidecarError> {
+    serve(cfg, Stop::Told(stop), Some(ready)).await
+}
+
+async fn serve(
+    cfg: SidecarConfig,
+    mut signals: Stop,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(), SidecarError> {
     // Refuse a non-tmpfs directory before any network call.
     let mut dir = SecretsDir::open(&cfg.dir, cfg.tmpfs_size)?;
     let mut sidecar = Sidecar {
@@ -68,6 +89,7 @@ pub async fn run(cfg: SidecarConfig) -> Result<(), SidecarError> {
         cfg,
         lease_id: None,
         watch: Watch::new(),
+        ready,
     };
     if !sidecar.state.is_empty() {
         tracing::warn!(
@@ -141,13 +163,15 @@ struct Sidecar {
     lease_id: Option<String>,
     /// Templates' `on_change`: content hashes and pending actions.
     watch: Watch,
+    /// Told after the first delivery (`exec --files`).
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Sidecar {
     async fn serve(
         &mut self,
         dir: &mut SecretsDir,
-        signals: &mut Signals,
+        signals: &mut Stop,
     ) -> Result<Exit, SidecarError> {
         let req = FetchRequest {
             workload: self.cfg.workload.clone(),
@@ -226,6 +250,9 @@ impl Sidecar {
             tracing::debug!(%workload, lease_id = %lease.lease_id, "lease renewed");
         }
         pace.delivered = true;
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(());
+        }
         if self.cfg.once {
             // Nobody renews these: no deadline for a successor to enforce.
             dir.forget_state();
@@ -412,6 +439,23 @@ async fn sleep_until_opt(t: Option<Instant>) {
 struct Signals {
     term: Signal,
     int: Signal,
+}
+
+/// What ends the sidecar: SIGTERM/SIGINT, or its shim saying so.
+enum Stop {
+    Signals(Signals),
+    Told(tokio::sync::oneshot::Receiver<()>),
+}
+
+impl Stop {
+    async fn recv(&mut self) {
+        match self {
+            Stop::Signals(s) => s.recv().await,
+            Stop::Told(rx) => {
+                let _ = rx.await;
+            }
+        }
+    }
 }
 
 impl Signals {

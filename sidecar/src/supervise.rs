@@ -104,7 +104,7 @@ impl Supervised {
         }
     }
 
-    async fn serve(
+    pub(crate) async fn serve(
         mut self,
         command: std::process::Command,
         fds: Vec<OwnedFd>,

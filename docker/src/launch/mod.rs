@@ -46,6 +46,8 @@ pub const SECRETS_PATH: &str = "/run/secrets";
 pub const LABEL_PREFIX: &str = "io.unbaked.";
 pub const LABEL_WORKLOAD: &str = "io.unbaked.workload";
 pub const LABEL_LAUNCH: &str = "io.unbaked.launch";
+/// The size of the per-container tmpfs a Compose service's shim fills.
+pub const CONTAINER_TMPFS_SIZE: &str = "1m";
 
 /// What the broker found out before planning.
 #[derive(Debug, Clone, Default)]
@@ -68,6 +70,12 @@ pub struct Facts {
     pub sockets: Vec<String>,
     /// Bind sources as the host resolves them (symlinks followed).
     pub resolved: BTreeMap<String, String>,
+    /// A Compose service (`unbaked compose`): no launch label (compose
+    /// starts the replicas; nobody claims a launch).
+    pub compose: bool,
+    /// With `compose`: the workload has file grants, so each container gets
+    /// an engine tmpfs at `/run/secrets` that the shim fills (`exec --files`).
+    pub container_files: bool,
 }
 
 /// What the host's kernel and engine say, by identity rather than by name.

@@ -23,6 +23,8 @@ pub(super) struct Planner<'a> {
     pub(super) entrypoint: Option<Vec<String>>,
     /// Labels the user gave (`--label`), in order.
     pub(super) labels: BTreeMap<String, String>,
+    /// `--user`, for the owner of a Compose service's secrets tmpfs.
+    pub(super) user: Option<String>,
 }
 
 /// Check the options against the policy and build the final arguments.
@@ -43,6 +45,7 @@ pub fn plan_with(parsed: &Parsed, inputs: &Inputs<'_>) -> Result<Plan, Vec<Refus
         cgroupns_given: false,
         entrypoint: None,
         labels: BTreeMap::new(),
+        user: None,
     };
     for o in &parsed.options {
         if p.option(o) {
@@ -56,6 +59,27 @@ pub fn plan_with(parsed: &Parsed, inputs: &Inputs<'_>) -> Result<Plan, Vec<Refus
         return Err(p.refused);
     }
     Ok(p.finish(parsed, argv))
+}
+
+/// A Compose service's `/run/secrets`: an engine tmpfs per container
+/// (in memory, gone with the container), owned by the container's user
+/// when `--user` names it by number, 0711 so only that user may write
+/// (the shim's `SecretsDir` refuses one others could write).
+fn container_tmpfs(user: Option<&str>) -> String {
+    let mut opts = format!(
+        "{SECRETS_PATH}:mode=0711,size={},nosuid,nodev,noexec",
+        super::CONTAINER_TMPFS_SIZE
+    );
+    let (uid, gid) = user
+        .map(|u| u.split_once(':').unwrap_or((u, "")))
+        .unwrap_or(("", ""));
+    if !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()) {
+        opts.push_str(&format!(",uid={uid}"));
+        if !gid.is_empty() && gid.bytes().all(|b| b.is_ascii_digit()) {
+            opts.push_str(&format!(",gid={gid}"));
+        }
+    }
+    opts
 }
 
 /// How an option is written back in a message: `--flag value`.
@@ -126,6 +150,10 @@ impl Planner<'_> {
             }
             Flag::Env => {
                 self.env(v);
+                true
+            }
+            Flag::User => {
+                self.user = Some(v.to_string());
                 true
             }
             _ => true,
@@ -301,7 +329,9 @@ impl Planner<'_> {
             add(&["--network", &own_net]);
         }
         add(&["--label", &format!("{LABEL_WORKLOAD}={w}")]);
-        add(&["--label", &format!("{LABEL_LAUNCH}={}", facts.launch_id)]);
+        if !facts.compose {
+            add(&["--label", &format!("{LABEL_LAUNCH}={}", facts.launch_id)]);
+        }
         for (k, v) in &policy.matcher.docker_labels {
             add(&["--label", &format!("{k}={v}")]);
         }
@@ -314,8 +344,16 @@ impl Planner<'_> {
         if let Some(dir) = &facts.secrets_dir {
             add(&["--mount", &bind(dir, SECRETS_PATH)]);
         }
+        let files_here = facts.compose && facts.container_files;
+        if files_here {
+            add(&["--tmpfs", &container_tmpfs(self.user.as_deref())]);
+        }
         add(&["--entrypoint", SHIM_PATH, &parsed.image]);
-        add(&["--socket", SOCKET_PATH, "exec", "--workload", w, "--"]);
+        add(&["--socket", SOCKET_PATH, "exec", "--workload", w]);
+        if files_here {
+            add(&["--files", SECRETS_PATH]);
+        }
+        add(&["--"]);
         args.extend(argv);
         Plan {
             args,

@@ -56,6 +56,8 @@ fn facts() -> Facts {
         containers_dir: "/run/unbaked/containers".into(),
         sockets: vec![],
         resolved: BTreeMap::new(),
+        compose: false,
+        container_files: false,
     }
 }
 
@@ -533,4 +535,45 @@ fn labels_never_select_another_workload() {
     .unwrap_err();
     assert_eq!(r[0].rule, "launch.other_workload");
     assert!(r[0].reason.contains("overlap"), "{}", r[0].reason);
+}
+
+/// `unbaked compose`: no launch label and no host tmpfs (compose starts the
+/// replicas); each container gets its own tmpfs, owned by its `--user`,
+/// which the shim fills (`--files`).
+#[test]
+fn a_compose_service_gets_a_tmpfs_of_its_own_and_no_launch_label() {
+    let compose = Facts {
+        secrets_dir: None,
+        compose: true,
+        container_files: true,
+        ..facts()
+    };
+    let parsed = parse(&s(&["--user=1000:1000", "img"])).unwrap();
+    let p = plan(&parsed, &policy(), &compose).unwrap();
+    let line = p.args.join(" ");
+    assert!(
+        line.contains(
+            "--tmpfs /run/secrets:mode=0711,size=1m,nosuid,nodev,noexec,uid=1000,gid=1000"
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains("exec --workload billing --files /run/secrets -- /bin/app --serve"),
+        "{line}"
+    );
+    assert!(!line.contains(LABEL_LAUNCH), "{line}");
+    assert!(!line.contains("dst=/run/secrets"), "{line}");
+    // A named user: the tmpfs stays root's (the shim then says why it cannot write).
+    let parsed = parse(&s(&["--user=app", "img"])).unwrap();
+    let line = plan(&parsed, &policy(), &compose).unwrap().args.join(" ");
+    assert!(
+        line.contains("--tmpfs /run/secrets:mode=0711,size=1m,nosuid,nodev,noexec --entrypoint"),
+        "{line}"
+    );
+    // Control: `unbaked run` keeps its launch label and host tmpfs.
+    let line = plan(&parsed, &policy(), &facts()).unwrap().args.join(" ");
+    assert!(
+        line.contains(LABEL_LAUNCH) && !line.contains("--tmpfs"),
+        "{line}"
+    );
 }

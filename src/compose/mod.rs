@@ -1,0 +1,463 @@
+//! `unbaked compose`: the Compose wrapper. Every service labelled
+//! `io.unbaked.workload: NAME` gets what `unbaked run` gives one container:
+//! the broker's launch checks (same rule ids), the hardening, the
+//! workload's ICC-off network, the exec shim around the image's command,
+//! and `/run/secrets` on a per-container tmpfs the shim fills. The real
+//! compose CLI then runs with the user's arguments plus one override file,
+//! so every compose command and flag keeps working.
+//!
+//! 1. The project is resolved by compose itself (`compose config` with the
+//!    user's global options and environment): the files, `.env`,
+//!    interpolation and merging are compose's own.
+//! 2. Each workload service is converted to `docker run` arguments
+//!    (`service.rs`) and planned by the broker (`compose: true`; a real
+//!    run also makes the broker create the ICC-off network). A refusal
+//!    stops everything before compose runs, naming the service, the rule
+//!    and `file:line` in the user's files (`locate.rs`).
+//! 3. The plan's additions become the override (`overlay.rs`), handed to
+//!    compose as a sealed memfd (`/proc/<pid>/fd/N`): never a file in the
+//!    project, never a value in it.
+
+mod args;
+pub mod check;
+mod locate;
+mod overlay;
+mod service;
+
+use crate::run::{find_shim, RunError};
+use locate::{key, Located, Step};
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use unbaked_api::exit;
+use unbaked_api::wire::{ErrorCode, LaunchRequest};
+use unbaked_sidecar::client::{Client, ClientError};
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// Overrides the compose CLI (a command line: `docker compose`, a path...).
+pub const ENV_COMPOSE: &str = "UNBAKED_COMPOSE";
+
+#[derive(Debug)]
+pub struct ComposeConfig {
+    pub socket: PathBuf,
+    pub dry_run: bool,
+    pub args: Vec<OsString>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error("argument {0:?} is not valid UTF-8: compose arguments must be text")]
+    NotText(OsString),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}: the compose CLI was not found: install docker-compose (scripts/install-docker-deps) or the docker compose plugin, or set {ENV_COMPOSE}")]
+    ComposeNotFound(String),
+    #[error("`{cli} config` failed ({status}), so the project cannot be read:\n{stderr}")]
+    Config {
+        cli: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("cannot read the output of `compose config`: {0}")]
+    ConfigYaml(String),
+    #[error("cannot turn the broker's plan into a compose override: {0}")]
+    Plan(String),
+    #[error("refused before anything started:\n{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Shim(#[from] RunError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot hand the override to compose (memfd)")]
+    Override(#[source] std::io::Error),
+    #[error("{program}: cannot execute the compose CLI")]
+    Exec {
+        program: String,
+        source: std::io::Error,
+    },
+}
+
+impl ComposeError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ComposeError::NotText(_) | ComposeError::Usage(_) => exit::USAGE,
+            ComposeError::ComposeNotFound(_) => exit::COMMAND_NOT_FOUND,
+            ComposeError::Exec { .. } => exit::CANNOT_EXECUTE,
+            ComposeError::Refused(_) => exit::DENIED,
+            ComposeError::Shim(e) => e.exit_code(),
+            ComposeError::Client(e) => e.exit_code(),
+            _ => exit::FAILURE,
+        }
+    }
+}
+
+/// What to run once the project is planned.
+enum Decision {
+    /// `--dry-run`: the override was printed.
+    DryRun,
+    /// No workload service (or the broker is away for a teardown): compose
+    /// as the user asked, with no override.
+    Plain,
+    /// Compose with this override.
+    Override(String),
+}
+
+/// Returns only on failure, or after a dry run.
+pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
+    let argv = cfg
+        .args
+        .iter()
+        .map(|a| a.clone().into_string().map_err(ComposeError::NotText))
+        .collect::<Result<Vec<String>, _>>()?;
+    let split = args::split(&argv);
+    let cli = compose_cli();
+    if split.files.iter().any(|f| f == "-") {
+        return Err(ComposeError::Usage(
+            "-f - (the project on stdin) cannot be read twice (once to check it, once by compose): write it to a file".into(),
+        ));
+    }
+    let files = args::files(&split, |k| std::env::var(k).ok()).map_err(ComposeError::Usage)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ComposeError::Runtime)?;
+    let mut named = Vec::new();
+    if !files.explicit {
+        // `-f override` turns compose's own file lookup off: name them.
+        for p in &files.paths {
+            named.push("-f".to_string());
+            named.push(p.display().to_string());
+        }
+    }
+    let decided = decide(&cfg, &cli, &split, &files, &rt);
+    match decided? {
+        Decision::DryRun => Ok(()),
+        Decision::Plain => exec(&cli, &split.globals, &[], None, &split.rest),
+        Decision::Override(text) => {
+            let fd =
+                unbaked_secretsdir::sys::sealed_memfd("unbaked-compose-override", text.as_bytes())
+                    .map_err(ComposeError::Override)?;
+            unbaked_secretsdir::sys::clear_cloexec(fd.as_fd()).map_err(ComposeError::Override)?;
+            // Through our pid, not `self`: `docker compose` runs its plugin
+            // as a child of the docker CLI (this process after the exec).
+            let path = format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                std::os::fd::AsRawFd::as_raw_fd(&fd)
+            );
+            let e = exec(&cli, &split.globals, &named, Some(&path), &split.rest);
+            drop(fd);
+            e
+        }
+    }
+}
+
+/// Resolve the project, plan every workload service, and say what to run.
+fn decide(
+    cfg: &ComposeConfig,
+    cli: &[String],
+    split: &args::Split,
+    files: &args::Files,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Decision, ComposeError> {
+    let config = project_config(cli, &split.globals)?;
+    let version = service::scalar(&config["version"]);
+    let located: Vec<Located> = files
+        .paths
+        .iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(p).ok()?;
+            Some(Located::parse(p, &text))
+        })
+        .collect();
+    let v2 = config["name"].as_str().is_some();
+    let project_name = project_name(&config, split, files);
+    let project = service::Project {
+        name: &project_name,
+        config: &config,
+        files: &located,
+        base: None,
+    };
+    let mut workloads = Vec::new();
+    let mut refused = Vec::new();
+    if let Some(services) = config["services"].as_hash() {
+        for (name, svc) in services {
+            let (Some(name), Some(w)) = (name.as_str(), service::workload(svc)) else {
+                continue;
+            };
+            match service::convert(name, svc, project) {
+                Ok(c) => workloads.push((name.to_string(), w, c)),
+                Err(reason) => refused.push(format!(
+                    "{}: service {name:?}: {reason}",
+                    at(&located, name, &[])
+                )),
+            }
+        }
+    }
+    if workloads.is_empty() && refused.is_empty() {
+        if cfg.dry_run {
+            eprintln!("unbaked compose: no service is labelled {}: compose runs unchanged, without an override", service::LABEL);
+            return Ok(Decision::DryRun);
+        }
+        return Ok(Decision::Plain);
+    }
+    let (shim, shim_static) = find_shim()?;
+    let client = Client::new(&cfg.socket);
+    // Every service is planned as a dry run first, so a refusal of any one
+    // leaves nothing behind; then, for real, the broker creates each
+    // workload's ICC-off network (the plans are the same).
+    let real = !cfg.dry_run && shim_static && refused.is_empty();
+    let mut overlay = overlay::Overlay::default();
+    for dry_run in [true, false] {
+        if !dry_run && (!real || !refused.is_empty()) {
+            break;
+        }
+        overlay = overlay::Overlay::default();
+        overlay.version = version.clone();
+        for (name, w, converted) in &workloads {
+            let req = LaunchRequest {
+                workload: Some(w.clone()),
+                args: converted.args.clone(),
+                shim: shim.display().to_string(),
+                dry_run,
+                compose: true,
+            };
+            match rt.block_on(client.launch(&req)) {
+                Ok(plan) => {
+                    if dry_run {
+                        for warning in &plan.warnings {
+                            eprintln!("unbaked: warning: service {name:?}: {warning}");
+                        }
+                    }
+                    overlay
+                        .add(name, converted, &plan.args, v2)
+                        .map_err(|e| ComposeError::Plan(format!("service {name:?}: {e}")))?;
+                }
+                Err(ClientError::Api(e)) if e.code == ErrorCode::Denied => {
+                    refused.push(refusal_lines(&located, name, w, converted, &e.message));
+                }
+                Err(e @ ClientError::Unavailable { .. }) if tears_down(&split.rest) => {
+                    // Stopping or reading a project needs no plan: compose
+                    // finds its containers by label, and the workload
+                    // networks are external, so it leaves them alone.
+                    eprintln!("unbaked: warning: {e}: running compose without the override (enough for `{}`)", split.rest[0]);
+                    return Ok(Decision::Plain);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if !refused.is_empty() {
+        return Err(ComposeError::Refused(refused.join("\n")));
+    }
+    if !shim_static && !cfg.dry_run {
+        return Err(RunError::NotStatic(shim).into());
+    }
+    if !shim_static {
+        eprintln!("unbaked: warning: {}", RunError::NotStatic(shim.clone()));
+    }
+    let text = overlay.render();
+    if cfg.dry_run {
+        print!("{text}");
+        return Ok(Decision::DryRun);
+    }
+    Ok(Decision::Override(text))
+}
+
+/// Compose commands that create or start nothing, so they may run without
+/// the broker (a `down` must work while the broker is away).
+fn tears_down(rest: &[String]) -> bool {
+    const SAFE: &[&str] = &[
+        "down", "stop", "kill", "rm", "ps", "logs", "top", "events", "port", "images", "pause",
+    ];
+    rest.first().is_some_and(|c| SAFE.contains(&c.as_str()))
+}
+
+/// `UNBAKED_COMPOSE`, else `docker-compose` when on PATH, else `docker compose`.
+fn compose_cli() -> Vec<String> {
+    if let Some(v) = std::env::var(ENV_COMPOSE)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
+        return v.split_whitespace().map(str::to_string).collect();
+    }
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("docker-compose").is_file()));
+    if on_path {
+        vec!["docker-compose".into()]
+    } else {
+        vec!["docker".into(), "compose".into()]
+    }
+}
+
+/// The project as compose resolves it: `compose <globals> config`.
+fn project_config(cli: &[String], globals: &[String]) -> Result<Yaml, ComposeError> {
+    let out = Command::new(&cli[0])
+        .args(&cli[1..])
+        .args(globals)
+        .arg("config")
+        .output()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ComposeError::ComposeNotFound(cli.join(" ")),
+            _ => ComposeError::Exec {
+                program: cli.join(" "),
+                source: e,
+            },
+        })?;
+    if !out.status.success() {
+        return Err(ComposeError::Config {
+            cli: cli.join(" "),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_string(),
+        });
+    }
+    let text =
+        String::from_utf8(out.stdout).map_err(|_| ComposeError::ConfigYaml("not UTF-8".into()))?;
+    let mut docs =
+        YamlLoader::load_from_str(&text).map_err(|e| ComposeError::ConfigYaml(e.to_string()))?;
+    if docs.is_empty() {
+        return Err(ComposeError::ConfigYaml("empty".into()));
+    }
+    let mut doc = docs.swap_remove(0);
+    unescape(&mut doc);
+    Ok(doc)
+}
+
+/// `compose config` prints a file compose could read again, so a literal
+/// `$` comes out as `$$`: the values the container gets have single ones
+/// (the override escapes them again).
+fn unescape(y: &mut Yaml) {
+    match y {
+        Yaml::String(s) if s.contains("$$") => *s = s.replace("$$", "$"),
+        Yaml::Array(a) => a.iter_mut().for_each(unescape),
+        Yaml::Hash(h) => h.values_mut().for_each(unescape),
+        _ => {}
+    }
+}
+
+/// compose v2 prints the project's name; docker-compose 1.29 takes `-p`,
+/// `COMPOSE_PROJECT_NAME`, else the project directory's name.
+fn project_name(config: &Yaml, split: &args::Split, files: &args::Files) -> String {
+    if let Some(n) = config["name"].as_str() {
+        return n.to_string();
+    }
+    if let Some(n) = split
+        .project_name
+        .clone()
+        .or_else(|| std::env::var("COMPOSE_PROJECT_NAME").ok())
+        .filter(|n| !n.is_empty())
+    {
+        return n;
+    }
+    let dir = split
+        .project_directory
+        .as_ref()
+        .map(PathBuf::from)
+        .or_else(|| {
+            files
+                .paths
+                .first()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+        })
+        .unwrap_or_default();
+    let dir = std::fs::canonicalize(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        &dir
+    })
+    .unwrap_or(dir);
+    dir.file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
+}
+
+/// `file:line` of `services.NAME.<field>` in the user's files.
+fn at(files: &[Located], service: &str, field: &[Step]) -> String {
+    let mut path = vec![key("services"), key(service)];
+    path.extend(field.iter().cloned());
+    match locate::find(files, &path) {
+        Some((p, line)) => format!("{}:{line}", p.display()),
+        None => "(compose config)".to_string(),
+    }
+}
+
+/// The broker's refusal of one service, one line per refused option, each
+/// at the line of the field it came from.
+fn refusal_lines(
+    files: &[Located],
+    name: &str,
+    w: &str,
+    converted: &service::Converted,
+    message: &str,
+) -> String {
+    let (body, trailer) = match message.rfind(" (denied by rule ") {
+        Some(i) => (&message[..i], Some(message[i + 1..].to_string())),
+        None => (message, None),
+    };
+    let mut lines: Vec<&str> = body.lines().collect();
+    if lines.len() > 1 && lines[0].starts_with("unbaked run refused") {
+        lines.remove(0);
+    }
+    let mut out = Vec::new();
+    for line in lines {
+        // `rule: --option value: why`
+        let reason = line.split_once(": ").map_or(line, |(_, r)| r);
+        let field = origin(converted, reason);
+        out.push(format!(
+            "{}: service {name:?} (workload {w:?}): {line}",
+            at(files, name, &field)
+        ));
+    }
+    if let Some(t) = trailer {
+        out.push(format!("  {t}"));
+    }
+    out.join("\n")
+}
+
+/// The field (under `services.NAME`) of the option a refusal's reason
+/// starts with (`--option value: why`); empty when none does.
+fn origin(converted: &service::Converted, reason: &str) -> Vec<Step> {
+    converted
+        .origins
+        .iter()
+        .filter(|(spelled, _)| {
+            reason.strip_prefix(spelled.as_str()).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with(':') || rest.starts_with(' ')
+            })
+        })
+        .max_by_key(|(spelled, _)| spelled.len())
+        .map(|(_, path)| path.clone())
+        .unwrap_or_default()
+}
+
+/// Replace this process with the compose CLI.
+fn exec(
+    cli: &[String],
+    globals: &[String],
+    named: &[String],
+    overlay: Option<&str>,
+    rest: &[String],
+) -> Result<(), ComposeError> {
+    let mut cmd = Command::new(&cli[0]);
+    cmd.args(&cli[1..]).args(globals).args(named);
+    if let Some(p) = overlay {
+        cmd.arg("-f").arg(p);
+    }
+    cmd.args(rest);
+    tracing::debug!(compose = %cli.join(" "), "exec compose");
+    let err = cmd.exec();
+    Err(match err.kind() {
+        std::io::ErrorKind::NotFound => ComposeError::ComposeNotFound(cli.join(" ")),
+        _ => ComposeError::Exec {
+            program: cli.join(" "),
+            source: err,
+        },
+    })
+}

@@ -1,0 +1,419 @@
+//! One compose service (as `compose config` prints it, merged and
+//! interpolated) turned into the `docker run` arguments that ask for the
+//! same container, so the broker's launch plan judges it with the same
+//! checks and rule ids as `unbaked run`.
+//!
+//! Only the settings that bear on isolation, identity or the command are
+//! converted; compose applies the rest itself from the user's files. An
+//! `environment:` entry goes by name only: its value may be a secret of the
+//! user's and never leaves compose.
+
+use super::locate::{key, written, Located, Step};
+use yaml_rust2::Yaml;
+
+/// The label that makes a service a workload's.
+pub const LABEL: &str = "io.unbaked.workload";
+
+/// A converted service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Converted {
+    /// The `docker run` arguments: options, image, command.
+    pub args: Vec<String>,
+    /// Each option as the plan spells it in a refusal (`--name value`),
+    /// with the field it came from (under `services.NAME`).
+    pub origins: Vec<(String, Vec<Step>)>,
+    /// The options alone (`--name=value` or `--name`), for telling the
+    /// plan's additions apart from the user's.
+    pub options: Vec<(String, Option<String>)>,
+}
+
+/// Names compose gives the project's volumes and networks.
+#[derive(Debug, Clone, Copy)]
+pub struct Project<'a> {
+    pub name: &'a str,
+    pub config: &'a Yaml,
+    pub files: &'a [Located],
+    /// The directory relative bind sources are relative to: `None` for
+    /// `compose config`'s output (already absolute), the file's own
+    /// directory for a file read as written (`policy check --compose`).
+    pub base: Option<&'a std::path::Path>,
+}
+
+impl Project<'_> {
+    /// The engine's name of a project volume or network (`kind` is
+    /// `volumes` or `networks`): its `name:`, else the key itself when
+    /// external, else `<project>_<key>`.
+    fn resource(&self, kind: &str, k: &str) -> String {
+        let decl = &self.config[kind][k];
+        if let Some(n) = decl["name"].as_str() {
+            return n.to_string();
+        }
+        let external = &decl["external"];
+        if external.as_bool() == Some(true) {
+            return k.to_string();
+        }
+        if let Some(n) = external["name"].as_str() {
+            return n.to_string();
+        }
+        format!("{}_{k}", self.name)
+    }
+}
+
+/// The workload a service names, if any.
+pub fn workload(service: &Yaml) -> Option<String> {
+    label_pairs(&service["labels"])
+        .into_iter()
+        .find(|(k, _)| k == LABEL)
+        .map(|(_, v)| v)
+}
+
+/// `labels:` as a mapping or a list of `KEY=VALUE`.
+fn label_pairs(y: &Yaml) -> Vec<(String, String)> {
+    match y {
+        Yaml::Hash(h) => h
+            .iter()
+            .filter_map(|(k, v)| Some((scalar(k)?, scalar(v).unwrap_or_default())))
+            .collect(),
+        Yaml::Array(a) => a
+            .iter()
+            .filter_map(|i| {
+                let s = scalar(i)?;
+                let (k, v) = s.split_once('=').unwrap_or((&s, ""));
+                Some((k.to_string(), v.to_string()))
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A scalar as text (compose writes numbers and booleans unquoted).
+pub fn scalar(y: &Yaml) -> Option<String> {
+    match y {
+        Yaml::String(s) | Yaml::Real(s) => Some(s.clone()),
+        Yaml::Integer(i) => Some(i.to_string()),
+        Yaml::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A list field, or a single string (compose allows both for some).
+fn list(y: &Yaml) -> Vec<(usize, &Yaml)> {
+    match y {
+        Yaml::Array(a) => a.iter().enumerate().collect(),
+        Yaml::BadValue | Yaml::Null => Vec::new(),
+        other => vec![(0, other)],
+    }
+}
+
+/// A command or entrypoint: a list, or one string split like a shell.
+fn words(y: &Yaml, field: &str) -> Result<Option<Vec<String>>, String> {
+    match y {
+        Yaml::BadValue | Yaml::Null => Ok(None),
+        Yaml::Array(a) => a
+            .iter()
+            .map(|w| scalar(w).ok_or_else(|| format!("{field}: every item must be a string")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        other => {
+            let s = scalar(other).ok_or_else(|| format!("{field}: a string or a list"))?;
+            shlex::split(&s)
+                .map(Some)
+                .ok_or_else(|| format!("{field}: unbalanced quotes in {s:?}"))
+        }
+    }
+}
+
+struct Out {
+    c: Converted,
+}
+
+impl Out {
+    fn opt(&mut self, name: &str, value: Option<String>, at: Vec<Step>) {
+        let spelled = match value.as_deref() {
+            None | Some("") => format!("--{name}"),
+            Some(v) => format!("--{name} {v}"),
+        };
+        self.c.args.push(match &value {
+            None => format!("--{name}"),
+            Some(v) => format!("--{name}={v}"),
+        });
+        self.c.origins.push((spelled, at));
+        self.c.options.push((name.to_string(), value));
+    }
+}
+
+/// The `docker run` arguments of service `name`.
+pub fn convert(name: &str, svc: &Yaml, project: Project<'_>) -> Result<Converted, String> {
+    let at = |field: &str| vec![key(field)];
+    let item = |field: &str, i: usize| vec![key(field), Step::Index(i)];
+    let mut out = Out {
+        c: Converted::default(),
+    };
+    let image = svc["image"].as_str().ok_or_else(|| {
+        "has no image: a workload service must name its image (build it first and give it `image:`), so its entrypoint and command can be wrapped".to_string()
+    })?;
+    if svc["privileged"].as_bool() == Some(true) {
+        out.opt("privileged", None, at("privileged"));
+    }
+    if let Some(ro) = svc["read_only"].as_bool() {
+        out.opt("read-only", Some(ro.to_string()), at("read_only"));
+    }
+    for (field, flag) in [
+        ("pid", "pid"),
+        ("ipc", "ipc"),
+        ("uts", "uts"),
+        ("userns_mode", "userns"),
+        ("cgroup", "cgroupns"),
+        ("user", "user"),
+    ] {
+        if let Some(v) = scalar(&svc[field]) {
+            out.opt(flag, Some(v), at(field));
+        }
+    }
+    // network_mode: `service:x` / `container:x` share another's namespace.
+    if let Some(mode) = scalar(&svc["network_mode"]) {
+        let v = match mode.strip_prefix("service:") {
+            Some(s) => format!("container:{s}"),
+            None => mode,
+        };
+        out.opt("network", Some(v), at("network_mode"));
+    }
+    networks(&mut out, svc, name, project);
+    for (field, flag) in [
+        ("cap_add", "cap-add"),
+        ("cap_drop", "cap-drop"),
+        ("security_opt", "security-opt"),
+        ("device_cgroup_rules", "device-cgroup-rule"),
+        ("tmpfs", "tmpfs"),
+        ("links", "link"),
+        ("external_links", "link"),
+        ("volumes_from", "volumes-from"),
+    ] {
+        for (i, v) in list(&svc[field]) {
+            if let Some(v) = scalar(v) {
+                out.opt(flag, Some(v), item(field, i));
+            }
+        }
+    }
+    for (i, d) in list(&svc["devices"]) {
+        let v = match d {
+            Yaml::Hash(_) => {
+                let src = scalar(&d["source"]).unwrap_or_default();
+                let dst = scalar(&d["target"]).unwrap_or_else(|| src.clone());
+                match scalar(&d["permissions"]) {
+                    Some(p) => format!("{src}:{dst}:{p}"),
+                    None => format!("{src}:{dst}"),
+                }
+            }
+            other => scalar(other).unwrap_or_default(),
+        };
+        out.opt("device", Some(v), item("devices", i));
+    }
+    if svc["init"].as_bool() == Some(true) {
+        out.opt("init", None, at("init"));
+    }
+    for (i, v) in list(&svc["volumes"]) {
+        let (flag, value) = volume(v, project)?;
+        out.opt(flag, Some(value), item("volumes", i));
+    }
+    for (k, v) in label_pairs(&svc["labels"]) {
+        if k != LABEL {
+            out.opt(
+                "label",
+                Some(format!("{k}={v}")),
+                vec![key("labels"), key(&k)],
+            );
+        }
+    }
+    // Names only: the plan warns when a grant replaces one.
+    for env_name in env_names(&svc["environment"]) {
+        out.opt("env", Some(env_name), at("environment"));
+    }
+    let entrypoint = words(&svc["entrypoint"], "entrypoint")?;
+    let command = words(&svc["command"], "command")?;
+    let mut tail = Vec::new();
+    if let Some(ep) = entrypoint {
+        // docker's --entrypoint is one program; its arguments go first in
+        // the command (docker drops the image's Cmd either way).
+        let mut ep = ep.into_iter();
+        out.opt(
+            "entrypoint",
+            Some(ep.next().unwrap_or_default()),
+            at("entrypoint"),
+        );
+        tail.extend(ep);
+    }
+    tail.extend(command.unwrap_or_default());
+    out.c.args.push(image.to_string());
+    out.c.args.extend(tail);
+    Ok(out.c)
+}
+
+/// The service's networks by engine name. Compose v2 lists the project's
+/// `default` network for every service that names none; only a network the
+/// user's files name is judged (the override replaces an implicit default).
+fn networks(out: &mut Out, svc: &Yaml, name: &str, project: Project<'_>) {
+    let nets: Vec<String> = match &svc["networks"] {
+        Yaml::Hash(h) => h.keys().filter_map(scalar).collect(),
+        Yaml::Array(a) => a.iter().filter_map(scalar).collect(),
+        _ => Vec::new(),
+    };
+    let declared = written(
+        project.files,
+        &[key("services"), key(name), key("networks")],
+    );
+    for n in nets {
+        if n == "default" && !declared {
+            continue;
+        }
+        out.opt(
+            "network",
+            Some(project.resource("networks", &n)),
+            vec![key("networks"), key(&n)],
+        );
+    }
+}
+
+/// `environment:` variable names (mapping or `NAME=VALUE` list).
+fn env_names(y: &Yaml) -> Vec<String> {
+    match y {
+        Yaml::Hash(h) => h.keys().filter_map(scalar).collect(),
+        Yaml::Array(a) => a
+            .iter()
+            .filter_map(scalar)
+            .map(|s| s.split('=').next().unwrap_or_default().to_string())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A `volumes:` entry: the short form as `--volume`, the long form as
+/// `--mount`; a named volume by its engine name.
+fn volume(v: &Yaml, project: Project<'_>) -> Result<(&'static str, String), String> {
+    let named =
+        |src: &str| !src.is_empty() && !src.starts_with(['/', '.', '~']) && !src.contains('/');
+    let absolute = |src: &str| match project.base {
+        Some(base) if src == "." || src.starts_with("./") || src.starts_with("../") => {
+            base.join(src).display().to_string()
+        }
+        _ => src.to_string(),
+    };
+    if let Some(s) = scalar(v) {
+        let mut parts: Vec<String> = s.split(':').map(str::to_string).collect();
+        if parts.len() >= 2 && named(&parts[0]) {
+            parts[0] = project.resource("volumes", &parts[0]);
+        } else if parts.len() >= 2 {
+            parts[0] = absolute(&parts[0]);
+        }
+        return Ok(("volume", parts.join(":")));
+    }
+    let kind = scalar(&v["type"]).unwrap_or_else(|| "volume".into());
+    let target = scalar(&v["target"]).ok_or("volumes: a long-form entry without target")?;
+    let mut src = scalar(&v["source"]).unwrap_or_default();
+    if kind == "volume" && named(&src) {
+        src = project.resource("volumes", &src);
+    } else if kind == "bind" {
+        src = absolute(&src);
+    }
+    let mut fields = vec![format!("type={kind}")];
+    if !src.is_empty() {
+        fields.push(format!("source={src}"));
+    }
+    fields.push(format!("target={target}"));
+    if v["read_only"].as_bool() == Some(true) {
+        fields.push("readonly".into());
+    }
+    Ok(("mount", fields.join(",")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yaml_rust2::YamlLoader;
+
+    fn load(s: &str) -> Yaml {
+        YamlLoader::load_from_str(s).unwrap().remove(0)
+    }
+
+    #[test]
+    fn a_service_becomes_docker_run_arguments() {
+        let config = load(
+            "\
+services:
+  web:
+    image: app:1
+    privileged: true
+    user: '1000:1000'
+    labels: {io.unbaked.workload: web, tier: front}
+    volumes:
+      - data:/data:rw
+      - /var/run/docker.sock:/var/run/docker.sock:rw
+      - {type: bind, source: /srv, target: /srv, read_only: true}
+    cap_add: [NET_ADMIN]
+    environment: {DB_PASSWORD: hunter2}
+    entrypoint: [/bin/sh, -c]
+    command: echo 'hi there'
+    networks: {default: null}
+volumes:
+  data: {}
+",
+        );
+        let svc = &config["services"]["web"];
+        assert_eq!(workload(svc).as_deref(), Some("web"));
+        let c = convert(
+            "web",
+            svc,
+            Project {
+                name: "proj",
+                config: &config,
+                files: &[],
+                base: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            c.args,
+            [
+                "--privileged",
+                "--user=1000:1000",
+                "--cap-add=NET_ADMIN",
+                "--volume=proj_data:/data:rw",
+                "--volume=/var/run/docker.sock:/var/run/docker.sock:rw",
+                "--mount=type=bind,source=/srv,target=/srv,readonly",
+                "--label=tier=front",
+                "--env=DB_PASSWORD",
+                "--entrypoint=/bin/sh",
+                "app:1",
+                "-c",
+                "echo",
+                "hi there",
+            ]
+        );
+        assert!(!c.args.iter().any(|a| a.contains("hunter2")));
+        let (spelled, at) = &c.origins[4];
+        assert_eq!(
+            spelled,
+            "--volume /var/run/docker.sock:/var/run/docker.sock:rw"
+        );
+        assert_eq!(at, &vec![key("volumes"), Step::Index(1)]);
+        // An implicit default network is not judged; a declared one is.
+        assert!(!c.args.iter().any(|a| a.starts_with("--network")));
+    }
+
+    #[test]
+    fn a_service_without_image_is_refused() {
+        let config = load("services:\n  web:\n    build: .\n");
+        let e = convert(
+            "web",
+            &config["services"]["web"],
+            Project {
+                name: "p",
+                config: &config,
+                files: &[],
+                base: None,
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("has no image"), "{e}");
+    }
+}
