@@ -96,32 +96,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Broker(args) => {
-            let opts = BrokerOptions {
-                config: args.config,
-                socket: cli.socket,
-                policies: args.policies,
-                store: args
-                    .store
-                    .map(|s| s.parse().expect("clap restricts the values")),
-                audit: args.audit,
-                dev: args.dev,
-                admin_addr: args.admin_addr,
-                socket_mode: args.socket_mode,
-                socket_group: args.socket_group,
-                store_dir: args.store_dir,
-                store_key_file: args.store_key_file,
-                vault_max_stale: args.vault_max_stale,
-            };
-            let cfg = BrokerConfig::resolve(opts, |k| std::env::var(k).ok())
-                .map_err(|e| Failure::new(exit::FAILURE, e))?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| Failure::new(exit::FAILURE, e))?;
-            rt.block_on(unbaked_broker::run(cfg, Box::new(unbaked_docker::open)))
-                .map_err(|e| Failure::new(exit::FAILURE, e))
-        }
+        Command::Broker(args) => broker(args, cli.socket),
         Command::Secret(cmd) => secret(client_socket(cli.socket), cmd),
         Command::Sidecar(args) => {
             let cfg = unbaked_sidecar::sidecar::SidecarConfig {
@@ -153,33 +128,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             };
             compose::run(cfg).map_err(|e| Failure::new(e.exit_code(), e))
         }
-        Command::Exec(args) => {
-            let cfg = unbaked_sidecar::exec::ExecConfig {
-                socket: client_socket(cli.socket),
-                workload: args.workload,
-                command: args.command,
-                token_file: args.token_file,
-            };
-            if let Some(dir) = args.files {
-                let files = unbaked_sidecar::sidecar::SidecarConfig {
-                    socket: cfg.socket.clone(),
-                    workload: cfg.workload.clone(),
-                    dir,
-                    once: false,
-                    tmpfs_size: unbaked_sidecar::sidecar::DEFAULT_TMPFS_SIZE,
-                    token_file: cfg.token_file.clone(),
-                };
-                let code = runtime()?
-                    .block_on(unbaked_sidecar::exec::run_with_files(&cfg, files))
-                    .map_err(|e| Failure::new(e.exit_code(), e))?;
-                std::process::exit(code);
-            }
-            let prepared = runtime()?
-                .block_on(unbaked_sidecar::exec::prepare(&cfg))
-                .map_err(|e| Failure::new(e.exit_code(), e))?;
-            let e = prepared.exec();
-            Err(Failure::new(e.exit_code(), e))
-        }
+        Command::Exec(args) => exec(args, cli.socket),
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Audit(AuditCommand::Verify { file }) => audit_verify(&file),
         Command::Store(StoreCommand::InitKey { file }) => {
@@ -218,18 +167,81 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             clap_complete::generate(shell, &mut cmd, "unbaked", &mut std::io::stdout());
             Ok(())
         }
-        Command::Man { out: None } => match man::print(&mut std::io::stdout().lock()) {
+        Command::Man { out } => man_pages(out),
+    }
+}
+
+fn broker(args: cli::BrokerArgs, socket: Option<PathBuf>) -> Result<(), Failure> {
+    let store = match args.store {
+        Some(s) => Some(s.parse().map_err(|e: String| Failure::msg(exit::USAGE, e))?),
+        None => None,
+    };
+    let opts = BrokerOptions {
+        config: args.config,
+        socket,
+        policies: args.policies,
+        store,
+        audit: args.audit,
+        dev: args.dev,
+        admin_addr: args.admin_addr,
+        socket_mode: args.socket_mode,
+        socket_group: args.socket_group,
+        store_dir: args.store_dir,
+        store_key_file: args.store_key_file,
+        vault_max_stale: args.vault_max_stale,
+    };
+    let cfg = BrokerConfig::resolve(opts, |k| std::env::var(k).ok())
+        .map_err(|e| Failure::new(exit::FAILURE, e))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(exit::FAILURE, e))?;
+    rt.block_on(unbaked_broker::run(cfg, Box::new(unbaked_docker::open)))
+        .map_err(|e| Failure::new(exit::FAILURE, e))
+}
+
+/// `unbaked exec`: env and fd grants, then execve; with `--files DIR` the
+/// shim also fills DIR and stays the app's parent.
+fn exec(args: cli::ExecArgs, socket: Option<PathBuf>) -> Result<(), Failure> {
+    let cfg = unbaked_sidecar::exec::ExecConfig {
+        socket: client_socket(socket),
+        workload: args.workload,
+        command: args.command,
+        token_file: args.token_file,
+    };
+    if let Some(dir) = args.files {
+        let files = unbaked_sidecar::sidecar::SidecarConfig {
+            socket: cfg.socket.clone(),
+            workload: cfg.workload.clone(),
+            dir,
+            once: false,
+            tmpfs_size: unbaked_sidecar::sidecar::DEFAULT_TMPFS_SIZE,
+            token_file: cfg.token_file.clone(),
+        };
+        let code = runtime()?
+            .block_on(unbaked_sidecar::exec::run_with_files(&cfg, files))
+            .map_err(|e| Failure::new(e.exit_code(), e))?;
+        std::process::exit(code);
+    }
+    let prepared = runtime()?
+        .block_on(unbaked_sidecar::exec::prepare(&cfg))
+        .map_err(|e| Failure::new(e.exit_code(), e))?;
+    let e = prepared.exec();
+    Err(Failure::new(e.exit_code(), e))
+}
+
+fn man_pages(out: Option<PathBuf>) -> Result<(), Failure> {
+    let Some(dir) = out else {
+        return match man::print(&mut std::io::stdout().lock()) {
             // `unbaked man | head`: the reader had enough.
             Err(man::ManError::Stdout(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
             other => other.map_err(|e| Failure::new(exit::FAILURE, e)),
-        },
-        Command::Man { out: Some(dir) } => {
-            for page in man::write_all(&dir).map_err(|e| Failure::new(exit::FAILURE, e))? {
-                println!("{}", page.display());
-            }
-            Ok(())
-        }
+        };
+    };
+    for page in man::write_all(&dir).map_err(|e| Failure::new(exit::FAILURE, e))? {
+        println!("{}", page.display());
     }
+    Ok(())
 }
 
 fn secret(socket: PathBuf, cmd: SecretCommand) -> Result<(), Failure> {
