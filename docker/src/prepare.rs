@@ -1,7 +1,9 @@
 //! `unbaked run`, the engine's part: the facts a plan needs (the image's
 //! command, volumes, labels, the host's identity of every mount source),
-//! the plan ([`crate::launch`]), and, unless a dry run, the workload's
-//! isolated network and the launch's secrets tmpfs.
+//! whether the engine remaps users and whether its default bridge already
+//! has inter-container traffic off, the plan ([`crate::launch`]), and,
+//! unless a dry run, the workload's isolated network (none when the default
+//! bridge isolates) and the launch's secrets tmpfs.
 
 use crate::containers::{Containers, LaunchEntry};
 use crate::launch::{self, Facts, HostFacts, Parsed};
@@ -84,6 +86,10 @@ async fn facts(
     secrets_dir: Option<&Path>,
 ) -> Result<Facts, ServiceError> {
     let (image_entrypoint, image_cmd) = containers.engine.image_command(&parsed.image).await?;
+    let (remaps, bridge) = tokio::join!(
+        containers.engine.remaps_users(),
+        containers.engine.default_bridge_isolates()
+    );
     let socket_gid = {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(&containers.socket).ok().map(|m| m.gid())
@@ -99,6 +105,8 @@ async fn facts(
         containers_dir: containers.base.display().to_string(),
         sockets: vec![containers.engine.socket().to_string()],
         resolved: resolve_sources(parsed),
+        engine_remaps_users: remaps?,
+        default_bridge_isolates: bridge?,
     })
 }
 

@@ -68,6 +68,12 @@ pub struct Facts {
     pub sockets: Vec<String>,
     /// Bind sources as the host resolves them (symlinks followed).
     pub resolved: BTreeMap<String, String>,
+    /// The engine remaps users (`userns-remap`) or runs rootless.
+    pub engine_remaps_users: bool,
+    /// The engine's default bridge has inter-container traffic off (a
+    /// daemon started with `--icc=false`): containers stay on it, with no
+    /// workload network.
+    pub default_bridge_isolates: bool,
 }
 
 /// What the host's kernel and engine say, by identity rather than by name.

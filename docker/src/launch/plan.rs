@@ -20,6 +20,8 @@ pub(super) struct Planner<'a> {
     pub(super) passed: Vec<String>,
     pub(super) use_own_network: bool,
     pub(super) cgroupns_given: bool,
+    /// `--userns host`: out of the engine's remapping.
+    pub(super) userns_host: bool,
     pub(super) entrypoint: Option<Vec<String>>,
     /// Labels the user gave (`--label`), in order.
     pub(super) labels: BTreeMap<String, String>,
@@ -39,8 +41,10 @@ pub fn plan_with(parsed: &Parsed, inputs: &Inputs<'_>) -> Result<Plan, Vec<Refus
         refused: Vec::new(),
         warnings: Vec::new(),
         passed: Vec::new(),
-        use_own_network: true,
+        // A daemon-wide --icc=false: the default bridge already isolates.
+        use_own_network: !inputs.facts.default_bridge_isolates,
         cgroupns_given: false,
+        userns_host: false,
         entrypoint: None,
         labels: BTreeMap::new(),
     };
@@ -49,6 +53,7 @@ pub fn plan_with(parsed: &Parsed, inputs: &Inputs<'_>) -> Result<Plan, Vec<Refus
             p.passed.extend(o.raw.iter().cloned());
         }
     }
+    p.user_namespace();
     p.no_other_workload_matches();
     let argv = p.command(parsed);
     p.host_paths_fit_a_mount();
@@ -148,10 +153,26 @@ impl Planner<'_> {
                 self.cgroupns_given = true;
                 Namespace::Cgroup
             }
-            _ => Namespace::User,
+            _ => {
+                self.userns_host |= v == "host";
+                Namespace::User
+            }
         };
         self.judge(spelled, Setting::Namespace(ns, v));
         true
+    }
+
+    /// Root in the container is not the host's root only when the engine
+    /// remaps users and the container does not opt out.
+    fn user_namespace(&mut self) {
+        let remaps = self.inputs.facts.engine_remaps_users;
+        let own = remaps && !self.userns_host;
+        let spelled = if self.userns_host {
+            "--userns host"
+        } else {
+            "the engine (it neither remaps users nor runs rootless)"
+        };
+        self.judge(spelled, Setting::UserNamespace { own });
     }
 
     /// `--network NAME` or docker's long form `--network name=NAME,alias=...`.
@@ -177,6 +198,18 @@ impl Planner<'_> {
         if name == "host" || name == "none" || name.starts_with("container:") {
             self.use_own_network = false;
             self.judge(spelled, Setting::Namespace(Namespace::Network, &name));
+        } else if matches!(name.as_str(), "bridge" | "default")
+            && self.inputs.facts.default_bridge_isolates
+        {
+            // The daemon runs with --icc=false: the default bridge isolates.
+            self.use_own_network = false;
+            self.judge(
+                spelled,
+                Setting::Network {
+                    name: &name,
+                    isolates: true,
+                },
+            );
         } else if self.inputs.policy.isolation.inter_container_traffic {
             self.use_own_network = false;
         } else {
