@@ -473,10 +473,11 @@ fn live_settings(c: &LiveContainer) -> Vec<Setting<'_>> {
     s.push(Setting::Namespace(Namespace::Pid, &c.pid_mode));
     s.push(Setting::Namespace(Namespace::Ipc, &c.ipc_mode));
     s.push(Setting::Namespace(Namespace::Uts, &c.uts_mode));
-    s.push(Setting::Namespace(Namespace::User, &c.userns_mode));
+    // The policy's own demand first: a denial names the first rule broken.
     s.push(Setting::UserNamespace {
         own: c.own_user_namespace && c.userns_mode != "host",
     });
+    s.push(Setting::Namespace(Namespace::User, &c.userns_mode));
     for m in &c.mounts {
         s.push(Setting::Mount {
             kind: &m.kind,
@@ -851,7 +852,7 @@ pub(crate) mod tests {
         remapped.userns_mode = "host".into();
         assert_eq!(
             rules(&strict, &remapped),
-            ["isolation.userns", "isolation.user_namespace"]
+            ["isolation.user_namespace", "isolation.userns"]
         );
     }
 

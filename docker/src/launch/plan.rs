@@ -44,16 +44,20 @@ pub fn plan_with(parsed: &Parsed, inputs: &Inputs<'_>) -> Result<Plan, Vec<Refus
         // A daemon-wide --icc=false: the default bridge already isolates.
         use_own_network: !inputs.facts.default_bridge_isolates,
         cgroupns_given: false,
-        userns_host: false,
+        userns_host: parsed
+            .options
+            .iter()
+            .any(|o| o.flag == Some(Flag::Userns) && o.value.as_deref() == Some("host")),
         entrypoint: None,
         labels: BTreeMap::new(),
     };
+    // The policy's own demand first: a launch is denied by its first rule.
+    p.user_namespace();
     for o in &parsed.options {
         if p.option(o) {
             p.passed.extend(o.raw.iter().cloned());
         }
     }
-    p.user_namespace();
     p.no_other_workload_matches();
     let argv = p.command(parsed);
     p.host_paths_fit_a_mount();
@@ -153,10 +157,7 @@ impl Planner<'_> {
                 self.cgroupns_given = true;
                 Namespace::Cgroup
             }
-            _ => {
-                self.userns_host |= v == "host";
-                Namespace::User
-            }
+            _ => Namespace::User,
         };
         self.judge(spelled, Setting::Namespace(ns, v));
         true
