@@ -47,7 +47,7 @@ pub fn plan_with(parsed: &Parsed, inputs: &Inputs<'_>) -> Result<Plan, Vec<Refus
         userns_host: parsed
             .options
             .iter()
-            .any(|o| o.flag == Some(Flag::Userns) && o.value.as_deref() == Some("host")),
+            .any(|o| matches!(o.flag, Some(Flag::Userns)) && o.value.as_deref() == Some("host")),
         entrypoint: None,
         labels: BTreeMap::new(),
     };
