@@ -230,4 +230,13 @@ fn on_an_engine_without_remapping_user_namespace_is_refused() {
     let ok = plain(docker(), &b, &lax, &["--network", "none"]);
     assert!(ok.status.success(), "{}\n{}", text(&ok.stderr), b.log_text());
     assert_eq!(text(&ok.stdout), rev(TOKEN));
+    // This engine's default bridge lets containers talk: `unbaked run`
+    // still puts them on the workload's own ICC-off network.
+    let dry = output(run(&b, &lax).args(["--dry-run", "--", "--rm", IMAGE, "true"]));
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    assert!(
+        text(&dry.stdout).contains(&format!("--network unbaked-{lax} ")),
+        "{}",
+        text(&dry.stdout)
+    );
 }

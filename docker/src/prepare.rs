@@ -85,11 +85,13 @@ async fn facts(
     launch_id: &str,
     secrets_dir: Option<&Path>,
 ) -> Result<Facts, ServiceError> {
-    let (image_entrypoint, image_cmd) = containers.engine.image_command(&parsed.image).await?;
-    let (remaps, bridge) = tokio::join!(
+    // Three questions to the engine, asked at once.
+    let (command, remaps, bridge) = tokio::join!(
+        containers.engine.image_command(&parsed.image),
         containers.engine.remaps_users(),
         containers.engine.default_bridge_isolates()
     );
+    let (image_entrypoint, image_cmd) = command?;
     let socket_gid = {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(&containers.socket).ok().map(|m| m.gid())
