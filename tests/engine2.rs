@@ -51,7 +51,12 @@ fn holds_secret(hay: &[u8]) -> bool {
 
 /// A container started by plain `docker run` (not `unbaked run`) whose
 /// command is the shim asking for the env grant at fetch time.
-fn plain(docker: std::process::Command, b: &Broker, w: &str, extra: &[&str]) -> std::process::Output {
+fn plain(
+    docker: std::process::Command,
+    b: &Broker,
+    w: &str,
+    extra: &[&str],
+) -> std::process::Output {
     let mut cmd = docker;
     let shim = static_binary().display().to_string();
     let socket = b.socket.display().to_string();
@@ -134,7 +139,12 @@ printf 'env=%s\n' "$(printf %s "$API_TOKEN" | rev)""#;
     // 3. At fetch time, a container started by plain docker: the control
     // (remapped) gets its secret; with --userns host it gets nothing.
     let ok = plain(e.docker(), &b, &w, &[]);
-    assert!(ok.status.success(), "{}\n{}", text(&ok.stderr), b.log_text());
+    assert!(
+        ok.status.success(),
+        "{}\n{}",
+        text(&ok.stderr),
+        b.log_text()
+    );
     assert_eq!(text(&ok.stdout), rev(TOKEN));
     let out = plain(e.docker(), &b, &w, &["--userns", "host"]);
     denied_by(&b, &out, "isolation.user_namespace");
@@ -162,7 +172,10 @@ printf 'env=%s\n' "$(printf %s "$API_TOKEN" | rev)""#;
         b.log_text()
     );
     let nets = e.docker_ok(&["inspect", "-f", "{{json .NetworkSettings.Networks}}", &srv]);
-    assert!(nets.starts_with("{\"bridge\":") && !nets.contains("unbaked-"), "{nets}");
+    assert!(
+        nets.starts_with("{\"bridge\":") && !nets.contains("unbaked-"),
+        "{nets}"
+    );
     let ls = e.docker_ok(&["network", "ls", "--format", "{{.Name}}"]);
     assert!(!ls.contains(&format!("unbaked-{w}")), "{ls}");
     let ip = e.docker_ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &srv]);
@@ -175,7 +188,17 @@ printf 'env=%s\n' "$(printf %s "$API_TOKEN" | rev)""#;
     );
     // The control: a pair on an ordinary network of the same engine reaches.
     e.docker_ok(&["network", "create", "ctl"]);
-    e.docker_ok(&["run", "-d", "--rm", "--name", "ctlsrv", "--network", "ctl", IMAGE, server]);
+    e.docker_ok(&[
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        "ctlsrv",
+        "--network",
+        "ctl",
+        IMAGE,
+        server,
+    ]);
     assert!(wait_for(DEADLINE, || e.running("ctlsrv")), "{}", e.log());
     let ip = e.docker_ok(&[
         "inspect",
@@ -184,7 +207,10 @@ printf 'env=%s\n' "$(printf %s "$API_TOKEN" | rev)""#;
         "ctlsrv",
     ]);
     let got = e.docker_ok(&["run", "--rm", "--network", "ctl", IMAGE, &client(&ip)]);
-    assert!(got.contains("hello"), "the control pair did not reach: {got}");
+    assert!(
+        got.contains("hello"),
+        "the control pair did not reach: {got}"
+    );
     e.docker_ok(&["rm", "-f", &srv, "ctlsrv"]);
 
     // 5. Stopped, it leaves nothing; the main engine kept its defaults.
@@ -228,7 +254,12 @@ fn on_an_engine_without_remapping_user_namespace_is_refused() {
     let out = plain(docker(), &b, &w, &["--network", "none"]);
     denied_by(&b, &out, "isolation.user_namespace");
     let ok = plain(docker(), &b, &lax, &["--network", "none"]);
-    assert!(ok.status.success(), "{}\n{}", text(&ok.stderr), b.log_text());
+    assert!(
+        ok.status.success(),
+        "{}\n{}",
+        text(&ok.stderr),
+        b.log_text()
+    );
     assert_eq!(text(&ok.stdout), rev(TOKEN));
     // This engine's default bridge lets containers talk: `unbaked run`
     // still puts them on the workload's own ICC-off network.

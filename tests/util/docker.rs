@@ -56,7 +56,13 @@ pub fn test_image() -> &'static str {
     BUILT.get_or_init(|| {
         require_engine();
         let ctx = busybox_context();
-        docker_ok(&["build", "-q", "-t", IMAGE, &ctx.path().display().to_string()]);
+        docker_ok(&[
+            "build",
+            "-q",
+            "-t",
+            IMAGE,
+            &ctx.path().display().to_string(),
+        ]);
     });
     IMAGE
 }

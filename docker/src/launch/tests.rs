@@ -564,7 +564,11 @@ fn user_namespace_is_refused_unless_the_engine_remaps_and_nobody_opts_out() {
         err.iter().map(|r| r.rule).collect::<Vec<_>>(),
         ["isolation.user_namespace", "isolation.userns"]
     );
-    assert!(err[0].reason.starts_with("--userns host"), "{}", err[0].reason);
+    assert!(
+        err[0].reason.starts_with("--userns host"),
+        "{}",
+        err[0].reason
+    );
     // The control: a policy that does not ask plans on any engine.
     assert!(run(&["img"]).is_ok());
 }
@@ -577,11 +581,25 @@ fn a_daemon_wide_icc_false_keeps_the_default_bridge() {
     };
     let planned = plan(&parse(&s(&["img"])).unwrap(), &policy(), &f).unwrap();
     assert_eq!(planned.network, None);
-    assert!(!planned.args.iter().any(|a| a == "--network"), "{:?}", planned.args);
-    let planned = plan(&parse(&s(&["--network", "bridge", "img"])).unwrap(), &policy(), &f).unwrap();
+    assert!(
+        !planned.args.iter().any(|a| a == "--network"),
+        "{:?}",
+        planned.args
+    );
+    let planned = plan(
+        &parse(&s(&["--network", "bridge", "img"])).unwrap(),
+        &policy(),
+        &f,
+    )
+    .unwrap();
     assert_eq!(planned.network, None);
     // Another ICC network is still refused.
-    let err = plan(&parse(&s(&["--network", "mynet", "img"])).unwrap(), &policy(), &f).unwrap_err();
+    let err = plan(
+        &parse(&s(&["--network", "mynet", "img"])).unwrap(),
+        &policy(),
+        &f,
+    )
+    .unwrap_err();
     assert_eq!(err[0].rule, "isolation.icc");
     // The control: on an ordinary engine the workload network is attached,
     // and the default bridge is refused.
