@@ -347,12 +347,16 @@ impl Engine {
     }
 
     /// Whether the kernel puts `pid` in a user namespace other than the
-    /// host's (pid 1's, by nsfs device and inode): root there is not the
-    /// host's root. `false` when either cannot be read.
+    /// broker's own (the host's: the broker runs on the host), by nsfs
+    /// device and inode: root there is not the host's root. `false` when
+    /// either cannot be read. (Not pid 1's: reading another process's
+    /// namespaces needs ptrace access, which a sandbox may withhold for
+    /// pid 1; the broker's own are always readable.)
     pub fn own_user_namespace(&self, pid: i32) -> bool {
+        let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
         match (
             kernel::namespace(&self.proc_root, pid, "user"),
-            kernel::namespace(&self.proc_root, 1, "user"),
+            kernel::namespace(&self.proc_root, me, "user"),
         ) {
             (Ok(c), Ok(host)) => c != host,
             _ => false,
