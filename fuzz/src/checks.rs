@@ -301,6 +301,8 @@ fn launch_facts() -> launch::Facts {
         containers_dir: "/run/unbaked/containers".into(),
         sockets: vec!["/var/run/docker.sock".into()],
         resolved: BTreeMap::new(),
+        engine_remaps_users: false,
+        default_bridge_isolates: false,
     }
 }
 
