@@ -346,21 +346,26 @@ impl Engine {
         Ok(Some(c))
     }
 
-    /// Whether the kernel puts `pid` in a user namespace other than the
-    /// broker's own (the host's: the broker runs on the host), by nsfs
-    /// device and inode: root there is not the host's root. `false` when
-    /// either cannot be read. (Not pid 1's: reading another process's
-    /// namespaces needs ptrace access, which a sandbox may withhold for
-    /// pid 1; the broker's own are always readable.)
+    /// Whether root in `pid`'s user namespace is not the host's root, by
+    /// the kernel: its user namespace is not the broker's own (the host's:
+    /// the broker runs on the host), by nsfs device and inode, and its
+    /// `uid_map` (as the broker reads it) does not map uid 0 to uid 0.
+    /// `false` when any of them cannot be read. (Not pid 1's namespace:
+    /// reading another process's needs ptrace access, which a sandbox may
+    /// withhold for pid 1; the broker's own is always readable.)
     pub fn own_user_namespace(&self, pid: i32) -> bool {
         let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
-        match (
+        let other_ns = match (
             kernel::namespace(&self.proc_root, pid, "user"),
             kernel::namespace(&self.proc_root, me, "user"),
         ) {
             (Ok(c), Ok(host)) => c != host,
             _ => false,
-        }
+        };
+        other_ns
+            && self
+                .id_maps(pid)
+                .is_some_and(|(uid_map, _)| map_id(&uid_map, 0) != Some(0))
     }
 
     /// `pid`'s `/proc/<pid>/uid_map` and `gid_map` ([`map_id`] reads them).
