@@ -173,7 +173,10 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
 
 fn broker(args: cli::BrokerArgs, socket: Option<PathBuf>) -> Result<(), Failure> {
     let store = match args.store {
-        Some(s) => Some(s.parse().map_err(|e: String| Failure::msg(exit::USAGE, e))?),
+        Some(s) => Some(
+            s.parse()
+                .map_err(|e: String| Failure::msg(exit::USAGE, e))?,
+        ),
         None => None,
     };
     let opts = BrokerOptions {

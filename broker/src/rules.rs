@@ -149,6 +149,9 @@ deny_rules! {
     IsolationUserns = "isolation.userns", Isolation,
         "the container would run in the host's user namespace",
         "Drop --userns=host.";
+    IsolationUserNamespace = "isolation.user_namespace", Isolation,
+        "`[isolation] user_namespace = true`, but root in the container is the host's root (the engine does not remap users, or the container runs with --userns host)",
+        "Run the engine with userns-remap (or rootless) and start the container without --userns host.";
     IsolationDockerSocket = "isolation.docker_socket", Isolation,
         "the container mounts the container runtime's socket (or a directory above it)",
         "Remove that mount: a container with the engine's socket controls the host.";

@@ -30,7 +30,7 @@ use std::time::Instant;
 use unbaked_api::wire::Lease;
 use unbaked_broker::platform::Core;
 use unbaked_policy::Caller;
-use unbaked_secretsdir::{apply, Applied, DirError, SecretsDir};
+use unbaked_secretsdir::{apply_mapped, Applied, DirError, SecretsDir};
 
 /// `<socket dir>/containers` cannot be made private to the broker.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +75,11 @@ pub(crate) struct LaunchEntry {
     /// What is in it.
     pub(crate) applied: Applied,
     pub(crate) bound: Option<Bound>,
+    /// The claiming container's `uid_map` and `gid_map` (read from its
+    /// process when it claimed the launch): a grant's own owner names a
+    /// user inside the container, which is another id on the host when the
+    /// engine remaps users.
+    pub(crate) id_maps: Option<(String, String)>,
 }
 
 impl LaunchEntry {
@@ -86,6 +91,7 @@ impl LaunchEntry {
             dir,
             applied: Applied::new(),
             bound: None,
+            id_maps: None,
         }
     }
 
@@ -101,7 +107,15 @@ impl LaunchEntry {
         let Some(dir) = self.dir.as_mut() else {
             return Ok(());
         };
-        let (applied, _) = apply(dir, &self.applied, lease, now, Some(owner))?;
+        let maps = self.id_maps.as_ref();
+        let map = |uid: Option<u32>, gid: Option<u32>| match maps {
+            None => (uid, gid),
+            Some((u, g)) => (
+                uid.map(|id| crate::engine::map_id(u, id).unwrap_or(id)),
+                gid.map(|id| crate::engine::map_id(g, id).unwrap_or(id)),
+            ),
+        };
+        let (applied, _) = apply_mapped(dir, &self.applied, lease, now, Some(owner), &map)?;
         self.applied = applied;
         Ok(())
     }

@@ -311,6 +311,10 @@ impl Engine {
             Err(e) => return Err(self.error("the container inspection", e)),
         };
         let mut c = live_container(raw);
+        c.own_user_namespace = c
+            .pid
+            .and_then(|p| i32::try_from(p).ok())
+            .is_some_and(|p| self.own_user_namespace(p));
         let _ = self.data_root().await;
         // Off the runtime: a source on a hung FUSE or NFS mount must not
         // stall the broker. A source that cannot be stat'ed in time stays
@@ -340,6 +344,71 @@ impl Engine {
                 .push(self.network(&client, &name, &net_id).await?);
         }
         Ok(Some(c))
+    }
+
+    /// Whether root in `pid`'s user namespace is not the host's root, by
+    /// the kernel: its user namespace is not the broker's own (the host's:
+    /// the broker runs on the host), by nsfs device and inode, and its
+    /// `uid_map` (as the broker reads it) does not map uid 0 to uid 0.
+    /// `false` when any of them cannot be read. (Not pid 1's namespace:
+    /// reading another process's needs ptrace access, which a sandbox may
+    /// withhold for pid 1; the broker's own is always readable.)
+    pub fn own_user_namespace(&self, pid: i32) -> bool {
+        let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        let other_ns = match (
+            kernel::namespace(&self.proc_root, pid, "user"),
+            kernel::namespace(&self.proc_root, me, "user"),
+        ) {
+            (Ok(c), Ok(host)) => c != host,
+            _ => false,
+        };
+        other_ns
+            && self
+                .id_maps(pid)
+                .is_some_and(|(uid_map, _)| map_id(&uid_map, 0) != Some(0))
+    }
+
+    /// `pid`'s `/proc/<pid>/uid_map` and `gid_map` ([`map_id`] reads them).
+    pub fn id_maps(&self, pid: i32) -> Option<(String, String)> {
+        let dir = self.proc_root.join(pid.to_string());
+        let uid_map = std::fs::read_to_string(dir.join("uid_map")).ok()?;
+        let gid_map = std::fs::read_to_string(dir.join("gid_map")).ok()?;
+        Some((uid_map, gid_map))
+    }
+
+    /// Whether the engine remaps users (`userns-remap`) or runs rootless:
+    /// `docker info` lists `name=userns` or `name=rootless` among its
+    /// security options.
+    pub async fn remaps_users(&self) -> Result<bool, EngineError> {
+        let client = self.client().await?;
+        let info = client
+            .info()
+            .await
+            .map_err(|e| self.error("the engine's info", e))?;
+        Ok(info.security_options.unwrap_or_default().iter().any(|o| {
+            o.split(',')
+                .any(|kv| kv == "name=userns" || kv == "name=rootless")
+        }))
+    }
+
+    /// Whether the default bridge already has inter-container traffic off
+    /// (a daemon started with `--icc=false`): `unbaked run` then keeps
+    /// containers on it instead of a workload network.
+    pub async fn default_bridge_isolates(&self) -> Result<bool, EngineError> {
+        let client = self.client().await?;
+        match client.inspect_network("bridge", None).await {
+            Ok(raw) => Ok(LiveNetwork {
+                name: raw.name.unwrap_or_default(),
+                id: raw.id.unwrap_or_default(),
+                driver: raw.driver.unwrap_or_default(),
+                options: raw.options.unwrap_or_default().into_iter().collect(),
+            }
+            .isolates()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(self.error("the default bridge's inspection", e)),
+        }
     }
 
     async fn network(
@@ -512,6 +581,19 @@ fn unverified(id: &str, reason: String) -> Attestation {
     }
 }
 
+/// `id` through a `/proc/<pid>/uid_map` (or `gid_map`): lines of
+/// `inside outside count`.
+pub fn map_id(map: &str, id: u32) -> Option<u32> {
+    map.lines().find_map(|l| {
+        let mut f = l.split_whitespace().map(|x| x.parse::<u64>().ok());
+        let (inside, outside, count) = (f.next()??, f.next()??, f.next()??);
+        let id = u64::from(id);
+        (id >= inside && id - inside < count)
+            .then(|| u32::try_from(outside + (id - inside)).ok())
+            .flatten()
+    })
+}
+
 /// bollard's answer, reduced to what isolation and `[match]` look at.
 /// Networks carry only name and id here; [`Engine::inspect`] fills them in.
 pub fn live_container(raw: ContainerInspectResponse) -> LiveContainer {
@@ -551,6 +633,8 @@ pub fn live_container(raw: ContainerInspectResponse) -> LiveContainer {
         uts_mode: hc.uts_mode.unwrap_or_default(),
         cgroupns_mode: hc.cgroupns_mode.map(|m| m.to_string()).unwrap_or_default(),
         userns_mode: hc.userns_mode.unwrap_or_default(),
+        // Filled in by the engine side (Engine::own_user_namespace).
+        own_user_namespace: false,
         readonly_rootfs: hc.readonly_rootfs.unwrap_or(false),
         cap_add: hc.cap_add.unwrap_or_default(),
         security_opt: hc.security_opt.unwrap_or_default(),
@@ -594,6 +678,18 @@ mod tests {
 
     const A: &str = "149bd71c9c146308087651b83063ab69507a953b86ea82325779355a20dc879b";
     const B: &str = "0d10011f164b69fedae04229d2321585aaaabbbbccccddddeeeeffff00001111";
+
+    #[test]
+    fn ids_map_through_a_uid_map() {
+        let remap = "         0     100000      65536\n";
+        assert_eq!(map_id(remap, 0), Some(100000));
+        assert_eq!(map_id(remap, 1000), Some(101000));
+        assert_eq!(map_id(remap, 65536), None);
+        let host = "         0          0 4294967295\n";
+        assert_eq!(map_id(host, 1000), Some(1000));
+        assert_eq!(map_id("0 1000 1\n1 100000 65535\n", 5), Some(100004));
+        assert_eq!(map_id("garbage", 0), None);
+    }
 
     #[test]
     fn cgroup_v1_cgroupfs() {

@@ -85,6 +85,10 @@ pub struct LiveContainer {
     pub cgroupns_mode: String,
     /// `HostConfig.UsernsMode`: empty or `host` (out of the daemon's remapping).
     pub userns_mode: String,
+    /// What the kernel says: the user namespace of the container's init
+    /// (`/proc/<pid>/ns/user`, by nsfs device and inode) is not the host's,
+    /// so root in it is not the host's root. `false` when unknown.
+    pub own_user_namespace: bool,
     pub readonly_rootfs: bool,
     /// As given, e.g. `NET_ADMIN` or `CAP_NET_ADMIN`.
     pub cap_add: Vec<String>,
@@ -210,6 +214,13 @@ pub enum Setting<'a> {
     Device(&'a str),
     /// A device request (`--gpus`).
     DeviceRequest(&'a str),
+    /// Whether root in the container is someone other than the host's root:
+    /// `own` when the engine remaps users (or is rootless), the container
+    /// does not opt out (`--userns host`) and, live, the kernel puts its
+    /// init in a user namespace other than the host's.
+    UserNamespace {
+        own: bool,
+    },
 }
 
 /// A capability name as Docker and the policy write it: upper case, no `CAP_`.
@@ -357,6 +368,10 @@ impl Judge<'_> {
                 "isolation.device",
                 format!("host devices requested ({d}): start it without --gpus"),
             ),
+            Setting::UserNamespace { own: false } if iso.user_namespace => broken(
+                "isolation.user_namespace",
+                "root in the container is the host's root (no user namespace of its own), but [isolation] user_namespace = true: run the engine with userns-remap (or rootless) and start the container without --userns host".into(),
+            ),
             _ => None,
         }
     }
@@ -458,6 +473,10 @@ fn live_settings(c: &LiveContainer) -> Vec<Setting<'_>> {
     s.push(Setting::Namespace(Namespace::Pid, &c.pid_mode));
     s.push(Setting::Namespace(Namespace::Ipc, &c.ipc_mode));
     s.push(Setting::Namespace(Namespace::Uts, &c.uts_mode));
+    // The policy's own demand first: a denial names the first rule broken.
+    s.push(Setting::UserNamespace {
+        own: c.own_user_namespace && c.userns_mode != "host",
+    });
     s.push(Setting::Namespace(Namespace::User, &c.userns_mode));
     for m in &c.mounts {
         s.push(Setting::Mount {
@@ -810,6 +829,31 @@ pub(crate) mod tests {
         c.security_opt.truncate(0);
         c.device_requests.clear();
         assert!(rules(&Isolation::default(), &c).is_empty());
+    }
+
+    #[test]
+    fn user_namespace_needs_the_kernels_word_and_no_opt_out() {
+        let strict = Isolation {
+            user_namespace: true,
+            ..Isolation::default()
+        };
+        // The kernel puts its init in the host's user namespace.
+        let c = compliant();
+        assert_eq!(rules(&strict, &c), ["isolation.user_namespace"]);
+        let v = check(&strict, &c, &[]);
+        assert!(v[0].reason.contains("host's root"), "{}", v[0].reason);
+        // The control: the default policy does not ask.
+        assert!(rules(&Isolation::default(), &c).is_empty());
+        // Remapped by the engine, not opted out: released.
+        let mut remapped = compliant();
+        remapped.own_user_namespace = true;
+        assert!(rules(&strict, &remapped).is_empty());
+        // `--userns host` is refused whatever the kernel fact says.
+        remapped.userns_mode = "host".into();
+        assert_eq!(
+            rules(&strict, &remapped),
+            ["isolation.user_namespace", "isolation.userns"]
+        );
     }
 
     #[test]

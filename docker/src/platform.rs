@@ -176,7 +176,10 @@ impl Platform for Containers {
                 );
             }
         }
+        // SO_PEERCRED already gives the caller's ids as the host knows them;
+        // a grant's own owner is mapped through the container's maps.
         let owner = (ctx.caller.uid, ctx.caller.gid);
+        entry.id_maps = ctx.caller.pid.and_then(|pid| self.engine.id_maps(pid));
         let written = entry.write(files, now, owner);
         let ttl = Duration::from_secs(files.ttl_secs.max(1));
         entry.bound = Some(Bound {

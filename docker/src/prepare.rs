@@ -1,7 +1,9 @@
 //! `unbaked run`, the engine's part: the facts a plan needs (the image's
 //! command, volumes, labels, the host's identity of every mount source),
-//! the plan ([`crate::launch`]), and, unless a dry run, the workload's
-//! isolated network and the launch's secrets tmpfs.
+//! whether the engine remaps users and whether its default bridge already
+//! has inter-container traffic off, the plan ([`crate::launch`]), and,
+//! unless a dry run, the workload's isolated network (none when the default
+//! bridge isolates) and the launch's secrets tmpfs.
 
 use crate::containers::{Containers, LaunchEntry};
 use crate::launch::{self, Facts, HostFacts, Parsed};
@@ -91,7 +93,13 @@ async fn facts(
     launch_id: &str,
     secrets_dir: Option<&Path>,
 ) -> Result<Facts, ServiceError> {
-    let (image_entrypoint, image_cmd) = containers.engine.image_command(&parsed.image).await?;
+    // Three questions to the engine, asked at once.
+    let (command, remaps, bridge) = tokio::join!(
+        containers.engine.image_command(&parsed.image),
+        containers.engine.remaps_users(),
+        containers.engine.default_bridge_isolates()
+    );
+    let (image_entrypoint, image_cmd) = command?;
     let socket_gid = {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(&containers.socket).ok().map(|m| m.gid())
@@ -109,6 +117,8 @@ async fn facts(
         resolved: resolve_sources(parsed),
         compose: false,
         container_files: false,
+        engine_remaps_users: remaps?,
+        default_bridge_isolates: bridge?,
     })
 }
 

@@ -303,6 +303,8 @@ fn launch_facts() -> launch::Facts {
         resolved: BTreeMap::new(),
         compose: false,
         container_files: false,
+        engine_remaps_users: false,
+        default_bridge_isolates: false,
     }
 }
 

@@ -96,7 +96,8 @@ pub struct Launch {
 }
 
 /// What the live container must look like before anything is released.
-/// Each `bool` except `read_only_rootfs` *allows* a weakening.
+/// Each `bool` except `read_only_rootfs` and `user_namespace` *allows* a
+/// weakening; those two *require* a strength.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Isolation {
     pub inter_container_traffic: bool,
@@ -106,6 +107,10 @@ pub struct Isolation {
     pub host_ipc: bool,
     pub docker_socket: bool,
     pub read_only_rootfs: bool,
+    /// Root in the container must not be the host's root: the engine remaps
+    /// users (`userns-remap`, or rootless) and the container does not opt
+    /// out (`--userns host`). Off by default (most engines do not remap).
+    pub user_namespace: bool,
     /// Capability names without `CAP_`, e.g. `NET_BIND_SERVICE`.
     pub cap_add: Vec<String>,
 }
@@ -121,6 +126,7 @@ impl Default for Isolation {
             host_ipc: false,
             docker_socket: false,
             read_only_rootfs: true,
+            user_namespace: false,
             cap_add: Vec::new(),
         }
     }

@@ -77,6 +77,7 @@ struct RawIsolation {
     host_ipc: Option<bool>,
     docker_socket: Option<bool>,
     read_only_rootfs: Option<bool>,
+    user_namespace: Option<bool>,
     #[schemars(with = "Option<Vec<String>>")]
     cap_add: Option<Vec<Spanned<String>>>,
 }
@@ -579,6 +580,7 @@ impl Checker<'_> {
             host_ipc: raw.host_ipc.unwrap_or(safe.host_ipc),
             docker_socket: raw.docker_socket.unwrap_or(safe.docker_socket),
             read_only_rootfs: raw.read_only_rootfs.unwrap_or(safe.read_only_rootfs),
+            user_namespace: raw.user_namespace.unwrap_or(safe.user_namespace),
             cap_add: cap_add.into_iter().map(Spanned::into_inner).collect(),
         }
     }

@@ -41,6 +41,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ("isolation.host_ipc", "Allow the host's IPC namespace (default false)."),
     ("isolation.docker_socket", "Allow the Docker socket mounted into the container (default false)."),
     ("isolation.read_only_rootfs", "Require a read-only root filesystem (default true)."),
+    ("isolation.user_namespace", "Require a user namespace of its own: root in the container is not the host's root (the engine runs with userns-remap or rootless; default false)."),
     ("isolation.cap_add", "Capabilities the container may add, without `CAP_`, e.g. `NET_BIND_SERVICE`."),
     ("grant", "One secret (or issued credential) delivered to the workload: exactly one source and exactly one of `file`, `env`, `fd`."),
     ("grant.secret", "Path of a stored secret, e.g. `app/db` (memory store, or Vault KV v2 under the configured mount)."),

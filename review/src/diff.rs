@@ -662,6 +662,7 @@ impl Differ<'_> {
                 n.read_only_rootfs,
                 false,
             ),
+            ("user_namespace", o.user_namespace, n.user_namespace, false),
         ];
         for (field, a, b, weak) in flags {
             if a == b {

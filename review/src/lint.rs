@@ -174,6 +174,14 @@ fn isolation(p: &Policy, site: &Site<'_>, out: &mut Vec<Finding>) {
             "spell out [isolation] with its defaults, so a later weakening stands out in review",
         ));
     }
+    if is_container_workload(p) && !i.user_namespace {
+        out.push(site.finding(
+            lint::USER_NAMESPACE_OFF,
+            "isolation.user_namespace",
+            "user_namespace is false: secrets are released to containers whose root is the host's root".into(),
+            "run the engine with userns-remap (or rootless) and set [isolation] user_namespace = true",
+        ));
+    }
     let weakened: [(bool, &str, &str, &str); 7] = [
         (
             i.inter_container_traffic,

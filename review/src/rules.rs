@@ -66,6 +66,8 @@ pub mod lint {
     pub const FILE_MODE_GROUP: &str = "file-mode-group";
     /// A container workload that nobody may start with `unbaked run`.
     pub const LAUNCH_MISSING: &str = "launch-missing";
+    /// A container workload that does not require a user namespace.
+    pub const USER_NAMESPACE_OFF: &str = "user-namespace-off";
 }
 
 /// Findings about the checked directory as a whole.
@@ -168,6 +170,12 @@ pub const RULES: &[Rule] = &[
         level: Level::Info,
         summary: "a container workload without an [isolation] table",
         help: "Without [isolation] the safe defaults apply, but a reviewer cannot see them in the file. Spell the table out (inter_container_traffic, privileged, host_network, host_pid, host_ipc, docker_socket, read_only_rootfs, cap_add).",
+    },
+    Rule {
+        id: lint::USER_NAMESPACE_OFF,
+        level: Level::Info,
+        summary: "a container workload that does not require a user namespace",
+        help: "Without a user namespace, root in the container is root on the host: a container escape hands over the host, and every secret on it. Where the engine runs with `userns-remap` (or rootless), set [isolation] user_namespace = true, so the broker releases secrets only to containers whose root is not the host's (checked on the live container, refused at launch for --userns host).",
     },
     Rule {
         id: lint::ISOLATION_WEAKENED,

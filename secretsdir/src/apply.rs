@@ -72,6 +72,20 @@ pub fn apply(
     sent: Instant,
     owner: Option<(u32, u32)>,
 ) -> Result<(Applied, Changes), DirError> {
+    apply_mapped(dir, current, lease, sent, owner, &|uid, gid| (uid, gid))
+}
+
+/// [`apply`], with a grant's own owner (`uid`, `gid`, as the workload
+/// names them) turned into the host's ids by `map` first: a container in
+/// a user namespace names its users through its `uid_map` and `gid_map`.
+pub fn apply_mapped(
+    dir: &mut SecretsDir,
+    current: &Applied,
+    lease: &Lease,
+    sent: Instant,
+    owner: Option<(u32, u32)>,
+    map: &dyn Fn(Option<u32>, Option<u32>) -> (Option<u32>, Option<u32>),
+) -> Result<(Applied, Changes), DirError> {
     let plan = plan(current, &lease.items);
     // Wipe first: a path freed by one item may be taken by another.
     for path in &plan.wipe {
@@ -86,6 +100,7 @@ pub fn apply(
             gid,
         } = &item.delivery
         {
+            let (uid, gid) = map(*uid, *gid);
             let uid = uid.or(owner.map(|o| o.0));
             let gid = gid.or(owner.map(|o| o.1));
             dir.write(path, item.value.expose_secret(), *mode, uid, gid)?;

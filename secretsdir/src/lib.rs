@@ -23,7 +23,7 @@ pub mod writer;
 use std::io;
 use std::path::PathBuf;
 
-pub use apply::{apply, Applied, Delivered};
+pub use apply::{apply, apply_mapped, Applied, Delivered};
 pub use writer::{DirProblem, SecretsDir};
 
 /// What can go wrong with a secrets directory; each message says what to do.

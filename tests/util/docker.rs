@@ -55,20 +55,33 @@ pub fn test_image() -> &'static str {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         require_engine();
-        assert!(
-            Path::new(BUSYBOX).exists(),
-            "{BUSYBOX} is missing: run scripts/install-docker-deps (apt-get install busybox-static)"
-        );
-        let ctx = tempfile::tempdir().unwrap();
-        std::fs::copy(BUSYBOX, ctx.path().join("busybox")).unwrap();
-        std::fs::write(
-            ctx.path().join("Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENTRYPOINT [\"/bin/sh\", \"-c\"]\nCMD [\"echo from-image-cmd\"]\n",
-        )
-        .unwrap();
-        docker_ok(&["build", "-q", "-t", IMAGE, &ctx.path().display().to_string()]);
+        let ctx = busybox_context();
+        docker_ok(&[
+            "build",
+            "-q",
+            "-t",
+            IMAGE,
+            &ctx.path().display().to_string(),
+        ]);
     });
     IMAGE
+}
+
+/// The build context of [`IMAGE`]: Debian's static busybox and a
+/// Dockerfile FROM scratch (no pull).
+pub fn busybox_context() -> tempfile::TempDir {
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "{BUSYBOX} is missing: run scripts/install-docker-deps (apt-get install busybox-static)"
+    );
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::copy(BUSYBOX, ctx.path().join("busybox")).unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENTRYPOINT [\"/bin/sh\", \"-c\"]\nCMD [\"echo from-image-cmd\"]\n",
+    )
+    .unwrap();
+    ctx
 }
 
 /// The statically linked release `unbaked`, built before the tests by

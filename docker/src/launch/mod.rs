@@ -76,6 +76,12 @@ pub struct Facts {
     /// With `compose`: the workload has file grants, so each container gets
     /// an engine tmpfs at `/run/secrets` that the shim fills (`exec --files`).
     pub container_files: bool,
+    /// The engine remaps users (`userns-remap`) or runs rootless.
+    pub engine_remaps_users: bool,
+    /// The engine's default bridge has inter-container traffic off (a
+    /// daemon started with `--icc=false`): containers stay on it, with no
+    /// workload network.
+    pub default_bridge_isolates: bool,
 }
 
 /// What the host's kernel and engine say, by identity rather than by name.

@@ -20,6 +20,8 @@ pub(super) struct Planner<'a> {
     pub(super) passed: Vec<String>,
     pub(super) use_own_network: bool,
     pub(super) cgroupns_given: bool,
+    /// `--userns host`: out of the engine's remapping.
+    pub(super) userns_host: bool,
     pub(super) entrypoint: Option<Vec<String>>,
     /// Labels the user gave (`--label`), in order.
     pub(super) labels: BTreeMap<String, String>,
@@ -41,12 +43,19 @@ pub fn plan_with(parsed: &Parsed, inputs: &Inputs<'_>) -> Result<Plan, Vec<Refus
         refused: Vec::new(),
         warnings: Vec::new(),
         passed: Vec::new(),
-        use_own_network: true,
+        // A daemon-wide --icc=false: the default bridge already isolates.
+        use_own_network: !inputs.facts.default_bridge_isolates,
         cgroupns_given: false,
+        userns_host: parsed
+            .options
+            .iter()
+            .any(|o| matches!(o.flag, Some(Flag::Userns)) && o.value.as_deref() == Some("host")),
         entrypoint: None,
         labels: BTreeMap::new(),
         user: None,
     };
+    // The policy's own demand first: a launch is denied by its first rule.
+    p.user_namespace();
     for o in &parsed.options {
         if p.option(o) {
             p.passed.extend(o.raw.iter().cloned());
@@ -182,6 +191,19 @@ impl Planner<'_> {
         true
     }
 
+    /// Root in the container is not the host's root only when the engine
+    /// remaps users and the container does not opt out.
+    fn user_namespace(&mut self) {
+        let remaps = self.inputs.facts.engine_remaps_users;
+        let own = remaps && !self.userns_host;
+        let spelled = if self.userns_host {
+            "--userns host"
+        } else {
+            "the engine (it neither remaps users nor runs rootless)"
+        };
+        self.judge(spelled, Setting::UserNamespace { own });
+    }
+
     /// `--network NAME` or docker's long form `--network name=NAME,alias=...`.
     fn network(&mut self, v: &str, spelled: &str) -> bool {
         let name = if v.contains('=') {
@@ -205,6 +227,18 @@ impl Planner<'_> {
         if name == "host" || name == "none" || name.starts_with("container:") {
             self.use_own_network = false;
             self.judge(spelled, Setting::Namespace(Namespace::Network, &name));
+        } else if matches!(name.as_str(), "bridge" | "default")
+            && self.inputs.facts.default_bridge_isolates
+        {
+            // The daemon runs with --icc=false: the default bridge isolates.
+            self.use_own_network = false;
+            self.judge(
+                spelled,
+                Setting::Network {
+                    name: &name,
+                    isolates: true,
+                },
+            );
         } else if self.inputs.policy.isolation.inter_container_traffic {
             self.use_own_network = false;
         } else {

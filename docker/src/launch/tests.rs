@@ -58,6 +58,8 @@ fn facts() -> Facts {
         resolved: BTreeMap::new(),
         compose: false,
         container_files: false,
+        engine_remaps_users: false,
+        default_bridge_isolates: false,
     }
 }
 
@@ -193,6 +195,7 @@ fn allowed_weakenings_pass() {
         host_ipc: true,
         docker_socket: true,
         read_only_rootfs: false,
+        user_namespace: false,
         cap_add: vec!["ALL".into()],
     };
     let parsed = parse(&s(&[
@@ -576,4 +579,74 @@ fn a_compose_service_gets_a_tmpfs_of_its_own_and_no_launch_label() {
         line.contains(LABEL_LAUNCH) && !line.contains("--tmpfs"),
         "{line}"
     );
+}
+
+#[test]
+fn user_namespace_is_refused_unless_the_engine_remaps_and_nobody_opts_out() {
+    let mut p = policy();
+    p.isolation.user_namespace = true;
+    let plan_on = |remaps: bool, args: &[&str]| {
+        let f = Facts {
+            engine_remaps_users: remaps,
+            ..facts()
+        };
+        plan(&parse(&s(args)).unwrap(), &p, &f)
+    };
+    // An engine that does not remap: refused, the engine named.
+    let err = plan_on(false, &["img"]).unwrap_err();
+    assert_eq!(
+        err.iter().map(|r| r.rule).collect::<Vec<_>>(),
+        ["isolation.user_namespace"]
+    );
+    assert!(err[0].reason.starts_with("the engine"), "{}", err[0].reason);
+    // A remapping engine: planned.
+    assert!(plan_on(true, &["img"]).is_ok());
+    // ... unless the container opts out.
+    let err = plan_on(true, &["--userns", "host", "img"]).unwrap_err();
+    assert_eq!(
+        err.iter().map(|r| r.rule).collect::<Vec<_>>(),
+        ["isolation.user_namespace", "isolation.userns"]
+    );
+    assert!(
+        err[0].reason.starts_with("--userns host"),
+        "{}",
+        err[0].reason
+    );
+    // The control: a policy that does not ask plans on any engine.
+    assert!(run(&["img"]).is_ok());
+}
+
+#[test]
+fn a_daemon_wide_icc_false_keeps_the_default_bridge() {
+    let f = Facts {
+        default_bridge_isolates: true,
+        ..facts()
+    };
+    let planned = plan(&parse(&s(&["img"])).unwrap(), &policy(), &f).unwrap();
+    assert_eq!(planned.network, None);
+    assert!(
+        !planned.args.iter().any(|a| a == "--network"),
+        "{:?}",
+        planned.args
+    );
+    let planned = plan(
+        &parse(&s(&["--network", "bridge", "img"])).unwrap(),
+        &policy(),
+        &f,
+    )
+    .unwrap();
+    assert_eq!(planned.network, None);
+    // Another ICC network is still refused.
+    let err = plan(
+        &parse(&s(&["--network", "mynet", "img"])).unwrap(),
+        &policy(),
+        &f,
+    )
+    .unwrap_err();
+    assert_eq!(err[0].rule, "isolation.icc");
+    // The control: on an ordinary engine the workload network is attached,
+    // and the default bridge is refused.
+    let planned = run(&["img"]).unwrap();
+    assert_eq!(planned.network.as_deref(), Some("unbaked-billing"));
+    assert_eq!(refused(&["--network", "bridge", "img"]), ["isolation.icc"]);
 }
