@@ -58,6 +58,7 @@ impl Overlay {
         let mut entrypoint = None;
         let mut read_only = None;
         let mut cgroup = None;
+        let mut bridge = false;
         for o in &parsed.options {
             // The user's own: already in their files.
             if let Some(i) = theirs
@@ -76,6 +77,9 @@ impl Overlay {
                 "tmpfs" => push("tmpfs", json!(v)),
                 "read-only" => read_only = Some(v.is_empty() || v == "true"),
                 "cgroupns" => cgroup = Some(v),
+                // The daemon's default bridge (started with --icc=false) is
+                // not a network compose can attach by name.
+                "network" if v == "bridge" => bridge = true,
                 "network" => {
                     networks.insert(v.clone(), json!({}));
                     self.networks
@@ -108,6 +112,9 @@ impl Overlay {
         }
         if !networks.is_empty() {
             svc.insert("networks".into(), Value::Object(networks));
+        }
+        if bridge {
+            svc.insert("network_mode".into(), json!("bridge"));
         }
         svc.insert("entrypoint".into(), json!([entrypoint]));
         svc.insert("command".into(), json!(parsed.command));
@@ -250,5 +257,33 @@ mod tests {
         let mut o = Overlay::default();
         o.add("web", &converted, &plan, true).unwrap();
         assert!(o.render().contains("\"cgroup\": \"private\""));
+    }
+
+    /// On a daemon whose default bridge isolates, the plan's `--network
+    /// bridge` is compose's `network_mode`, not a network to attach.
+    #[test]
+    fn the_default_bridge_is_a_network_mode() {
+        let converted = Converted {
+            args: s(&["img"]),
+            origins: vec![],
+            options: vec![],
+        };
+        let plan = s(&[
+            "run",
+            "--network",
+            "bridge",
+            "--entrypoint",
+            "/run/unbaked/bin/unbaked",
+            "img",
+            "exec",
+            "--",
+            "sh",
+        ]);
+        let mut o = Overlay::default();
+        o.add("web", &converted, &plan, false).unwrap();
+        let v: Value = serde_json::from_str(&o.render()).unwrap();
+        assert_eq!(v["services"]["web"]["network_mode"], json!("bridge"));
+        assert!(v["services"]["web"].get("networks").is_none());
+        assert!(v.get("networks").is_none());
     }
 }

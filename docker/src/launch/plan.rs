@@ -361,6 +361,16 @@ impl Planner<'_> {
         }
         if self.use_own_network {
             add(&["--network", &own_net]);
+        } else if facts.compose
+            && facts.default_bridge_isolates
+            && !parsed
+                .options
+                .iter()
+                .any(|o| matches!(o.flag, Some(Flag::Network)))
+        {
+            // Compose would put the service on its project's network (inter-
+            // container traffic on); the daemon's default bridge isolates.
+            add(&["--network", "bridge"]);
         }
         add(&["--label", &format!("{LABEL_WORKLOAD}={w}")]);
         if !facts.compose {

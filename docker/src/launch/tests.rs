@@ -650,3 +650,39 @@ fn a_daemon_wide_icc_false_keeps_the_default_bridge() {
     assert_eq!(planned.network.as_deref(), Some("unbaked-billing"));
     assert_eq!(refused(&["--network", "bridge", "img"]), ["isolation.icc"]);
 }
+
+/// `unbaked compose` on a daemon started with --icc=false: the service is
+/// put on the default bridge (compose would otherwise attach its project
+/// network, where inter-container traffic is on); a service that names its
+/// network keeps it (and is judged like any network).
+#[test]
+fn a_compose_service_on_an_isolating_default_bridge_is_put_on_it() {
+    let f = Facts {
+        compose: true,
+        default_bridge_isolates: true,
+        ..facts()
+    };
+    let planned = plan(&parse(&s(&["img"])).unwrap(), &policy(), &f).unwrap();
+    let line = planned.args.join(" ");
+    assert!(line.contains("--network bridge"), "{line}");
+    assert_eq!(planned.network, None);
+    let planned = plan(
+        &parse(&s(&["--network", "bridge", "img"])).unwrap(),
+        &policy(),
+        &f,
+    )
+    .unwrap();
+    assert_eq!(planned.args.iter().filter(|a| *a == "--network").count(), 1);
+    // Control: `unbaked run` on the same daemon adds nothing (docker's
+    // default is the bridge already).
+    let run = Facts {
+        default_bridge_isolates: true,
+        ..facts()
+    };
+    let planned = plan(&parse(&s(&["img"])).unwrap(), &policy(), &run).unwrap();
+    assert!(
+        !planned.args.iter().any(|a| a == "--network"),
+        "{:?}",
+        planned.args
+    );
+}
