@@ -5,6 +5,7 @@
 pub mod bao;
 pub mod daemon;
 pub mod docker;
+pub mod etcd;
 pub mod k8s;
 pub mod tools;
 
