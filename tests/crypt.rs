@@ -40,6 +40,9 @@ fn toml_value(pw: &[u8]) -> Vec<u8> {
 
 /// A gpg home with our key, its secret keyring exported (mode 0400).
 fn keys(dir: &Path) -> Gpg {
+    for v in [PW, ROTATED, TOKEN, TOML_PW, TOML_ROTATED, WRONG] {
+        register_secret(v);
+    }
     let gpg = Gpg::new();
     gpg.generate(EMAIL);
     gpg.export_secret(EMAIL, &dir.join("secring.asc"));

@@ -776,8 +776,10 @@ impl CryptStore {
             let mut b = reqwest::ClientBuilder::new()
                 .tls_backend_rustls()
                 .connect_timeout(cfg.timeout);
-            if let Some(t) = timeout {
-                b = b.timeout(t);
+            match timeout {
+                Some(t) => b = b.timeout(t),
+                // A watch idles for hours: keepalives find a dead peer.
+                None => b = b.tcp_keepalive(Duration::from_secs(30)),
             }
             if all_http {
                 b = b.tls_certs_only(Vec::new());
