@@ -191,6 +191,20 @@ impl Gpg {
         );
     }
 
+    /// An Ed25519 key with a Curve25519 (ECDH) encryption subkey, what
+    /// current GnuPG makes by default.
+    pub fn generate_curve25519(&self, email: &str) {
+        let params = format!(
+            "%no-protection\nKey-Type: EDDSA\nKey-Curve: ed25519\nSubkey-Type: ECDH\nSubkey-Curve: cv25519\nName-Real: crypt test\nName-Email: {email}\nExpire-Date: 0\n%commit\n"
+        );
+        let out = piped(self.gpg().args(["--gen-key"]), params.as_bytes());
+        assert!(
+            out.status.success(),
+            "gpg --gen-key: {}",
+            super::text(&out.stderr)
+        );
+    }
+
     /// `gpg --export-secret-keys --armor EMAIL` into `path`, mode 0400.
     pub fn export_secret(&self, email: &str, path: &Path) {
         let out = self
