@@ -79,8 +79,8 @@ pub struct BrokerArgs {
     /// Directory of policy files [default: /etc/unbaked/policies]
     #[arg(long, value_name = "DIR")]
     pub policies: Option<PathBuf>,
-    /// Where secrets come from [default: memory]; file: sealed on disk in --store-dir
-    #[arg(long, value_parser = ["memory", "file", "vault"])]
+    /// Where secrets come from [default: memory]; file: sealed on disk in --store-dir; vault: [vault]; crypt: Crypt's values in etcd, [crypt]
+    #[arg(long, value_parser = ["memory", "file", "vault", "crypt"])]
     pub store: Option<String>,
     /// The file store's directory [default: /var/lib/unbaked/store]
     #[arg(long, value_name = "DIR")]

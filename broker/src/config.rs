@@ -2,6 +2,7 @@
 //! environment say ([`BrokerOptions`], [`FileConfig`]), then one validated
 //! [`BrokerConfig`]. Flags override the file, which overrides the environment.
 
+use crate::store::crypt::{CryptConfig, EtcdApi};
 use crate::store::file::FileStoreConfig;
 use crate::store::vault::{VaultAuth, VaultConfig, VaultTls};
 use serde::Deserialize;
@@ -53,6 +54,8 @@ pub enum StoreKind {
     /// The sealed persistent store in `store_dir`.
     File,
     Vault,
+    /// Crypt's OpenPGP-encrypted values in etcd (`[crypt]`).
+    Crypt,
 }
 
 impl FromStr for StoreKind {
@@ -62,8 +65,9 @@ impl FromStr for StoreKind {
             "memory" => Ok(StoreKind::Memory),
             "file" => Ok(StoreKind::File),
             "vault" => Ok(StoreKind::Vault),
+            "crypt" => Ok(StoreKind::Crypt),
             other => Err(format!(
-                "unknown store {other:?}: use memory, file or vault"
+                "unknown store {other:?}: use memory, file, vault or crypt"
             )),
         }
     }
@@ -94,7 +98,62 @@ pub struct FileConfig {
     #[serde(default)]
     pub broker: BrokerSection,
     pub vault: Option<VaultSection>,
+    pub crypt: Option<CryptSection>,
     pub kubernetes: Option<KubernetesConfig>,
+}
+
+/// `[crypt]`: used with `store = "crypt"`. Each field is checked as it is
+/// read, so a bad one is reported with its file, line and column.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CryptSection {
+    /// etcd's client URLs.
+    pub endpoints: Option<Vec<EtcdEndpoint>>,
+    /// The armored secret keyring values are decrypted with.
+    pub secret_keyring: Option<PathBuf>,
+    /// "v3" (the default) or "v2".
+    pub api: Option<EtcdApi>,
+    /// Put before a grant's `secret` to make the etcd key (default "/").
+    pub prefix: Option<String>,
+    /// One read's budget, failover included ("1500ms", "3s").
+    pub timeout: Option<CryptTimeout>,
+}
+
+/// An etcd client URL: `http://` or `https://`, a host, no path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdEndpoint(pub String);
+
+impl<'de> Deserialize<'de> for EtcdEndpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let trimmed = text.trim_end_matches('/');
+        let rest = trimmed
+            .strip_prefix("http://")
+            .or_else(|| trimmed.strip_prefix("https://"));
+        match rest {
+            Some(host) if !host.is_empty() && !host.contains('/') && !host.contains('?') => {
+                Ok(EtcdEndpoint(trimmed.to_string()))
+            }
+            _ => Err(serde::de::Error::custom(format!(
+                "{text:?} is not an etcd client URL: write e.g. \"http://127.0.0.1:2379\" (http:// or https://, no path)"
+            ))),
+        }
+    }
+}
+
+/// A positive duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CryptTimeout(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for CryptTimeout {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        go_duration(&text).map(CryptTimeout).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a positive duration: write e.g. \"1500ms\" or \"3s\""
+            ))
+        })
+    }
 }
 
 /// `[kubernetes]`: verify pods' projected service-account tokens.
@@ -258,6 +317,8 @@ pub struct BrokerConfig {
     /// Set exactly when `store` is `File`, or `Vault` with `max_stale`
     /// (its copies' directory and key).
     pub file_store: Option<FileStoreConfig>,
+    /// Set exactly when `store` is `Crypt`.
+    pub crypt: Option<CryptConfig>,
     pub kubernetes: Option<KubernetesConfig>,
     pub admin_addr: Option<std::net::SocketAddr>,
     pub socket_access: SocketAccess,
@@ -281,6 +342,12 @@ pub enum ConfigError {
     Vault(String),
     #[error("the file store (or [vault] max_stale) has no key: give --store-key-file FILE, store_key_file in [broker], {ENV_STORE_KEY_FILE}, or a systemd credential named {STORE_KEY_CREDENTIAL} (LoadCredentialEncrypted=); `unbaked store init-key FILE` creates a key")]
     NoStoreKey,
+    #[error("{}[crypt] {field}: {message}", .path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
+    Crypt {
+        path: Option<PathBuf>,
+        field: &'static str,
+        message: String,
+    },
     #[error("[broker] {field}: {message}")]
     Invalid {
         field: &'static str,
@@ -344,7 +411,14 @@ impl BrokerConfig {
                 }
                 Some(resolve_vault(section, &env)?)
             }
-            StoreKind::Memory | StoreKind::File => None,
+            StoreKind::Memory | StoreKind::File | StoreKind::Crypt => None,
+        };
+        let crypt = match store {
+            StoreKind::Crypt => Some(resolve_crypt(
+                file.crypt.unwrap_or_default(),
+                opts.config.as_deref(),
+            )?),
+            StoreKind::Memory | StoreKind::File | StoreKind::Vault => None,
         };
         let stale = vault.as_ref().is_some_and(|v| v.max_stale.is_some());
         let file_store = match store {
@@ -377,7 +451,7 @@ impl BrokerConfig {
                     max_versions: 1,
                 })
             }
-            StoreKind::Memory | StoreKind::Vault => None,
+            StoreKind::Memory | StoreKind::Vault | StoreKind::Crypt => None,
         };
         let socket_access = SocketAccess {
             mode: match opts.socket_mode.or(file.broker.socket_mode) {
@@ -395,10 +469,45 @@ impl BrokerConfig {
             dev: opts.dev,
             vault,
             file_store,
+            crypt,
             kubernetes: file.kubernetes,
             admin_addr: opts.admin_addr.or(file.broker.admin_addr),
         })
     }
+}
+
+/// `[crypt]`, once parsed: what is missing is named with the file.
+fn resolve_crypt(c: CryptSection, file: Option<&Path>) -> Result<CryptConfig, ConfigError> {
+    let missing = |field: &'static str, message: &str| ConfigError::Crypt {
+        path: file.map(Path::to_path_buf),
+        field,
+        message: message.to_string(),
+    };
+    let endpoints: Vec<String> = c
+        .endpoints
+        .ok_or_else(|| missing("endpoints", "missing: --store crypt reads etcd; give its client URLs, e.g. endpoints = [\"http://127.0.0.1:2379\"]"))?
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    if endpoints.is_empty() {
+        return Err(missing(
+            "endpoints",
+            "is empty: give at least one etcd client URL",
+        ));
+    }
+    let secret_keyring = c.secret_keyring.ok_or_else(|| {
+        missing("secret_keyring", "missing: the armored OpenPGP secret keyring Crypt's values are decrypted with, e.g. secret_keyring = \"/etc/unbaked/secring.asc\" (mode 0400)")
+    })?;
+    Ok(CryptConfig {
+        endpoints,
+        secret_keyring,
+        api: c.api.unwrap_or_default(),
+        prefix: c.prefix.unwrap_or_else(|| "/".into()),
+        timeout: c
+            .timeout
+            .map(|t| t.0)
+            .unwrap_or(crate::store::crypt::BUDGET),
+    })
 }
 
 /// The store key file and where its name came from: the flag, the config
@@ -918,6 +1027,81 @@ mod tests {
         )
         .unwrap();
         assert!(c.file_store.is_none());
+    }
+
+    #[test]
+    fn crypt_from_the_file_with_each_bad_field_named_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            BrokerConfig::resolve(
+                BrokerOptions {
+                    config: Some(file.clone()),
+                    ..Default::default()
+                },
+                |_| None,
+            )
+        };
+        let c = load("[broker]\nstore = \"crypt\"\n[crypt]\nendpoints = [\"http://127.0.0.1:2379/\", \"https://etcd-2:2379\"]\nsecret_keyring = \"/etc/unbaked/secring.asc\"\n")
+            .unwrap();
+        assert_eq!(c.store, StoreKind::Crypt);
+        let crypt = c.crypt.unwrap();
+        assert_eq!(
+            crypt.endpoints,
+            ["http://127.0.0.1:2379", "https://etcd-2:2379"]
+        );
+        assert_eq!(crypt.api, EtcdApi::V3, "v3 unless told");
+        assert_eq!(crypt.prefix, "/");
+        assert_eq!(crypt.timeout, crate::store::crypt::BUDGET);
+        let c = load("[broker]\nstore = \"crypt\"\n[crypt]\nendpoints = [\"http://e:2379\"]\nsecret_keyring = \"/k\"\napi = \"v2\"\nprefix = \"\"\ntimeout = \"3s\"\n")
+            .unwrap()
+            .crypt
+            .unwrap();
+        assert_eq!(
+            (c.api, c.prefix.as_str(), c.timeout),
+            (EtcdApi::V2, "", std::time::Duration::from_secs(3))
+        );
+
+        let bad = [
+            (
+                "endpoints = [\"127.0.0.1:2379\"]\n",
+                ":4:",
+                "not an etcd client URL",
+            ),
+            ("endpoints = [\"http://e\"]\napi = \"v4\"\n", ":5:", "v4"),
+            (
+                "endpoints = [\"http://e\"]\ntimeout = \"soon\"\n",
+                ":5:",
+                "positive duration",
+            ),
+            (
+                "endpoints = [\"http://e\"]\nsecret_keyrings = \"/k\"\n",
+                ":5:",
+                "secret_keyrings",
+            ),
+        ];
+        for (body, line, what) in bad {
+            let e = load(&format!("[broker]\nstore = \"crypt\"\n[crypt]\n{body}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("broker.toml{line}")) && e.contains(what),
+                "{e}"
+            );
+        }
+        let e = load("[broker]\nstore = \"crypt\"\n[crypt]\nendpoints = [\"http://e:2379\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("broker.toml: [crypt] secret_keyring: missing"),
+            "{e}"
+        );
+        let e = load("[broker]\nstore = \"crypt\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[crypt] endpoints: missing"), "{e}");
+        assert_eq!("crypt".parse::<StoreKind>(), Ok(StoreKind::Crypt));
     }
 
     #[test]

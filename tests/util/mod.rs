@@ -6,6 +6,7 @@ pub mod bao;
 pub mod daemon;
 pub mod docker;
 pub mod engine2;
+pub mod etcd;
 pub mod k8s;
 pub mod tools;
 

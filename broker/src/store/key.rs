@@ -76,40 +76,86 @@ pub enum KeyError {
     Random,
 }
 
-/// Read and check the key file at `path`; `from` says where the path came
-/// from (`--store-key-file`, `UNBAKED_STORE_KEY_FILE`, ...) for messages.
-pub fn load(path: &Path, from: &'static str) -> Result<StoreKey, KeyError> {
-    let open = |source| KeyError::Open {
-        path: path.into(),
-        from,
-        source,
-    };
-    let mut file = std::fs::OpenOptions::new()
+/// Why a private file (a store key, a secret keyring) was refused.
+#[derive(Debug)]
+pub enum PrivateFileError {
+    Open(std::io::Error),
+    /// A link, a directory, a device: not the file itself.
+    NotAFile,
+    Owner {
+        owner: u32,
+        euid: u32,
+    },
+    Mode {
+        mode: u32,
+    },
+}
+
+/// Open a file only the broker may read, judged by `fstat` of the
+/// descriptor returned (opened with `O_NOFOLLOW`): a regular file, owned
+/// by root or the broker's euid, with no access at all for group or
+/// others. Every key file the broker reads goes through here.
+pub fn open_private(path: &Path) -> Result<std::fs::File, PrivateFileError> {
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).bits())
         .open(path)
         .map_err(|e| {
             // O_NOFOLLOW on a symlink: ELOOP, which says nothing useful.
             if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) {
-                KeyError::NotAFile {
-                    path: path.into(),
-                    from,
-                }
+                PrivateFileError::NotAFile
             } else {
-                open(e)
+                PrivateFileError::Open(e)
             }
         })?;
-    let st = fstat(&file).map_err(|e| open(e.into()))?;
-    check_meta(
-        path,
-        from,
-        st.st_mode,
-        st.st_uid,
-        nix::unistd::geteuid().as_raw(),
-    )?;
+    let st = fstat(&file).map_err(|e| PrivateFileError::Open(e.into()))?;
+    judge_meta(st.st_mode, st.st_uid, nix::unistd::geteuid().as_raw())?;
+    Ok(file)
+}
+
+/// The judgement on a private file's `fstat`, pure.
+pub fn judge_meta(mode: u32, owner: u32, euid: u32) -> Result<(), PrivateFileError> {
+    if SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+        return Err(PrivateFileError::NotAFile);
+    }
+    if owner != 0 && owner != euid {
+        return Err(PrivateFileError::Owner { owner, euid });
+    }
+    if mode & 0o077 != 0 {
+        return Err(PrivateFileError::Mode {
+            mode: mode & 0o7777,
+        });
+    }
+    Ok(())
+}
+
+impl KeyError {
+    fn private(path: &Path, from: &'static str, e: PrivateFileError) -> KeyError {
+        let path = path.to_path_buf();
+        match e {
+            PrivateFileError::Open(source) => KeyError::Open { path, from, source },
+            PrivateFileError::NotAFile => KeyError::NotAFile { path, from },
+            PrivateFileError::Owner { owner, euid } => KeyError::Owner {
+                path,
+                from,
+                owner,
+                euid,
+            },
+            PrivateFileError::Mode { mode } => KeyError::Mode { path, from, mode },
+        }
+    }
+}
+
+/// Read and check the key file at `path`; `from` says where the path came
+/// from (`--store-key-file`, `UNBAKED_STORE_KEY_FILE`, ...) for messages.
+pub fn load(path: &Path, from: &'static str) -> Result<StoreKey, KeyError> {
+    let mut file = open_private(path).map_err(|e| KeyError::private(path, from, e))?;
     // 64 hex digits and a newline; a little slack to say "too long".
     let mut text = Zeroizing::new(Vec::with_capacity(80));
-    (&mut file).take(80).read_to_end(&mut text).map_err(open)?;
+    (&mut file)
+        .take(80)
+        .read_to_end(&mut text)
+        .map_err(|e| KeyError::private(path, from, PrivateFileError::Open(e)))?;
     parse(&text).ok_or_else(|| KeyError::Format {
         path: path.into(),
         from,
@@ -124,28 +170,7 @@ pub fn check_meta(
     owner: u32,
     euid: u32,
 ) -> Result<(), KeyError> {
-    if SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
-        return Err(KeyError::NotAFile {
-            path: path.into(),
-            from,
-        });
-    }
-    if owner != 0 && owner != euid {
-        return Err(KeyError::Owner {
-            path: path.into(),
-            from,
-            owner,
-            euid,
-        });
-    }
-    if mode & 0o077 != 0 {
-        return Err(KeyError::Mode {
-            path: path.into(),
-            from,
-            mode: mode & 0o7777,
-        });
-    }
-    Ok(())
+    judge_meta(mode, owner, euid).map_err(|e| KeyError::private(path, from, e))
 }
 
 /// 64 hex digits, then at most one newline.

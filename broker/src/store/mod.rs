@@ -4,6 +4,7 @@
 //! at rest in process memory is sealed.
 
 pub mod cache;
+pub mod crypt;
 pub mod file;
 pub mod issued;
 pub mod key;
@@ -199,6 +200,10 @@ pub enum OpenError {
     NoVault,
     #[error("--store file without a store directory and key")]
     NoFile,
+    #[error("--store crypt without a [crypt] configuration")]
+    NoCrypt,
+    #[error(transparent)]
+    Crypt(#[from] crypt::CryptError),
     #[error(transparent)]
     File(#[from] file::FileStoreError),
     #[error(transparent)]
@@ -212,7 +217,7 @@ pub enum OpenError {
 }
 
 /// Open the store the configuration names. Must run inside the runtime:
-/// the Vault store starts its token keeper.
+/// the Vault store starts its token keeper, the crypt store its watches.
 pub fn open(cfg: &crate::config::BrokerConfig) -> Result<Arc<dyn Store>, OpenError> {
     use crate::config::StoreKind;
     Ok(match cfg.store {
@@ -240,6 +245,10 @@ pub fn open(cfg: &crate::config::BrokerConfig) -> Result<Arc<dyn Store>, OpenErr
             let store = file::FileStore::open(f)?;
             tracing::info!(dir = %f.dir.display(), key_from = f.key_from, "file store opened");
             Arc::new(store)
+        }
+        StoreKind::Crypt => {
+            let c = cfg.crypt.clone().ok_or(OpenError::NoCrypt)?;
+            crypt::CryptStore::open(c)?
         }
         StoreKind::Memory => Arc::new(memory::MemoryStore::new().map_err(|_| OpenError::Random)?),
     })
