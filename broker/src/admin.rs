@@ -1,6 +1,6 @@
 //! The admin listener (`--admin-addr`, off by default, loopback unless told
 //! otherwise): `/healthz` (alive), `/readyz` (policies loaded, audit sink
-//! writable, store reachable) and `/metrics` (Prometheus text: OpenMetrics or the classic 0.0.4 format, as
+//! writable, store reachable; then a line per failing change action) and `/metrics` (Prometheus text: OpenMetrics or the classic 0.0.4 format, as
 //! `Accept` asks).
 //!
 //! **Invariant:** it serves no secret and takes no input beyond the path;
@@ -33,14 +33,24 @@ async fn route(broker: &Broker, req: Request<hyper::body::Incoming>) -> Response
     const PLAIN: &str = "text/plain; charset=utf-8";
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n".into()),
-        "/readyz" => match broker.ready().await {
-            Ok(()) => text(StatusCode::OK, PLAIN, "ready\n".into()),
-            Err(why) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                PLAIN,
-                format!("not ready: {why}\n"),
-            ),
-        },
+        "/readyz" => {
+            // Detail lines (failing change actions) follow the verdict;
+            // they do not change it: one app's failing reload is no
+            // reason to stop serving every other.
+            let detail: String = broker
+                .ready_detail()
+                .iter()
+                .map(|l| format!("{l}\n"))
+                .collect();
+            match broker.ready().await {
+                Ok(()) => text(StatusCode::OK, PLAIN, format!("ready\n{detail}")),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    PLAIN,
+                    format!("not ready: {why}\n{detail}"),
+                ),
+            }
+        }
         "/metrics" => {
             let accept = req
                 .headers()

@@ -39,6 +39,15 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// A change action: its kind (`signal`, `command`, `restart`) and result
+/// (`ok`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub workload: String,
+    pub action: &'static str,
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
     pub store: &'static str,
@@ -61,6 +70,9 @@ pub struct Metrics {
     pub cache_hits: Family<StoreLabels, Counter>,
     pub cache_misses: Family<StoreLabels, Counter>,
     pub reloads: Family<OutcomeLabels, Counter>,
+    /// Change actions run on containers (`on_change`), by workload, kind
+    /// and result; a retry counts again.
+    pub actions: Family<ActionLabels, Counter>,
     /// 1 while the Vault store runs with VAULT_SKIP_VERIFY: never silently.
     pub vault_tls_verify_disabled: Gauge,
 }
@@ -85,6 +97,7 @@ impl Metrics {
         let cache_hits = Family::default();
         let cache_misses = Family::default();
         let reloads = Family::default();
+        let actions = Family::default();
         let vault_tls_verify_disabled = Gauge::default();
         registry.register(
             "requests",
@@ -128,6 +141,11 @@ impl Metrics {
             reloads.clone(),
         );
         registry.register(
+            "actions",
+            "Change actions (on_change) run on containers, by workload, action and result",
+            actions.clone(),
+        );
+        registry.register(
             "vault_tls_verify_disabled",
             "1 when the vault server's TLS certificate is not checked (VAULT_SKIP_VERIFY)",
             vault_tls_verify_disabled.clone(),
@@ -144,6 +162,7 @@ impl Metrics {
             cache_hits,
             cache_misses,
             reloads,
+            actions,
         }
     }
 
