@@ -189,7 +189,7 @@ impl Watch {
             Err(why) => {
                 self.counters.failures += 1;
                 if let Some(p) = self.pending.get_mut(&due.id) {
-                    let wait = p.backoff.next();
+                    let wait = p.backoff.next_wait();
                     p.at = now + wait;
                     p.error = Some(why.clone());
                     tracing::warn!(target: "unbaked::action", item = %due.id, from_version = due.from_version, to_version = due.to_version, action = %describe(&due.action), attempt = due.attempts, error = %why, retry_in = ?wait, "content changed: action failed, retrying");

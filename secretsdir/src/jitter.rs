@@ -37,7 +37,7 @@ impl Backoff {
     }
 
     /// Between half and all of the current step; the step then doubles.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         let base = self.cur;
         self.cur = (self.cur * 2).min(self.cap);
         base / 2 + base.mul_f64(unit()) / 2
@@ -60,11 +60,11 @@ mod tests {
         let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
         let mut step = Duration::from_millis(250);
         for _ in 0..12 {
-            let d = b.next();
+            let d = b.next_wait();
             assert!(d >= step / 2 && d <= step, "{d:?} not within {step:?}");
             step = (step * 2).min(Duration::from_secs(30));
         }
         b.reset();
-        assert!(b.next() <= Duration::from_millis(250));
+        assert!(b.next_wait() <= Duration::from_millis(250));
     }
 }
