@@ -352,6 +352,10 @@ fn a_rotated_certificate_reaches_the_running_server_by_signal_and_only_on_a_chan
                 e.duration()
             )
         });
+        eprintln!(
+            "rotation {}: signalled {late:?} after OpenBao took the issue request",
+            k + 1
+        );
         assert!(
             late < TTL,
             "rotation {k}: signalled {late:?} after the issue, more than one ttl"
@@ -360,7 +364,7 @@ fn a_rotated_certificate_reaches_the_running_server_by_signal_and_only_on_a_chan
             assert!(a.ts < next.0, "signal {k} belongs to a later rotation");
         }
         assert_eq!(a.json["action"]["action"], "signal SIGHUP");
-        assert_eq!(a.json["action"]["item"], "tls.pem");
+        assert_eq!(a.json["action"]["item"], "file:tls.pem");
         assert_ne!(
             a.json["action"]["from_version"],
             a.json["action"]["to_version"]
@@ -455,7 +459,7 @@ fn a_rotated_certificate_reaches_the_running_server_by_signal_and_only_on_a_chan
     assert!(
         body.starts_with("ready\n")
             && body.contains(&format!("action failing (retrying): workload {cmd},"))
-            && body.contains("item tls.pem, command"),
+            && body.contains("item file:tls.pem, command"),
         "{body}"
     );
     assert!(!body.contains(&format!("workload {w},")), "{body}");
@@ -477,4 +481,133 @@ fn a_rotated_certificate_reaches_the_running_server_by_signal_and_only_on_a_chan
 
 fn clean_name(workload: &str) -> String {
     format!("{workload}-app")
+}
+
+/// `restart` and `command` on KV changes: the engine restarts the container
+/// (it keeps its launch and gets the new value from a fresh lease), and a
+/// command runs inside the container after the file was rewritten.
+#[test]
+fn restart_and_command_actions_reach_the_container() {
+    let image = test_image();
+    static_binary();
+    let (wr, wc) = (unique("act-restart"), unique("act-cmd"));
+    let mut clean = Cleanup::default();
+    for x in [&wr, &wc] {
+        clean.network(&format!("unbaked-{x}"));
+    }
+    let tpl = |action: &str| {
+        format!(
+            "[[template]]\nfile = \"app.env\"\nformat = \"env\"\nvalues = {{ PW = \"app/db#password\" }}\nttl = \"2s\"\ndebounce = \"0s\"\n{action}\n"
+        )
+    };
+    let b = Broker::builder()
+        .policies(&[
+            ("r.toml", &label_policy(&wr, "", &tpl("on_change = \"restart\""))),
+            (
+                "c.toml",
+                &label_policy(
+                    &wc,
+                    "",
+                    &tpl("on_change = \"command\"\ncommand = [\"cp\", \"/run/secrets/app.env\", \"/tmp/seen\"]"),
+                ),
+            ),
+        ])
+        .admin()
+        .start();
+    const V1: &[u8] = b"act-pw-1-5d2e";
+    const V2: &[u8] = b"act-pw-2-9b7c";
+    b.put("app/db", "password", V1);
+    let mut names = Vec::new();
+    for w in [&wr, &wc] {
+        let name = clean.container(&format!("{w}-app"));
+        let out = output(run(&b, w).args([
+            "--",
+            "-d",
+            "--name",
+            &name,
+            "--tmpfs",
+            "/tmp",
+            image,
+            "exec sleep 600",
+        ]));
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            text(&out.stderr),
+            b.log_text()
+        );
+        names.push(name);
+    }
+    let env_of = |name: &str| {
+        text(&output(docker().args(["exec", name, "rev", "/run/secrets/app.env"])).stdout)
+    };
+    for n in &names {
+        assert!(
+            wait_for(DEADLINE, || env_of(n).contains(&rev(V1))),
+            "{}",
+            b.log_text()
+        );
+    }
+    let restarts = |name: &str| docker_ok(&["inspect", "-f", "{{.RestartCount}}", name]);
+    let started = |name: &str| docker_ok(&["inspect", "-f", "{{.State.StartedAt}}", name]);
+    let first_start = started(&names[0]);
+    b.put("app/db", "password", V2);
+
+    // restart: the engine restarted it; it runs, with the new value, and
+    // keeps being served (the launch survived its own restart).
+    let ok = |w: &str| {
+        actions(&b, w)
+            .iter()
+            .any(|r| r.json["action"]["result"] == "ok")
+    };
+    assert!(wait_for(DEADLINE, || ok(&wr)), "{}", b.log_text());
+    assert!(
+        wait_for(DEADLINE, || started(&names[0]) != first_start
+            && running(&names[0])),
+        "the container was not restarted:\n{}",
+        b.log_text()
+    );
+    assert_eq!(
+        restarts(&names[0]),
+        "0",
+        "docker restart does not count as a restart policy's"
+    );
+    assert!(
+        wait_for(DEADLINE, || env_of(&names[0]).contains(&rev(V2))),
+        "the restarted container lost its files:\n{}",
+        b.log_text()
+    );
+    let rec = &actions(&b, &wr)[0];
+    assert_eq!(rec.json["action"]["action"], "restart");
+    // Its fresh lease is the new baseline: no second restart follows.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        actions(&b, &wr).len(),
+        1,
+        "restarted again:\n{}",
+        b.log_text()
+    );
+
+    // command: ran inside the container after the new file was written.
+    assert!(wait_for(DEADLINE, || ok(&wc)), "{}", b.log_text());
+    let seen = text(&output(docker().args(["exec", &names[1], "rev", "/tmp/seen"])).stdout);
+    assert!(
+        seen.contains(&rev(V2)),
+        "the command did not see the new file"
+    );
+    assert!(
+        counter(
+            &b.metrics(),
+            "unbaked_actions_total",
+            &[
+                &format!("workload=\"{wc}\""),
+                "action=\"command\"",
+                "result=\"ok\""
+            ]
+        ) == 1
+    );
+    for v in [V1, V2] {
+        let v = String::from_utf8_lossy(v);
+        assert!(!b.log_text().contains(&*v) && !b.audit_text().contains(&*v));
+    }
 }

@@ -31,6 +31,8 @@ use unbaked_secretsdir::change::{describe, Due};
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// The engine's grace between SIGTERM and SIGKILL on `restart`.
 pub const STOP_GRACE_SECS: i32 = 10;
+/// Beyond a restart's grace or a command's run, for the engine's answer.
+const ENGINE_SLACK: Duration = Duration::from_secs(20);
 /// How long after a restart a `die` of the container keeps its launch.
 pub const RESTART_HOLD: Duration = Duration::from_secs(60);
 
@@ -160,7 +162,10 @@ async fn restart(containers: &Containers, launch: &str, id: &str) -> Result<(), 
         .engine
         .client()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        // The engine answers once the container stopped (up to the grace)
+        // and started again: longer than an ordinary request may take.
+        .with_timeout(Duration::from_secs(STOP_GRACE_SECS as u64) + ENGINE_SLACK);
     containers.hold_through_restart(launch, Instant::now() + RESTART_HOLD);
     let options = RestartContainerOptions {
         signal: None,
@@ -179,7 +184,8 @@ async fn exec(containers: &Containers, id: &str, argv: &[String]) -> Result<(), 
         .engine
         .client()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .with_timeout(COMMAND_TIMEOUT + ENGINE_SLACK);
     let created = client
         .create_exec(
             id,
