@@ -1,7 +1,8 @@
 //! The admin listener (`--admin-addr`, off by default, loopback unless told
 //! otherwise): `/healthz` (alive), `/readyz` (policies loaded, audit sink
 //! writable, store reachable; `200 degraded: ...` while the Vault store
-//! is unreachable and stale copies are served) and `/metrics` (Prometheus text: OpenMetrics or the classic 0.0.4 format, as
+//! is unreachable and stale copies are served; then a line per failing
+//! change action) and `/metrics` (Prometheus text: OpenMetrics or the classic 0.0.4 format, as
 //! `Accept` asks).
 //!
 //! **Invariant:** it serves no secret and takes no input beyond the path;
@@ -34,16 +35,26 @@ async fn route(broker: &Broker, req: Request<hyper::body::Incoming>) -> Response
     const PLAIN: &str = "text/plain; charset=utf-8";
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n".into()),
-        "/readyz" => match broker.ready().await {
-            Ok(None) => text(StatusCode::OK, PLAIN, "ready\n".into()),
-            // Still serving, from stale copies: 200, and a body saying so.
-            Ok(Some(why)) => text(StatusCode::OK, PLAIN, format!("degraded: {why}\n")),
-            Err(why) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                PLAIN,
-                format!("not ready: {why}\n"),
-            ),
-        },
+        "/readyz" => {
+            // Detail lines (failing change actions) follow the verdict;
+            // they do not change it: one app's failing reload is no
+            // reason to stop serving every other.
+            let detail: String = broker
+                .ready_detail()
+                .iter()
+                .map(|l| format!("{l}\n"))
+                .collect();
+            match broker.ready().await {
+                Ok(None) => text(StatusCode::OK, PLAIN, format!("ready\n{detail}")),
+                // Still serving, from stale copies: 200, and a body saying so.
+                Ok(Some(why)) => text(StatusCode::OK, PLAIN, format!("degraded: {why}\n{detail}")),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    PLAIN,
+                    format!("not ready: {why}\n{detail}"),
+                ),
+            }
+        }
         "/metrics" => {
             let accept = req
                 .headers()

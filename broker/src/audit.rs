@@ -46,6 +46,9 @@ pub enum Event {
     /// is touched, so an audit sink that fails refuses the change (the
     /// `secret_write` / `secret_delete` record with its outcome follows).
     AdminRequest,
+    /// A change action (`on_change`) the broker ran on a container: the
+    /// item, its versions, the action and its result.
+    Action,
     /// Written at start, before `start`, when the chain the broker resumes
     /// does not end with `stop`: the previous run crashed or was killed, or
     /// the file was truncated.
@@ -113,6 +116,28 @@ pub struct Record {
     /// first (same caller, container, workload and rule within a window).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub count: Option<u64>,
+    /// An [`Event::Action`]'s what and outcome.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub action: Option<ActionRef>,
+}
+
+/// A change action as audited: which item changed (by id and version,
+/// never its content), what was done and how it went.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionRef {
+    /// The template's item id (its file path).
+    pub item: String,
+    pub from_version: u64,
+    pub to_version: u64,
+    /// Changes folded into this run (debounce).
+    pub changes: u32,
+    /// `signal SIGHUP`, `restart`, `command ["nginx", "-s", "reload"]`.
+    pub action: String,
+    pub attempt: u32,
+    /// `ok` or `failed`.
+    pub result: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
 }
 
 /// One line as written: the chain fields around the record.

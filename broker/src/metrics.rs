@@ -39,6 +39,15 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// A change action: its kind (`signal`, `command`, `restart`) and result
+/// (`ok`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub workload: String,
+    pub action: &'static str,
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
     pub store: &'static str,
@@ -63,6 +72,9 @@ pub struct Metrics {
     pub cache_hits: Family<StoreLabels, Counter>,
     pub cache_misses: Family<StoreLabels, Counter>,
     pub reloads: Family<OutcomeLabels, Counter>,
+    /// Change actions run on containers (`on_change`), by workload, kind
+    /// and result; a retry counts again.
+    pub actions: Family<ActionLabels, Counter>,
     /// 1 while the Vault store runs with VAULT_SKIP_VERIFY: never silently.
     pub vault_tls_verify_disabled: Gauge,
 }
@@ -115,6 +127,11 @@ impl Metrics {
             cache_hits: register(&mut r, "cache_hits", "Store reads answered by the cache"),
             cache_misses: register(&mut r, "cache_misses", "Store reads that went to the store"),
             reloads: register(&mut r, "policy_reloads", "Policy reloads by outcome"),
+            actions: register(
+                &mut r,
+                "actions",
+                "Change actions (on_change) run on containers, by workload, action and result",
+            ),
             vault_tls_verify_disabled: register(
                 &mut r,
                 "vault_tls_verify_disabled",

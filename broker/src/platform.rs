@@ -11,7 +11,7 @@
 //! A platform sees the broker only as [`Core`]: what it may ask of it.
 
 use crate::attest::container::{Attestation, ConnectionMemo, Evidence};
-use crate::audit::Audit;
+use crate::audit::{ActionRef, Audit, ContainerRef};
 use crate::request::{Ctx, PlatformError, Refusal, ServiceError};
 use std::future::Future;
 use std::pin::Pin;
@@ -42,6 +42,23 @@ pub trait Core: Send + Sync {
     ) -> BoxFuture<'a, Result<Lease, ServiceError>>;
     fn audit(&self) -> &Audit;
     fn policies(&self) -> Arc<PolicySet>;
+    /// A change action the platform ran on a container (or tried to):
+    /// audited ([`crate::audit::Event::Action`]) and counted
+    /// (`unbaked_actions_total`). After the fact: the action cannot wait
+    /// for an audit sink, so a failed write is logged.
+    fn action_done(&self, report: ActionReport);
+}
+
+/// One change action as a platform reports it: never a value.
+#[derive(Debug, Clone)]
+pub struct ActionReport {
+    pub workload: String,
+    /// The lease whose content changed.
+    pub lease: String,
+    pub container: ContainerRef,
+    /// `signal`, `command` or `restart`: the metric's label.
+    pub kind: &'static str,
+    pub action: ActionRef,
 }
 
 /// A container platform, as the core calls it. Each method says when.
@@ -102,6 +119,12 @@ pub trait Platform: std::fmt::Debug + Send + Sync {
 
     /// At shutdown: wipe what the platform delivered.
     fn stop(&self);
+
+    /// Lines for `/readyz` (the change actions failing now, ...): shown,
+    /// but not a reason to stop serving.
+    fn detail(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// No container platform: every caller is a host process, nothing is

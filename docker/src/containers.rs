@@ -15,8 +15,10 @@
 //!    of its own, audited like any fetch). Only then does the shim exec the
 //!    image's command: the files are in place before it starts.
 //! 4. [`crate::renewals`] renews that lease (re-inspecting the container, so a
-//!    network connected later is caught) and rewrites rotated files;
-//!    [`crate::events`] ends it all when the container dies.
+//!    network connected later is caught) and rewrites rotated files; a file
+//!    template whose content changed gets its `on_change` carried out by
+//!    [`crate::actions`]; [`crate::events`] ends it all when the container
+//!    dies (unless the broker is restarting it for an action).
 //!
 //! **Invariant:** a file grant is written only after the same checks as a
 //! fetch by the container itself (attestation, isolation, `[match]`, audit).
@@ -30,6 +32,7 @@ use std::time::Instant;
 use unbaked_api::wire::Lease;
 use unbaked_broker::platform::Core;
 use unbaked_policy::Caller;
+use unbaked_secretsdir::change::Watch;
 use unbaked_secretsdir::{apply_mapped, Applied, DirError, SecretsDir};
 
 /// `<socket dir>/containers` cannot be made private to the broker.
@@ -62,6 +65,8 @@ pub struct Containers {
     launches: Mutex<HashMap<String, LaunchEntry>>,
     /// Container id → lease ids, to end them when it dies.
     leases: Mutex<HashMap<String, Vec<String>>>,
+    /// Wakes [`crate::actions::run`] when a change was noted.
+    pub(crate) wake_actions: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -80,6 +85,11 @@ pub(crate) struct LaunchEntry {
     /// user inside the container, which is another id on the host when the
     /// engine remaps users.
     pub(crate) id_maps: Option<(String, String)>,
+    /// The file templates' `on_change`: content hashes, pending actions.
+    pub(crate) watch: Watch,
+    /// Until then a death of the container is the broker's own restart
+    /// (`on_change = "restart"`): the launch and its files stay.
+    pub(crate) restarting_until: Option<Instant>,
 }
 
 impl LaunchEntry {
@@ -92,6 +102,8 @@ impl LaunchEntry {
             applied: Applied::new(),
             bound: None,
             id_maps: None,
+            watch: Watch::new(),
+            restarting_until: None,
         }
     }
 
@@ -156,6 +168,7 @@ impl Containers {
             socket: socket.to_path_buf(),
             launches: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
+            wake_actions: tokio::sync::Notify::new(),
         }
     }
 
@@ -279,8 +292,18 @@ impl Containers {
         ids
     }
 
+    /// The broker is about to restart `launch`'s container: until `until`,
+    /// its death keeps the launch (see [`Containers::container_gone`]).
+    pub(crate) fn hold_through_restart(&self, launch: &str, until: Instant) {
+        if let Some(e) = self.launches().get_mut(launch) {
+            e.restarting_until = Some(until);
+        }
+    }
+
     /// A container died or was removed: end its leases (audited), wipe and
-    /// unmount its secrets tmpfs.
+    /// unmount its secrets tmpfs. A container the broker is restarting
+    /// (`on_change = "restart"`) keeps its launch, its file lease and its
+    /// files: only the leases of the process that died end.
     pub fn container_gone(&self, core: &dyn Core, id: &str, launch_label: Option<&str>, why: &str) {
         let leases = self
             .leases
@@ -291,6 +314,7 @@ impl Containers {
         for lease in &leases {
             core.end_lease(lease, why);
         }
+        let now = Instant::now();
         let gone: Vec<(String, LaunchEntry)> = {
             let mut launches = self.launches();
             let ids: Vec<String> = launches
@@ -298,6 +322,13 @@ impl Containers {
                 .filter(|(lid, e)| {
                     e.bound.as_ref().is_some_and(|b| b.container == id)
                         || launch_label == Some(lid.as_str())
+                })
+                .filter(|(lid, e)| {
+                    let held = e.restarting_until.is_some_and(|t| now < t);
+                    if held {
+                        tracing::info!(launch = %lid, container = %id.get(..12).unwrap_or(id), "container stopped for its on_change restart: its secrets stay");
+                    }
+                    !held
                 })
                 .map(|(lid, _)| lid.clone())
                 .collect();

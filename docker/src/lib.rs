@@ -16,12 +16,15 @@
 //! - `prepare.rs`: a launch's engine facts, network and tmpfs.
 //! - `containers.rs`: the launches and the leases each container holds;
 //!   `tmpfs.rs`: one launch's tmpfs; `host_mount.rs`: the host's mount
-//!   namespace; `renewals.rs` and `events.rs`: keeping them current.
+//!   namespace; `renewals.rs` and `events.rs`: keeping them current;
+//!   `actions.rs`: a file template's `on_change` carried out on the
+//!   container through the engine.
 //! - `platform.rs`: the `Platform` implementation.
 #![forbid(unsafe_code)]
 // Libraries report through `tracing` and errors; only the binary prints.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
+mod actions;
 pub mod containers;
 pub mod engine;
 pub mod events;

@@ -181,6 +181,9 @@ impl Platform for Containers {
         let owner = (ctx.caller.uid, ctx.caller.gid);
         entry.id_maps = ctx.caller.pid.and_then(|pid| self.engine.id_maps(pid));
         let written = entry.write(files, now, owner);
+        // What the app starts with (or restarts with: a new lease, new
+        // certificates) is the baseline, not a change.
+        entry.watch.rebase(&files.items, &files.actions);
         let ttl = Duration::from_secs(files.ttl_secs.max(1));
         entry.bound = Some(Bound {
             container: container.clone(),
@@ -227,12 +230,18 @@ impl Platform for Containers {
         }
         Ok(vec![
             tokio::spawn(crate::events::follow(core.clone(), self.clone())),
+            tokio::spawn(crate::actions::run(core.clone(), self.clone())),
             tokio::spawn(crate::renewals::renewals(core, self)),
         ])
     }
 
     fn stop(&self) {
         self.wipe_all();
+    }
+
+    /// The launches' change actions that fail and are being retried.
+    fn detail(&self) -> Vec<String> {
+        crate::actions::detail(self)
     }
 }
 

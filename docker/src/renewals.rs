@@ -1,6 +1,7 @@
 //! The launches' file leases kept current: renewed before they lapse
 //! (re-inspecting the container, so a network connected later is caught),
-//! rotated files rewritten, everything wiped when a renewal is refused;
+//! rotated files rewritten (and a changed template's `on_change` handed to
+//! [`crate::actions`]), everything wiped when a renewal is refused;
 //! unclaimed launches given back; followed containers reconciled with the
 //! engine now and then, in case an event was missed.
 
@@ -119,8 +120,16 @@ async fn renew_one(
             bound.next_renew = now + ttl * 2 / 3;
             bound.valid_until = now + ttl;
             let owner = (bound.caller.uid, bound.caller.gid);
-            if let Err(e) = entry.write(&lease, now, owner) {
-                tracing::error!(launch = launch_id, error = %e, "could not rewrite a container's file grants");
+            match entry.write(&lease, now, owner) {
+                // Only content now on disk can be acted on.
+                Ok(()) => {
+                    if entry.watch.observe(&lease, now) > 0 {
+                        containers.wake_actions.notify_one();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(launch = launch_id, error = %e, "could not rewrite a container's file grants")
+                }
             }
         }
         Err(e) if matches!(e.code(), ErrorCode::Denied | ErrorCode::NotFound) => {

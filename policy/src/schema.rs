@@ -70,7 +70,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ("template.mode", "File mode, in octal (file templates only; default 0o400)."),
     ("template.uid", "File owner (file templates only)."),
     ("template.gid", "File group (file templates only)."),
-    ("template.on_change", "What the sidecar or exec shim does when the rendered content changes: \"none\" (default), \"signal\", \"command\" or \"restart\"."),
+    ("template.on_change", "What the sidecar, the exec shim or (for a file template of an unbaked run container) the broker through the engine does when the rendered content changes: \"none\" (default), \"signal\", \"command\" or \"restart\"."),
     ("template.signal", "The signal for on_change = \"signal\", e.g. \"SIGHUP\"."),
     ("template.command", "The command (argv, no shell) for on_change = \"command\"."),
     ("template.debounce", "Changes closer together than this are coalesced into one action (default \"2s\", at most \"60s\")."),

@@ -3,7 +3,8 @@
 //! descriptor ([`SecretsDir`]), atomic writes and zero-then-unlink wipes
 //! ([`writer`]), a lease's files brought in line with what is on disk
 //! ([`apply`]), and every mount, statfs, memfd, fcntl and prctl call
-//! ([`sys`]).
+//! ([`sys`]). Also shared: [`change`], the change detection behind
+//! `on_change` (content hashes, debounce, retries), and [`jitter`].
 //!
 //! **Invariant:** every such system call lives in [`sys`], through nix's
 //! safe wrappers; this crate has no `unsafe`.
@@ -17,6 +18,8 @@
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod apply;
+pub mod change;
+pub mod jitter;
 pub mod sys;
 pub mod writer;
 

@@ -15,7 +15,7 @@ pub mod actions;
 mod child;
 pub mod client;
 pub mod exec;
-mod jitter;
+use unbaked_secretsdir::jitter;
 pub mod sidecar;
 mod supervise;
 

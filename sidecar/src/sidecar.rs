@@ -286,7 +286,7 @@ impl Sidecar {
             } else {
                 tracing::error!(%workload, reason = %e, files_left = left, "the broker withdrew the secrets: not every file could be wiped, trying again");
             }
-            pace.next_call = now + pace.denied.next();
+            pace.next_call = now + pace.denied.next_wait();
         } else if e.is_denied() {
             return Err(SidecarError::Denied(match e {
                 ClientError::Api(a) => a.message,
@@ -299,7 +299,7 @@ impl Sidecar {
         } else if !pace.delivered && (self.cfg.once || !transient_error(&e)) {
             return Err(SidecarError::Client(e));
         } else {
-            let wait = pace.transient.next();
+            let wait = pace.transient.next_wait();
             tracing::warn!(%workload, error = %e, retry_in = ?wait, "cannot reach the broker: files stay until their ttl");
             pace.next_call = now + wait;
         }

@@ -152,7 +152,7 @@ impl Supervised {
                             self.actions = lease.actions;
                         }
                         Err(e) => {
-                            let wait = backoff.next();
+                            let wait = backoff.next_wait();
                             tracing::warn!(error = %e, retry_in = ?wait, "cannot renew the lease: the command keeps its values");
                             next_renew = Instant::now() + wait;
                         }

@@ -171,6 +171,12 @@ impl Broker {
         }
     }
 
+    /// What `/readyz` shows beside its verdict: the platform's failing
+    /// change actions.
+    pub fn ready_detail(&self) -> Vec<String> {
+        self.platform.detail()
+    }
+
     pub fn policies(&self) -> Arc<PolicySet> {
         self.policies
             .read()
@@ -231,5 +237,34 @@ impl Core for Broker {
 
     fn policies(&self) -> Arc<PolicySet> {
         Broker::policies(self)
+    }
+
+    fn action_done(&self, report: crate::platform::ActionReport) {
+        let result = if report.action.error.is_none() {
+            "ok"
+        } else {
+            "failed"
+        };
+        self.metrics
+            .actions
+            .get_or_create(&crate::metrics::ActionLabels {
+                workload: report.workload.clone(),
+                action: report.kind,
+                result,
+            })
+            .inc();
+        let record = crate::audit::Record {
+            workload: Some(report.workload),
+            lease: Some(report.lease),
+            container: Some(report.container),
+            action: Some(crate::audit::ActionRef {
+                result: result.into(),
+                ..report.action
+            }),
+            ..crate::audit::Record::default()
+        };
+        if let Err(e) = self.audit.record(crate::audit::Event::Action, record) {
+            tracing::error!(error = %e, "could not audit a change action");
+        }
     }
 }

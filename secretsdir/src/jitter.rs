@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// A number in [0, 1] from the system's random source (0 if it fails: the
 /// caller's timing is then merely unspread).
-pub(crate) fn unit() -> f64 {
+pub fn unit() -> f64 {
     let mut b = [0u8; 4];
     SystemRandom::new().fill(&mut b).map_or(0.0, |()| {
         f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
@@ -17,14 +17,14 @@ pub(crate) fn unit() -> f64 {
 /// Capped exponential backoff with equal jitter, so sidecars that lost the
 /// broker together do not come back in step.
 #[derive(Debug)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     start: Duration,
     cap: Duration,
     cur: Duration,
 }
 
 impl Backoff {
-    pub(crate) fn new(start: Duration, cap: Duration) -> Self {
+    pub fn new(start: Duration, cap: Duration) -> Self {
         Backoff {
             start,
             cap,
@@ -32,12 +32,12 @@ impl Backoff {
         }
     }
 
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.cur = self.start;
     }
 
     /// Between half and all of the current step; the step then doubles.
-    pub(crate) fn next(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         let base = self.cur;
         self.cur = (self.cur * 2).min(self.cap);
         base / 2 + base.mul_f64(unit()) / 2
@@ -60,11 +60,11 @@ mod tests {
         let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
         let mut step = Duration::from_millis(250);
         for _ in 0..12 {
-            let d = b.next();
+            let d = b.next_wait();
             assert!(d >= step / 2 && d <= step, "{d:?} not within {step:?}");
             step = (step * 2).min(Duration::from_secs(30));
         }
         b.reset();
-        assert!(b.next() <= Duration::from_millis(250));
+        assert!(b.next_wait() <= Duration::from_millis(250));
     }
 }

@@ -1,0 +1,250 @@
+//! Change actions on `unbaked run` containers: when a file template with an
+//! `on_change` renders different bytes at a renewal, the broker acts on the
+//! container through the engine (no shared pid namespace, nothing in the
+//! container but the app):
+//!
+//! - `signal`: `POST /containers/{id}/kill?signal=…`: the container's main
+//!   process (the app: the shim `execve`d it; or the shim supervising the
+//!   app for env/fd actions, which forwards it) gets the signal;
+//! - `restart`: `POST /containers/{id}/restart`: the engine's stop, then
+//!   start; the launch is kept through it (see
+//!   [`Containers::container_gone`]), and the shim's new fetch writes a
+//!   fresh file lease, taken as the new baseline;
+//! - `command`: an engine exec of the argv (no shell) as the container's
+//!   user; ok when it exits 0 within [`COMMAND_TIMEOUT`].
+//!
+//! Detection is the one shared state machine ([`Watch`], per launch): by
+//! content hash, debounced, retried with backoff. Every run is audited and
+//! counted through [`Core::action_done`]; a failing one is a line of
+//! `/readyz` ([`detail`]) until it succeeds or its item goes.
+
+use crate::containers::Containers;
+use bollard::query_parameters::{KillContainerOptions, RestartContainerOptions};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use unbaked_api::wire::OnChange;
+use unbaked_broker::audit::{ActionRef, ContainerRef};
+use unbaked_broker::platform::{ActionReport, Core};
+use unbaked_secretsdir::change::{describe, Due};
+
+/// How long a `command` action may run inside the container.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// The engine's grace between SIGTERM and SIGKILL on `restart`.
+pub const STOP_GRACE_SECS: i32 = 10;
+/// Beyond a restart's grace or a command's run, for the engine's answer.
+const ENGINE_SLACK: Duration = Duration::from_secs(20);
+/// How long after a restart a `die` of the container keeps its launch.
+pub const RESTART_HOLD: Duration = Duration::from_secs(60);
+
+/// One due action with what it needs to run and be reported.
+struct Job {
+    launch: String,
+    container: String,
+    workload: String,
+    lease: String,
+    due: Due,
+}
+
+/// Run the launches' due change actions until the task is dropped.
+pub async fn run(core: Arc<dyn Core>, containers: Arc<Containers>) {
+    loop {
+        let next = next_due(&containers);
+        tokio::select! {
+            _ = sleep_until(next) => {}
+            _ = containers.wake_actions.notified() => {}
+        }
+        for job in take_due(&containers, Instant::now()) {
+            let core = core.clone();
+            let containers = containers.clone();
+            tokio::spawn(async move { carry_out(&*core, &containers, job).await });
+        }
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn next_due(containers: &Containers) -> Option<Instant> {
+    containers
+        .launches()
+        .values()
+        .filter(|e| e.bound.is_some())
+        .filter_map(|e| e.watch.next_due())
+        .min()
+}
+
+fn take_due(containers: &Containers, now: Instant) -> Vec<Job> {
+    let mut launches = containers.launches();
+    let mut jobs = Vec::new();
+    for (lid, e) in launches.iter_mut() {
+        let Some(b) = e.bound.as_ref() else {
+            continue;
+        };
+        let (container, lease) = (b.container.clone(), b.lease_id.clone());
+        for due in e.watch.take_due(now) {
+            jobs.push(Job {
+                launch: lid.clone(),
+                container: container.clone(),
+                workload: e.workload.clone(),
+                lease: lease.clone(),
+                due,
+            });
+        }
+    }
+    jobs
+}
+
+async fn carry_out(core: &dyn Core, containers: &Containers, job: Job) {
+    let result = match &job.due.action {
+        OnChange::Signal { signal } => kill(containers, &job.container, signal).await,
+        OnChange::Restart => restart(containers, &job.launch, &job.container).await,
+        OnChange::Command { command } => exec(containers, &job.container, command).await,
+    };
+    {
+        let mut launches = containers.launches();
+        if let Some(e) = launches.get_mut(&job.launch) {
+            e.watch.done(&job.due, result.clone(), Instant::now());
+        }
+    }
+    containers.wake_actions.notify_one();
+    let kind = match job.due.action {
+        OnChange::Signal { .. } => "signal",
+        OnChange::Command { .. } => "command",
+        OnChange::Restart => "restart",
+    };
+    core.action_done(ActionReport {
+        workload: job.workload,
+        lease: job.lease,
+        container: ContainerRef {
+            id: job.container,
+            name: String::new(),
+            unverified: false,
+        },
+        kind,
+        action: ActionRef {
+            item: job.due.id.clone(),
+            from_version: job.due.from_version,
+            to_version: job.due.to_version,
+            changes: job.due.changes,
+            action: describe(&job.due.action),
+            attempt: job.due.attempts,
+            result: String::new(),
+            error: result.err(),
+        },
+    });
+}
+
+fn refused(what: &str, e: impl std::fmt::Display) -> String {
+    format!("the Docker Engine refused {what}: {e}")
+}
+
+async fn kill(containers: &Containers, id: &str, signal: &str) -> Result<(), String> {
+    let client = containers
+        .engine
+        .client()
+        .await
+        .map_err(|e| e.to_string())?;
+    let options = KillContainerOptions {
+        signal: signal.to_string(),
+    };
+    client
+        .kill_container(id, Some(options))
+        .await
+        .map_err(|e| refused(&format!("{signal} to the container's main process"), e))
+}
+
+async fn restart(containers: &Containers, launch: &str, id: &str) -> Result<(), String> {
+    let client = containers
+        .engine
+        .client()
+        .await
+        .map_err(|e| e.to_string())?
+        // The engine answers once the container stopped (up to the grace)
+        // and started again: longer than an ordinary request may take.
+        .with_timeout(Duration::from_secs(STOP_GRACE_SECS as u64) + ENGINE_SLACK);
+    containers.hold_through_restart(launch, Instant::now() + RESTART_HOLD);
+    let options = RestartContainerOptions {
+        signal: None,
+        t: Some(STOP_GRACE_SECS),
+    };
+    client
+        .restart_container(id, Some(options))
+        .await
+        .map_err(|e| refused("a restart", e))
+}
+
+async fn exec(containers: &Containers, id: &str, argv: &[String]) -> Result<(), String> {
+    use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+    use futures_util::StreamExt;
+    let client = containers
+        .engine
+        .client()
+        .await
+        .map_err(|e| e.to_string())?
+        .with_timeout(COMMAND_TIMEOUT + ENGINE_SLACK);
+    let created = client
+        .create_exec(
+            id,
+            CreateExecOptions {
+                cmd: Some(argv.to_vec()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| refused("an exec", e))?;
+    let ran = async {
+        // The output is drained, never kept: a command may print a value.
+        if let StartExecResults::Attached { mut output, .. } = client
+            .start_exec(&created.id, Some(StartExecOptions::default()))
+            .await
+            .map_err(|e| refused("starting an exec", e))?
+        {
+            while let Some(chunk) = output.next().await {
+                chunk.map_err(|e| refused("an exec's output", e))?;
+            }
+        }
+        Ok::<(), String>(())
+    };
+    tokio::time::timeout(COMMAND_TIMEOUT, ran)
+        .await
+        .map_err(|_| format!("{:?} ran longer than {COMMAND_TIMEOUT:?}", argv[0]))??;
+    let inspected = client
+        .inspect_exec(&created.id)
+        .await
+        .map_err(|e| refused("inspecting an exec", e))?;
+    match inspected.exit_code {
+        Some(0) => Ok(()),
+        Some(code) => Err(format!("{:?} exited with {code}", argv[0])),
+        None => Err(format!("{:?}: the engine reported no exit code", argv[0])),
+    }
+}
+
+/// `/readyz` lines: each launch's actions that failed and are being retried.
+pub fn detail(containers: &Containers) -> Vec<String> {
+    let launches = containers.launches();
+    let mut lines = Vec::new();
+    for e in launches.values() {
+        let Some(b) = e.bound.as_ref() else {
+            continue;
+        };
+        for f in e.watch.failing() {
+            lines.push(format!(
+                "action failing (retrying): workload {}, container {}, item {}, {}, {} attempt(s): {}",
+                e.workload,
+                b.container.get(..12).unwrap_or(&b.container),
+                f.id,
+                describe(&f.action),
+                f.attempts,
+                f.error
+            ));
+        }
+    }
+    lines.sort();
+    lines
+}
