@@ -421,37 +421,21 @@ impl BrokerConfig {
             StoreKind::Memory | StoreKind::File | StoreKind::Vault => None,
         };
         let stale = vault.as_ref().is_some_and(|v| v.max_stale.is_some());
-        let file_store = match store {
-            StoreKind::File => {
-                let (key_file, key_from) =
-                    store_key_file(opts.store_key_file, file.broker.store_key_file, &env)
-                        .ok_or(ConfigError::NoStoreKey)?;
-                Some(FileStoreConfig {
-                    dir: opts
-                        .store_dir
-                        .or(file.broker.store_dir)
-                        .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_DIR)),
-                    key_file,
-                    key_from,
-                    max_versions: file.broker.store_max_versions.unwrap_or(0),
-                })
-            }
+        let versions = match store {
+            StoreKind::File => Some(file.broker.store_max_versions.unwrap_or(0)),
             // The Vault store's stale copies: the same directory and key.
-            StoreKind::Vault if stale => {
-                let (key_file, key_from) =
-                    store_key_file(opts.store_key_file, file.broker.store_key_file, &env)
-                        .ok_or(ConfigError::NoStoreKey)?;
-                Some(FileStoreConfig {
-                    dir: opts
-                        .store_dir
-                        .or(file.broker.store_dir)
-                        .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_DIR)),
-                    key_file,
-                    key_from,
-                    max_versions: 1,
-                })
-            }
+            StoreKind::Vault if stale => Some(1),
             StoreKind::Memory | StoreKind::Vault | StoreKind::Crypt => None,
+        };
+        let file_store = match versions {
+            Some(n) => Some(file_store(
+                opts.store_dir.or(file.broker.store_dir),
+                opts.store_key_file,
+                file.broker.store_key_file,
+                &env,
+                n,
+            )?),
+            None => None,
         };
         let socket_access = SocketAccess {
             mode: match opts.socket_mode.or(file.broker.socket_mode) {
@@ -474,6 +458,25 @@ impl BrokerConfig {
             admin_addr: opts.admin_addr.or(file.broker.admin_addr),
         })
     }
+}
+
+/// The sealed store directory and its key (`--store file`, or the Vault
+/// store's stale copies), keeping `max_versions` of each secret.
+fn file_store(
+    dir: Option<PathBuf>,
+    key_flag: Option<PathBuf>,
+    key_in_file: Option<PathBuf>,
+    env: &impl Fn(&str) -> Option<String>,
+    max_versions: u32,
+) -> Result<FileStoreConfig, ConfigError> {
+    let (key_file, key_from) =
+        store_key_file(key_flag, key_in_file, env).ok_or(ConfigError::NoStoreKey)?;
+    Ok(FileStoreConfig {
+        dir: dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_DIR)),
+        key_file,
+        key_from,
+        max_versions,
+    })
 }
 
 /// `[crypt]`, once parsed: what is missing is named with the file.
