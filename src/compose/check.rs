@@ -7,10 +7,11 @@
 //! host's mount identities are unknown, so mounts are judged by path).
 
 use super::locate::{key, Located, Step};
-use super::{origin, service, unescape};
-use std::path::Path;
-use unbaked_docker::launch::{self, Facts, HostFacts, Inputs};
-use unbaked_policy::PolicySet;
+use super::service::{self, Converted};
+use super::{origin, unescape};
+use std::path::{Path, PathBuf};
+use unbaked_docker::launch::{self, Facts, HostFacts, Inputs, Refusal};
+use unbaked_policy::{Policy, PolicySet};
 use unbaked_review::rules::check::COMPOSE_SERVICE;
 use unbaked_review::{Finding, Level};
 use yaml_rust2::{Yaml, YamlLoader};
@@ -19,54 +20,22 @@ const HINT: &str = "unbaked compose refuses this service before anything starts:
 
 /// The findings of one compose file against `set`.
 pub fn check_file(file: &Path, set: &PolicySet) -> Vec<Finding> {
-    let finding = |line: usize, field: String, message: String| Finding {
-        level: Level::Error,
-        rule: COMPOSE_SERVICE,
-        file: file.to_path_buf(),
-        line,
-        column: 1,
-        field,
-        message,
-        hint: Some(HINT.into()),
+    let (text, doc) = match read(file) {
+        Ok(read) => read,
+        Err((line, message)) => return vec![finding(file, line, String::new(), message)],
     };
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) => {
-            return vec![finding(
-                0,
-                String::new(),
-                format!("cannot read the compose file: {e}"),
-            )]
-        }
-    };
-    let mut doc = match YamlLoader::load_from_str(&text) {
-        Ok(mut docs) if !docs.is_empty() => docs.swap_remove(0),
-        Ok(_) => Yaml::Null,
-        Err(e) => {
-            return vec![finding(
-                e.marker().line(),
-                String::new(),
-                format!("not YAML: {e}"),
-            )]
-        }
-    };
-    unescape(&mut doc);
     let located = [Located::parse(file, &text)];
-    let parent = file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let base = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
-    let line_of = |name: &str, field: &[Step]| {
-        let mut path = vec![key("services"), key(name)];
-        path.extend(field.iter().cloned());
-        located[0].line(&path).map_or(0, |(l, _)| l)
-    };
-    let project = service::Project {
-        name: "",
-        config: &doc,
-        files: &located,
-        base: Some(&base),
+    let base = base_dir(file);
+    let checking = Checking {
+        file,
+        located: &located[0],
+        set,
+        project: service::Project {
+            name: "",
+            config: &doc,
+            files: &located,
+            base: Some(&base),
+        },
     };
     let mut out = Vec::new();
     let Some(services) = doc["services"].as_hash() else {
@@ -76,65 +45,82 @@ pub fn check_file(file: &Path, set: &PolicySet) -> Vec<Finding> {
         let (Some(name), Some(w)) = (name.as_str(), service::workload(svc)) else {
             continue;
         };
-        let here = |field: &[Step]| (line_of(name, field), dotted(name, field));
-        let Some(policy) = set.iter().find(|p| p.workload == w) else {
-            let (line, field) = here(&[key("labels")]);
-            out.push(finding(
-                line,
-                field,
+        checking.service(name, &w, svc, &mut out);
+    }
+    out
+}
+
+/// A finding of rule `compose-service` at `file:line`, `field`.
+fn finding(file: &Path, line: usize, field: String, message: String) -> Finding {
+    Finding {
+        level: Level::Error,
+        rule: COMPOSE_SERVICE,
+        file: file.to_path_buf(),
+        line,
+        column: 1,
+        field,
+        message,
+        hint: Some(HINT.into()),
+    }
+}
+
+/// The file's text and its first YAML document (with `$$` read as
+/// compose reads it), or the line and reason it cannot be read.
+fn read(file: &Path) -> Result<(String, Yaml), (usize, String)> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| (0, format!("cannot read the compose file: {e}")))?;
+    let mut doc = match YamlLoader::load_from_str(&text) {
+        Ok(mut docs) if !docs.is_empty() => docs.swap_remove(0),
+        Ok(_) => Yaml::Null,
+        Err(e) => return Err((e.marker().line(), format!("not YAML: {e}"))),
+    };
+    unescape(&mut doc);
+    Ok((text, doc))
+}
+
+/// The directory relative bind sources start from, as compose takes it:
+/// the file's own.
+fn base_dir(file: &Path) -> PathBuf {
+    let parent = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf())
+}
+
+/// One compose file being checked.
+struct Checking<'a> {
+    file: &'a Path,
+    located: &'a Located,
+    set: &'a PolicySet,
+    project: service::Project<'a>,
+}
+
+impl Checking<'_> {
+    /// The findings of service `name`, labelled for workload `w`: a
+    /// workload no policy defines, a service that does not convert, or
+    /// each refusal of its launch plan at the field it came from.
+    fn service(&self, name: &str, w: &str, svc: &Yaml, out: &mut Vec<Finding>) {
+        let Some(policy) = self.set.iter().find(|p| p.workload == w) else {
+            out.push(self.finding(
+                name,
+                &[key("labels")],
                 format!("service {name:?} names workload {w:?}, which no policy in the directory defines"),
             ));
-            continue;
+            return;
         };
-        let converted = match service::convert(name, svc, project) {
+        let converted = match service::convert(name, svc, self.project) {
             Ok(c) => c,
             Err(reason) => {
-                let (line, field) = here(&[]);
-                out.push(finding(line, field, format!("service {name:?}: {reason}")));
-                continue;
+                out.push(self.finding(name, &[], format!("service {name:?}: {reason}")));
+                return;
             }
         };
-        let has_files = policy
-            .grants_of(&[unbaked_api::wire::DeliveryKind::File])
-            .next()
-            .is_some()
-            || policy
-                .templates_of(&[unbaked_api::wire::DeliveryKind::File])
-                .next()
-                .is_some();
-        // What the engine would say, by default paths: the plan's checks
-        // that need the image or the host judge these placeholders.
-        let facts = Facts {
-            image_cmd: vec!["(the image's command)".into()],
-            shim: "/usr/local/lib/unbaked/unbaked-static".into(),
-            broker_socket: "/run/unbaked/broker.sock".into(),
-            containers_dir: "/run/unbaked/containers".into(),
-            sockets: vec!["/var/run/docker.sock".into(), "/run/docker.sock".into()],
-            launch_id: "check".into(),
-            compose: true,
-            container_files: has_files,
-            ..Facts::default()
-        };
-        let refusals = match launch::parse(&converted.args) {
-            Err(r) => r,
-            Ok(parsed) => launch::plan_with(
-                &parsed,
-                &Inputs {
-                    policy,
-                    policies: set,
-                    facts: &facts,
-                    host: &HostFacts::default(),
-                },
-            )
-            .err()
-            .unwrap_or_default(),
-        };
-        for r in refusals {
+        for r in refusals(&converted, policy, self.set) {
             let field = origin(&converted, &r.reason);
-            let (line, field) = here(&field);
-            out.push(finding(
-                line,
-                field,
+            out.push(self.finding(
+                name,
+                &field,
                 format!(
                     "service {name:?} (workload {w:?}): {}: {}",
                     r.rule, r.reason
@@ -142,7 +128,65 @@ pub fn check_file(file: &Path, set: &PolicySet) -> Vec<Finding> {
             ));
         }
     }
-    out
+
+    /// A finding at `services.NAME.<field>`: its line in the file (0 when
+    /// not found) and its dotted path.
+    fn finding(&self, name: &str, field: &[Step], message: String) -> Finding {
+        let mut path = vec![key("services"), key(name)];
+        path.extend(field.iter().cloned());
+        let line = self.located.line(&path).map_or(0, |(l, _)| l);
+        finding(self.file, line, dotted(name, field), message)
+    }
+}
+
+/// What the launch plan refuses in a converted service: its arguments as
+/// `docker run` would parse them, planned against `policy` with
+/// placeholder facts.
+fn refusals(converted: &Converted, policy: &Policy, set: &PolicySet) -> Vec<Refusal> {
+    let facts = placeholder_facts(delivers_files(policy));
+    match launch::parse(&converted.args) {
+        Err(r) => r,
+        Ok(parsed) => launch::plan_with(
+            &parsed,
+            &Inputs {
+                policy,
+                policies: set,
+                facts: &facts,
+                host: &HostFacts::default(),
+            },
+        )
+        .err()
+        .unwrap_or_default(),
+    }
+}
+
+/// Whether the workload gets any secret as a file (a grant or a
+/// template), so the plan adds the per-container secrets tmpfs.
+fn delivers_files(policy: &Policy) -> bool {
+    policy
+        .grants_of(&[unbaked_api::wire::DeliveryKind::File])
+        .next()
+        .is_some()
+        || policy
+            .templates_of(&[unbaked_api::wire::DeliveryKind::File])
+            .next()
+            .is_some()
+}
+
+/// What the engine would say, by default paths: the plan's checks that
+/// need the image or the host judge these placeholders.
+fn placeholder_facts(container_files: bool) -> Facts {
+    Facts {
+        image_cmd: vec!["(the image's command)".into()],
+        shim: "/usr/local/lib/unbaked/unbaked-static".into(),
+        broker_socket: "/run/unbaked/broker.sock".into(),
+        containers_dir: "/run/unbaked/containers".into(),
+        sockets: vec!["/var/run/docker.sock".into(), "/run/docker.sock".into()],
+        launch_id: "check".into(),
+        compose: true,
+        container_files,
+        ..Facts::default()
+    }
 }
 
 /// `services.web.volumes[1]`

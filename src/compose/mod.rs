@@ -165,16 +165,7 @@ fn decide(
     rt: &tokio::runtime::Runtime,
 ) -> Result<Decision, ComposeError> {
     let config = project_config(cli, &split.globals)?;
-    let version = service::scalar(&config["version"]);
-    let located: Vec<Located> = files
-        .paths
-        .iter()
-        .filter_map(|p| {
-            let text = std::fs::read_to_string(p).ok()?;
-            Some(Located::parse(p, &text))
-        })
-        .collect();
-    let v2 = config["name"].as_str().is_some();
+    let located = locate_files(files);
     let project_name = project_name(&config, split, files);
     let project = service::Project {
         name: &project_name,
@@ -182,22 +173,7 @@ fn decide(
         files: &located,
         base: None,
     };
-    let mut workloads = Vec::new();
-    let mut refused = Vec::new();
-    if let Some(services) = config["services"].as_hash() {
-        for (name, svc) in services {
-            let (Some(name), Some(w)) = (name.as_str(), service::workload(svc)) else {
-                continue;
-            };
-            match service::convert(name, svc, project) {
-                Ok(c) => workloads.push((name.to_string(), w, c)),
-                Err(reason) => refused.push(format!(
-                    "{}: service {name:?}: {reason}",
-                    at(&located, name, &[])
-                )),
-            }
-        }
-    }
+    let (workloads, mut refused) = convert_services(project);
     if workloads.is_empty() && refused.is_empty() {
         if cfg.dry_run {
             eprintln!("unbaked compose: no service is labelled {}: compose runs unchanged, without an override", service::LABEL);
@@ -206,7 +182,15 @@ fn decide(
         return Ok(Decision::Plain);
     }
     let (shim, shim_static) = find_shim()?;
-    let client = Client::new(&cfg.socket);
+    let planner = Planner {
+        rt,
+        client: Client::new(&cfg.socket),
+        shim: shim.display().to_string(),
+        located: &located,
+        rest: &split.rest,
+        version: service::scalar(&config["version"]),
+        v2: config["name"].as_str().is_some(),
+    };
     // Every service is planned as a dry run first, so a refusal of any one
     // leaves nothing behind; then, for real, the broker creates each
     // workload's ICC-off network (the plans are the same).
@@ -216,39 +200,9 @@ fn decide(
         if !dry_run && (!real || !refused.is_empty()) {
             break;
         }
-        overlay = overlay::Overlay::default();
-        overlay.version = version.clone();
-        for (name, w, converted) in &workloads {
-            let req = LaunchRequest {
-                workload: Some(w.clone()),
-                args: converted.args.clone(),
-                shim: shim.display().to_string(),
-                dry_run,
-                compose: true,
-            };
-            match rt.block_on(client.launch(&req)) {
-                Ok(plan) => {
-                    if dry_run {
-                        for warning in &plan.warnings {
-                            eprintln!("unbaked: warning: service {name:?}: {warning}");
-                        }
-                    }
-                    overlay
-                        .add(name, converted, &plan.args, v2)
-                        .map_err(|e| ComposeError::Plan(format!("service {name:?}: {e}")))?;
-                }
-                Err(ClientError::Api(e)) if e.code == ErrorCode::Denied => {
-                    refused.push(refusal_lines(&located, name, w, converted, &e.message));
-                }
-                Err(e @ ClientError::Unavailable { .. }) if tears_down(&split.rest) => {
-                    // Stopping or reading a project needs no plan: compose
-                    // finds its containers by label, and the workload
-                    // networks are external, so it leaves them alone.
-                    eprintln!("unbaked: warning: {e}: running compose without the override (enough for `{}`)", split.rest[0]);
-                    return Ok(Decision::Plain);
-                }
-                Err(e) => return Err(e.into()),
-            }
+        match planner.pass(&workloads, dry_run, &mut refused)? {
+            Some(o) => overlay = o,
+            None => return Ok(Decision::Plain),
         }
     }
     if !refused.is_empty() {
@@ -266,6 +220,123 @@ fn decide(
         return Ok(Decision::DryRun);
     }
     Ok(Decision::Override(text))
+}
+
+/// The project's files as the user wrote them, for pointing at
+/// `file:line` (a file that cannot be read is left out: compose read it).
+fn locate_files(files: &args::Files) -> Vec<Located> {
+    files
+        .paths
+        .iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(p).ok()?;
+            Some(Located::parse(p, &text))
+        })
+        .collect()
+}
+
+/// A service labelled for a workload, converted.
+struct Workload {
+    service: String,
+    workload: String,
+    converted: service::Converted,
+}
+
+/// Every labelled service converted, and the refusal (`file:line:
+/// service "NAME": why`) of each one that cannot be.
+fn convert_services(project: service::Project<'_>) -> (Vec<Workload>, Vec<String>) {
+    let mut workloads = Vec::new();
+    let mut refused = Vec::new();
+    let Some(services) = project.config["services"].as_hash() else {
+        return (workloads, refused);
+    };
+    for (name, svc) in services {
+        let (Some(name), Some(w)) = (name.as_str(), service::workload(svc)) else {
+            continue;
+        };
+        match service::convert(name, svc, project) {
+            Ok(converted) => workloads.push(Workload {
+                service: name.to_string(),
+                workload: w,
+                converted,
+            }),
+            Err(reason) => refused.push(format!(
+                "{}: service {name:?}: {reason}",
+                at(project.files, name, &[])
+            )),
+        }
+    }
+    (workloads, refused)
+}
+
+/// What planning the workload services with the broker needs.
+struct Planner<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    client: Client,
+    /// The static shim's path, for the plan's bind mount.
+    shim: String,
+    located: &'a [Located],
+    /// The compose command and its arguments.
+    rest: &'a [String],
+    /// The project's file version, which the override repeats.
+    version: Option<String>,
+    /// The compose CLI is v2 (it prints the project's `name:`).
+    v2: bool,
+}
+
+impl Planner<'_> {
+    /// Ask the broker for every service's plan (`dry_run`: change nothing)
+    /// and gather the override. A denial is added to `refused` and the
+    /// other services are still planned, so every refusal shows at once.
+    /// `None`: the broker is away and the command needs no plan (a
+    /// teardown), so compose runs as the user asked.
+    fn pass(
+        &self,
+        workloads: &[Workload],
+        dry_run: bool,
+        refused: &mut Vec<String>,
+    ) -> Result<Option<overlay::Overlay>, ComposeError> {
+        let mut overlay = overlay::Overlay::default();
+        overlay.version = self.version.clone();
+        for Workload {
+            service: name,
+            workload: w,
+            converted,
+        } in workloads
+        {
+            let req = LaunchRequest {
+                workload: Some(w.clone()),
+                args: converted.args.clone(),
+                shim: self.shim.clone(),
+                dry_run,
+                compose: true,
+            };
+            match self.rt.block_on(self.client.launch(&req)) {
+                Ok(plan) => {
+                    if dry_run {
+                        for warning in &plan.warnings {
+                            eprintln!("unbaked: warning: service {name:?}: {warning}");
+                        }
+                    }
+                    overlay
+                        .add(name, converted, &plan.args, self.v2)
+                        .map_err(|e| ComposeError::Plan(format!("service {name:?}: {e}")))?;
+                }
+                Err(ClientError::Api(e)) if e.code == ErrorCode::Denied => {
+                    refused.push(refusal_lines(self.located, name, w, converted, &e.message));
+                }
+                Err(e @ ClientError::Unavailable { .. }) if tears_down(self.rest) => {
+                    // Stopping or reading a project needs no plan: compose
+                    // finds its containers by label, and the workload
+                    // networks are external, so it leaves them alone.
+                    eprintln!("unbaked: warning: {e}: running compose without the override (enough for `{}`)", self.rest[0]);
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Some(overlay))
+    }
 }
 
 /// Compose commands that create or start nothing, so they may run without

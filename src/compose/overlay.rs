@@ -9,7 +9,7 @@
 
 use super::service::Converted;
 use serde_json::{json, Map, Value};
-use unbaked_docker::launch::{mount_fields, parse};
+use unbaked_docker::launch::{mount_fields, parse, Parsed};
 
 /// The override of every workload service.
 #[derive(Debug, Default)]
@@ -33,91 +33,18 @@ impl Overlay {
         plan_args: &[String],
         v2: bool,
     ) -> Result<(), String> {
-        let args = plan_args.get(1..).unwrap_or_default();
-        let parsed = parse(args).map_err(|r| {
-            format!(
-                "the broker's plan does not parse: {}",
-                r.iter()
-                    .map(|r| r.reason.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
-        })?;
+        let parsed = parse_plan(plan_args)?;
         let mut theirs = converted.options.clone();
-        let mut svc = Map::new();
-        let mut push = |field: &str, v: Value| {
-            let e = svc
-                .entry(field.to_string())
-                .or_insert_with(|| Value::Array(Vec::new()));
-            if let Value::Array(a) = e {
-                a.push(v);
-            }
-        };
-        let mut labels = Map::new();
-        let mut networks = Map::new();
-        let mut entrypoint = None;
-        let mut read_only = None;
-        let mut cgroup = None;
-        let mut bridge = false;
+        let mut additions = Additions::default();
         for o in &parsed.options {
             // The user's own: already in their files.
-            if let Some(i) = theirs
-                .iter()
-                .position(|(n, v)| *n == o.name && v.as_deref() == o.value.as_deref())
-            {
-                theirs.remove(i);
+            if take_theirs(&mut theirs, &o.name, o.value.as_deref()) {
                 continue;
             }
             let v = o.value.clone().unwrap_or_default();
-            match o.name.as_str() {
-                "cap-drop" => push("cap_drop", json!(v)),
-                "cap-add" => push("cap_add", json!(v)),
-                "security-opt" => push("security_opt", json!(v)),
-                "group-add" => push("group_add", json!(v)),
-                "tmpfs" => push("tmpfs", json!(v)),
-                "read-only" => read_only = Some(v.is_empty() || v == "true"),
-                "cgroupns" => cgroup = Some(v),
-                // The daemon's default bridge (started with --icc=false) is
-                // not a network compose can attach by name.
-                "network" if v == "bridge" => bridge = true,
-                "network" => {
-                    networks.insert(v.clone(), json!({}));
-                    self.networks
-                        .insert(v.clone(), json!({"external": true, "name": v}));
-                }
-                "label" => {
-                    let (k, val) = v.split_once('=').unwrap_or((&v, ""));
-                    labels.insert(k.to_string(), json!(val));
-                }
-                "mount" => push("volumes", bind(&v)?),
-                "entrypoint" => entrypoint = Some(v),
-                other => {
-                    return Err(format!(
-                        "the broker's plan adds --{other}, which unbaked compose cannot express in an override: upgrade both together"
-                    ))
-                }
-            }
+            additions.option(&o.name, v, &mut self.networks)?;
         }
-        let Some(entrypoint) = entrypoint else {
-            return Err("the broker's plan has no shim entrypoint".into());
-        };
-        if let Some(ro) = read_only {
-            svc.insert("read_only".into(), json!(ro));
-        }
-        if let (Some(c), true) = (cgroup, v2) {
-            svc.insert("cgroup".into(), json!(c));
-        }
-        if !labels.is_empty() {
-            svc.insert("labels".into(), Value::Object(labels));
-        }
-        if !networks.is_empty() {
-            svc.insert("networks".into(), Value::Object(networks));
-        }
-        if bridge {
-            svc.insert("network_mode".into(), json!("bridge"));
-        }
-        svc.insert("entrypoint".into(), json!([entrypoint]));
-        svc.insert("command".into(), json!(parsed.command));
+        let svc = additions.into_service(&parsed.command, v2)?;
         self.services.insert(name.to_string(), Value::Object(svc));
         Ok(())
     }
@@ -138,6 +65,134 @@ impl Overlay {
         let mut text = serde_json::to_string_pretty(&v).unwrap_or_default();
         text.push('\n');
         text
+    }
+}
+
+/// The broker's plan (`run OPTIONS IMAGE COMMAND`) split by the same
+/// parser that checked it.
+fn parse_plan(plan_args: &[String]) -> Result<Parsed, String> {
+    let args = plan_args.get(1..).unwrap_or_default();
+    parse(args).map_err(|r| {
+        format!(
+            "the broker's plan does not parse: {}",
+            r.iter()
+                .map(|r| r.reason.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })
+}
+
+/// Whether option `name`=`value` is one of the user's own (`theirs`); if
+/// so it is used up, so a plan that repeats it adds the second copy.
+fn take_theirs(
+    theirs: &mut Vec<(String, Option<String>)>,
+    name: &str,
+    value: Option<&str>,
+) -> bool {
+    match theirs
+        .iter()
+        .position(|(n, v)| n == name && v.as_deref() == value)
+    {
+        Some(i) => {
+            theirs.remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
+/// What a plan adds to one service, gathered option by option, then
+/// written as the service's override fields.
+#[derive(Default)]
+struct Additions {
+    /// The list fields (`cap_drop`, `volumes`...), each in the plan's order.
+    lists: Map<String, Value>,
+    labels: Map<String, Value>,
+    networks: Map<String, Value>,
+    entrypoint: Option<String>,
+    read_only: Option<bool>,
+    cgroup: Option<String>,
+    /// The daemon's default bridge (started with --icc=false): compose's
+    /// `network_mode`, not a network it can attach by name.
+    bridge: bool,
+}
+
+impl Additions {
+    /// Append `v` to list field `field`.
+    fn push(&mut self, field: &str, v: Value) {
+        let e = self
+            .lists
+            .entry(field.to_string())
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(a) = e {
+            a.push(v);
+        }
+    }
+
+    /// One option the plan adds (`--name value`). A network also goes into
+    /// `project_networks`, declared external: the broker created it. An
+    /// option compose has no field for is an error, never dropped.
+    fn option(
+        &mut self,
+        name: &str,
+        v: String,
+        project_networks: &mut Map<String, Value>,
+    ) -> Result<(), String> {
+        match name {
+            "cap-drop" => self.push("cap_drop", json!(v)),
+            "cap-add" => self.push("cap_add", json!(v)),
+            "security-opt" => self.push("security_opt", json!(v)),
+            "group-add" => self.push("group_add", json!(v)),
+            "tmpfs" => self.push("tmpfs", json!(v)),
+            "read-only" => self.read_only = Some(v.is_empty() || v == "true"),
+            "cgroupns" => self.cgroup = Some(v),
+            "network" if v == "bridge" => self.bridge = true,
+            "network" => {
+                self.networks.insert(v.clone(), json!({}));
+                project_networks.insert(v.clone(), json!({"external": true, "name": v}));
+            }
+            "label" => {
+                let (k, val) = v.split_once('=').unwrap_or((&v, ""));
+                self.labels.insert(k.to_string(), json!(val));
+            }
+            "mount" => self.push("volumes", bind(&v)?),
+            "entrypoint" => self.entrypoint = Some(v),
+            other => {
+                return Err(format!(
+                    "the broker's plan adds --{other}, which unbaked compose cannot express in an override: upgrade both together"
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// The service's override: the gathered fields, the shim as
+    /// entrypoint and the plan's `command` (the shim's arguments around the
+    /// image's command). `cgroup:` only for a compose CLI that knows it.
+    fn into_service(self, command: &[String], v2: bool) -> Result<Map<String, Value>, String> {
+        let Some(entrypoint) = self.entrypoint else {
+            return Err("the broker's plan has no shim entrypoint".into());
+        };
+        let mut svc = self.lists;
+        if let Some(ro) = self.read_only {
+            svc.insert("read_only".into(), json!(ro));
+        }
+        if let (Some(c), true) = (self.cgroup, v2) {
+            svc.insert("cgroup".into(), json!(c));
+        }
+        if !self.labels.is_empty() {
+            svc.insert("labels".into(), Value::Object(self.labels));
+        }
+        if !self.networks.is_empty() {
+            svc.insert("networks".into(), Value::Object(self.networks));
+        }
+        if self.bridge {
+            svc.insert("network_mode".into(), json!("bridge"));
+        }
+        svc.insert("entrypoint".into(), json!([entrypoint]));
+        svc.insert("command".into(), json!(command));
+        Ok(svc)
     }
 }
 

@@ -123,11 +123,13 @@ fn words(y: &Yaml, field: &str) -> Result<Option<Vec<String>>, String> {
     }
 }
 
+/// A conversion under way.
 struct Out {
     c: Converted,
 }
 
 impl Out {
+    /// Add option `--name[=value]`, from the field at `at`.
     fn opt(&mut self, name: &str, value: Option<String>, at: Vec<Step>) {
         let spelled = match value.as_deref() {
             None | Some("") => format!("--{name}"),
@@ -142,23 +144,56 @@ impl Out {
     }
 }
 
-/// The `docker run` arguments of service `name`.
+/// The `docker run` arguments of service `name`, in the order `docker run`
+/// would be written: options, image, command.
 pub fn convert(name: &str, svc: &Yaml, project: Project<'_>) -> Result<Converted, String> {
-    let at = |field: &str| vec![key(field)];
-    let item = |field: &str, i: usize| vec![key(field), Step::Index(i)];
-    let mut out = Out {
-        c: Converted::default(),
-    };
     let image = svc["image"].as_str().ok_or_else(|| {
         "has no image: a workload service must name its image (build it first and give it `image:`), so its entrypoint and command can be wrapped".to_string()
     })?;
+    let mut out = Out {
+        c: Converted::default(),
+    };
+    single_settings(&mut out, svc);
+    networks(&mut out, svc, name, project);
+    list_settings(&mut out, svc);
+    devices(&mut out, svc);
+    if svc["init"].as_bool() == Some(true) {
+        out.opt("init", None, field("init"));
+    }
+    for (i, v) in list(&svc["volumes"]) {
+        let (flag, value) = volume(v, project)?;
+        out.opt(flag, Some(value), item("volumes", i));
+    }
+    labels(&mut out, svc);
+    // Names only: the plan warns when a grant replaces one.
+    for env_name in env_names(&svc["environment"]) {
+        out.opt("env", Some(env_name), field("environment"));
+    }
+    command(&mut out, svc, image)?;
+    Ok(out.c)
+}
+
+/// `services.NAME.<field>`, as a path under the service.
+fn field(name: &str) -> Vec<Step> {
+    vec![key(name)]
+}
+
+/// `services.NAME.<field>[i]`, as a path under the service.
+fn item(name: &str, i: usize) -> Vec<Step> {
+    vec![key(name), Step::Index(i)]
+}
+
+/// The single-valued settings: privileged, read-only, the namespaces, the
+/// user, and `network_mode` (`service:x` and `container:x` share another
+/// container's network namespace, which `docker run` spells `container:`).
+fn single_settings(out: &mut Out, svc: &Yaml) {
     if svc["privileged"].as_bool() == Some(true) {
-        out.opt("privileged", None, at("privileged"));
+        out.opt("privileged", None, field("privileged"));
     }
     if let Some(ro) = svc["read_only"].as_bool() {
-        out.opt("read-only", Some(ro.to_string()), at("read_only"));
+        out.opt("read-only", Some(ro.to_string()), field("read_only"));
     }
-    for (field, flag) in [
+    for (name, flag) in [
         ("pid", "pid"),
         ("ipc", "ipc"),
         ("uts", "uts"),
@@ -166,20 +201,23 @@ pub fn convert(name: &str, svc: &Yaml, project: Project<'_>) -> Result<Converted
         ("cgroup", "cgroupns"),
         ("user", "user"),
     ] {
-        if let Some(v) = scalar(&svc[field]) {
-            out.opt(flag, Some(v), at(field));
+        if let Some(v) = scalar(&svc[name]) {
+            out.opt(flag, Some(v), field(name));
         }
     }
-    // network_mode: `service:x` / `container:x` share another's namespace.
     if let Some(mode) = scalar(&svc["network_mode"]) {
         let v = match mode.strip_prefix("service:") {
             Some(s) => format!("container:{s}"),
             None => mode,
         };
-        out.opt("network", Some(v), at("network_mode"));
+        out.opt("network", Some(v), field("network_mode"));
     }
-    networks(&mut out, svc, name, project);
-    for (field, flag) in [
+}
+
+/// The list settings that map one item to one repeated option
+/// (`cap_add: [A, B]` is `--cap-add=A --cap-add=B`).
+fn list_settings(out: &mut Out, svc: &Yaml) {
+    for (name, flag) in [
         ("cap_add", "cap-add"),
         ("cap_drop", "cap-drop"),
         ("security_opt", "security-opt"),
@@ -189,12 +227,17 @@ pub fn convert(name: &str, svc: &Yaml, project: Project<'_>) -> Result<Converted
         ("external_links", "link"),
         ("volumes_from", "volumes-from"),
     ] {
-        for (i, v) in list(&svc[field]) {
+        for (i, v) in list(&svc[name]) {
             if let Some(v) = scalar(v) {
-                out.opt(flag, Some(v), item(field, i));
+                out.opt(flag, Some(v), item(name, i));
             }
         }
     }
+}
+
+/// `devices:`, short (`SRC:DST:PERM`) or long (`source`, `target`,
+/// `permissions`), as `--device SRC:DST[:PERM]`.
+fn devices(out: &mut Out, svc: &Yaml) {
     for (i, d) in list(&svc["devices"]) {
         let v = match d {
             Yaml::Hash(_) => {
@@ -209,13 +252,11 @@ pub fn convert(name: &str, svc: &Yaml, project: Project<'_>) -> Result<Converted
         };
         out.opt("device", Some(v), item("devices", i));
     }
-    if svc["init"].as_bool() == Some(true) {
-        out.opt("init", None, at("init"));
-    }
-    for (i, v) in list(&svc["volumes"]) {
-        let (flag, value) = volume(v, project)?;
-        out.opt(flag, Some(value), item("volumes", i));
-    }
+}
+
+/// The service's labels but the workload label itself (the plan adds its
+/// own), each as `--label KEY=VALUE`.
+fn labels(out: &mut Out, svc: &Yaml) {
     for (k, v) in label_pairs(&svc["labels"]) {
         if k != LABEL {
             out.opt(
@@ -225,28 +266,28 @@ pub fn convert(name: &str, svc: &Yaml, project: Project<'_>) -> Result<Converted
             );
         }
     }
-    // Names only: the plan warns when a grant replaces one.
-    for env_name in env_names(&svc["environment"]) {
-        out.opt("env", Some(env_name), at("environment"));
-    }
+}
+
+/// `--entrypoint`, then the image and the command. docker's
+/// `--entrypoint` is one program, so the rest of a compose `entrypoint:`
+/// goes first in the command (docker drops the image's Cmd either way).
+fn command(out: &mut Out, svc: &Yaml, image: &str) -> Result<(), String> {
     let entrypoint = words(&svc["entrypoint"], "entrypoint")?;
     let command = words(&svc["command"], "command")?;
     let mut tail = Vec::new();
     if let Some(ep) = entrypoint {
-        // docker's --entrypoint is one program; its arguments go first in
-        // the command (docker drops the image's Cmd either way).
         let mut ep = ep.into_iter();
         out.opt(
             "entrypoint",
             Some(ep.next().unwrap_or_default()),
-            at("entrypoint"),
+            field("entrypoint"),
         );
         tail.extend(ep);
     }
     tail.extend(command.unwrap_or_default());
     out.c.args.push(image.to_string());
     out.c.args.extend(tail);
-    Ok(out.c)
+    Ok(())
 }
 
 /// The service's networks by engine name. Compose v2 lists the project's
