@@ -182,7 +182,36 @@ fn isolation(p: &Policy, site: &Site<'_>, out: &mut Vec<Finding>) {
             "run the engine with userns-remap (or rootless) and set [isolation] user_namespace = true",
         ));
     }
-    let weakened: [(bool, &str, &str, &str); 7] = [
+    for (weak, field, message, hint) in weakened(i) {
+        if weak {
+            out.push(site.finding(
+                lint::ISOLATION_WEAKENED,
+                format!("isolation.{field}"),
+                message.into(),
+                hint,
+            ));
+        }
+    }
+    for (k, cap) in i.cap_add.iter().enumerate() {
+        let message = if ROOT_LIKE_CAPS.contains(&cap.as_str()) {
+            format!("capability {cap:?} is added, and it is close to root on the host")
+        } else {
+            format!("capability {cap:?} is added to the container")
+        };
+        out.push(site.finding(
+            lint::ISOLATION_WEAKENED,
+            format!("isolation.cap_add[{k}]"),
+            message,
+            "remove it unless the workload cannot run without it",
+        ));
+    }
+}
+
+/// Each weakening `[isolation]` setting: (weakened here, field, message, hint).
+fn weakened(
+    i: &unbaked_policy::Isolation,
+) -> [(bool, &'static str, &'static str, &'static str); 7] {
+    [
         (
             i.inter_container_traffic,
             "inter_container_traffic",
@@ -225,30 +254,7 @@ fn isolation(p: &Policy, site: &Site<'_>, out: &mut Vec<Finding>) {
             "read_only_rootfs = false lets the workload write its root filesystem, where a copied secret outlives the tmpfs",
             "set it to true and mount a tmpfs where the application must write",
         ),
-    ];
-    for (weak, field, message, hint) in weakened {
-        if weak {
-            out.push(site.finding(
-                lint::ISOLATION_WEAKENED,
-                format!("isolation.{field}"),
-                message.into(),
-                hint,
-            ));
-        }
-    }
-    for (k, cap) in i.cap_add.iter().enumerate() {
-        let message = if ROOT_LIKE_CAPS.contains(&cap.as_str()) {
-            format!("capability {cap:?} is added, and it is close to root on the host")
-        } else {
-            format!("capability {cap:?} is added to the container")
-        };
-        out.push(site.finding(
-            lint::ISOLATION_WEAKENED,
-            format!("isolation.cap_add[{k}]"),
-            message,
-            "remove it unless the workload cannot run without it",
-        ));
-    }
+    ]
 }
 
 fn grants(p: &Policy, site: &Site<'_>, limits: &Limits, out: &mut Vec<Finding>) {
