@@ -541,41 +541,14 @@ fn store_key_file(
 
 /// `[vault]` over the environment. Messages name variables, never values.
 fn resolve_vault(
-    v: VaultSection,
+    mut v: VaultSection,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<VaultConfig, ConfigError> {
     let bad = |m: &str| ConfigError::Vault(m.to_string());
     let first = |names: [&str; 2]| names.iter().find_map(|n| env(n).filter(|v| !v.is_empty()));
-    let addresses: Vec<String> = match v.address {
-        Some(OneOrMany::One(a)) => vec![a],
-        Some(OneOrMany::Many(list)) => list,
-        None => first(ENV_VAULT_ADDR)
-            .map(|a| a.split(',').map(|s| s.trim().to_string()).collect())
-            .unwrap_or_default(),
-    };
-    if addresses.is_empty() {
-        return Err(bad(
-            "no address: set VAULT_ADDR (or BAO_ADDR), or address in [vault] of the config file",
-        ));
-    }
-    for a in &addresses {
-        crate::store::vault::check_address(a).map_err(|e| ConfigError::Vault(e.to_string()))?;
-    }
-    // The CLI's token helper file, when no token is given otherwise.
-    let token_file = env("HOME")
-        .filter(|h| !h.is_empty())
-        .map(|h| Path::new(&h).join(VAULT_TOKEN_FILE))
-        .filter(|p| p.is_file());
-    let auth = match v.auth {
-        Some(a) => vault_auth(a)?,
-        None => match (first(ENV_VAULT_TOKEN), token_file) {
-            (Some(t), _) => VaultAuth::Token(Secret::new(t.into_bytes())),
-            (None, Some(f)) => VaultAuth::TokenFile(f),
-            (None, None) => return Err(bad(
-                "no credentials: set VAULT_TOKEN (or BAO_TOKEN), write ~/.vault-token, or [vault.auth] with method = \"approle\" (role_id_file, secret_id_file), method = \"cert\" (client_cert, client_key) or method = \"token\" (token_file)",
-            )),
-        },
-    };
+    let addresses = vault_addresses(v.address.take(), env)?;
+    let auth = vault_credentials(v.auth.take(), env)?;
+    let (skip_verify, max_retries, timeout) = vault_client_settings(&v, env)?;
     let path =
         |file: Option<PathBuf>, names: [&str; 2]| file.or_else(|| first(names).map(PathBuf::from));
     let client_cert = match (
@@ -590,30 +563,6 @@ fn resolve_vault(
     if matches!(auth, VaultAuth::Cert { .. }) && client_cert.is_none() {
         return Err(bad("[vault.auth] method = \"cert\" needs a client certificate: set client_cert and client_key in [vault] (or VAULT_CLIENT_CERT and VAULT_CLIENT_KEY)"));
     }
-    let skip_verify = match v.skip_verify {
-        Some(b) => b,
-        None => match first(ENV_VAULT_SKIP_VERIFY) {
-            Some(text) => go_bool(&text).ok_or_else(|| {
-                bad("VAULT_SKIP_VERIFY (or BAO_SKIP_VERIFY) is not a boolean: write true or false (1, t, T, TRUE, 0, f, F, FALSE, as the CLI reads it)")
-            })?,
-            None => false,
-        },
-    };
-    let max_retries = match v.max_retries {
-        Some(n) => n,
-        None => match first(ENV_VAULT_MAX_RETRIES) {
-            Some(text) => text.trim().parse().map_err(|_| {
-                bad("VAULT_MAX_RETRIES (or BAO_MAX_RETRIES) is not a whole number: write e.g. 2 (0 for none)")
-            })?,
-            None => 0,
-        },
-    };
-    let timeout = match v.client_timeout.or_else(|| first(ENV_VAULT_CLIENT_TIMEOUT)) {
-        Some(text) => go_duration(&text).ok_or_else(|| {
-            bad("VAULT_CLIENT_TIMEOUT (or BAO_CLIENT_TIMEOUT, [vault] client_timeout) is not a positive duration: write seconds (5) or a duration (\"5s\", \"1m\")")
-        })?,
-        None => crate::store::vault::BUDGET,
-    };
     let max_stale = match v.max_stale {
         Some(text) => Some(
             humantime::parse_duration(&text)
@@ -644,6 +593,97 @@ fn resolve_vault(
         auth,
         max_stale,
     })
+}
+
+/// Where Vault is: `[vault] address` (one or a list), else `VAULT_ADDR`
+/// (comma-separated, as the CLI reads it); each checked.
+fn vault_addresses(
+    address: Option<OneOrMany>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Vec<String>, ConfigError> {
+    let addresses: Vec<String> = match address {
+        Some(OneOrMany::One(a)) => vec![a],
+        Some(OneOrMany::Many(list)) => list,
+        None => first_set(env, ENV_VAULT_ADDR)
+            .map(|a| a.split(',').map(|s| s.trim().to_string()).collect())
+            .unwrap_or_default(),
+    };
+    if addresses.is_empty() {
+        return Err(ConfigError::Vault(
+            "no address: set VAULT_ADDR (or BAO_ADDR), or address in [vault] of the config file"
+                .into(),
+        ));
+    }
+    for a in &addresses {
+        crate::store::vault::check_address(a).map_err(|e| ConfigError::Vault(e.to_string()))?;
+    }
+    Ok(addresses)
+}
+
+/// How the broker logs in: `[vault.auth]`, else `VAULT_TOKEN`, else the
+/// CLI's token helper file (`~/.vault-token`).
+fn vault_credentials(
+    auth: Option<VaultAuthSection>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<VaultAuth, ConfigError> {
+    if let Some(a) = auth {
+        return vault_auth(a);
+    }
+    let token_file = env("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| Path::new(&h).join(VAULT_TOKEN_FILE))
+        .filter(|p| p.is_file());
+    match (first_set(env, ENV_VAULT_TOKEN), token_file) {
+        (Some(t), _) => Ok(VaultAuth::Token(Secret::new(t.into_bytes()))),
+        (None, Some(f)) => Ok(VaultAuth::TokenFile(f)),
+        (None, None) => Err(ConfigError::Vault(
+            "no credentials: set VAULT_TOKEN (or BAO_TOKEN), write ~/.vault-token, or [vault.auth] with method = \"approle\" (role_id_file, secret_id_file), method = \"cert\" (client_cert, client_key) or method = \"token\" (token_file)".into(),
+        )),
+    }
+}
+
+/// The first of a variable and its OpenBao twin that is set and not empty.
+fn first_set(env: &impl Fn(&str) -> Option<String>, names: [&str; 2]) -> Option<String> {
+    names.iter().find_map(|n| env(n).filter(|v| !v.is_empty()))
+}
+
+/// `VAULT_SKIP_VERIFY`, `VAULT_MAX_RETRIES` and `VAULT_CLIENT_TIMEOUT`,
+/// read as the CLI reads them; `[vault]` wins.
+fn vault_client_settings(
+    v: &VaultSection,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(bool, u32, std::time::Duration), ConfigError> {
+    let bad = |m: &str| ConfigError::Vault(m.to_string());
+    let first = |names: [&str; 2]| first_set(env, names);
+    let skip_verify = match v.skip_verify {
+        Some(b) => b,
+        None => match first(ENV_VAULT_SKIP_VERIFY) {
+            Some(text) => go_bool(&text).ok_or_else(|| {
+                bad("VAULT_SKIP_VERIFY (or BAO_SKIP_VERIFY) is not a boolean: write true or false (1, t, T, TRUE, 0, f, F, FALSE, as the CLI reads it)")
+            })?,
+            None => false,
+        },
+    };
+    let max_retries = match v.max_retries {
+        Some(n) => n,
+        None => match first(ENV_VAULT_MAX_RETRIES) {
+            Some(text) => text.trim().parse().map_err(|_| {
+                bad("VAULT_MAX_RETRIES (or BAO_MAX_RETRIES) is not a whole number: write e.g. 2 (0 for none)")
+            })?,
+            None => 0,
+        },
+    };
+    let timeout = match v
+        .client_timeout
+        .clone()
+        .or_else(|| first(ENV_VAULT_CLIENT_TIMEOUT))
+    {
+        Some(text) => go_duration(&text).ok_or_else(|| {
+            bad("VAULT_CLIENT_TIMEOUT (or BAO_CLIENT_TIMEOUT, [vault] client_timeout) is not a positive duration: write seconds (5) or a duration (\"5s\", \"1m\")")
+        })?,
+        None => crate::store::vault::BUDGET,
+    };
+    Ok((skip_verify, max_retries, timeout))
 }
 
 /// Go's `strconv.ParseBool`, which the CLI reads VAULT_SKIP_VERIFY with.
