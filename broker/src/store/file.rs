@@ -470,6 +470,70 @@ struct Replayed {
     export_end: Option<(u64, u64)>,
 }
 
+/// An existing log: its header checked against the key, replayed into an
+/// index; only then (the key known good) a torn tail cut and a leftover
+/// compaction file removed.
+fn reopen_log(
+    mut file: std::fs::File,
+    path: &Path,
+    new: &Path,
+    master: &StoreKey,
+    key_from: &'static str,
+    sealer: &Sealer,
+    max_versions: u32,
+) -> Result<(Log, Index), FileStoreError> {
+    let st = fstat(&file).map_err(|e| io("inspect", path)(e.into()))?;
+    if st.st_mode & libc_s_ifmt() != libc_s_ifreg() {
+        return Err(FileStoreError::NotAStore { path: path.into() });
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(io("read the store log", path))?;
+    let disk = check_header(&bytes, master, path, key_from)?;
+    let r = replay(&bytes, &disk, sealer, max_versions, path)?;
+    // Past this point the key is known good: clean up.
+    if r.end < bytes.len() as u64 {
+        tracing::warn!(
+            log = %path.display(),
+            bytes = bytes.len() as u64 - r.end,
+            "cutting off a torn last record: a write that was never acknowledged"
+        );
+        file.set_len(r.end)
+            .and_then(|()| file.sync_all())
+            .map_err(io("cut the torn tail of", path))?;
+    }
+    let _ = std::fs::remove_file(new);
+    let dead = (r.end - HEADER_LEN as u64).saturating_sub(r.index.live_bytes());
+    let log = Log {
+        file,
+        len: r.end,
+        seq: r.seq,
+        disk,
+        dead,
+        broken: None,
+    };
+    Ok((log, r.index))
+}
+
+/// A new log: a fresh id, its header written and synced.
+fn create_log(dir: &Path, path: &Path, master: &StoreKey) -> Result<Log, FileStoreError> {
+    let disk = DiskKey::derive(master, new_id().map_err(io("create", path))?);
+    let header = disk
+        .header()
+        .map_err(|e| io("create", path)(std::io::Error::other(e.to_string())))?;
+    let file = write_new_log(dir, &[&header]).map_err(|e| match e {
+        NewLogError::Before(e) | NewLogError::After(e) => io("create the store log", path)(e),
+    })?;
+    Ok(Log {
+        file,
+        len: header.len() as u64,
+        seq: 0,
+        disk,
+        dead: 0,
+        broken: None,
+    })
+}
+
 impl FileStore {
     /// Load the key, then open (or create) the store. Refusals change
     /// nothing on disk: the key is checked against the log's header before
@@ -501,59 +565,10 @@ impl FileStore {
             .custom_flags(nofollow())
             .open(&path)
         {
-            Ok(mut file) => {
-                let st = fstat(&file).map_err(|e| io("inspect", &path)(e.into()))?;
-                if st.st_mode & libc_s_ifmt() != libc_s_ifreg() {
-                    return Err(FileStoreError::NotAStore { path });
-                }
-                let mut bytes = Vec::new();
-                file.read_to_end(&mut bytes)
-                    .map_err(io("read the store log", &path))?;
-                let disk = check_header(&bytes, &master, &path, key_from)?;
-                let r = replay(&bytes, &disk, &sealer, max_versions, &path)?;
-                // Past this point the key is known good: clean up.
-                if r.end < bytes.len() as u64 {
-                    tracing::warn!(
-                        log = %path.display(),
-                        bytes = bytes.len() as u64 - r.end,
-                        "cutting off a torn last record: a write that was never acknowledged"
-                    );
-                    file.set_len(r.end)
-                        .and_then(|()| file.sync_all())
-                        .map_err(io("cut the torn tail of", &path))?;
-                }
-                let _ = std::fs::remove_file(&new);
-                let dead = (r.end - HEADER_LEN as u64).saturating_sub(r.index.live_bytes());
-                let log = Log {
-                    file,
-                    len: r.end,
-                    seq: r.seq,
-                    disk,
-                    dead,
-                    broken: None,
-                };
-                (log, r.index)
-            }
+            Ok(file) => reopen_log(file, &path, &new, &master, key_from, &sealer, max_versions)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let _ = std::fs::remove_file(&new);
-                let disk = DiskKey::derive(&master, new_id().map_err(io("create", &path))?);
-                let header = disk
-                    .header()
-                    .map_err(|e| io("create", &path)(std::io::Error::other(e.to_string())))?;
-                let file = write_new_log(dir, &[&header]).map_err(|e| match e {
-                    NewLogError::Before(e) | NewLogError::After(e) => {
-                        io("create the store log", &path)(e)
-                    }
-                })?;
-                let log = Log {
-                    file,
-                    len: header.len() as u64,
-                    seq: 0,
-                    disk,
-                    dead: 0,
-                    broken: None,
-                };
-                (log, Index::default())
+                (create_log(dir, &path, &master)?, Index::default())
             }
             Err(e) => return Err(io("open the store log", &path)(e)),
         };
