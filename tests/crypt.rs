@@ -250,13 +250,7 @@ fn v3_values_reach_exec_and_the_sidecar_and_a_rotation_arrives_within_one_ttl() 
         b.audit_text()
     );
     let log = std::fs::read_to_string(&sidecar_log).unwrap();
-    let updated = log
-        .lines()
-        .filter(|l| l.contains("secrets updated"))
-        .filter_map(log_time)
-        .find(|t| *t >= changed)
-        .unwrap_or_else(|| panic!("the sidecar logged no update after the change:\n{log}"));
-    let took = updated.duration_since(changed).unwrap_or_default();
+    let took = logged_after(&log, "secrets updated", changed);
     assert!(
         took <= Duration::from_secs(3) + Duration::from_secs(1),
         "the rotation reached the sidecar {took:?} after the watch saw it (ttl 3s):\n{log}"

@@ -142,13 +142,7 @@ fn kv_reads_reach_exec_and_the_sidecar_and_rotation_reaches_a_running_sidecar() 
         .last()
         .expect("OpenBao audited the rotation");
     let log = std::fs::read_to_string(&sidecar_log).unwrap();
-    let updated = log
-        .lines()
-        .filter(|l| l.contains("secrets updated"))
-        .filter_map(log_time)
-        .find(|t| *t >= written)
-        .unwrap_or_else(|| panic!("the sidecar logged no update after the write:\n{log}"));
-    let took = updated.duration_since(written).unwrap_or_default();
+    let took = logged_after(&log, "secrets updated", written);
     assert!(
         took <= Duration::from_secs(3) + Duration::from_secs(1),
         "the rotation reached the sidecar {took:?} after the write (ttl 3s):\n{log}"
