@@ -17,7 +17,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
-use unbaked_api::wire::{DeliveryKind, FetchRequest};
+use unbaked_api::wire::{DeliveryKind, FetchRequest, Lease};
 
 #[derive(Debug, Clone)]
 pub struct ExecConfig {
@@ -51,9 +51,9 @@ impl fmt::Debug for Prepared {
     }
 }
 
-/// Fetch the env and fd grants and build the command around them.
-pub async fn prepare(cfg: &ExecConfig) -> Result<Prepared, ExecError> {
-    let (program, _) = cfg.command.split_first().ok_or(ExecError::EmptyCommand)?;
+/// The workload's env and fd grants, and the client that fetched them
+/// (it renews the lease when the shim stays the command's parent).
+async fn fetch_variables(cfg: &ExecConfig) -> Result<(Client, Lease), ExecError> {
     let client = Client::new(&cfg.socket).with_token_file(cfg.token_file.clone());
     let lease = client
         .fetch(&FetchRequest {
@@ -61,6 +61,13 @@ pub async fn prepare(cfg: &ExecConfig) -> Result<Prepared, ExecError> {
             kinds: vec![DeliveryKind::Env, DeliveryKind::Fd],
         })
         .await?;
+    Ok((client, lease))
+}
+
+/// Fetch the env and fd grants and build the command around them.
+pub async fn prepare(cfg: &ExecConfig) -> Result<Prepared, ExecError> {
+    let (program, _) = cfg.command.split_first().ok_or(ExecError::EmptyCommand)?;
+    let (client, lease) = fetch_variables(cfg).await?;
     let (command, fds, names) = build(&cfg.command, &lease.items)?;
     tracing::debug!(workload = %cfg.workload, lease_id = %lease.lease_id, variables = names.len(), "exec grants prepared");
     let supervise = (!lease.actions.is_empty())
@@ -103,13 +110,7 @@ pub async fn run_with_files(
     }
     let outcome = async {
         let (program, _) = cfg.command.split_first().ok_or(ExecError::EmptyCommand)?;
-        let client = Client::new(&cfg.socket).with_token_file(cfg.token_file.clone());
-        let lease = client
-            .fetch(&FetchRequest {
-                workload: cfg.workload.clone(),
-                kinds: vec![DeliveryKind::Env, DeliveryKind::Fd],
-            })
-            .await?;
+        let (client, lease) = fetch_variables(cfg).await?;
         let (command, fds, _) = build(&cfg.command, &lease.items)?;
         crate::supervise::Supervised::new(client, cfg.command.clone(), lease)
             .serve(command, fds, program.clone())
