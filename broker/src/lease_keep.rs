@@ -212,7 +212,13 @@ impl LeaseKeeper {
             .into_iter()
             .map(|m| {
                 let deadline = at(m.expires_ms);
-                let left = deadline.duration_since(wall).unwrap_or_default();
+                // Never past one ttl from now: a clock set back while the
+                // broker was down must not stretch a lease (a removed grant
+                // still goes within one ttl).
+                let left = deadline
+                    .duration_since(wall)
+                    .unwrap_or_default()
+                    .min(Duration::from_millis(m.ttl_ms));
                 (
                     LeaseRecord {
                         id: m.id,

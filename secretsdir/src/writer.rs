@@ -590,6 +590,10 @@ impl SecretsDir {
         create: bool,
     ) -> Result<Option<OwnedFd>, DirError> {
         let mut dir = self.dup_root().map_err(|e| self.io("", e))?;
+        // Every directory on the way stays on the checked tmpfs: a volume
+        // or a host directory mounted below it (`-v x:/run/secrets/tls`)
+        // is disk, where no secret may land.
+        let root_dev = fstat(&dir).map_err(|e| self.io("", e))?.st_dev;
         for (i, comp) in parents.iter().enumerate() {
             if create {
                 match mkdirat(&dir, *comp, Mode::from_bits_truncate(0o711)) {
@@ -610,6 +614,12 @@ impl SecretsDir {
                 }
                 Err(e) => return Err(self.io(rel, e)),
             };
+            if fstat(&dir).map_err(|e| self.io(rel, e))?.st_dev != root_dev {
+                return Err(DirError::BadPath {
+                    path: rel.into(),
+                    reason: "a parent directory is another file system mounted inside the secrets directory: unmount it",
+                });
+            }
         }
         Ok(Some(dir))
     }
@@ -898,6 +908,24 @@ mod tests {
                 Err(DirError::NotTmpfs { .. })
             ));
         }
+    }
+
+    /// A file system mounted inside the secrets directory (a volume at
+    /// /run/secrets/tls) is not written through; the control beside it is.
+    #[test]
+    fn a_mount_below_the_root_is_not_written_through() {
+        let t = shm();
+        std::fs::create_dir(t.path().join("tls")).unwrap();
+        let below = t.path().join("tls");
+        sys::mount_tmpfs(&below, 1 << 20).expect("mount a tmpfs (the suite runs as root)");
+        let mut dir = SecretsDir::open(t.path(), 1 << 20).unwrap();
+        let r = dir.write("tls/cert", b"crt", 0o400, None, None);
+        assert!(matches!(r, Err(DirError::BadPath { .. })), "{r:?}");
+        assert!(!below.join("cert").exists());
+        dir.write("db/password", b"pw", 0o400, None, None).unwrap();
+        assert_eq!(std::fs::read(t.path().join("db/password")).unwrap(), b"pw");
+        dir.wipe_all().unwrap();
+        nix::mount::umount(&below).unwrap();
     }
 
     #[test]

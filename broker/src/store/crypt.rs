@@ -495,16 +495,13 @@ impl Shared {
             .map_err(|e| Attempt::Unreachable(error_chain(&e)))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| Attempt::Unreachable(error_chain(&e)))?;
-        if body.len() > MAX_VALUE * 2 {
-            return Err(Attempt::Invalid(format!(
-                "etcd answered {} bytes, more than a value may hold",
-                body.len()
-            )));
-        }
+        let body = bounded_body(resp).await.map_err(|e| match e {
+            BodyError::Read(e) => Attempt::Unreachable(error_chain(&e)),
+            BodyError::TooLong => Attempt::Invalid(format!(
+                "etcd answered more than {} bytes, more than a value may hold",
+                MAX_VALUE * 2
+            )),
+        })?;
         Ok((status, headers, body))
     }
 
@@ -717,10 +714,16 @@ impl Shared {
                 .get("x-etcd-index")
                 .and_then(|h| h.to_str().ok())
                 .and_then(|s| s.parse::<u64>().ok());
-            let body = match resp.bytes().await {
+            let body = match bounded_body(resp).await {
                 Ok(b) => b,
                 // etcd ends an idle long poll now and then.
-                Err(e) => return error_chain(&e),
+                Err(BodyError::Read(e)) => return error_chain(&e),
+                Err(BodyError::TooLong) => {
+                    return format!(
+                        "etcd answered a watch with more than {} bytes",
+                        MAX_VALUE * 2
+                    )
+                }
             };
             let Ok(v) = serde_json::from_slice::<Value>(&body) else {
                 return format!("etcd answered {status} with a body that is not JSON");
@@ -748,6 +751,29 @@ impl Shared {
     }
 }
 
+enum BodyError {
+    Read(reqwest::Error),
+    TooLong,
+}
+
+/// An answer's body, read chunk by chunk and refused past twice the
+/// largest value (a declared larger length unread): an endpoint that
+/// streams without end cannot fill the broker's memory.
+async fn bounded_body(mut resp: reqwest::Response) -> Result<bytes::Bytes, BodyError> {
+    let cap = MAX_VALUE * 2;
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(BodyError::TooLong);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(BodyError::Read)? {
+        if body.len() + chunk.len() > cap {
+            return Err(BodyError::TooLong);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 /// A reqwest error and its causes on one line (the URL names the etcd
 /// endpoint and key, never a value).
 fn error_chain(e: &reqwest::Error) -> String {
@@ -773,8 +799,10 @@ impl CryptStore {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let all_http = cfg.endpoints.iter().all(|e| e.starts_with("http://"));
         let build = |timeout: Option<Duration>| {
+            // etcd never redirects: a redirect is someone else answering.
             let mut b = reqwest::ClientBuilder::new()
                 .tls_backend_rustls()
+                .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(cfg.timeout);
             match timeout {
                 Some(t) => b = b.timeout(t),

@@ -157,11 +157,18 @@ impl IssuedTable {
                 .collect();
             self.next_version
                 .fetch_max(e.version + 1, Ordering::Relaxed);
+            let longest = e.request.ttl * 2;
             leases.entry(e.lease).or_default().push(Held {
                 request: e.request,
                 handle: e.handle,
                 version: e.version,
-                valid_until: now + e.valid_until.duration_since(wall).unwrap_or_default(),
+                // At most the twice-the-ttl it is issued for, whatever the
+                // wall clock did while the broker was down.
+                valid_until: now
+                    + e.valid_until
+                        .duration_since(wall)
+                        .unwrap_or_default()
+                        .min(longest),
                 renewable: e.renewable,
                 fields,
             });

@@ -130,6 +130,16 @@ impl StaleCopies {
             AT.to_string(),
             Secret::from_slice(unix_ms(now).to_string().as_bytes()),
         );
+        // The store keeps the highest version of a path: a lower one
+        // (the secret deleted and made again in Vault) would be dropped
+        // and the older copy served in an outage. Forget it first.
+        if self
+            .copies
+            .current(path)
+            .is_some_and(|kept| kept.version > d.version)
+        {
+            self.copies.remove(path)?;
+        }
         self.copies.put_version(path, d.version, &data)?;
         self.seen().insert(
             path.to_string(),
@@ -184,9 +194,11 @@ impl StaleCopies {
             Some(s) if s.version == d.version => s.confirmed.max(on_disk),
             _ => on_disk,
         };
+        // A confirmation in the future (a clock set back, a host booted
+        // before NTP) says nothing about the copy's age: never fresh.
         let age = SystemTime::now()
             .duration_since(confirmed)
-            .unwrap_or(Duration::ZERO);
+            .unwrap_or(Duration::MAX);
         let value = d.data.remove(key)?;
         Some((
             Versioned {
