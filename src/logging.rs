@@ -25,16 +25,13 @@ const AUDIT_FIELD: &str = "record";
 
 /// Set up the global subscriber on stderr.
 pub fn init(json: bool, default_filter: &str) {
-    let asked = std::env::var("UNBAKED_LOG").unwrap_or_default();
     let mut filter = tracing_subscriber::EnvFilter::try_from_env("UNBAKED_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    // The OpenPGP library (the crypt store) traces packet parsing at debug;
-    // only warnings unless UNBAKED_LOG names it: a decryption's internals
-    // have no place in an operator's log.
-    if !asked.contains("pgp") {
-        if let Ok(d) = "pgp=warn".parse() {
-            filter = filter.add_directive(d);
-        }
+    // The OpenPGP library (the crypt store) traces packet parsing at debug,
+    // secret key parameters included: warnings only, whatever UNBAKED_LOG
+    // says (added last, this directive wins over the variable's).
+    if let Ok(d) = "pgp=warn".parse() {
+        filter = filter.add_directive(d);
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

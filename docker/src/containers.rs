@@ -35,6 +35,10 @@ use unbaked_policy::Caller;
 use unbaked_secretsdir::change::Watch;
 use unbaked_secretsdir::{apply_mapped, Applied, DirError, SecretsDir};
 
+
+/// The kernel's default overflow uid and gid (`/proc/sys/kernel/overflowuid`).
+const OVERFLOW_ID: u32 = 65534;
+
 /// `<socket dir>/containers` cannot be made private to the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum BaseDirError {
@@ -122,9 +126,12 @@ impl LaunchEntry {
         let maps = self.id_maps.as_ref();
         let map = |uid: Option<u32>, gid: Option<u32>| match maps {
             None => (uid, gid),
+            // An id the container does not map is what the kernel shows
+            // for it, the overflow id (nobody), never the raw number, which
+            // would name another host user (0: root).
             Some((u, g)) => (
-                uid.map(|id| crate::engine::map_id(u, id).unwrap_or(id)),
-                gid.map(|id| crate::engine::map_id(g, id).unwrap_or(id)),
+                uid.map(|id| crate::engine::map_id(u, id).unwrap_or(OVERFLOW_ID)),
+                gid.map(|id| crate::engine::map_id(g, id).unwrap_or(OVERFLOW_ID)),
             ),
         };
         let (applied, _) = apply_mapped(dir, &self.applied, lease, now, Some(owner), &map)?;
