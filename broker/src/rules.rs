@@ -222,8 +222,8 @@ deny_rules! {
         "the caller already holds as many unclaimed launches as one uid may",
         "Start the containers of earlier launches (or let them lapse), then launch again.";
     LaunchWorkload = "launch.workload", Launch,
-        "a container started by `unbaked run` for one workload asked for another's secrets, whatever its labels",
-        "Start a container for the other workload with its own `unbaked run --workload`.";
+        "a container started by `unbaked run` or `unbaked compose` for one workload (its launch or its `io.unbaked.workload` label) asked for another's secrets, whatever its other labels",
+        "Start a container for the other workload with its own `unbaked run --workload`, or label the compose service with that workload.";
     LaunchUnknown = "launch.unknown", Launch,
         "the container carries a launch label this broker does not know (the broker restarted since, or the label was set by hand)",
         "Start the container again with `unbaked run`.";

@@ -35,7 +35,6 @@ use unbaked_policy::Caller;
 use unbaked_secretsdir::change::Watch;
 use unbaked_secretsdir::{apply_mapped, Applied, DirError, SecretsDir};
 
-
 /// The kernel's default overflow uid and gid (`/proc/sys/kernel/overflowuid`).
 const OVERFLOW_ID: u32 = 65534;
 

@@ -46,6 +46,19 @@ impl Platform for Containers {
     /// only X's, whatever labels it carries; one naming a launch this
     /// broker does not know (it restarted since) is served nothing.
     fn gate(&self, evidence: &dyn Evidence, workload: &str) -> Result<(), Refusal> {
+        // A container the wrappers started names its workload: it asks for
+        // that one only (a compose replica carries no launch label).
+        if let Some(w) = live(evidence).and_then(|c| c.labels.get(crate::launch::LABEL_WORKLOAD)) {
+            if w != workload {
+                return Err(Refusal::new(
+                    DenyRule::LaunchWorkload,
+                    format!(
+                        "this container is labelled {}={w:?} and gets only that workload's secrets",
+                        crate::launch::LABEL_WORKLOAD
+                    ),
+                ));
+            }
+        }
         let Some(launch_id) = live(evidence).and_then(|c| c.labels.get(LABEL_LAUNCH)) else {
             return Ok(());
         };
