@@ -266,7 +266,42 @@ fn convert_services(project: service::Project<'_>) -> (Vec<Workload>, Vec<String
             )),
         }
     }
+    let names: Vec<&str> = workloads.iter().map(|w| w.service.as_str()).collect();
+    for (name, svc) in services {
+        let Some(name) = name.as_str() else { continue };
+        for (field, target) in shared_with(svc) {
+            if target != name && names.contains(&target.as_str()) {
+                refused.push(format!(
+                    "{}: service {name:?}: {field} reaches into workload service {target:?} (its processes, memory or files): give it a network, pid and ipc of its own and no volumes_from or links to a workload service",
+                    at(project.files, name, &[key(field)])
+                ));
+            }
+        }
+    }
     (workloads, refused)
+}
+
+/// The services whose namespaces, volumes or ports `svc` shares:
+/// `network_mode`/`pid`/`ipc: service:X`, `volumes_from: [X]`, `links: [X]`.
+fn shared_with(svc: &Yaml) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for field in ["network_mode", "pid", "ipc"] {
+        if let Some(target) = svc[field].as_str().and_then(|v| v.strip_prefix("service:")) {
+            out.push((field, target.to_string()));
+        }
+    }
+    for field in ["volumes_from", "links"] {
+        for item in svc[field].as_vec().map(Vec::as_slice).unwrap_or_default() {
+            let Some(item) = item.as_str() else { continue };
+            if item.starts_with("container:") {
+                continue;
+            }
+            let item = item.strip_prefix("service:").unwrap_or(item);
+            let target = item.split(':').next().unwrap_or(item);
+            out.push((field, target.to_string()));
+        }
+    }
+    out
 }
 
 /// What planning the workload services with the broker needs.
@@ -531,4 +566,33 @@ fn exec(
             source: err,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an unlabelled service could use to reach into a workload
+    /// service: every form is seen; a container reference is not a service.
+    #[test]
+    fn shared_namespaces_volumes_and_links_are_found() {
+        let svc = &YamlLoader::load_from_str(
+            "network_mode: service:billing\npid: service:billing\nipc: host\nvolumes_from: [billing, 'reports:ro', 'container:x']\nlinks: ['billing:db']\n",
+        )
+        .unwrap()[0];
+        let found = shared_with(svc);
+        assert_eq!(
+            found,
+            [
+                ("network_mode", "billing".to_string()),
+                ("pid", "billing".to_string()),
+                ("volumes_from", "billing".to_string()),
+                ("volumes_from", "reports".to_string()),
+                ("links", "billing".to_string()),
+            ]
+        );
+        // Control: a service of its own shares nothing.
+        let own = &YamlLoader::load_from_str("image: web\nnetwork_mode: bridge\n").unwrap()[0];
+        assert!(shared_with(own).is_empty());
+    }
 }
