@@ -35,6 +35,8 @@ pub const STOP_GRACE_SECS: i32 = 10;
 const ENGINE_SLACK: Duration = Duration::from_secs(20);
 /// How long after a restart a `die` of the container keeps its launch.
 pub const RESTART_HOLD: Duration = Duration::from_secs(60);
+/// How long the hold lasts once the engine answered the restart.
+const AFTER_RESTART: Duration = Duration::from_secs(5);
 
 /// One due action with what it needs to run and be reported.
 struct Job {
@@ -171,10 +173,15 @@ async fn restart(containers: &Containers, launch: &str, id: &str) -> Result<(), 
         signal: None,
         t: Some(STOP_GRACE_SECS),
     };
-    client
+    let done = client
         .restart_container(id, Some(options))
         .await
-        .map_err(|e| refused("a restart", e))
+        .map_err(|e| refused("a restart", e));
+    // The restart is over (done or failed): the hold only outlives it by
+    // the time its `die` event may take to arrive, so a container removed
+    // meanwhile, or between retries, loses its files as usual.
+    containers.hold_through_restart(launch, Instant::now() + AFTER_RESTART);
+    done
 }
 
 async fn exec(containers: &Containers, id: &str, argv: &[String]) -> Result<(), String> {
