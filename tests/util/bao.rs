@@ -118,9 +118,13 @@ impl Server {
                 &format!("-dev-listen-address=127.0.0.1:{port}"),
             ]);
         }
+        // HOME of its own: a dev server writes its root token to
+        // ~/.vault-token through a fixed temp name, and two started at once
+        // under one HOME race on it ("rename ... no such file").
         cmd.arg(format!("-config={}", self.config.display()))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.dir)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&self.log).unwrap())
             .stderr(
