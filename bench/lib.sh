@@ -47,7 +47,9 @@ install_tools() {
 # and the load generator, built outside the product workspace.
 build_binaries() {
   say "building the static release unbaked (scripts/build-static) and bench/loadgen"
-  UNBAKED=$("$ROOT/scripts/build-static")
+  # BENCH_UNBAKED: a static build made already (e.g. by scripts/test).
+  UNBAKED=${BENCH_UNBAKED:-$("$ROOT/scripts/build-static")}
+  [ -x "$UNBAKED" ] || die "no static unbaked at '$UNBAKED'"
   CARGO_TARGET_DIR="$ROOT/target/bench-loadgen" \
     cargo build --quiet --release --locked --manifest-path "$ROOT/bench/loadgen/Cargo.toml" >&2
   LOADGEN="$ROOT/target/bench-loadgen/release/unbaked-loadgen"
@@ -175,10 +177,10 @@ EOF
 # start_broker NAME STORE: a broker on $W/NAME.sock with an audit file on
 # disk, logging as the shipped systemd unit has it (info, JSON: one line
 # per grant) to a file.
-start_broker() {
-  local name=$1 store=$2
+start_broker() { # NAME STORE [POLICY_DIR (written already; default: write_policies)]
+  local name=$1 store=$2 policies=${3:-}
   local sock="$W/$name.sock"
-  write_policies "$W/policies"
+  [ -n "$policies" ] || { policies="$W/policies" && write_policies "$policies"; }
   (
     export UNBAKED_LOG=info UNBAKED_LOG_FORMAT=json
     # The token reaches the broker in its environment, not its arguments.
@@ -187,7 +189,7 @@ start_broker() {
       VAULT_TOKEN=$(cat "$S/broker_token")
       export VAULT_TOKEN
     fi
-    exec "$UNBAKED" broker --socket "$sock" --policies "$W/policies" \
+    exec "$UNBAKED" broker --socket "$sock" --policies "$policies" \
       --store "$store" --audit "$W/$name-audit.log" >/dev/null 2>"$W/$name.log"
   ) &
   echo $! >"$W/$name.pid"
@@ -209,6 +211,19 @@ stop_pid_file() {
   done
   kill -KILL "$pid" 2>/dev/null || true
   rm -f "$f"
+}
+
+# The FROM-scratch busybox image the Docker sections run (built once,
+# cached by the engine); prints its tag. DOCKER_HOST picks the engine.
+busybox_image() {
+  local ctx="$W/image" image=unbaked-bench/busybox:1
+  mkdir -p "$ctx"
+  cp /bin/busybox "$ctx/busybox"
+  printf '%s\n' 'FROM scratch' 'COPY busybox /bin/busybox' \
+    'RUN ["/bin/busybox", "--install", "-s", "/bin"]' \
+    'ENTRYPOINT ["/bin/sh", "-c"]' 'CMD ["true"]' >"$ctx/Dockerfile"
+  docker build -q -t "$image" "$ctx" >/dev/null || die "docker build of $image failed"
+  echo "$image"
 }
 
 # VmRSS of a process, kB.
