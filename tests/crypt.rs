@@ -8,7 +8,7 @@
 mod util;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 use util::etcd::{Etcd, Gpg};
 use util::*;
@@ -90,40 +90,6 @@ fn broker(config: &str, grants: &str) -> Broker {
         .policy("app.toml", &host_policy("app", grants))
         .config(config)
         .start()
-}
-
-/// `unbaked exec` printing `$VAR`: (exit code, stdout, stderr).
-fn exec_env(b: &Broker, var: &str) -> (Option<i32>, Vec<u8>, String) {
-    let out = output(b.cmd().args([
-        "exec",
-        "--workload",
-        "app",
-        "--",
-        "sh",
-        "-c",
-        &format!("printf %s \"${var}\""),
-    ]));
-    (out.status.code(), out.stdout, text(&out.stderr))
-}
-
-fn spawn_sidecar(b: &Broker, dir: &Path) -> Child {
-    b.cmd()
-        .args(["sidecar", "--workload", "app", "--dir"])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(b.dir.path().join("sidecar.log")).unwrap())
-        .spawn()
-        .unwrap()
-}
-
-fn sigterm(child: &mut Child) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    child.wait().unwrap();
 }
 
 /// When the broker logged that its watch saw `key` change at `revision`.
@@ -213,10 +179,18 @@ fn v3_values_reach_exec_and_the_sidecar_and_a_rotation_arrives_within_one_ttl() 
     );
 
     // A JSON value's fields are keys; a plain value is the key `value`.
-    let (code, out, err) = exec_env(&b, "DB_PASSWORD");
+    let Ran {
+        code,
+        stdout: out,
+        stderr: err,
+    } = b.exec_printf("app", "DB_PASSWORD");
     assert_eq!(code, Some(0), "{err}\n{}", b.log_text());
     assert_eq!(out, PW);
-    let (code, out, err) = exec_env(&b, "TOKEN");
+    let Ran {
+        code,
+        stdout: out,
+        stderr: err,
+    } = b.exec_printf("app", "TOKEN");
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out, TOKEN);
 
@@ -226,8 +200,8 @@ fn v3_values_reach_exec_and_the_sidecar_and_a_rotation_arrives_within_one_ttl() 
     // sidecar's "secrets updated".
     let secrets = shm_dir("crypt-rotate");
     let file = secrets.path().join("db/password");
-    let mut sidecar = spawn_sidecar(&b, secrets.path());
-    let sidecar_log = b.dir.path().join("sidecar.log");
+    let mut sidecar = b.spawn_sidecar("app", secrets.path());
+    let sidecar_log = b.sidecar_log("app");
     assert!(
         wait_for(DEADLINE, || std::fs::read(&file).is_ok_and(|v| v == PW)),
         "no delivery:\n{}\n--- broker:\n{}",
@@ -292,10 +266,18 @@ fn v2_keys_api_curve25519_keys_toml_values_and_their_rotation() {
         &crypt_config(&etcd.url, "v2", &work.path().join("secring.asc")),
         &grants("3s"),
     );
-    let (code, out, err) = exec_env(&b, "DB_PASSWORD");
+    let Ran {
+        code,
+        stdout: out,
+        stderr: err,
+    } = b.exec_printf("app", "DB_PASSWORD");
     assert_eq!(code, Some(0), "{err}\n{}", b.log_text());
     assert_eq!(out, TOML_PW);
-    let (code, out, err) = exec_env(&b, "TOKEN");
+    let Ran {
+        code,
+        stdout: out,
+        stderr: err,
+    } = b.exec_printf("app", "TOKEN");
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out, TOKEN);
 
@@ -303,7 +285,7 @@ fn v2_keys_api_curve25519_keys_toml_values_and_their_rotation() {
     // the new value.
     let secrets = shm_dir("crypt-v2");
     let file = secrets.path().join("db/password");
-    let mut sidecar = spawn_sidecar(&b, secrets.path());
+    let mut sidecar = b.spawn_sidecar("app", secrets.path());
     assert!(
         wait_for(DEADLINE, || std::fs::read(&file)
             .is_ok_and(|v| v == TOML_PW)),
@@ -329,7 +311,11 @@ fn v2_keys_api_curve25519_keys_toml_values_and_their_rotation() {
         b.log_text()
     );
     sigterm(&mut sidecar);
-    let (code, out, _) = exec_env(&b, "DB_PASSWORD");
+    let Ran {
+        code,
+        stdout: out,
+        stderr: _,
+    } = b.exec_printf("app", "DB_PASSWORD");
     assert_eq!((code, out.as_slice()), (Some(0), TOML_ROTATED));
     assert_no_values(&b, etcd.dir.path(), &[TOML_PW, TOML_ROTATED, TOKEN]);
 }
@@ -361,7 +347,11 @@ fn a_wrong_keyring_a_corrupt_value_and_etcd_away_each_name_the_key_and_the_reaso
     for (secret, reason) in cases {
         let key = format!("/{secret}");
         let b = broker(&config, &one_grant(secret));
-        let (code, out, err) = exec_env(&b, "VALUE");
+        let Ran {
+            code,
+            stdout: out,
+            stderr: err,
+        } = b.exec_printf("app", "VALUE");
         assert_eq!(code, Some(unbaked_api::exit::UNAVAILABLE), "{err}");
         assert!(out.is_empty());
         assert!(
@@ -374,7 +364,11 @@ fn a_wrong_keyring_a_corrupt_value_and_etcd_away_each_name_the_key_and_the_reaso
     // Control: the same broker and keyring read a value encrypted to them.
     etcd.put_v3("/app/wrong", &gpg.crypt_encode(EMAIL, WRONG, false));
     let b = broker(&config, &one_grant("app/wrong"));
-    let (code, out, err) = exec_env(&b, "VALUE");
+    let Ran {
+        code,
+        stdout: out,
+        stderr: err,
+    } = b.exec_printf("app", "VALUE");
     assert_eq!((code, out.as_slice()), (Some(0), WRONG), "{err}");
 
     // etcd away: a port nobody listens on.
@@ -383,7 +377,11 @@ fn a_wrong_keyring_a_corrupt_value_and_etcd_away_each_name_the_key_and_the_reaso
         &crypt_config(&away, "v3", &work.path().join("secring.asc")),
         &one_grant("app/wrong"),
     );
-    let (code, _, err) = exec_env(&b, "VALUE");
+    let Ran {
+        code,
+        stdout: _,
+        stderr: err,
+    } = b.exec_printf("app", "VALUE");
     assert_eq!(code, Some(unbaked_api::exit::UNAVAILABLE), "{err}");
     assert!(
         err.contains("etcd key /app/wrong")

@@ -62,21 +62,6 @@ fn logs_containing(f: &Fleet, what: &str) -> usize {
         .count()
 }
 
-/// A log line without its colours.
-fn plain(line: &str) -> String {
-    let mut out = String::new();
-    let mut esc = false;
-    for c in line.chars() {
-        match (esc, c) {
-            (false, '\x1b') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
-        }
-    }
-    out
-}
-
 /// Wait until the broker's latest save kept `n` leases
 /// (the keeper saves within a second of a change).
 fn wait_kept(b: &Broker, n: usize) {

@@ -5,7 +5,6 @@ mod util;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 use util::bao::*;
 use util::*;
@@ -46,51 +45,6 @@ ttl = "{ttl}"
     )
 }
 
-fn exec_value(b: &Broker, var: &str) -> Output2 {
-    let out = output(b.cmd().args([
-        "exec",
-        "--workload",
-        "app",
-        "--",
-        "sh",
-        "-c",
-        &format!("printf %s \"${var}\""),
-    ]));
-    Output2 {
-        code: out.status.code(),
-        stdout: out.stdout,
-        stderr: text(&out.stderr),
-    }
-}
-
-struct Output2 {
-    code: Option<i32>,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-fn spawn_sidecar(b: &Broker, workload: &str, dir: &Path) -> Child {
-    b.cmd()
-        .args(["sidecar", "--workload", workload, "--dir"])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(b.dir.path().join(format!("sidecar-{workload}.log"))).unwrap(),
-        )
-        .spawn()
-        .unwrap()
-}
-
-fn sigterm(child: &mut Child) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    child.wait().unwrap();
-}
-
 #[test]
 fn kv_reads_reach_exec_and_the_sidecar_and_rotation_reaches_a_running_sidecar() {
     let dev = Dev::start();
@@ -102,7 +56,7 @@ fn kv_reads_reach_exec_and_the_sidecar_and_rotation_reaches_a_running_sidecar() 
         &env_refs(&env),
     );
 
-    let out = exec_value(&b, "DB_PASSWORD");
+    let out = b.exec_printf("app", "DB_PASSWORD");
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(out.stdout, PW);
 
@@ -122,8 +76,8 @@ fn kv_reads_reach_exec_and_the_sidecar_and_rotation_reaches_a_running_sidecar() 
     // test waited.
     let secrets = shm_dir("vault-rotate");
     let file = secrets.path().join("db/password");
-    let mut sidecar = spawn_sidecar(&b, "app", secrets.path());
-    let sidecar_log = b.dir.path().join("sidecar-app.log");
+    let mut sidecar = b.spawn_sidecar("app", secrets.path());
+    let sidecar_log = b.sidecar_log("app");
     assert!(
         wait_for(Duration::from_secs(60), || std::fs::read(&file)
             .is_ok_and(|v| v == PW)),
@@ -249,7 +203,7 @@ fn approle_login_from_files_renews_its_token_and_logs_in_again_when_revoked() {
         &config,
         &[],
     );
-    let out = exec_value(&b, "DB_PASSWORD");
+    let out = b.exec_printf("app", "DB_PASSWORD");
     assert_eq!(
         (out.code, out.stdout.as_slice()),
         (Some(0), PW),
@@ -264,7 +218,7 @@ fn approle_login_from_files_renews_its_token_and_logs_in_again_when_revoked() {
     assert!(renewals >= 2, "{renewals} renewals:\n{}", b.log_text());
     kv_put(&dev, "app/db", "password", ROTATED);
     std::thread::sleep(Duration::from_millis(1100)); // past the cache age (ttl / 3)
-    let out = exec_value(&b, "DB_PASSWORD");
+    let out = b.exec_printf("app", "DB_PASSWORD");
     assert_eq!(
         (out.code, out.stdout.as_slice()),
         (Some(0), ROTATED),
@@ -281,7 +235,7 @@ fn approle_login_from_files_renews_its_token_and_logs_in_again_when_revoked() {
     dev.must(&["token", "revoke", "-mode=path", "auth/approle/login"]);
     kv_put(&dev, "app/db", "password", PW);
     std::thread::sleep(Duration::from_millis(1100));
-    let out = exec_value(&b, "DB_PASSWORD");
+    let out = b.exec_printf("app", "DB_PASSWORD");
     assert_eq!(
         (out.code, out.stdout.as_slice()),
         (Some(0), PW),
@@ -296,22 +250,6 @@ fn approle_login_from_files_renews_its_token_and_logs_in_again_when_revoked() {
         files_containing(b.dir.path(), &secret).is_empty(),
         "the secret id reached a log"
     );
-}
-
-/// Serials of the certificates `pki/` has issued.
-fn serials(dev: &Dev) -> Vec<String> {
-    let v = dev.json(&["list", "-format=json", "pki/certs"]);
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
-}
-
-fn revocation_time(dev: &Dev, serial: &str) -> i64 {
-    dev.json(&["read", "-format=json", &format!("pki/cert/{serial}")])["data"]["revocation_time"]
-        .as_i64()
-        .unwrap()
 }
 
 /// The one serial in `after` that is not in `before`.
@@ -367,9 +305,9 @@ ttl = "5s"
     let b = vault_broker(&[("web.toml", &web), ("batch.toml", &batch)], &config, &[]);
 
     // A sidecar's lease: the certificate as a directory.
-    let before = serials(&dev);
+    let before = dev.serials();
     let secrets = shm_dir("vault-pki");
-    let mut sidecar = spawn_sidecar(&b, "web", secrets.path());
+    let mut sidecar = b.spawn_sidecar("web", secrets.path());
     let cert = secrets.path().join("tls/cert.pem");
     assert!(wait_for(DEADLINE, || cert.exists()), "{}", b.log_text());
     let pem = std::fs::read_to_string(&cert).unwrap();
@@ -377,18 +315,18 @@ ttl = "5s"
     let key = std::fs::read_to_string(secrets.path().join("tls/key.pem")).unwrap();
     assert!(key.contains("PRIVATE KEY-----"));
     assert!(secrets.path().join("tls/ca.pem").exists());
-    let serial = new_serial(&before, &serials(&dev));
+    let serial = new_serial(&before, &dev.serials());
     let issued = dev.json(&["read", "-format=json", &format!("pki/cert/{serial}")]);
     assert_eq!(
         issued["data"]["certificate"].as_str().unwrap().trim(),
         pem.trim()
     );
-    assert_eq!(revocation_time(&dev, &serial), 0);
+    assert_eq!(dev.revocation_time(&serial), 0);
 
     // The sidecar exits: its lease is revoked, and with it the certificate.
     sigterm(&mut sidecar);
     assert!(
-        wait_for(DEADLINE, || revocation_time(&dev, &serial) > 0),
+        wait_for(DEADLINE, || dev.revocation_time(&serial) > 0),
         "certificate {serial} not revoked:\n{}",
         b.log_text()
     );
@@ -399,7 +337,7 @@ ttl = "5s"
     );
 
     // An fd grant of one field: its own lease, its own certificate.
-    let before = serials(&dev);
+    let before = dev.serials();
     let out = output(b.cmd().args([
         "exec",
         "--workload",
@@ -411,10 +349,10 @@ ttl = "5s"
     ]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("PRIVATE KEY-----"));
-    new_serial(&before, &serials(&dev));
+    new_serial(&before, &dev.serials());
 
     // A lease nobody renews: the certificate is revoked at expiry.
-    let before = serials(&dev);
+    let before = dev.serials();
     let once = shm_dir("vault-pki-once");
     let out = output(
         b.cmd()
@@ -422,10 +360,10 @@ ttl = "5s"
             .arg(once.path()),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let serial = new_serial(&before, &serials(&dev));
-    assert_eq!(revocation_time(&dev, &serial), 0);
+    let serial = new_serial(&before, &dev.serials());
+    assert_eq!(dev.revocation_time(&serial), 0);
     assert!(
-        wait_for(DEADLINE, || revocation_time(&dev, &serial) > 0),
+        wait_for(DEADLINE, || dev.revocation_time(&serial) > 0),
         "expired lease's certificate {serial} not revoked:\n{}",
         b.log_text()
     );

@@ -73,29 +73,6 @@ fn vault_config(addr: &str, max_stale: &str) -> String {
     format!("[vault]\naddress = {addr:?}\nmax_stale = {max_stale:?}\n")
 }
 
-struct Run {
-    code: Option<i32>,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-fn exec(b: &Broker, workload: &str, var: &str) -> Run {
-    let out = output(b.cmd().args([
-        "exec",
-        "--workload",
-        workload,
-        "--",
-        "sh",
-        "-c",
-        &format!("printf %s \"${var}\""),
-    ]));
-    Run {
-        code: out.status.code(),
-        stdout: out.stdout,
-        stderr: text(&out.stderr),
-    }
-}
-
 /// The latest audit record of `event` for `workload`.
 fn last(b: &Broker, event: &str, workload: &str) -> serde_json::Value {
     b.audit_text()
@@ -146,12 +123,12 @@ fn an_openbao_outage_is_served_from_sealed_copies_within_max_stale() {
         .start();
 
     // OpenBao up: a fresh answer, not stale; the copy is kept.
-    let out = exec(&b, "app", "DB_PASSWORD");
+    let out = b.exec_printf("app", "DB_PASSWORD");
     assert_eq!((out.code, &out.stdout[..]), (Some(0), PW), "{}", out.stderr);
     let grant = last(&b, "grant", "app");
     assert!(grant["secrets"][0].get("stale").is_none(), "{grant}");
     assert_eq!(readyz(&b).0, 200);
-    let pki = exec(&b, "web", "TLS_CERT");
+    let pki = b.exec_printf("web", "TLS_CERT");
     assert_eq!(pki.code, Some(0), "{}", pki.stderr);
 
     // OpenBao stopped: the kept copy, audited stale with its age (once the
@@ -160,7 +137,7 @@ fn an_openbao_outage_is_served_from_sealed_copies_within_max_stale() {
     bao.server.stop();
     std::thread::sleep(Duration::from_millis(5200).saturating_sub(fresh_at.elapsed()));
     let started = Instant::now();
-    let out = exec(&b, "app", "DB_PASSWORD");
+    let out = b.exec_printf("app", "DB_PASSWORD");
     let took = started.elapsed();
     assert_eq!(
         (out.code, &out.stdout[..]),
@@ -188,14 +165,14 @@ fn an_openbao_outage_is_served_from_sealed_copies_within_max_stale() {
     );
 
     // A certificate is never served stale, nor reused for a new lease.
-    let pki = exec(&b, "web", "TLS_CERT");
+    let pki = b.exec_printf("web", "TLS_CERT");
     assert_eq!(pki.code, Some(4), "{}", pki.stderr);
     assert!(pki.stderr.contains("unavailable"), "{}", pki.stderr);
 
     // A broker restarted during the outage starts without OpenBao and
     // serves the copy it kept on disk.
     b.restart();
-    let out = exec(&b, "app", "DB_PASSWORD");
+    let out = b.exec_printf("app", "DB_PASSWORD");
     assert_eq!(
         (out.code, &out.stdout[..]),
         (Some(0), PW),
@@ -210,7 +187,7 @@ fn an_openbao_outage_is_served_from_sealed_copies_within_max_stale() {
     set_max_stale(&b, "1h", "1s");
     std::thread::sleep(Duration::from_millis(1100));
     b.restart();
-    let out = exec(&b, "app", "DB_PASSWORD");
+    let out = b.exec_printf("app", "DB_PASSWORD");
     assert_eq!(out.code, Some(4), "{}", out.stderr);
     assert!(out.stdout.is_empty());
     assert!(out.stderr.contains("past max_stale 1s"), "{}", out.stderr);
@@ -360,7 +337,7 @@ fn a_wrong_or_missing_key_is_refused_and_nothing_changes() {
                 key.as_os_str(),
             ])
             .start();
-        let out = exec(&b, "app", "DB_PASSWORD");
+        let out = b.exec_printf("app", "DB_PASSWORD");
         assert_eq!(out.code, Some(0), "{}", out.stderr);
     }
     let before = snapshot(&store_dir);
@@ -422,22 +399,6 @@ fn a_wrong_or_missing_key_is_refused_and_nothing_changes() {
     assert!(up, "the right key did not start the broker");
 }
 
-/// Serials of the certificates `pki/` has issued.
-fn serials(dev: &Dev) -> Vec<String> {
-    let v = dev.json(&["list", "-format=json", "pki/certs"]);
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
-}
-
-fn revocation_time(dev: &Dev, serial: &str) -> i64 {
-    dev.json(&["read", "-format=json", &format!("pki/cert/{serial}")])["data"]["revocation_time"]
-        .as_i64()
-        .unwrap()
-}
-
 /// A certificate held by a sidecar's lease across a broker SIGKILL: the
 /// restarted broker renews the lease by its id with the same certificate
 /// (none issued anew: issued for 40 s, it outlives the first renewal's
@@ -468,7 +429,7 @@ ttl = "20s"
             key.as_os_str(),
         ])
         .start();
-    let before = serials(&dev);
+    let before = dev.serials();
     let secrets = shm_dir("vault-stale-pki");
     let log = b.dir.path().join("sidecar-web.log");
     let mut sidecar = b
@@ -484,7 +445,7 @@ ttl = "20s"
     let cert = secrets.path().join("tls/cert.pem");
     assert!(wait_for(DEADLINE, || cert.exists()), "{}", b.log_text());
     let pem = std::fs::read(&cert).unwrap();
-    let issued = serials(&dev);
+    let issued = dev.serials();
     let new: Vec<&String> = issued.iter().filter(|s| !before.contains(s)).collect();
     assert_eq!(new.len(), 1, "{issued:?}");
     let serial = new[0].clone();
@@ -510,10 +471,10 @@ ttl = "20s"
             .any(|r| r["event"] == "renew" && r["lease"] == lease.as_str())
     });
     assert!(renewed, "{}", b.log_text());
-    assert_eq!(serials(&dev), issued, "a certificate was issued anew");
+    assert_eq!(dev.serials(), issued, "a certificate was issued anew");
     assert_eq!(std::fs::read(&cert).unwrap(), pem, "the file was rewritten");
     assert!(!text(&std::fs::read(&log).unwrap()).contains("does not know the lease"));
-    assert_eq!(revocation_time(&dev, &serial), 0);
+    assert_eq!(dev.revocation_time(&serial), 0);
 
     let key_pem = std::fs::read_to_string(secrets.path().join("tls/key.pem")).unwrap();
     let key_line = key_pem.lines().nth(1).unwrap().to_string();
@@ -526,25 +487,10 @@ ttl = "20s"
     .unwrap();
     sidecar.wait().unwrap();
     assert!(
-        wait_for(DEADLINE, || revocation_time(&dev, &serial) > 0),
+        wait_for(DEADLINE, || dev.revocation_time(&serial) > 0),
         "certificate {serial} not revoked:\n{}",
         b.log_text()
     );
     // The private key was kept sealed.
     assert!(files_containing(&store_dir, key_line.as_bytes()).is_empty());
-}
-
-/// A log line without its colours.
-fn plain(line: &str) -> String {
-    let mut out = String::new();
-    let mut esc = false;
-    for c in line.chars() {
-        match (esc, c) {
-            (false, '\x1b') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
-        }
-    }
-    out
 }

@@ -121,19 +121,6 @@ impl Drop for TlsDev {
     }
 }
 
-fn exec_value(b: &Broker) -> (Option<i32>, Vec<u8>, String) {
-    let out = output(b.cmd().args([
-        "exec",
-        "--workload",
-        "app",
-        "--",
-        "sh",
-        "-c",
-        "printf %s \"$X\"",
-    ]));
-    (out.status.code(), out.stdout, text(&out.stderr))
-}
-
 fn policy() -> String {
     host_policy(
         "app",
@@ -151,7 +138,11 @@ fn metrics(port: u16) -> String {
 
 /// The broker must serve the value; `what` says which setup.
 fn serves(b: &Broker, what: &str) {
-    let (code, stdout, stderr) = exec_value(b);
+    let Ran {
+        code,
+        stdout,
+        stderr,
+    } = b.exec_printf("app", "X");
     assert_eq!(
         (code, stdout.as_slice()),
         (Some(0), VALUE),
@@ -162,7 +153,11 @@ fn serves(b: &Broker, what: &str) {
 
 /// The broker must not serve it, and say why in its log.
 fn refuses(b: &Broker, what: &str, log_says: &str) {
-    let (code, stdout, stderr) = exec_value(b);
+    let Ran {
+        code,
+        stdout,
+        stderr,
+    } = b.exec_printf("app", "X");
     assert_ne!(code, Some(0), "{what}: served anyway");
     assert!(!stdout.windows(VALUE.len()).any(|w| w == VALUE));
     let log = b.log_text();

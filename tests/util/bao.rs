@@ -262,6 +262,24 @@ impl Dev {
     pub fn audited(&self, operation: &str, path: &str) -> usize {
         audited(&self.audit, operation, path)
     }
+
+    /// Serials of the certificates `pki/` has issued.
+    pub fn serials(&self) -> Vec<String> {
+        let v = self.json(&["list", "-format=json", "pki/certs"]);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// When `pki/` revoked the certificate `serial` (0: not revoked).
+    pub fn revocation_time(&self, serial: &str) -> i64 {
+        self.json(&["read", "-format=json", &format!("pki/cert/{serial}")])["data"]
+            ["revocation_time"]
+            .as_i64()
+            .unwrap()
+    }
 }
 
 /// The `request` entries of an audit log with this operation on this path.

@@ -419,6 +419,75 @@ impl Broker {
     pub fn stop(&mut self) {
         end(&mut self.child, nix::sys::signal::Signal::SIGTERM);
     }
+
+    /// `unbaked exec --workload W -- sh -c 'printf %s "$VAR"'`: what the
+    /// command saw in `VAR`.
+    pub fn exec_printf(&self, workload: &str, var: &str) -> Ran {
+        let out = output(self.cmd().args([
+            "exec",
+            "--workload",
+            workload,
+            "--",
+            "sh",
+            "-c",
+            &format!("printf %s \"${var}\""),
+        ]));
+        Ran {
+            code: out.status.code(),
+            stdout: out.stdout,
+            stderr: text(&out.stderr),
+        }
+    }
+
+    /// `unbaked sidecar --workload W --dir DIR`, logging to
+    /// [`Broker::sidecar_log`]`(W)`.
+    pub fn spawn_sidecar(&self, workload: &str, dir: &Path) -> Child {
+        self.cmd()
+            .args(["sidecar", "--workload", workload, "--dir"])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.sidecar_log(workload)).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Where [`Broker::spawn_sidecar`] logs.
+    pub fn sidecar_log(&self, workload: &str) -> PathBuf {
+        self.dir.path().join(format!("sidecar-{workload}.log"))
+    }
+}
+
+/// A finished command: exit code, stdout, stderr as text.
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+/// SIGTERM a child and reap it.
+pub fn sigterm(child: &mut Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait().unwrap();
+}
+
+/// A log line without its colours.
+pub fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in line.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
 }
 
 impl Drop for Broker {
