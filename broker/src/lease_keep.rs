@@ -16,8 +16,14 @@
 //! file`, or the Vault store with `max_stale`); the memory store loses its
 //! secrets at a restart anyway.
 //!
+//! The container platform's own record rides in the same sealed record
+//! (`Platform::keep`: Docker's launches, metadata only), so leases and the
+//! launches holding them are saved together; the platform takes it back
+//! when it starts (`Core::kept_platform`).
+//!
 //! **Invariant:** credential values only inside the sealed record, in
-//! fields of their own; the lease table itself holds no value.
+//! fields of their own; the lease table and the platform's record hold no
+//! value.
 
 use crate::lease::LeaseRecord;
 use crate::store::file::{FileStore, FileStoreConfig, FileStoreError};
@@ -25,7 +31,9 @@ use crate::store::issued::Exported;
 use crate::store::{IssueRequest, IssuedHandle, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use unbaked_api::wire::DeliveryKind;
 use unbaked_api::Secret;
@@ -40,6 +48,8 @@ const PATH: &str = "leases";
 pub const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// Credential fields ride under this prefix, `f/<n>/<field>`.
 const FIELD: &str = "f/";
+/// The platform's record (JSON, no values).
+const PLATFORM: &str = "platform";
 
 #[derive(Serialize, Deserialize)]
 struct LeaseMeta {
@@ -88,8 +98,12 @@ pub struct Kept {
 pub struct LeaseKeeper {
     store: FileStore,
     version: AtomicU64,
-    /// `changes` of the lease and credential tables at the last save.
-    saved: AtomicU64,
+    /// `changes` of the lease and credential tables, and a hash of the
+    /// platform's record, at the last save.
+    saved: Mutex<Option<(u64, u64)>>,
+    /// The platform's record as last loaded or saved: handed to the
+    /// platform at start, and kept as it was by a save that has none.
+    platform: Mutex<Vec<u8>>,
 }
 
 impl std::fmt::Debug for LeaseKeeper {
@@ -117,27 +131,46 @@ impl LeaseKeeper {
     }
 
     pub fn with(store: FileStore) -> LeaseKeeper {
-        let version = store.current(PATH).map_or(0, |d| d.version);
+        let current = store.current(PATH);
+        let version = current.as_ref().map_or(0, |d| d.version);
+        let platform = current
+            .as_ref()
+            .and_then(|d| d.data.get(PLATFORM))
+            .map(|v| v.expose_secret().to_vec())
+            .unwrap_or_default();
         LeaseKeeper {
             store,
             version: AtomicU64::new(version),
-            saved: AtomicU64::new(u64::MAX),
+            saved: Mutex::new(None),
+            platform: Mutex::new(platform),
         }
     }
 
-    /// Whether the tables changed since the last save (`changes`: their
-    /// counts summed).
-    pub fn due(&self, changes: u64) -> bool {
-        self.saved.load(Ordering::Relaxed) != changes
+    /// What the platform kept at the last save (empty: nothing).
+    pub fn kept_platform(&self) -> Vec<u8> {
+        self.platform
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// Save the tables (blocking: an append and an fsync). `changes` is
-    /// what [`Self::due`] was given.
+    /// Whether the tables or the platform's record changed since the last
+    /// save (`changes`: the tables' counts summed; `platform`: the
+    /// platform's record, `None` when it keeps none).
+    pub fn due(&self, changes: u64, platform: Option<&[u8]>) -> bool {
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner())
+            != Some(fingerprint(changes, platform))
+    }
+
+    /// Save the tables and the platform's record (blocking: an append and
+    /// an fsync); `None` keeps the platform's record as it was. `changes`
+    /// and `platform` are what [`Self::due`] was given.
     pub fn save(
         &self,
         changes: u64,
         leases: &[LeaseRecord],
         issued: &[Exported],
+        platform: Option<&[u8]>,
     ) -> Result<(), StoreError> {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let metas: Vec<LeaseMeta> = leases
@@ -188,9 +221,16 @@ impl LeaseKeeper {
             }
         }
         data.insert("issued".to_string(), json(&imetas));
+        let mut kept = self.platform.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = platform {
+            p.clone_into(&mut kept);
+        }
+        data.insert(PLATFORM.to_string(), Secret::from_slice(&kept));
+        drop(kept);
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
         self.store.put_version(PATH, version, &data)?;
-        self.saved.store(changes, Ordering::Relaxed);
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(fingerprint(changes, platform));
         Ok(())
     }
 
@@ -274,6 +314,14 @@ impl LeaseKeeper {
     }
 }
 
+/// What a save is judged by: the tables' change count and a hash of the
+/// platform's record.
+fn fingerprint(changes: u64, platform: Option<&[u8]>) -> (u64, u64) {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    platform.hash(&mut h);
+    (changes, h.finish())
+}
+
 /// JSON of metadata (no values) as a field of the sealed record.
 fn json<T: Serialize>(v: &T) -> Secret {
     let bytes = Zeroizing::new(serde_json::to_vec(v).expect("plain data serializes"));
@@ -334,16 +382,41 @@ mod tests {
                 Secret::from_slice(b"kept-private-key-marker"),
             )]),
         };
-        assert!(k.due(5));
-        k.save(5, std::slice::from_ref(&lease), std::slice::from_ref(&cred))
-            .unwrap();
-        assert!(!k.due(5));
+        assert!(k.due(5, None));
+        let launches = br#"{"launches":["container-marker"]}"#;
+        k.save(
+            5,
+            std::slice::from_ref(&lease),
+            std::slice::from_ref(&cred),
+            Some(launches),
+        )
+        .unwrap();
+        assert!(!k.due(5, Some(launches)));
+        assert!(k.due(5, Some(b"{}")), "a changed platform record is saved");
         drop(k);
         let bytes = std::fs::read(dir.path().join(DIR).join(crate::store::file::LOG)).unwrap();
-        for needle in [&b"kept-private-key-marker"[..], b"web.internal", b"aa:bb"] {
+        for needle in [
+            &b"kept-private-key-marker"[..],
+            b"web.internal",
+            b"aa:bb",
+            b"container-marker",
+        ] {
             assert!(!bytes.windows(needle.len()).any(|w| w == needle));
         }
-        let kept = LeaseKeeper::with(open()).load().unwrap();
+        let k = LeaseKeeper::with(open());
+        assert_eq!(k.kept_platform(), launches);
+        // A save without a platform record keeps the one there was.
+        k.save(
+            6,
+            std::slice::from_ref(&lease),
+            std::slice::from_ref(&cred),
+            None,
+        )
+        .unwrap();
+        drop(k);
+        let k = LeaseKeeper::with(open());
+        assert_eq!(k.kept_platform(), launches);
+        let kept = k.load().unwrap();
         let (l, _) = &kept.leases[0];
         assert_eq!((l.id.as_str(), l.pid, l.ttl), ("l1", Some(42), lease.ttl));
         assert!(l.expires_at > now + Duration::from_secs(55));
@@ -356,5 +429,46 @@ mod tests {
             c.fields["private_key"].expose_secret(),
             b"kept-private-key-marker"
         );
+    }
+
+    /// The cost of keeping 1,000 leases: one save (the whole record,
+    /// sealed, appended, fdatasync'd) on the disk under /var/tmp. A
+    /// measurement, not a bound: `cargo test -p unbaked-broker --release
+    /// --lib lease_keep -- --ignored --nocapture` (BENCHMARKS.md).
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn the_cost_of_a_save_at_1000_leases() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let fs = FileStore::open_with_key(
+            &dir.path().join(DIR),
+            StoreKey::from_bytes([3; 32]),
+            "test",
+            1,
+        )
+        .unwrap();
+        let k = LeaseKeeper::with(fs);
+        let now = Instant::now();
+        let leases: Vec<LeaseRecord> = (0..1000)
+            .map(|i| LeaseRecord {
+                id: format!("{i:032x}"),
+                workload: format!("workload-{}", i % 20),
+                uid: 1000 + i % 50,
+                gid: 1000,
+                pid: Some(10_000 + i as i32),
+                kinds: vec![DeliveryKind::File],
+                ttl: Duration::from_secs(60),
+                expires_at: now + Duration::from_secs(60),
+            })
+            .collect();
+        let n = 50u64;
+        let started = Instant::now();
+        for i in 0..n {
+            k.save(i, &leases, &[], Some(b"{}")).unwrap();
+        }
+        let each = started.elapsed() / n as u32;
+        let record = std::fs::metadata(dir.path().join(DIR).join(crate::store::file::LOG))
+            .unwrap()
+            .len();
+        println!("save of 1,000 leases: {each:?} each; log after {n} saves: {record} bytes");
     }
 }

@@ -47,6 +47,12 @@ pub trait Core: Send + Sync {
     /// (`unbaked_actions_total`). After the fact: the action cannot wait
     /// for an audit sink, so a failed write is logged.
     fn action_done(&self, report: ActionReport);
+    /// What the platform kept at the previous run's last save
+    /// ([`Platform::keep`]; empty: nothing), or `None` when this broker
+    /// keeps nothing across a restart (no store directory and key).
+    fn kept_platform(&self) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// One change action as a platform reports it: never a value.
@@ -117,8 +123,17 @@ pub trait Platform: std::fmt::Debug + Send + Sync {
     /// a previous broker left (audited), start its background tasks.
     fn start(self: Arc<Self>, core: Arc<dyn Core>) -> Result<Vec<JoinHandle<()>>, PlatformError>;
 
-    /// At shutdown: wipe what the platform delivered.
+    /// At shutdown: wipe what the platform delivered (unless it keeps it
+    /// for the next start, [`Platform::keep`]).
     fn stop(&self);
+
+    /// What to keep across a restart, sealed with the kept leases and
+    /// saved whenever it changes (metadata only, never a value); handed
+    /// back at the next start by [`Core::kept_platform`]. `None`: nothing
+    /// to keep (the last record stays as it was).
+    fn keep(&self) -> Option<Vec<u8>> {
+        None
+    }
 
     /// Lines for `/readyz` (the change actions failing now, ...): shown,
     /// but not a reason to stop serving.

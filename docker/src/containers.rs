@@ -24,9 +24,11 @@
 //! fetch by the container itself (attestation, isolation, `[match]`, audit).
 
 use crate::engine::Engine;
+use crate::launch_keep::{Clock, InitId, TmpfsId};
 use crate::tmpfs::release_dir;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 use unbaked_api::wire::Lease;
@@ -70,6 +72,11 @@ pub struct Containers {
     leases: Mutex<HashMap<String, Vec<String>>>,
     /// Wakes [`crate::actions::run`] when a change was noted.
     pub(crate) wake_actions: tokio::sync::Notify,
+    /// The launches are kept across a restart ([`crate::launch_keep`]):
+    /// a stop leaves their tmpfs mounts for the next start.
+    pub(crate) keeping: AtomicBool,
+    /// Instants as wall-clock times in the kept record.
+    pub(crate) clock: Clock,
 }
 
 #[derive(Debug)]
@@ -80,6 +87,12 @@ pub(crate) struct LaunchEntry {
     pub(crate) created: Instant,
     /// The tmpfs, when the workload has file grants.
     pub(crate) dir: Option<SecretsDir>,
+    /// Its root's device and inode, as mounted: a restarted broker
+    /// reopens only this very tmpfs.
+    pub(crate) dir_id: Option<TmpfsId>,
+    /// Taken back from the kept record: its container is verified at its
+    /// first renewal ([`Containers::verify_restored`]).
+    pub(crate) restored: bool,
     /// What is in it.
     pub(crate) applied: Applied,
     pub(crate) bound: Option<Bound>,
@@ -102,6 +115,8 @@ impl LaunchEntry {
             uid,
             created: Instant::now(),
             dir,
+            dir_id: None,
+            restored: false,
             applied: Applied::new(),
             bound: None,
             id_maps: None,
@@ -160,6 +175,9 @@ pub(crate) struct Bound {
     pub(crate) next_renew: Instant,
     /// After this, without a successful renewal, the files go.
     pub(crate) valid_until: Instant,
+    /// The container's first process when it claimed the launch: a
+    /// restarted broker serves only that one again.
+    pub(crate) init: Option<InitId>,
 }
 
 impl Containers {
@@ -175,6 +193,8 @@ impl Containers {
             launches: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
             wake_actions: tokio::sync::Notify::new(),
+            keeping: AtomicBool::new(false),
+            clock: Clock::now(),
         }
     }
 
@@ -224,18 +244,25 @@ impl Containers {
     }
 
     /// Zero, unmount and remove what a previous broker left under the base
-    /// directory (it crashed, or was killed): nobody renews those files,
-    /// and their containers may still read them, so they are zeroed before
-    /// the mount goes. Returns the launch ids, for the audit.
-    pub fn sweep_leftovers(&self) -> Vec<String> {
+    /// directory (it crashed, or was killed, and kept no record of it):
+    /// nobody renews those files, and their containers may still read
+    /// them, so they are zeroed (only on a tmpfs) before the mount goes.
+    /// `kept`: launch ids taken back or left alone. Returns the launch
+    /// ids, for the audit.
+    pub fn sweep_leftovers(&self, kept: &BTreeSet<String>) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.base) else {
             return Vec::new();
         };
         let mut swept = Vec::new();
         for e in entries.flatten() {
             let path = e.path();
+            if kept.contains(&*e.file_name().to_string_lossy()) {
+                continue;
+            }
             if e.file_type().is_ok_and(|t| t.is_dir()) {
-                crate::tmpfs::zero_tree(&path, 2);
+                if unbaked_secretsdir::sys::is_tmpfs(&path).unwrap_or(false) {
+                    crate::tmpfs::zero_tree(&path, 2);
+                }
                 let removed = crate::host_mount::in_host(self.engine_socket(), move || {
                     let _ = unbaked_secretsdir::sys::unmount(&path);
                     std::fs::remove_dir(&path).map_err(|e| e.to_string())
@@ -263,6 +290,24 @@ impl Containers {
 
     pub(crate) fn launches(&self) -> std::sync::MutexGuard<'_, HashMap<String, LaunchEntry>> {
         self.launches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Container id → the leases it holds, for the kept record.
+    pub(crate) fn tracked(&self) -> BTreeMap<String, Vec<String>> {
+        self.leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(c, l)| (c.clone(), l.clone()))
+            .collect()
+    }
+
+    /// Follow again the containers a previous run followed.
+    pub(crate) fn follow_again(&self, kept: BTreeMap<String, Vec<String>>) {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        for (c, l) in kept {
+            leases.entry(c).or_default().extend(l);
+        }
     }
 
     pub(crate) fn track(&self, container: &str, lease_id: &str) {
@@ -342,17 +387,45 @@ impl Containers {
                 .filter_map(|lid| launches.remove(&lid).map(|e| (lid, e)))
                 .collect()
         };
-        for (lid, entry) in gone {
-            if let Some(b) = &entry.bound {
-                core.end_lease(&b.lease_id, why);
-            }
+        for (lid, mut entry) in gone {
+            let reason = format!("launch {lid}: {why}");
+            let ended = entry
+                .bound
+                .as_ref()
+                .is_some_and(|b| core.end_lease(&b.lease_id, &reason));
+            // Every file it names (a restored launch's are not yet the
+            // writer's own), then the rest.
+            entry.wipe();
             release_dir(self.engine_socket(), &lid, entry.dir);
+            if !ended && entry.dir_id.is_some() {
+                // No lease record says so: the tmpfs's end is audited.
+                let lease = entry.bound.as_ref().map(|b| b.lease_id.clone());
+                crate::launch_keep::audit_end(
+                    core,
+                    &entry.workload,
+                    lease,
+                    Some(id),
+                    format!("{reason}; its secrets tmpfs was zeroed, unmounted and removed"),
+                );
+            }
             tracing::info!(launch = %lid, container = %id.get(..12).unwrap_or(id), "container gone: secrets wiped and unmounted");
         }
     }
 
-    /// Wipe and unmount every launch's tmpfs (broker shutdown).
+    /// Broker shutdown: wipe and unmount every launch's tmpfs, unless the
+    /// launches are kept for the next start (then they stay as they are,
+    /// and the record saved after this names them).
     pub fn wipe_all(&self) {
+        if self.keeping.load(Ordering::Relaxed) {
+            let n = self.launch_count();
+            if n > 0 {
+                tracing::info!(
+                    launches = n,
+                    "launches kept for the next start: their secrets tmpfs mounts stay until then"
+                );
+            }
+            return;
+        }
         let all: Vec<(String, LaunchEntry)> = self.launches().drain().collect();
         for (id, entry) in all {
             release_dir(self.engine_socket(), &id, entry.dir);

@@ -16,7 +16,7 @@
 //! - `prepare.rs`: a launch's engine facts, network and tmpfs.
 //! - `containers.rs`: the launches and the leases each container holds;
 //!   `tmpfs.rs`: one launch's tmpfs; `host_mount.rs`: the host's mount
-//!   namespace; `renewals.rs` and `events.rs`: keeping them current;
+//!   namespace; `launch_keep.rs`: the launches across a broker restart; `renewals.rs` and `events.rs`: keeping them current;
 //!   `actions.rs`: a file template's `on_change` carried out on the
 //!   container through the engine.
 //! - `platform.rs`: the `Platform` implementation.
@@ -31,6 +31,7 @@ pub mod events;
 pub mod host_mount;
 pub mod isolation;
 pub mod launch;
+mod launch_keep;
 pub mod mount_identity;
 mod platform;
 pub mod prepare;

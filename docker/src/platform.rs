@@ -212,6 +212,10 @@ impl Platform for Containers {
             lease_id: files.lease_id.clone(),
             next_renew: now + ttl * 2 / 3,
             valid_until: now + ttl,
+            init: ctx
+                .attestation
+                .evidence()
+                .and_then(crate::launch_keep::InitId::of_evidence),
         });
         drop(launches);
         written.map_err(|e| ServiceError::Internal(e.to_string()))?;
@@ -234,7 +238,7 @@ impl Platform for Containers {
     fn start(self: Arc<Self>, core: Arc<dyn Core>) -> Result<Vec<JoinHandle<()>>, PlatformError> {
         self.secure_base()
             .map_err(|e| PlatformError::Setup(Box::new(e)))?;
-        for launch in self.sweep_leftovers() {
+        for launch in self.take_back(&*core) {
             // A restart forgets the earlier launches' leases: say so, per launch.
             core.audit()
                 .record(
@@ -258,6 +262,13 @@ impl Platform for Containers {
 
     fn stop(&self) {
         self.wipe_all();
+    }
+
+    /// The launches, for a restarted broker ([`crate::launch_keep`]).
+    fn keep(&self) -> Option<Vec<u8>> {
+        self.keeping
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| self.keep_record())
     }
 
     /// The launches' change actions that fail and are being retried.

@@ -67,11 +67,15 @@ pub(crate) async fn launch(
         if let Some(net) = &plan.network {
             containers.engine.ensure_isolated_network(net, &w).await?;
         }
-        let dir = match &secrets_dir {
-            Some(d) => Some(mount(containers, d)?),
-            None => None,
+        let (dir, dir_id) = match &secrets_dir {
+            Some(d) => {
+                let (dir, id) = mount(containers, d)?;
+                (Some(dir), Some(id))
+            }
+            None => (None, None),
         };
-        let entry = LaunchEntry::new(w.clone(), ctx.caller.uid, dir);
+        let mut entry = LaunchEntry::new(w.clone(), ctx.caller.uid, dir);
+        entry.dir_id = dir_id;
         containers.launches().insert(launch_id.clone(), entry);
     }
     tracing::info!(workload = %w, launch = %launch_id, dry_run = req.dry_run, compose = req.compose, uid = ctx.caller.uid, "launch planned");
@@ -147,7 +151,7 @@ async fn host_facts(containers: &Containers, parsed: &Parsed) -> Result<HostFact
 fn mount(
     containers: &Containers,
     dir: &Path,
-) -> Result<unbaked_secretsdir::SecretsDir, ServiceError> {
+) -> Result<(unbaked_secretsdir::SecretsDir, crate::launch_keep::TmpfsId), ServiceError> {
     containers
         .secure_base()
         .map_err(|e| ServiceError::Internal(e.to_string()))?;

@@ -89,7 +89,13 @@ async fn renew_one(
     lease_id: &str,
 ) {
     let attestation = match containers.engine.inspect(container).await {
-        Ok(Some(c)) if c.running => Attestation::Container(Arc::new(c) as Arc<dyn Evidence>),
+        Ok(Some(c)) if c.running => {
+            if let Err(why) = containers.verify_restored(launch_id, &c) {
+                containers.container_gone(core, container, Some(launch_id), &why);
+                return;
+            }
+            Attestation::Container(Arc::new(c) as Arc<dyn Evidence>)
+        }
         Ok(_) => {
             containers.container_gone(core, container, Some(launch_id), "the container stopped");
             return;

@@ -1,8 +1,11 @@
 //! One `unbaked run` launch's tmpfs: mounted in the host's mount namespace
 //! (where the engine bind-mounts it from, [`crate::host_mount`]), written
 //! through the descriptor opened there, zeroed, unmounted and removed when
-//! its container is gone.
+//! its container is gone. A restarted broker reopens the one it mounted
+//! ([`reopen_secrets_dir`]) only if the kernel says it is that very tmpfs.
 
+use crate::launch_keep::TmpfsId;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use unbaked_secretsdir::{sys, SecretsDir};
 
@@ -65,7 +68,11 @@ fn unmount_secrets_dir(engine_socket: &Path, root: PathBuf) -> Result<(), String
 /// the 0700 base directory (`Containers::secure_base`), mounted in the
 /// host's mount namespace, where the engine bind-mounts it from
 /// ([`crate::host_mount`]); written through the descriptor opened there.
-pub(crate) fn mount_secrets_dir(engine_socket: &Path, dir: &Path) -> Result<SecretsDir, String> {
+/// Returns it with its root's identity, which a restarted broker checks.
+pub(crate) fn mount_secrets_dir(
+    engine_socket: &Path,
+    dir: &Path,
+) -> Result<(SecretsDir, TmpfsId), String> {
     let path = dir.to_path_buf();
     let fd = crate::host_mount::in_host(engine_socket, move || {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -90,8 +97,50 @@ pub(crate) fn mount_secrets_dir(engine_socket: &Path, dir: &Path) -> Result<Secr
                 format!("cannot open the tmpfs mounted at {}: {e}", dir.display())
             })
     })?;
-    SecretsDir::adopt_fd(dir, fd).map_err(|e| {
+    let id = TmpfsId::of(fd.as_fd());
+    let opened = id.and_then(|id| {
+        SecretsDir::adopt_fd(dir, fd)
+            .map(|d| (d, id))
+            .map_err(|e| e.to_string())
+    });
+    opened.inspect_err(|_| {
         let _ = unmount_secrets_dir(engine_socket, dir.to_path_buf());
-        e.to_string()
     })
+}
+
+/// Open again, in the host's mount namespace, the tmpfs a previous run of
+/// the broker mounted at `dir`: only if the directory there is the root
+/// `id` names (device, inode, birth time) and on a tmpfs (statfs magic), since
+/// anyone who replaced the path meanwhile must not be written to. Returns
+/// it adopted (owner and mode checked too) with a second descriptor on its
+/// root; `Err` says why it is not ours.
+pub(crate) fn reopen_secrets_dir(
+    engine_socket: &Path,
+    dir: &Path,
+    id: TmpfsId,
+) -> Result<(SecretsDir, OwnedFd), String> {
+    let path = dir.to_path_buf();
+    let fd = crate::host_mount::in_host(engine_socket, move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        Ok(OwnedFd::from(f))
+    })?;
+    id.check(&TmpfsId::of(fd.as_fd())?)
+        .map_err(|why| format!("{}: {why}", dir.display()))?;
+    if !sys::is_tmpfs_fd(fd.as_fd()).map_err(|e| format!("cannot statfs {}: {e}", dir.display()))? {
+        return Err(format!(
+            "{} is on {}, not on a tmpfs",
+            dir.display(),
+            sys::fs_type_name_fd(fd.as_fd())
+        ));
+    }
+    let second = fd
+        .try_clone()
+        .map_err(|e| format!("cannot duplicate a descriptor: {e}"))?;
+    let adopted = SecretsDir::adopt_fd(dir, fd).map_err(|e| e.to_string())?;
+    Ok((adopted, second))
 }

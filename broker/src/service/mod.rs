@@ -97,22 +97,25 @@ impl Broker {
         self
     }
 
-    /// Save the lease and credential tables if they changed since the last
+    /// Save the lease and credential tables, and the platform's record
+    /// (`Platform::keep`: the launches), if they changed since the last
     /// save (blocking: an fsync); true when saved.
     pub fn save_leases(&self) -> Result<bool, crate::store::StoreError> {
         let Some(k) = &self.keeper else {
             return Ok(false);
         };
         let changes = self.leases.changes().wrapping_add(self.issued.changes());
-        if !k.due(changes) {
+        let platform = self.platform.keep();
+        if !k.due(changes, platform.as_deref()) {
             return Ok(false);
         }
         let leases = self.leases.snapshot();
         let issued = self.issued.export();
-        k.save(changes, &leases, &issued)?;
+        k.save(changes, &leases, &issued, platform.as_deref())?;
         tracing::debug!(
             leases = leases.len(),
             credentials = issued.len(),
+            platform_bytes = platform.as_ref().map_or(0, Vec::len),
             "leases kept"
         );
         Ok(true)
@@ -237,6 +240,10 @@ impl Core for Broker {
 
     fn policies(&self) -> Arc<PolicySet> {
         Broker::policies(self)
+    }
+
+    fn kept_platform(&self) -> Option<Vec<u8>> {
+        self.keeper.as_ref().map(|k| k.kept_platform())
     }
 
     fn action_done(&self, report: crate::platform::ActionReport) {

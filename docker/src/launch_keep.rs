@@ -1,0 +1,688 @@
+//! `unbaked run` launches across a broker restart.
+//!
+//! With a store directory and key, the launches are part of the sealed
+//! record `lease_keep` keeps (`Platform::keep`, saved within a second of a
+//! change and at a clean stop): ids, workload, the tmpfs root's device,
+//! inode and birth time, the claiming container with its init's identity (pid, start time,
+//! pid/mnt/net namespaces), the file lease id, the files' names. Never a
+//! value: the files' content stays on the tmpfs only.
+//!
+//! A restarted broker takes each one back ([`Containers::take_back`]):
+//! - its tmpfs is opened again in the host's mount namespace and must be
+//!   the very one it mounted (device, inode and birth time, tmpfs magic,
+//!   owner and mode);
+//!   one that is not is never written, zeroed or unmounted: it is left
+//!   alone, its lease ends and both are said in the log and the audit;
+//! - a claimed launch renews at once; the renewal first checks that the
+//!   engine's container is the same one (same id, same init by pid, start
+//!   time and namespaces: [`InitId`]), and one that is gone or changed is
+//!   ended like a dead container (lease revoked, tmpfs zeroed, unmounted,
+//!   removed; audited);
+//! - an unclaimed launch keeps the rest of its time to be claimed; one whose
+//!   tmpfs holds files was claimed after the last save, so nobody knows
+//!   its lease: it is zeroed and released at once.
+//!
+//! Directories of launches the record does not name are what a broker
+//! that kept nothing left: zeroed and removed as before.
+//!
+//! **Invariant:** nothing is written through a tmpfs the kernel does not
+//! confirm is the one the broker mounted; the record holds no value.
+
+use crate::containers::{Bound, Containers, LaunchEntry};
+use crate::engine::live;
+use crate::isolation::LiveContainer;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use unbaked_api::wire::Delivery;
+use unbaked_broker::attest::container::Evidence;
+use unbaked_broker::attest::kernel::{self, CONTAINER_NAMESPACES};
+use unbaked_broker::audit::{ContainerRef, Event, Record};
+use unbaked_broker::platform::Core;
+use unbaked_policy::Caller;
+use unbaked_secretsdir::apply::Delivered;
+
+/// The record's format, for upgrades.
+const FORMAT: u32 = 1;
+/// A restored file is written again at the first renewal: no version is
+/// this high, so the plan rewrites it (and the writer tracks it again).
+const REWRITE: u64 = u64::MAX;
+
+/// A tmpfs root as the kernel names it: device and inode, and its birth
+/// time (statx), since a tmpfs mounted after another was unmounted may get
+/// the same anonymous device and root inode (per-superblock inode numbers)
+/// but not the same nanosecond of birth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TmpfsId {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    /// Seconds and nanoseconds since the epoch; `None`: the kernel gives
+    /// no birth time, and such a tmpfs is never taken back.
+    pub(crate) born: Option<(u64, u32)>,
+}
+
+impl TmpfsId {
+    pub(crate) fn of(fd: BorrowedFd) -> Result<TmpfsId, String> {
+        let file = std::fs::File::from(
+            fd.try_clone_to_owned()
+                .map_err(|e| format!("cannot duplicate a descriptor: {e}"))?,
+        );
+        let m = file
+            .metadata()
+            .map_err(|e| format!("cannot stat the tmpfs: {e}"))?;
+        let born = m
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| (d.as_secs(), d.subsec_nanos()));
+        Ok(TmpfsId {
+            dev: m.dev(),
+            ino: m.ino(),
+            born,
+        })
+    }
+
+    /// Whether `found` (the directory at the path now) is this very tmpfs.
+    pub(crate) fn check(&self, found: &TmpfsId) -> Result<(), String> {
+        if self.born.is_none() {
+            return Err("the kernel gave no birth time for it when it was mounted, so it cannot be told from a replacement".into());
+        }
+        if found != self {
+            return Err(format!(
+                "it is not the tmpfs this broker mounted (device {} inode {} born {:?} now; {} {} {:?} when mounted): the path was replaced",
+                found.dev, found.ino, found.born, self.dev, self.ino, self.born
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A container's first process as the kernel names it: a pid alone could
+/// be reused, with its start time and namespaces it cannot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct InitId {
+    pid: i32,
+    /// Field 22 of `/proc/<pid>/stat`, in clock ticks since boot.
+    start: u64,
+    /// [`CONTAINER_NAMESPACES`]' (device, inode), in that order.
+    ns: Vec<(u64, u64)>,
+}
+
+impl InitId {
+    pub(crate) fn of(pid: i32) -> Result<InitId, String> {
+        let proc = Path::new("/proc");
+        let stat = std::fs::read_to_string(proc.join(pid.to_string()).join("stat"))
+            .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
+        // `comm` may hold spaces and parentheses: count after the last ')'.
+        let start = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_ascii_whitespace().nth(19))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("/proc/{pid}/stat has no start time"))?;
+        let mut ns = Vec::new();
+        for kind in CONTAINER_NAMESPACES {
+            let id = kernel::namespace(proc, pid, kind).map_err(|e| e.to_string())?;
+            ns.push((id.dev, id.ino));
+        }
+        Ok(InitId { pid, start, ns })
+    }
+
+    /// The init of the container `evidence` attested, now.
+    pub(crate) fn of_evidence(evidence: &Arc<dyn Evidence>) -> Option<InitId> {
+        let pid = live(&**evidence)?.pid.and_then(|p| i32::try_from(p).ok())?;
+        InitId::of(pid).ok()
+    }
+
+    /// Whether `c`, inspected now, still runs this very init.
+    pub(crate) fn check(&self, c: &LiveContainer) -> Result<(), String> {
+        let pid = c.pid.and_then(|p| i32::try_from(p).ok());
+        if pid != Some(self.pid) {
+            return Err(format!(
+                "its first process is pid {pid:?} now, was {} (restarted)",
+                self.pid
+            ));
+        }
+        match InitId::of(self.pid) {
+            Ok(now) if now == *self => Ok(()),
+            Ok(_) => Err(format!(
+                "pid {} is another process now (start time or namespaces differ)",
+                self.pid
+            )),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeptRecord {
+    format: u32,
+    launches: Vec<KeptLaunch>,
+    /// Container id → the lease ids it holds (ended when it dies).
+    followed: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeptLaunch {
+    id: String,
+    workload: String,
+    uid: u32,
+    created_ms: u64,
+    dir: Option<KeptDir>,
+    bound: Option<KeptBound>,
+    id_maps: Option<(String, String)>,
+    /// Item id → its file (path, mode, owner): names only.
+    files: BTreeMap<String, Delivery>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeptDir {
+    path: PathBuf,
+    root: TmpfsId,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeptBound {
+    container: String,
+    uid: u32,
+    gid: u32,
+    pid: Option<i32>,
+    lease: String,
+    valid_until_ms: u64,
+    init: Option<InitId>,
+}
+
+/// Instants as wall-clock milliseconds, through one fixed pair of
+/// readings, so the same state always gives the same record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    at: Instant,
+    wall: SystemTime,
+}
+
+impl Clock {
+    pub(crate) fn now() -> Clock {
+        Clock {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    fn ms(&self, t: Instant) -> u64 {
+        let wall = if t >= self.at {
+            self.wall + (t - self.at)
+        } else {
+            self.wall.checked_sub(self.at - t).unwrap_or(UNIX_EPOCH)
+        };
+        wall.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// `ms` as an instant of this run (now, at the latest `now + cap`).
+    fn instant(ms: u64, cap: Duration) -> Instant {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let t = UNIX_EPOCH + Duration::from_millis(ms);
+        match t.duration_since(wall) {
+            Ok(ahead) => now + ahead.min(cap),
+            Err(behind) => now.checked_sub(behind.duration()).unwrap_or(now),
+        }
+    }
+}
+
+impl Containers {
+    /// The launches and followed containers as the record keeps them.
+    pub(crate) fn keep_record(&self) -> Vec<u8> {
+        let clock = self.clock;
+        let launches = self
+            .launches()
+            .iter()
+            .map(|(id, e)| KeptLaunch {
+                id: id.clone(),
+                workload: e.workload.clone(),
+                uid: e.uid,
+                created_ms: clock.ms(e.created),
+                dir: e.dir.as_ref().zip(e.dir_id).map(|(d, root)| KeptDir {
+                    path: d.root().to_path_buf(),
+                    root,
+                }),
+                bound: e.bound.as_ref().map(|b| KeptBound {
+                    container: b.container.clone(),
+                    uid: b.caller.uid,
+                    gid: b.caller.gid,
+                    pid: b.caller.pid,
+                    lease: b.lease_id.clone(),
+                    valid_until_ms: clock.ms(b.valid_until),
+                    init: b.init.clone(),
+                }),
+                id_maps: e.id_maps.clone(),
+                files: e
+                    .applied
+                    .iter()
+                    .map(|(item, d)| (item.clone(), d.delivery.clone()))
+                    .collect(),
+            })
+            .collect();
+        let record = KeptRecord {
+            format: FORMAT,
+            launches,
+            followed: self.tracked(),
+        };
+        // Plain data: serializing cannot fail.
+        serde_json::to_vec(&record).unwrap_or_default()
+    }
+
+    /// At start: take back what the previous run kept (`kept`: `None`
+    /// when this broker keeps nothing), then zero and remove what else is
+    /// under the launches' directory. Returns the launch ids swept, for
+    /// the audit.
+    pub fn take_back(&self, core: &dyn Core) -> Vec<String> {
+        let mut accounted = BTreeSet::new();
+        match core.kept_platform() {
+            None => {
+                tracing::warn!(base = %self.base().display(), "no store directory and key: `unbaked run` launches are not kept across a restart (their secrets tmpfs is wiped at stop, or zeroed at the next start)")
+            }
+            Some(bytes) => {
+                self.keeping
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                if !bytes.is_empty() {
+                    accounted = self.restore(core, &bytes);
+                }
+            }
+        }
+        self.sweep_leftovers(&accounted)
+    }
+
+    /// Take back the record's launches; the launch ids whose directory
+    /// is accounted for (taken back, or left alone as not ours).
+    fn restore(&self, core: &dyn Core, bytes: &[u8]) -> BTreeSet<String> {
+        let record: KeptRecord = match serde_json::from_slice(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "the kept launches do not read: their tmpfs mounts are zeroed and removed as leftovers");
+                return BTreeSet::new();
+            }
+        };
+        if record.format != FORMAT {
+            tracing::error!(format = record.format, "the kept launches are of an unknown format: their tmpfs mounts are zeroed and removed as leftovers");
+            return BTreeSet::new();
+        }
+        self.follow_again(record.followed);
+        let (mut resumed, mut ended) = (0, 0);
+        let mut accounted = BTreeSet::new();
+        for k in record.launches {
+            accounted.insert(k.id.clone());
+            match self.restore_one(core, k) {
+                true => resumed += 1,
+                false => ended += 1,
+            }
+        }
+        tracing::info!(
+            resumed,
+            ended,
+            "kept launches taken back (claimed ones are checked against the engine at once)"
+        );
+        accounted
+    }
+
+    /// One kept launch: back into the table (true) or ended (false).
+    fn restore_one(&self, core: &dyn Core, k: KeptLaunch) -> bool {
+        let (dir, root) = match &k.dir {
+            None => (None, None),
+            Some(d) if !launch_id(&k.id) || d.path != self.base().join(&k.id) => {
+                let why = format!("its secrets tmpfs is recorded at {}, not in the launches' directory {}: left alone", d.path.display(), self.base().display());
+                self.end_kept(core, &k, &why);
+                return false;
+            }
+            Some(d) => {
+                match crate::tmpfs::reopen_secrets_dir(self.engine_socket(), &d.path, d.root) {
+                    Ok((dir, root)) => (Some(dir), Some(root)),
+                    Err(why) => {
+                        let why = format!("its secrets tmpfs failed verification, so it is left alone and never written: {why}");
+                        self.end_kept(core, &k, &why);
+                        return false;
+                    }
+                }
+            }
+        };
+        if k.bound.is_none() && root.as_ref().is_some_and(|r| holds_files(r.as_fd())) {
+            if let Some(r) = &root {
+                crate::tmpfs::zero_tree(&unbaked_secretsdir::sys::fd_path(r.as_fd()), 2);
+            }
+            crate::tmpfs::release_dir(self.engine_socket(), &k.id, dir);
+            self.end_kept(core, &k, "it was claimed after the last save, so its lease is unknown: its files were zeroed and its tmpfs unmounted and removed");
+            return false;
+        }
+        let entry = entry_from(dir, &k);
+        if entry.bound.is_some() {
+            tracing::info!(launch = %k.id, workload = %k.workload, "kept launch taken back: renewing once its container is verified");
+        }
+        self.launches().insert(k.id, entry);
+        true
+    }
+
+    /// A kept launch that does not come back: its file lease ends, and the
+    /// end is audited (`revoke`, the lease's own record if it was still
+    /// live) and logged with `why`.
+    fn end_kept(&self, core: &dyn Core, k: &KeptLaunch, why: &str) {
+        let reason = format!("launch {}: {why}", k.id);
+        tracing::error!(launch = %k.id, workload = %k.workload, "kept launch not taken back: {why}");
+        let lease = k.bound.as_ref().map(|b| b.lease.clone());
+        if lease.as_ref().is_some_and(|l| core.end_lease(l, &reason)) {
+            return; // audited as the lease's end
+        }
+        audit_end(
+            core,
+            &k.workload,
+            lease,
+            k.bound.as_ref().map(|b| b.container.as_str()),
+            reason,
+        );
+    }
+
+    /// Whether a restored launch's container, inspected now, is the one
+    /// that claimed it before the restart; checked once, at its first
+    /// renewal. `Err` says what changed.
+    pub(crate) fn verify_restored(&self, launch: &str, c: &LiveContainer) -> Result<(), String> {
+        let mut launches = self.launches();
+        let Some(e) = launches.get_mut(launch).filter(|e| e.restored) else {
+            return Ok(());
+        };
+        let checked = match e.bound.as_ref() {
+            None => Ok(()),
+            Some(b) if b.container != c.id => {
+                Err("the engine answered for another container".to_string())
+            }
+            Some(b) => b.init.as_ref().map_or_else(
+                || Err("no identity of its first process was kept".to_string()),
+                |init| init.check(c),
+            ),
+        };
+        match checked {
+            Ok(()) => {
+                e.restored = false;
+                tracing::info!(launch, container = %c.id.get(..12).unwrap_or(&c.id), "kept launch resumed: same container, same first process");
+                Ok(())
+            }
+            Err(why) => Err(format!(
+                "launch {launch}: the container changed while the broker was down ({why})"
+            )),
+        }
+    }
+}
+
+/// A kept launch as an entry of this run: claimed ones renew at once,
+/// after their container is verified; their files are written again.
+fn entry_from(dir: Option<unbaked_secretsdir::SecretsDir>, k: &KeptLaunch) -> LaunchEntry {
+    let now = Instant::now();
+    let mut e = LaunchEntry::new(k.workload.clone(), k.uid, dir);
+    e.dir_id = k.dir.as_ref().map(|d| d.root);
+    e.created = Clock::instant(k.created_ms, Duration::ZERO);
+    e.id_maps = k.id_maps.clone();
+    e.restored = true;
+    let valid_until = k.bound.as_ref().map(|b| b.valid_until_ms);
+    e.bound = k.bound.as_ref().map(|b| Bound {
+        container: b.container.clone(),
+        caller: Caller {
+            uid: b.uid,
+            gid: b.gid,
+            pid: b.pid,
+            container: None,
+            service_account: None,
+        },
+        lease_id: b.lease.clone(),
+        next_renew: now,
+        valid_until: Clock::instant(b.valid_until_ms, Duration::from_secs(3600)),
+        init: b.init.clone(),
+    });
+    let expires = valid_until.map_or(now, |ms| Clock::instant(ms, Duration::from_secs(3600)));
+    e.applied = k
+        .files
+        .iter()
+        .filter_map(|(item, delivery)| match delivery {
+            Delivery::File { path, .. } => Some((
+                item.clone(),
+                Delivered {
+                    path: path.clone(),
+                    version: REWRITE,
+                    delivery: delivery.clone(),
+                    expires,
+                },
+            )),
+            _ => None,
+        })
+        .collect();
+    e
+}
+
+/// A launch id as `prepare` makes them (hex): one path component.
+fn launch_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether the directory `fd` is open on has any entry.
+fn holds_files(fd: BorrowedFd) -> bool {
+    std::fs::read_dir(unbaked_secretsdir::sys::fd_path(fd))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(true)
+}
+
+/// The audit record of a launch ended by the broker (`revoke`).
+pub(crate) fn audit_end(
+    core: &dyn Core,
+    workload: &str,
+    lease: Option<String>,
+    container: Option<&str>,
+    reason: String,
+) {
+    let record = Record {
+        workload: Some(workload.to_string()),
+        lease,
+        container: container.map(|id| ContainerRef {
+            id: id.to_string(),
+            name: String::new(),
+            unverified: false,
+        }),
+        reason: Some(reason),
+        ..Record::default()
+    };
+    if let Err(e) = core.audit().record(Event::Revoke, record) {
+        tracing::error!(error = %e, "could not audit the end of a launch");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use unbaked_broker::lease_keep::LeaseKeeper;
+    use unbaked_broker::service::Broker;
+    use unbaked_broker::store::file::FileStore;
+    use unbaked_broker::store::key::StoreKey;
+
+    const CONTAINER: &str = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
+
+    /// A broker that keeps leases (and so launches) in `dir/store`, as the
+    /// platform's core.
+    fn core(dir: &Path) -> Broker {
+        let policies = unbaked_policy::PolicySet::default();
+        let store = Arc::new(unbaked_broker::store::memory::MemoryStore::new().unwrap());
+        let audit = unbaked_broker::audit::Audit::open(&dir.join("audit.log")).unwrap();
+        let fs = FileStore::open_with_key(
+            &dir.join("store").join(unbaked_broker::lease_keep::DIR),
+            StoreKey::from_bytes([5; 32]),
+            "test",
+            1,
+        )
+        .unwrap();
+        Broker::new(policies, store, audit, 0).with_keeper(LeaseKeeper::with(fs))
+    }
+
+    /// The platform of `b` (kept launches taken back), with `b` as its core.
+    async fn platform(dir: &Path, b: Broker) -> (Arc<Containers>, Broker, Vec<String>) {
+        let c = Arc::new(Containers::new(
+            crate::Engine::from_env().await,
+            &dir.join("broker.sock"),
+        ));
+        c.secure_base().unwrap();
+        let swept = c.take_back(&b);
+        (c.clone(), b.with_platform(c), swept)
+    }
+
+    /// One claimed launch with a file, as `prepare` and `deliver_files`
+    /// leave it, claimed by this very process.
+    fn launch(c: &Containers, id: &str) -> PathBuf {
+        let path = c.base().join(id);
+        let (mut dir, root) = crate::tmpfs::mount_secrets_dir(c.engine_socket(), &path).unwrap();
+        dir.write("db_password", b"kept-launch-file-marker", 0o400, None, None)
+            .unwrap();
+        let mut e = LaunchEntry::new("web".into(), 1000, Some(dir));
+        e.dir_id = Some(root);
+        e.applied.insert(
+            "db_password".into(),
+            Delivered {
+                path: "db_password".into(),
+                version: 1,
+                delivery: Delivery::File {
+                    path: "db_password".into(),
+                    mode: 0o400,
+                    uid: None,
+                    gid: None,
+                },
+                expires: Instant::now() + Duration::from_secs(90),
+            },
+        );
+        e.bound = Some(Bound {
+            container: CONTAINER.into(),
+            caller: Caller {
+                uid: 0,
+                gid: 0,
+                pid: Some(std::process::id() as i32),
+                container: None,
+                service_account: None,
+            },
+            lease_id: "l-files".into(),
+            next_renew: Instant::now() + Duration::from_secs(60),
+            valid_until: Instant::now() + Duration::from_secs(90),
+            init: Some(InitId::of(std::process::id() as i32).unwrap()),
+        });
+        c.launches().insert(id.into(), e);
+        path
+    }
+
+    fn me() -> LiveContainer {
+        LiveContainer {
+            id: CONTAINER.into(),
+            running: true,
+            pid: Some(i64::from(std::process::id())),
+            ..LiveContainer::default()
+        }
+    }
+
+    /// Kept, reopened by device, inode and birth time, verified against the same
+    /// container and init; a changed init is refused.
+    #[tokio::test]
+    async fn a_kept_launch_comes_back_only_to_its_own_tmpfs_and_container() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (first, b, _) = platform(tmp.path(), core(tmp.path())).await;
+        let path = launch(&first, "00aa11bb22cc33dd");
+        let record = first.keep_record();
+        let text = String::from_utf8_lossy(&record);
+        assert!(!text.contains("kept-launch-file-marker"), "{text}");
+        assert!(
+            text.contains("db_password") && text.contains(CONTAINER),
+            "{text}"
+        );
+        // The broker saves it with the leases; a restarted one reads it back.
+        assert!(b.save_leases().unwrap());
+        // Killed: nothing wiped or unmounted.
+        drop((first, b));
+        assert!(path.join("db_password").exists());
+
+        let (second, _b, swept) = platform(tmp.path(), core(tmp.path())).await;
+        assert!(swept.is_empty(), "{swept:?}");
+        assert!(second.keeping.load(std::sync::atomic::Ordering::Relaxed));
+        {
+            let l = second.launches();
+            let e = &l["00aa11bb22cc33dd"];
+            assert!(e.restored);
+            assert_eq!(e.bound.as_ref().unwrap().lease_id, "l-files");
+            assert_eq!(e.applied["db_password"].version, REWRITE);
+        }
+        // Another container, or the same id with another first process:
+        // not resumed.
+        let other = LiveContainer {
+            id: "6f".repeat(32),
+            ..me()
+        };
+        assert!(second.verify_restored("00aa11bb22cc33dd", &other).is_err());
+        let restarted = LiveContainer {
+            pid: Some(1),
+            ..me()
+        };
+        let why = second
+            .verify_restored("00aa11bb22cc33dd", &restarted)
+            .unwrap_err();
+        assert!(why.contains("restarted"), "{why}");
+        second.verify_restored("00aa11bb22cc33dd", &me()).unwrap();
+        assert!(!second.launches()["00aa11bb22cc33dd"].restored);
+        crate::tmpfs::release_dir(
+            second.engine_socket(),
+            "00aa11bb22cc33dd",
+            second.launches().remove("00aa11bb22cc33dd").unwrap().dir,
+        );
+        assert!(!path.exists());
+    }
+
+    /// A tmpfs replaced while the broker was down is never written,
+    /// zeroed or removed; the launch ends, audited.
+    #[tokio::test]
+    async fn a_replaced_tmpfs_is_left_alone_and_the_launch_ends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (first, b, _) = platform(tmp.path(), core(tmp.path())).await;
+        let path = launch(&first, "44ee55ff66aa77bb");
+        assert!(b.save_leases().unwrap());
+        drop((first, b));
+        // Someone else's tmpfs in its place, holding a file of theirs.
+        unbaked_secretsdir::sys::unmount(&path).unwrap();
+        unbaked_secretsdir::sys::mount_tmpfs(&path, 1 << 16).unwrap();
+        std::fs::write(path.join("theirs"), b"not the broker's").unwrap();
+
+        let (second, _b, swept) = platform(tmp.path(), core(tmp.path())).await;
+        assert!(swept.is_empty(), "swept: {swept:?}");
+        assert_eq!(second.launch_count(), 0);
+        assert_eq!(
+            std::fs::read(path.join("theirs")).unwrap(),
+            b"not the broker's"
+        );
+        let audit = std::fs::read_to_string(tmp.path().join("audit.log")).unwrap();
+        assert!(
+            audit.contains("failed verification")
+                && audit.contains("is not the tmpfs this broker mounted"),
+            "{audit}"
+        );
+        // Control: the same directory, not replaced, comes back (above).
+        unbaked_secretsdir::sys::unmount(&path).unwrap();
+        std::fs::remove_dir(&path).unwrap();
+    }
+
+    #[test]
+    fn an_init_is_its_pid_start_time_and_namespaces() {
+        let me_now = InitId::of(std::process::id() as i32).unwrap();
+        assert_eq!(me_now, InitId::of(std::process::id() as i32).unwrap());
+        me_now.check(&me()).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let other = InitId::of(child.id() as i32).unwrap();
+        assert_ne!(other, me_now);
+        let mut forged = me_now.clone();
+        forged.start += 1;
+        assert!(forged.check(&me()).is_err(), "a reused pid is caught");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
