@@ -11,6 +11,7 @@
 //! | GET | [`ADMIN_LIST`]`?prefix=P` | | 200 [`SecretList`] |
 //! | GET | [`HEALTH`] | | 200 [`Health`] |
 //! | POST | [`LAUNCH`] | [`LaunchRequest`] | 200 [`LaunchPlan`] |
+//! | POST | [`ACTION`] | [`ActionRequest`] | 200 [`ActionDone`] |
 //!
 //! Every error is a non-2xx status with an [`ApiError`] body.
 
@@ -26,6 +27,7 @@ pub const ADMIN_SECRETS: &str = "/v1/admin/secrets";
 pub const ADMIN_LIST: &str = "/v1/admin/list";
 pub const HEALTH: &str = "/v1/health";
 pub const LAUNCH: &str = "/v1/launch";
+pub const ACTION: &str = "/v1/action";
 
 /// Largest request body the broker reads.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
@@ -81,13 +83,15 @@ pub struct Lease {
     /// Renew before this many seconds have passed (the shortest item ttl).
     pub ttl_secs: u64,
     pub items: Vec<Item>,
-    /// What the client does when an item's content changes, by item id
-    /// (templates with `on_change`); absent items do nothing.
+    /// What the client does when an item's content changes, by the id of
+    /// the grant or template with `on_change` (a directory grant's id
+    /// covers every item under it: `file:tls` for `file:tls/cert.pem`);
+    /// absent items do nothing.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub actions: BTreeMap<String, ChangeAction>,
 }
 
-/// A template's `on_change`, as the client carries it out.
+/// A grant's or template's `on_change`, as the client carries it out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeAction {
     pub on_change: OnChange,
@@ -100,12 +104,46 @@ pub struct ChangeAction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "lowercase")]
 pub enum OnChange {
-    /// Send this signal (a name like `SIGHUP`) to the app.
-    Signal { signal: String },
+    /// Send this signal (a name like `SIGHUP`) to the app; with
+    /// `container`, to that container beside a sidecar, through the
+    /// broker ([`ACTION`]): the policy names it, never the client.
+    Signal {
+        signal: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container: Option<String>,
+    },
     /// Run this command (argv, no shell), not holding any value.
     Command { command: Vec<String> },
     /// Stop the app (SIGTERM, then SIGKILL after a grace) and start it again.
     Restart,
+}
+
+/// A lease holder's change action the broker carries out: the signal to
+/// the container the policy names for `item` (`signal_container`), never
+/// one the request names. The versions and counts are the client's
+/// account of the change, audited as such.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    pub lease_id: String,
+    /// The grant's or template's id, a key of [`Lease::actions`].
+    pub item: String,
+    #[serde(default)]
+    pub from_version: u64,
+    #[serde(default)]
+    pub to_version: u64,
+    #[serde(default)]
+    pub changes: u32,
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+/// What the broker did for an [`ActionRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionDone {
+    /// The id of the container signalled.
+    pub container: String,
+    pub signal: String,
 }
 
 /// One delivered secret value.

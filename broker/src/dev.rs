@@ -24,6 +24,8 @@ pub fn demo_policy(uid: u32) -> Policy {
         mode: 0o400,
         uid: None,
         gid: None,
+        on_change: None,
+        debounce: unbaked_policy::DEFAULT_DEBOUNCE,
     };
     Policy {
         workload: DEMO_WORKLOAD.into(),

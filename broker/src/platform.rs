@@ -67,6 +67,15 @@ pub struct ActionReport {
     pub action: ActionRef,
 }
 
+/// Why a named container was not signalled.
+#[derive(Debug)]
+pub enum SignalError {
+    /// It is not one the workload may signal: a denial, with its rule.
+    Refused(Refusal),
+    /// It may be, but the platform failed (engine away, not running).
+    Failed(String),
+}
+
 /// A container platform, as the core calls it. Each method says when.
 pub trait Platform: std::fmt::Debug + Send + Sync {
     /// Per request, before anything is decided: the container (if any)
@@ -139,6 +148,23 @@ pub trait Platform: std::fmt::Debug + Send + Sync {
     /// but not a reason to stop serving.
     fn detail(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// A lease holder's `signal_container` action (its lease, item and the
+    /// policy's action already checked): `signal` to the container `name`,
+    /// if it is `workload`'s. Ok: the container's id.
+    fn signal_container<'a>(
+        &'a self,
+        workload: &'a str,
+        name: &'a str,
+        signal: &'a str,
+    ) -> BoxFuture<'a, Result<String, SignalError>> {
+        let _ = (workload, signal);
+        let refusal = Refusal::new(
+            crate::rules::DenyRule::ActionContainer,
+            format!("this broker has no container platform, so it cannot signal container {name:?}: run it with `unbaked broker` beside the Docker Engine"),
+        );
+        Box::pin(std::future::ready(Err(SignalError::Refused(refusal))))
     }
 }
 

@@ -233,6 +233,15 @@ deny_rules! {
     LeaseOwner = "lease.owner", Lease,
         "the lease belongs to another uid or gid",
         "Renew or revoke a lease from the uid and gid that fetched it.";
+    ActionHolder = "action.holder", Lease,
+        "a change action was asked for by another process than the one holding the lease",
+        "Ask from the sidecar that fetched the lease; a lease id alone does not let another process act.";
+    ActionNotNamed = "action.not_named", Lease,
+        "the policy names no container to signal for this grant or template (its `on_change` is not a signal with `signal_container`)",
+        "Add on_change = \"signal\", signal = \"SIGHUP\" and signal_container = \"NAME\" to the grant or template, or use on_change = \"command\".";
+    ActionContainer = "action.container", Lease,
+        "the container the policy names is not the workload's: it does not exist, or is not labelled `io.unbaked.workload` with this workload (or was started by `unbaked run` for another)",
+        "Start the app container with --label io.unbaked.workload=WORKLOAD (or with `unbaked run` for this workload), or name the right container in signal_container.";
     Admin = "admin", Admin,
         "the admin API is for root and the broker's own uid",
         "Run `unbaked secret ...` as root or as the broker's uid.";

@@ -291,6 +291,10 @@ async fn route(
             broker.revoke(ctx, &r.lease_id)?;
             Ok(no_content())
         }
+        (&Method::POST, wire::ACTION, _) => {
+            let r: wire::ActionRequest = decode(req.into_body()).await?;
+            Ok(json(&broker.action(ctx, r).await?))
+        }
         (&Method::GET, wire::HEALTH, _) => Ok(json(&broker.health())),
         (&Method::POST, wire::LAUNCH, _) => {
             let r: wire::LaunchRequest = decode(req.into_body()).await?;
@@ -366,6 +370,7 @@ fn endpoint_label(path: &str) -> &'static str {
         wire::RENEW => "renew",
         wire::REVOKE => "revoke",
         wire::LAUNCH => "launch",
+        wire::ACTION => "action",
         wire::HEALTH => "health",
         p if p.starts_with("/v1/admin/") => "admin",
         _ => "other",

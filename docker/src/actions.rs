@@ -5,7 +5,9 @@
 //!
 //! - `signal`: `POST /containers/{id}/kill?signal=…`: the container's main
 //!   process (the app: the shim `execve`d it; or the shim supervising the
-//!   app for env/fd actions, which forwards it) gets the signal;
+//!   app for env/fd actions, which forwards it) gets the signal; with
+//!   `signal_container`, the container the policy names instead, under
+//!   the same check as a sidecar's request ([`signal_named`]);
 //! - `restart`: `POST /containers/{id}/restart`: the engine's stop, then
 //!   start; the launch is kept through it (see
 //!   [`Containers::container_gone`]), and the shim's new fetch writes a
@@ -24,7 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use unbaked_api::wire::OnChange;
 use unbaked_broker::audit::{ActionRef, ContainerRef};
-use unbaked_broker::platform::{ActionReport, Core};
+use unbaked_broker::platform::{ActionReport, Core, SignalError};
+use unbaked_broker::request::Refusal;
+use unbaked_broker::rules::DenyRule;
 use unbaked_secretsdir::change::{describe, Due};
 
 /// How long a `command` action may run inside the container.
@@ -101,15 +105,36 @@ fn take_due(containers: &Containers, now: Instant) -> Vec<Job> {
 }
 
 async fn carry_out(core: &dyn Core, containers: &Containers, job: Job) {
-    let result = match &job.due.action {
-        OnChange::Signal { signal } => kill(containers, &job.container, signal).await,
-        OnChange::Restart => restart(containers, &job.launch, &job.container).await,
-        OnChange::Command { command } => exec(containers, &job.container, command).await,
+    // `permanent`: no retry can succeed (a named container not the workload's).
+    let (result, permanent) = match &job.due.action {
+        OnChange::Signal {
+            signal,
+            container: None,
+        } => (kill(containers, &job.container, signal).await, false),
+        OnChange::Signal {
+            signal,
+            container: Some(name),
+        } => match signal_named(containers, &job.workload, name, signal).await {
+            Ok(_) => (Ok(()), false),
+            Err(SignalError::Failed(e)) => (Err(e), false),
+            Err(SignalError::Refused(r)) => (
+                Err(format!("refused by rule {}: {}", r.rule, r.reason)),
+                true,
+            ),
+        },
+        OnChange::Restart => (
+            restart(containers, &job.launch, &job.container).await,
+            false,
+        ),
+        OnChange::Command { command } => (exec(containers, &job.container, command).await, false),
     };
     {
         let mut launches = containers.launches();
         if let Some(e) = launches.get_mut(&job.launch) {
-            e.watch.done(&job.due, result.clone(), Instant::now());
+            match (&result, permanent) {
+                (Err(why), true) => e.watch.abandon(&job.due, why),
+                _ => e.watch.done(&job.due, result.clone(), Instant::now()),
+            }
         }
     }
     containers.wake_actions.notify_one();
@@ -138,6 +163,64 @@ async fn carry_out(core: &dyn Core, containers: &Containers, job: Job) {
             error: result.err(),
         },
     });
+}
+
+/// `signal` to the container the policy names (`signal_container`), if it
+/// is `workload`'s: labelled `io.unbaked.workload` = workload (the label
+/// the gate already holds to: such a container gets no other workload's
+/// secrets) and, if it names a launch, launched for that workload. The
+/// signal goes to the id inspected, so a name taken over meanwhile does
+/// not receive it. Ok: that id.
+pub async fn signal_named(
+    containers: &Containers,
+    workload: &str,
+    name: &str,
+    signal: &str,
+) -> Result<String, SignalError> {
+    let refuse = |why: String| {
+        let reason =
+            format!("container {name:?} may not be signalled for workload {workload:?}: {why}");
+        SignalError::Refused(Refusal::new(DenyRule::ActionContainer, reason))
+    };
+    let found = containers
+        .engine
+        .inspect(name)
+        .await
+        .map_err(|e| SignalError::Failed(e.to_string()))?;
+    let Some(c) = found else {
+        return Err(refuse("the Docker Engine knows no such container".into()));
+    };
+    let label = crate::launch::LABEL_WORKLOAD;
+    match c.labels.get(label) {
+        Some(w) if w == workload => {}
+        Some(w) => return Err(refuse(format!("it is labelled {label}={w:?}"))),
+        None => return Err(refuse(format!("it carries no {label} label"))),
+    }
+    if let Some(launch) = c.labels.get(crate::launch::LABEL_LAUNCH) {
+        let launched_for = containers
+            .launches()
+            .get(launch)
+            .map(|e| e.workload.clone());
+        if launched_for.as_deref() != Some(workload) {
+            return Err(refuse(format!(
+                "it names launch {launch}, which this broker did not start for the workload"
+            )));
+        }
+    }
+    if !c.running {
+        return Err(SignalError::Failed(format!(
+            "container {name:?} ({}) is not running",
+            short(&c.id)
+        )));
+    }
+    kill(containers, &c.id, signal)
+        .await
+        .map_err(SignalError::Failed)?;
+    Ok(c.id)
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 fn refused(what: &str, e: impl std::fmt::Display) -> String {

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use unbaked_api::wire::{DeliveryKind, LaunchPlan, LaunchRequest, Lease};
 use unbaked_broker::attest::container::{Attestation, ConnectionMemo, Evidence};
 use unbaked_broker::audit::{Event, Record};
-use unbaked_broker::platform::{BoxFuture, Core, FilesTarget, Platform};
+use unbaked_broker::platform::{BoxFuture, Core, FilesTarget, Platform, SignalError};
 use unbaked_broker::request::{Ctx, PlatformError, Refusal, ServiceError};
 use unbaked_broker::rules::DenyRule;
 use unbaked_policy::Policy;
@@ -269,6 +269,16 @@ impl Platform for Containers {
         self.keeping
             .load(std::sync::atomic::Ordering::Relaxed)
             .then(|| self.keep_record())
+    }
+
+    /// A sidecar's `signal_container`: see [`crate::actions::signal_named`].
+    fn signal_container<'a>(
+        &'a self,
+        workload: &'a str,
+        name: &'a str,
+        signal: &'a str,
+    ) -> BoxFuture<'a, Result<String, SignalError>> {
+        Box::pin(crate::actions::signal_named(self, workload, name, signal))
     }
 
     /// The launches' change actions that fail and are being retried.

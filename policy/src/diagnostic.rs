@@ -78,7 +78,8 @@ pub mod rule {
     /// template says (a multi-line format into `env`).
     pub const TEMPLATE_FORMAT: &str = "template-format";
     /// An `on_change` that is not none, signal, command or restart, or
-    /// lacks its `signal` / `command`, or a bad `debounce`.
+    /// lacks its `signal` / `command`, a bad `signal_container`, or a bad
+    /// `debounce` (grants and templates alike).
     pub const BAD_ON_CHANGE: &str = "bad-on-change";
 }
 

@@ -259,6 +259,8 @@ mod tests {
             mode: 0o400,
             uid: None,
             gid: None,
+            on_change: None,
+            debounce: crate::model::DEFAULT_DEBOUNCE,
         };
         Policy {
             workload: "billing".into(),

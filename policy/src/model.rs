@@ -151,6 +151,9 @@ pub struct Grant {
     /// File owner; always `None` for env and fd grants.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// `None`: a change is delivered and nothing else happens.
+    pub on_change: Option<OnChange>,
+    pub debounce: Duration,
 }
 
 impl Grant {
@@ -164,6 +167,19 @@ impl Grant {
     pub fn wire_delivery(&self) -> Delivery {
         self.delivery.wire(self.mode, self.uid, self.gid)
     }
+
+    /// The wire form of `on_change`, if any (keyed by [`Grant::id`]; a
+    /// directory grant's covers every file under it).
+    pub fn action(&self) -> Option<ChangeAction> {
+        change_action(self.on_change.as_ref(), self.debounce)
+    }
+}
+
+fn change_action(on_change: Option<&OnChange>, debounce: Duration) -> Option<ChangeAction> {
+    on_change.map(|on_change| ChangeAction {
+        on_change: on_change.clone(),
+        debounce_ms: u64::try_from(debounce.as_millis()).unwrap_or(u64::MAX),
+    })
 }
 
 /// How a dynamic grant's credential is issued. Each lease gets its own
@@ -251,7 +267,7 @@ impl GrantDelivery {
     }
 }
 
-/// How long changes are coalesced before a template's `on_change` runs
+/// How long changes are coalesced before an `on_change` runs
 /// when `debounce` is absent: Vault Agent's exec mode settled on 2 s.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_secs(2);
 
@@ -389,10 +405,7 @@ impl Template {
 
     /// The wire form of `on_change`, if any.
     pub fn action(&self) -> Option<ChangeAction> {
-        self.on_change.clone().map(|on_change| ChangeAction {
-            on_change,
-            debounce_ms: u64::try_from(self.debounce.as_millis()).unwrap_or(u64::MAX),
-        })
+        change_action(self.on_change.as_ref(), self.debounce)
     }
 }
 
@@ -420,8 +433,11 @@ mod tests {
             mode: 0o440,
             uid: Some(1000),
             gid: None,
+            on_change: None,
+            debounce: DEFAULT_DEBOUNCE,
         };
         assert_eq!(g.id(), "file:db_password");
+        assert_eq!(g.action(), None);
         assert_eq!(
             g.wire_delivery(),
             Delivery::File {

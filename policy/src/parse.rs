@@ -20,6 +20,7 @@ use std::path::Path;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+mod action;
 mod template;
 use template::RawTemplate;
 
@@ -115,6 +116,29 @@ struct RawGrant {
     uid: Option<Spanned<u32>>,
     #[schemars(with = "Option<u32>")]
     gid: Option<Spanned<u32>>,
+    #[schemars(with = "Option<String>")]
+    on_change: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
+    signal: Option<Spanned<String>>,
+    #[schemars(with = "Option<Vec<String>>")]
+    command: Option<Spanned<Vec<String>>>,
+    #[schemars(with = "Option<String>")]
+    signal_container: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
+    debounce: Option<Spanned<String>>,
+}
+
+impl RawGrant {
+    fn action(&self, index: usize) -> action::RawAction<'_> {
+        action::RawAction {
+            table: format!("grant[{index}]"),
+            on_change: self.on_change.as_ref(),
+            signal: self.signal.as_ref(),
+            command: self.command.as_ref(),
+            signal_container: self.signal_container.as_ref(),
+            debounce: self.debounce.as_ref(),
+        }
+    }
 }
 
 /// `mode = 0o440` or `mode = "0440"`; checked once we can see the literal.
@@ -637,22 +661,26 @@ impl Checker<'_> {
         if let [(kind @ ("env" | "fd"), target)] = deliveries.as_slice() {
             self.variable_delivery(index, g, kind, target, source.as_ref());
         }
+        let action = self.change_action(&g.action(index), delivery.as_ref());
 
-        let grant = match (source, delivery.clone(), ttl) {
-            (Some((secret, key, dynamic)), Some(delivery), Some(ttl))
-                if self.diags.len() == before =>
-            {
-                Some(Grant {
-                    secret,
-                    key,
-                    dynamic,
-                    delivery,
-                    ttl,
-                    mode: mode.unwrap_or(DEFAULT_MODE),
-                    uid: g.uid.as_ref().map(|u| *u.get_ref()),
-                    gid: g.gid.as_ref().map(|u| *u.get_ref()),
-                })
-            }
+        let grant = match (source, delivery.clone(), ttl, action) {
+            (
+                Some((secret, key, dynamic)),
+                Some(delivery),
+                Some(ttl),
+                Some((on_change, debounce)),
+            ) if self.diags.len() == before => Some(Grant {
+                secret,
+                key,
+                dynamic,
+                delivery,
+                ttl,
+                mode: mode.unwrap_or(DEFAULT_MODE),
+                uid: g.uid.as_ref().map(|u| *u.get_ref()),
+                gid: g.gid.as_ref().map(|u| *u.get_ref()),
+                on_change,
+                debounce,
+            }),
             _ => None,
         };
         (grant, delivery)

@@ -59,6 +59,11 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ("grant.mode", "File mode, in octal: `0o440` or \"0440\" (file grants only; default 0o400)."),
     ("grant.uid", "File owner (file grants only)."),
     ("grant.gid", "File group (file grants only)."),
+    ("grant.on_change", "What the sidecar, the exec shim or (for a file grant of an unbaked run container) the broker through the engine does when the delivered content changes: \"none\" (default), \"signal\", \"command\" or \"restart\". A directory grant's files are one change."),
+    ("grant.signal", "The signal for on_change = \"signal\", e.g. \"SIGHUP\"."),
+    ("grant.command", "The command (argv, no shell) for on_change = \"command\"."),
+    ("grant.signal_container", "For on_change = \"signal\" of a file: the app container (name or id) to signal instead, through the broker; it must be labelled io.unbaked.workload with this workload."),
+    ("grant.debounce", "Changes closer together than this are coalesced into one action (default \"2s\", at most \"60s\")."),
     ("template", "One file or variable rendered from several secrets: `.env`, JSON, YAML, or a consul-template / Vault Agent text template. Every secret it reads is named here, so the workload is granted exactly those."),
     ("template.file", "A file relative to the secrets directory (tmpfs)."),
     ("template.env", "An environment variable (`format = \"env\"` or `text` only)."),
@@ -73,6 +78,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ("template.on_change", "What the sidecar, the exec shim or (for a file template of an unbaked run container) the broker through the engine does when the rendered content changes: \"none\" (default), \"signal\", \"command\" or \"restart\"."),
     ("template.signal", "The signal for on_change = \"signal\", e.g. \"SIGHUP\"."),
     ("template.command", "The command (argv, no shell) for on_change = \"command\"."),
+    ("template.signal_container", "For on_change = \"signal\" of a file: the app container (name or id) to signal instead, through the broker; it must be labelled io.unbaked.workload with this workload."),
     ("template.debounce", "Changes closer together than this are coalesced into one action (default \"2s\", at most \"60s\")."),
 ];
 

@@ -122,6 +122,14 @@ fn summary(set: &PolicySet, dir: &Path) -> String {
             if let GrantDelivery::File(_) = g.delivery {
                 write!(out, " mode={:#o} uid={:?} gid={:?}", g.mode, g.uid, g.gid).unwrap();
             }
+            if let Some(a) = &g.on_change {
+                write!(
+                    out,
+                    " on_change={a:?} debounce={}ms",
+                    g.debounce.as_millis()
+                )
+                .unwrap();
+            }
             out.push('\n');
         }
         for t in templates {

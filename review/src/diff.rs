@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
+use unbaked_api::wire::OnChange;
 use unbaked_policy::{
     Dynamic, Grant, GrantDelivery, Isolation, Match, Policy, PolicySet, Template, TemplateSource,
 };
@@ -38,6 +39,7 @@ pub mod kind {
     pub const MATCH_CHANGED: &str = "match-changed";
     pub const LAUNCH_WIDENED: &str = "launch-widened";
     pub const LAUNCH_NARROWED: &str = "launch-narrowed";
+    pub const ON_CHANGE_CHANGED: &str = "on-change-changed";
 }
 
 /// What a change does to security, worst first.
@@ -472,6 +474,11 @@ impl Differ<'_> {
                     None,
                 );
             }
+            self.on_change(
+                &format!("template {}", a.id()),
+                a.on_change.as_ref(),
+                b.on_change.as_ref(),
+            );
             if b.mode & !a.mode & 0o077 != 0 {
                 let subject = format!("template {}", a.id());
                 self.push(
@@ -826,9 +833,37 @@ impl Differ<'_> {
         if files {
             self.file_attributes(a, b, &s);
         }
+        self.on_change(&s, a.on_change.as_ref(), b.on_change.as_ref());
         if let (Some(Dynamic::Pki(x)), Some(Dynamic::Pki(y))) = (&a.dynamic, &b.dynamic) {
             self.certificate_names(x, y, s);
         }
+    }
+
+    /// What happens on a change: naming a container to signal (or another
+    /// one) is weaker, since the broker then acts on it for the workload.
+    fn on_change(&mut self, s: &str, a: Option<&OnChange>, b: Option<&OnChange>) {
+        if a == b {
+            return;
+        }
+        let container = |o: Option<&OnChange>| match o {
+            Some(OnChange::Signal { container, .. }) => container.clone(),
+            _ => None,
+        };
+        let weaker = container(b).is_some() && container(a) != container(b);
+        let effect = if weaker {
+            Effect::Weaker
+        } else {
+            Effect::Changed
+        };
+        let note = weaker.then_some("the broker signals this container for the workload");
+        self.push(
+            effect,
+            kind::ON_CHANGE_CHANGED,
+            s,
+            Some(describe_on_change(a)),
+            Some(describe_on_change(b)),
+            note,
+        );
     }
 
     /// A file grant's mode and owner.
@@ -998,6 +1033,23 @@ fn selectors(m: &Match) -> String {
     parts.join(", ")
 }
 
+/// `none`, `signal SIGHUP`, `signal SIGHUP to container app`, ...
+fn describe_on_change(o: Option<&OnChange>) -> String {
+    match o {
+        None => "none".into(),
+        Some(OnChange::Signal {
+            signal,
+            container: None,
+        }) => format!("signal {signal}"),
+        Some(OnChange::Signal {
+            signal,
+            container: Some(c),
+        }) => format!("signal {signal} to container {c}"),
+        Some(OnChange::Command { command }) => format!("command {command:?}"),
+        Some(OnChange::Restart) => "restart".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1018,6 +1070,40 @@ mod tests {
             .into_iter()
             .map(|c| (c.kind, c.effect))
             .collect()
+    }
+
+    #[test]
+    fn on_change_shows_and_naming_a_container_is_weaker() {
+        let g = |action: &str| set(&grant(&format!("file = \"f\"\n{action}")), "");
+        let none = g("");
+        let hup = g("on_change = \"signal\"\nsignal = \"SIGHUP\"");
+        let app = g("on_change = \"signal\"\nsignal = \"SIGHUP\"\nsignal_container = \"app\"");
+        let cmd = g("on_change = \"command\"\ncommand = [\"reload\"]");
+        let on_change = |c: Effect| vec![(kind::ON_CHANGE_CHANGED, c)];
+        assert_eq!(kinds(&none, &hup), on_change(Effect::Changed));
+        assert_eq!(kinds(&hup, &app), on_change(Effect::Weaker));
+        assert_eq!(kinds(&app, &hup), on_change(Effect::Changed));
+        assert_eq!(kinds(&app, &cmd), on_change(Effect::Changed));
+        assert!(kinds(&app, &app).is_empty());
+        let c = &diff(&hup, &app)[0];
+        assert_eq!(
+            (c.before.as_deref(), c.after.as_deref()),
+            (
+                Some("signal SIGHUP"),
+                Some("signal SIGHUP to container app")
+            )
+        );
+        // Templates too.
+        let t = |action: &str| {
+            set(
+                &format!("[[template]]\nfile = \"a.env\"\nformat = \"env\"\nvalues = {{ A = \"s#k\" }}\n{action}\n"),
+                "",
+            )
+        };
+        assert_eq!(
+            kinds(&t(""), &t("on_change = \"restart\"")),
+            on_change(Effect::Changed)
+        );
     }
 
     #[test]

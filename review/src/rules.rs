@@ -152,7 +152,7 @@ pub const RULES: &[Rule] = &[
     error(parse::TEMPLATE_SYNTAX, "a template whose text does not parse, or that has both or neither of contents and values", "Write a text template in `contents` (the consul-template subset in README.md), or `values` with format env, json or yaml."),
     error(parse::TEMPLATE_SOURCE, "a template reference that is not a literal KV v2 or PKI issue path, or a value that is not PATH#KEY", "Write `secret \"MOUNT/data/PATH\"` or `pkiCert \"MOUNT/issue/ROLE\" \"common_name=NAME\"` with string literals, and values as \"app/db#password\"."),
     error(parse::TEMPLATE_FORMAT, "an unknown template format, or a JSON or YAML template delivered in an environment variable", "Use format env, json, yaml or text; deliver JSON and YAML as a file or fd."),
-    error(parse::BAD_ON_CHANGE, "an on_change that is not none, signal, command or restart, lacks its signal or command, or a debounce over 60s", "Write on_change = \"signal\" with signal = \"SIGHUP\", on_change = \"command\" with command = [...], or on_change = \"restart\"."),
+    error(parse::BAD_ON_CHANGE, "a grant's or template's on_change that is not none, signal, command or restart, lacks its signal or command, names a signal_container that is no container name (or for a variable), or a debounce over 60s", "Write on_change = \"signal\" with signal = \"SIGHUP\" (and signal_container = \"APP\" for a sidecar's file), on_change = \"command\" with command = [...], or on_change = \"restart\"."),
     Rule {
         id: lint::ENV_DELIVERY,
         level: Level::Warning,

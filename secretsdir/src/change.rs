@@ -83,7 +83,7 @@ impl Watch {
         Watch::default()
     }
 
-    /// Take in a lease answer; how many items changed content. Items
+    /// Take in a lease answer; how many actions' contents changed. Items
     /// without an action are not tracked.
     pub fn observe(&mut self, lease: &Lease, now: Instant) -> usize {
         self.observe_items(&lease.items, &lease.actions, now)
@@ -95,55 +95,57 @@ impl Watch {
         actions: &BTreeMap<String, ChangeAction>,
         now: Instant,
     ) -> usize {
-        let mut changed = 0;
         for item in items {
-            let Some(action) = actions.get(&item.id) else {
+            if action_key(&item.id, actions).is_none() {
                 self.seen.remove(&item.id);
-                continue;
-            };
-            let hash = digest(item);
-            let before = self.seen.insert(item.id.clone(), (hash, item.version));
+            }
+        }
+        let groups = groups(items, actions);
+        let mut changed = 0;
+        for (key, g) in &groups {
+            let before = self.seen.insert(key.clone(), (g.hash, g.version));
             let Some((old, old_version)) = before else {
                 continue; // the first delivery is not a change
             };
-            if old == hash {
+            if old == g.hash {
                 continue;
             }
             changed += 1;
             self.counters.changes += 1;
-            match self.pending.get_mut(&item.id) {
-                Some(p) => {
-                    // Folded into the open window (or the pending retry).
-                    p.due.to_version = item.version;
-                    p.due.changes += 1;
-                    p.due.action = action.on_change.clone();
-                    self.counters.coalesced += 1;
-                }
-                None => {
-                    let window = Duration::from_millis(action.debounce_ms);
-                    self.pending.insert(
-                        item.id.clone(),
-                        Pending {
-                            due: Due {
-                                id: item.id.clone(),
-                                action: action.on_change.clone(),
-                                from_version: old_version,
-                                to_version: item.version,
-                                changes: 1,
-                                attempts: 0,
-                            },
-                            at: now + window,
-                            backoff: Backoff::new(Duration::from_secs(1), RETRY_CAP),
-                            error: None,
-                        },
-                    );
-                }
-            }
+            self.pend(key, g, old_version, now);
         }
         // Items no longer delivered have nothing left to act on.
-        let live: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
-        self.pending.retain(|id, _| live.contains(&id.as_str()));
+        self.pending.retain(|id, _| groups.contains_key(id));
         changed
+    }
+
+    /// A change of `key`'s content: a new window, or folded into the open one.
+    fn pend(&mut self, key: &str, g: &Group<'_>, old_version: u64, now: Instant) {
+        if let Some(p) = self.pending.get_mut(key) {
+            // Folded into the open window (or the pending retry).
+            p.due.to_version = g.version;
+            p.due.changes += 1;
+            p.due.action = g.action.on_change.clone();
+            self.counters.coalesced += 1;
+            return;
+        }
+        let window = Duration::from_millis(g.action.debounce_ms);
+        self.pending.insert(
+            key.to_string(),
+            Pending {
+                due: Due {
+                    id: key.to_string(),
+                    action: g.action.on_change.clone(),
+                    from_version: old_version,
+                    to_version: g.version,
+                    changes: 1,
+                    attempts: 0,
+                },
+                at: now + window,
+                backoff: Backoff::new(Duration::from_secs(1), RETRY_CAP),
+                error: None,
+            },
+        );
     }
 
     /// When the next action is due.
@@ -227,17 +229,101 @@ impl Watch {
     pub fn rebase(&mut self, items: &[Item], actions: &BTreeMap<String, ChangeAction>) {
         self.seen.clear();
         self.pending.clear();
-        for item in items.iter().filter(|i| actions.contains_key(&i.id)) {
-            self.seen
-                .insert(item.id.clone(), (digest(item), item.version));
+        for (key, g) in groups(items, actions) {
+            self.seen.insert(key, (g.hash, g.version));
         }
     }
+}
+
+/// The content one action watches: one item, or every file of a
+/// directory grant.
+struct Group<'a> {
+    hash: [u8; 32],
+    /// The newest version among its items.
+    version: u64,
+    action: &'a ChangeAction,
+}
+
+/// The action an item falls under, with its key: its own id, or for a file
+/// under a directory grant the directory's (`file:tls` for
+/// `file:tls/cert.pem`), the nearest one first.
+pub fn action_key<'a>(
+    id: &str,
+    actions: &'a BTreeMap<String, ChangeAction>,
+) -> Option<(&'a String, &'a ChangeAction)> {
+    if let Some(found) = actions.get_key_value(id) {
+        return Some(found);
+    }
+    let path = id.strip_prefix("file:")?;
+    let mut end = path.len();
+    while let Some(slash) = path[..end].rfind('/') {
+        if let Some(found) = actions.get_key_value(&format!("file:{}", &path[..slash])) {
+            return Some(found);
+        }
+        end = slash;
+    }
+    None
+}
+
+/// One action's items (id, content hash), newest version, and the action.
+type Members<'i, 'a> = (Vec<(&'i str, [u8; 32])>, u64, &'a ChangeAction);
+
+/// Items by the action they fall under, each group's content hashed as a
+/// whole (item ids and their hashes, in id order), so a directory whose
+/// files all rotate at once is one change.
+fn groups<'a>(
+    items: &[Item],
+    actions: &'a BTreeMap<String, ChangeAction>,
+) -> BTreeMap<String, Group<'a>> {
+    let mut members: BTreeMap<&String, Members<'_, 'a>> = BTreeMap::new();
+    for item in items {
+        let Some((key, action)) = action_key(&item.id, actions) else {
+            continue;
+        };
+        let m = members.entry(key).or_insert((Vec::new(), 0, action));
+        m.0.push((item.id.as_str(), digest(item)));
+        m.1 = m.1.max(item.version);
+    }
+    members
+        .into_iter()
+        .map(|(key, (mut parts, version, action))| {
+            let hash = if parts.len() == 1 && parts[0].0 == key.as_str() {
+                parts[0].1
+            } else {
+                parts.sort();
+                let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+                for (id, h) in &parts {
+                    ctx.update(id.as_bytes());
+                    ctx.update(&[0]);
+                    ctx.update(h);
+                }
+                let mut out = [0u8; 32];
+                out.copy_from_slice(ctx.finish().as_ref());
+                out
+            };
+            (
+                key.clone(),
+                Group {
+                    hash,
+                    version,
+                    action,
+                },
+            )
+        })
+        .collect()
 }
 
 /// For logs: never a value (commands are from the policy).
 pub fn describe(a: &OnChange) -> String {
     match a {
-        OnChange::Signal { signal } => format!("signal {signal}"),
+        OnChange::Signal {
+            signal,
+            container: None,
+        } => format!("signal {signal}"),
+        OnChange::Signal {
+            signal,
+            container: Some(c),
+        } => format!("signal {signal} to container {c}"),
         OnChange::Command { command } => format!("command {command:?}"),
         OnChange::Restart => "restart".into(),
     }
@@ -272,6 +358,7 @@ mod tests {
                 let a = ChangeAction {
                     on_change: OnChange::Signal {
                         signal: "SIGHUP".into(),
+                        container: None,
                     },
                     debounce_ms,
                 };
@@ -384,5 +471,39 @@ mod tests {
         assert_eq!(w.next_due(), None);
         assert_eq!(w.observe_items(&[item("a", 3, b"v3")], &acts, t0), 0);
         assert_eq!(w.observe_items(&[item("a", 4, b"v4")], &acts, t0), 1);
+    }
+
+    #[test]
+    fn a_directory_grant_is_one_action_for_all_its_files() {
+        let mut w = Watch::new();
+        let t0 = Instant::now();
+        let acts = actions(&["file:tls"], 0);
+        let dir = |v: u64, tag: &[u8]| {
+            vec![
+                item("file:tls/cert.pem", v, &[b"c", tag].concat()),
+                item("file:tls/key.pem", v, &[b"k", tag].concat()),
+                item("file:tlsx", v, tag),
+            ]
+        };
+        assert_eq!(w.observe_items(&dir(1, b"1"), &acts, t0), 0);
+        assert_eq!(w.observe_items(&dir(2, b"1"), &acts, t0), 0);
+        // Both files rotate: one change, one action under the grant's id.
+        assert_eq!(w.observe_items(&dir(3, b"2"), &acts, t0), 1);
+        let due = w.take_due(t0);
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            (due[0].id.as_str(), due[0].from_version, due[0].to_version),
+            ("file:tls", 2, 3)
+        );
+        assert!(action_key("file:tlsx", &acts).is_none());
+        assert!(action_key("env:tls/x", &acts).is_none());
+        assert_eq!(
+            action_key("file:tls/a/b", &acts).map(|(k, _)| k.as_str()),
+            Some("file:tls")
+        );
+        // A file leaving the directory is a change too.
+        w.done(&due[0], Ok(()), t0);
+        let fewer = &dir(4, b"2")[..1];
+        assert_eq!(w.observe_items(fewer, &acts, t0), 1);
     }
 }

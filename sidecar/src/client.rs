@@ -157,6 +157,17 @@ impl Client {
         self.json(Method::GET, uri, None).await
     }
 
+    /// A `signal_container` action: the broker signals the container the
+    /// policy names for the item.
+    pub async fn action(&self, req: &wire::ActionRequest) -> Result<wire::ActionDone, ClientError> {
+        self.json(
+            Method::POST,
+            wire::ACTION.into(),
+            Some(to_json_zeroizing(req)),
+        )
+        .await
+    }
+
     /// `unbaked run`: the launch plan for these `docker run` arguments.
     pub async fn launch(&self, req: &wire::LaunchRequest) -> Result<wire::LaunchPlan, ClientError> {
         self.json(

@@ -307,18 +307,34 @@ impl Sidecar {
     }
 
     /// Carry out the change actions whose debounce window closed. The
-    /// sidecar runs commands; it has no process of its own to signal or
-    /// restart (that is `unbaked exec`'s, or the engine's for `unbaked run`).
+    /// sidecar runs commands, and has the broker signal the app container
+    /// the policy names; it has no process of its own to signal or restart
+    /// (that is `unbaked exec`'s, or the engine's for `unbaked run`).
     async fn run_actions(&mut self) {
+        use crate::actions::Failed;
+        use unbaked_api::wire::OnChange;
         for due in self.watch.take_due(Instant::now()) {
             match &due.action {
-                unbaked_api::wire::OnChange::Command { command } => {
+                OnChange::Command { command } => {
                     let r = crate::actions::run_command(command).await;
                     self.watch.done(&due, r, Instant::now());
                 }
+                OnChange::Signal {
+                    container: Some(_), ..
+                } => {
+                    let Some(lease) = self.lease_id.clone() else {
+                        self.watch.done(&due, Err("no lease to act for".into()), Instant::now());
+                        continue;
+                    };
+                    match crate::actions::ask_broker(&self.client, &lease, &due).await {
+                        Ok(()) => self.watch.done(&due, Ok(()), Instant::now()),
+                        Err(Failed::Retry(e)) => self.watch.done(&due, Err(e), Instant::now()),
+                        Err(Failed::Refused(e)) => self.watch.abandon(&due, &e),
+                    }
+                }
                 _ => self.watch.abandon(
                     &due,
-                    "the sidecar has no app process to signal or restart: use on_change = \"command\" here, or run the app under unbaked exec",
+                    "the sidecar has no app process to signal or restart: use on_change = \"command\", name the app container with signal_container, or run the app under unbaked exec",
                 ),
             }
         }

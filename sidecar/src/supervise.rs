@@ -160,18 +160,7 @@ impl Supervised {
                 }
                 _ = sleep_opt(due) => {
                     for d in watch.take_due(Instant::now()) {
-                        let result = match &d.action {
-                            OnChange::Signal { signal } => signal_child(&child, signal),
-                            OnChange::Command { command } => run_command(command).await,
-                            OnChange::Restart => match self.restart(&mut child).await {
-                                Ok(new) => {
-                                    child = new;
-                                    Ok(())
-                                }
-                                Err(e) => Err(e),
-                            },
-                        };
-                        watch.done(&d, result, Instant::now());
+                        self.act(&mut watch, &mut child, &d).await;
                     }
                 }
             }
@@ -181,6 +170,33 @@ impl Supervised {
             tracing::warn!(error = %e, "could not revoke the lease: it ends at its ttl");
         }
         Ok(code)
+    }
+
+    /// Carry out one due action and report it to `watch`.
+    async fn act(&self, watch: &mut Watch, child: &mut Child, d: &crate::actions::Due) {
+        use crate::actions::Failed;
+        let result = match &d.action {
+            OnChange::Signal {
+                signal,
+                container: None,
+            } => signal_child(child, signal),
+            OnChange::Signal {
+                container: Some(_), ..
+            } => match crate::actions::ask_broker(&self.client, &self.lease_id, d).await {
+                Ok(()) => Ok(()),
+                Err(Failed::Retry(e)) => Err(e),
+                Err(Failed::Refused(e)) => return watch.abandon(d, &e),
+            },
+            OnChange::Command { command } => run_command(command).await,
+            OnChange::Restart => match self.restart(child).await {
+                Ok(new) => {
+                    *child = new;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+        };
+        watch.done(d, result, Instant::now());
     }
 
     /// Stop the child and start the command again with the current values.

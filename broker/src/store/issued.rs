@@ -530,6 +530,8 @@ mod tests {
             mode: 0o440,
             uid: Some(7),
             gid: None,
+            on_change: None,
+            debounce: unbaked_policy::DEFAULT_DEBOUNCE,
         };
         let cred = Credential {
             version: 9,

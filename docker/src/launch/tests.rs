@@ -19,6 +19,8 @@ fn policy() -> Policy {
         mode: 0o400,
         uid: None,
         gid: None,
+        on_change: None,
+        debounce: unbaked_policy::DEFAULT_DEBOUNCE,
     };
     Policy {
         workload: "billing".into(),

@@ -17,31 +17,22 @@
 //! '''
 //! ```
 
+use super::action::RawAction;
 use super::{Checker, RawMode};
 use crate::diagnostic::rule;
 use crate::model::{
-    Format, GrantDelivery, Template, TemplateBody, TemplateValue, TextTemplate, DEFAULT_DEBOUNCE,
-    DEFAULT_MODE, DEFAULT_TTL,
+    Format, GrantDelivery, Template, TemplateBody, TemplateValue, TextTemplate, DEFAULT_MODE,
+    DEFAULT_TTL,
 };
 use crate::validate::{self, Problem};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 use toml::Spanned;
-use unbaked_api::wire::OnChange;
 
-/// Longest debounce: past it a change waits longer than most ttls.
-const MAX_DEBOUNCE: Duration = Duration::from_secs(60);
 /// Largest template text: a policy file is at most 256 KiB anyway.
 const MAX_CONTENTS: usize = 64 * 1024;
-
-/// Signals an `on_change` may send: the ones apps treat as "reload" or
-/// "stop"; never SIGKILL/SIGSTOP (no app can react to them).
-pub(crate) const SIGNALS: &[&str] = &[
-    "SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGALRM",
-];
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a table")]
@@ -73,7 +64,22 @@ pub(crate) struct RawTemplate {
     #[schemars(with = "Option<Vec<String>>")]
     command: Option<Spanned<Vec<String>>>,
     #[schemars(with = "Option<String>")]
+    signal_container: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     debounce: Option<Spanned<String>>,
+}
+
+impl RawTemplate {
+    fn action(&self, i: usize) -> RawAction<'_> {
+        RawAction {
+            table: format!("template[{i}]"),
+            on_change: self.on_change.as_ref(),
+            signal: self.signal.as_ref(),
+            command: self.command.as_ref(),
+            signal_container: self.signal_container.as_ref(),
+            debounce: self.debounce.as_ref(),
+        }
+    }
 }
 
 fn problem(rule: &'static str, message: String, hint: &str) -> Problem {
@@ -228,26 +234,20 @@ impl Checker<'_> {
         if !matches!(delivery, Some(GrantDelivery::File(_)) | None) {
             self.file_only(i, t);
         }
-        let on_change = self.on_change(i, raw);
-        let debounce = self.debounce(i, t);
-        let template = match (delivery.clone(), body, ttl, mode, on_change, debounce) {
-            (
-                Some(delivery),
-                Some(body),
-                Some(ttl),
-                Some(mode),
-                Some(on_change),
-                Some(debounce),
-            ) => Some(Template {
-                delivery,
-                body,
-                ttl,
-                mode,
-                uid: t.uid.as_ref().map(|u| *u.get_ref()),
-                gid: t.gid.as_ref().map(|g| *g.get_ref()),
-                on_change,
-                debounce,
-            }),
+        let action = self.change_action(&t.action(i), delivery.as_ref());
+        let template = match (delivery.clone(), body, ttl, mode, action) {
+            (Some(delivery), Some(body), Some(ttl), Some(mode), Some((on_change, debounce))) => {
+                Some(Template {
+                    delivery,
+                    body,
+                    ttl,
+                    mode,
+                    uid: t.uid.as_ref().map(|u| *u.get_ref()),
+                    gid: t.gid.as_ref().map(|g| *g.get_ref()),
+                    on_change,
+                    debounce,
+                })
+            }
             _ => None,
         };
         (template, delivery)
@@ -374,28 +374,6 @@ impl Checker<'_> {
         }
     }
 
-    fn debounce(&mut self, i: usize, t: &RawTemplate) -> Option<Duration> {
-        let Some(d) = &t.debounce else {
-            return Some(DEFAULT_DEBOUNCE);
-        };
-        self.check(d, &format!("template[{i}].debounce"), |text| {
-            let hint = "write a short duration, e.g. \"2s\" (at most \"60s\"; \"0s\" acts on every change)";
-            match humantime::parse_duration(text) {
-                Ok(d) if d <= MAX_DEBOUNCE => Ok(d),
-                Ok(_) => Err(problem(
-                    rule::BAD_ON_CHANGE,
-                    format!("debounce {text:?} is longer than 60s"),
-                    hint,
-                )),
-                Err(e) => Err(problem(
-                    rule::BAD_ON_CHANGE,
-                    format!("debounce {text:?} is not a duration ({e})"),
-                    hint,
-                )),
-            }
-        })
-    }
-
     fn text(&mut self, i: usize, contents: &Spanned<String>) -> Option<TemplateBody> {
         let field = format!("template[{i}].contents");
         let text = contents.get_ref();
@@ -512,105 +490,6 @@ impl Checker<'_> {
             values: out,
         })
     }
-
-    /// The signal of on_change = "signal", named as `SIGHUP` whatever the
-    /// spelling (`hup`, `HUP`, `SIGHUP`).
-    fn signal(&mut self, i: usize, t: &RawTemplate, at: usize) -> Option<OnChange> {
-        let field = format!("template[{i}].signal");
-        let Some(s) = &t.signal else {
-            self.error(
-                at,
-                field,
-                rule::BAD_ON_CHANGE,
-                "on_change = \"signal\" needs `signal`",
-                "add signal = \"SIGHUP\" (or SIGUSR1, ...)",
-            );
-            return None;
-        };
-        let name = s.get_ref().to_ascii_uppercase();
-        let name = if name.starts_with("SIG") {
-            name
-        } else {
-            format!("SIG{name}")
-        };
-        if SIGNALS.contains(&name.as_str()) {
-            return Some(OnChange::Signal { signal: name });
-        }
-        let message = format!("signal {:?} is not one an app can act on", s.get_ref());
-        self.error(
-            s.span().start,
-            field,
-            rule::BAD_ON_CHANGE,
-            &message,
-            &format!("use one of {}", SIGNALS.join(", ")),
-        );
-        None
-    }
-
-    /// `on_change` with its `signal` or `command`; `Some(None)` for none.
-    fn on_change(&mut self, i: usize, raw: &Spanned<RawTemplate>) -> Option<Option<OnChange>> {
-        let field = |name: &str| format!("template[{i}].{name}");
-        let t = raw.get_ref();
-        let word = t
-            .on_change
-            .as_ref()
-            .map(|w| (w.get_ref().as_str(), w.span().start));
-        let before = self.diags.len();
-        let result = match word {
-            None | Some(("none", _)) => None,
-            Some(("restart", _)) => Some(OnChange::Restart),
-            Some(("signal", at)) => self.signal(i, t, at),
-            Some(("command", at)) => match &t.command {
-                Some(c) if !c.get_ref().is_empty() && !c.get_ref()[0].is_empty() => {
-                    Some(OnChange::Command {
-                        command: c.get_ref().clone(),
-                    })
-                }
-                _ => {
-                    self.error(
-                        at,
-                        field("command"),
-                        rule::BAD_ON_CHANGE,
-                        "on_change = \"command\" needs a non-empty `command`",
-                        "add command = [\"nginx\", \"-s\", \"reload\"] (argv, no shell)",
-                    );
-                    None
-                }
-            },
-            Some((other, at)) => {
-                let message = format!("unknown on_change {other:?}");
-                self.error(
-                    at,
-                    field("on_change"),
-                    rule::BAD_ON_CHANGE,
-                    &message,
-                    "use \"none\", \"signal\", \"command\" or \"restart\"",
-                );
-                None
-            }
-        };
-        // A `signal` or `command` that nothing uses looks like an action that is not taken.
-        let kind = word.map_or("none", |(w, _)| w);
-        if let (Some(s), false) = (&t.signal, kind == "signal") {
-            self.error(
-                s.span().start,
-                field("signal"),
-                rule::BAD_ON_CHANGE,
-                "`signal` is set but on_change is not \"signal\"",
-                "add on_change = \"signal\", or remove `signal`",
-            );
-        }
-        if let (Some(c), false) = (&t.command, kind == "command") {
-            self.error(
-                c.span().start,
-                field("command"),
-                rule::BAD_ON_CHANGE,
-                "`command` is set but on_change is not \"command\"",
-                "add on_change = \"command\", or remove `command`",
-            );
-        }
-        (self.diags.len() == before).then_some(result)
-    }
 }
 
 #[cfg(test)]
@@ -646,7 +525,8 @@ mod tests {
         assert_eq!(
             t.on_change,
             Some(OnChange::Signal {
-                signal: "SIGHUP".into()
+                signal: "SIGHUP".into(),
+                container: None,
             })
         );
         assert_eq!(t.debounce, crate::DEFAULT_DEBOUNCE);

@@ -69,12 +69,16 @@ pub(super) fn issue_requests(policy: &Policy, kinds: &[DeliveryKind]) -> Vec<Iss
         .collect()
 }
 
-/// The `on_change` of each template of `kinds`, by item id.
+/// The `on_change` of each grant and template of `kinds`, by its id (a
+/// directory grant's covers the items under it).
 pub(super) fn actions(policy: &Policy, kinds: &[DeliveryKind]) -> BTreeMap<String, ChangeAction> {
-    policy
+    let grants = policy
+        .grants_of(kinds)
+        .filter_map(|g| g.action().map(|a| (g.id(), a)));
+    let templates = policy
         .templates_of(kinds)
-        .filter_map(|t| t.action().map(|a| (t.id(), a)))
-        .collect()
+        .filter_map(|t| t.action().map(|a| (t.id(), a)));
+    grants.chain(templates).collect()
 }
 
 /// The item's version: a digest of every source's path and version, so it

@@ -1,0 +1,119 @@
+//! `POST /v1/action`: a lease holder's `signal_container` action. A
+//! sidecar beside an app container never holds the engine's socket: once
+//! it has written the new content it asks here, and the broker signals the
+//! container the policy names for that grant or template.
+//!
+//! Checked in order, each refusal through the one deny path:
+//! 1. the lease is the caller's (uid and gid: `lease.owner`) and the caller
+//!    is the very process that fetched it (pid, pinned at the connection:
+//!    `action.holder`);
+//! 2. the caller still matches the workload (`[match]`, the gate,
+//!    `[isolation]`), as at a renewal;
+//! 3. the current policy's `on_change` for the item is a signal with
+//!    `signal_container` (`action.not_named`): the container and the
+//!    signal come from the policy, never from the request;
+//! 4. the platform inspects that container: it must be the workload's
+//!    (`action.container`), and is signalled by the id it inspected.
+//!
+//! Done or failed, the action is audited (`action`) and counted
+//! (`unbaked_actions_total`) like the platform's own.
+
+use super::super::{Broker, Ctx, ServiceError};
+use super::render;
+use crate::audit::{ActionRef, ContainerRef};
+use crate::lease::LeaseRecord;
+use crate::names::bounded_name;
+use crate::platform::{ActionReport, Core, SignalError};
+use crate::request::{PlatformError, Refusal};
+use crate::rules::DenyRule;
+use unbaked_api::wire::{ActionDone, ActionRequest, OnChange};
+
+impl Broker {
+    /// Carry out `req` for its lease's holder; see the module.
+    pub async fn action(&self, ctx: &Ctx, req: ActionRequest) -> Result<ActionDone, ServiceError> {
+        let lease = self.owned_lease(ctx, &req.lease_id)?;
+        self.holder(ctx, &lease)?;
+        let set = self.policies();
+        let policy = self.authorize(ctx, &set, &lease.workload)?;
+        // The caller's words until the policy is found to have that id.
+        let asked = if req.item.len() <= 300 && !req.item.chars().any(char::is_control) {
+            format!("{:?}", req.item)
+        } else {
+            bounded_name(&req.item)
+        };
+        let named = match render::actions(policy, &lease.kinds)
+            .get(&req.item)
+            .map(|a| &a.on_change)
+        {
+            Some(OnChange::Signal {
+                signal,
+                container: Some(c),
+            }) => Some((signal.clone(), c.clone())),
+            _ => None,
+        };
+        let Some((signal, container)) = named else {
+            let reason = format!("workload {:?} names no container to signal for {asked}: only a grant or template with on_change = \"signal\" and signal_container may ask the broker", lease.workload);
+            let detail = format!("{reason} (policy {})", policy.source.display());
+            let refusal = Refusal::new(DenyRule::ActionNotNamed, reason).detail(detail);
+            return Err(self.deny(ctx, &lease.workload, refusal));
+        };
+        // A key of the policy's actions: the grant's or template's own id.
+        let item = req.item.clone();
+        let report = |id: String, error: Option<String>| ActionReport {
+            workload: lease.workload.clone(),
+            lease: lease.id.clone(),
+            container: ContainerRef {
+                id,
+                name: container.clone(),
+                unverified: false,
+            },
+            kind: "signal",
+            action: ActionRef {
+                item: item.clone(),
+                from_version: req.from_version,
+                to_version: req.to_version,
+                changes: req.changes,
+                action: format!("signal {signal} to container {container}"),
+                attempt: req.attempt,
+                result: String::new(),
+                error,
+            },
+        };
+        let signalled = self
+            .platform
+            .signal_container(&lease.workload, &container, &signal)
+            .await;
+        match signalled {
+            Ok(id) => {
+                self.action_done(report(id.clone(), None));
+                Ok(ActionDone {
+                    container: id,
+                    signal,
+                })
+            }
+            Err(SignalError::Refused(r)) => Err(self.deny(ctx, &lease.workload, r)),
+            Err(SignalError::Failed(e)) => {
+                self.action_done(report(String::new(), Some(e.clone())));
+                Err(ServiceError::Platform(PlatformError::Unreachable(e)))
+            }
+        }
+    }
+
+    /// The caller is the process that fetched `lease` (a lease id read
+    /// elsewhere, even by the same uid, does not let another act).
+    fn holder(&self, ctx: &Ctx, lease: &LeaseRecord) -> Result<(), ServiceError> {
+        if lease.pid.is_some() && lease.pid == ctx.caller.pid {
+            return Ok(());
+        }
+        let reason = format!(
+            "lease {} was fetched by another process: ask for its actions from the sidecar that holds it",
+            lease.id
+        );
+        let detail = format!(
+            "lease {} is held by pid {:?}, the caller is pid {:?}",
+            lease.id, lease.pid, ctx.caller.pid
+        );
+        let refusal = Refusal::new(DenyRule::ActionHolder, reason).detail(detail);
+        Err(self.deny(ctx, &lease.workload, refusal))
+    }
+}
