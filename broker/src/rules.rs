@@ -239,6 +239,9 @@ deny_rules! {
     ActionNotNamed = "action.not_named", Lease,
         "the policy names no container to signal for this grant or template (its `on_change` is not a signal with `signal_container`)",
         "Add on_change = \"signal\", signal = \"SIGHUP\" and signal_container = \"NAME\" to the grant or template, or use on_change = \"command\".";
+    ActionRate = "action.rate", Lease,
+        "the same lease asked for the same item's action again within its debounce (at least 1 s): the broker acts at most once per window, whatever a client asks",
+        "Nothing to do for a sidecar (it coalesces changes itself); a client asking in a loop is refused until the window has passed.";
     ActionContainer = "action.container", Lease,
         "the container the policy names is not the workload's: it does not exist, or is not labelled `io.unbaked.workload` with this workload (or was started by `unbaked run` for another)",
         "Start the app container with --label io.unbaked.workload=WORKLOAD (or with `unbaked run` for this workload), or name the right container in signal_container.";

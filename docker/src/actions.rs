@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use unbaked_api::wire::OnChange;
 use unbaked_broker::audit::{ActionRef, ContainerRef};
+use unbaked_broker::names::bounded_name;
 use unbaked_broker::platform::{ActionReport, Core, SignalError};
 use unbaked_broker::request::Refusal;
 use unbaked_broker::rules::DenyRule;
@@ -177,24 +178,40 @@ pub async fn signal_named(
     name: &str,
     signal: &str,
 ) -> Result<String, SignalError> {
-    let refuse = |why: String| {
+    // The caller learns that the container is not the workload's; what it
+    // is instead (another workload's name, a launch id) is the operator's.
+    let refuse = |why: String, detail: Option<String>| {
         let reason =
             format!("container {name:?} may not be signalled for workload {workload:?}: {why}");
-        SignalError::Refused(Refusal::new(DenyRule::ActionContainer, reason))
+        let mut refusal = Refusal::new(DenyRule::ActionContainer, reason.clone());
+        if let Some(d) = detail {
+            refusal = refusal.detail(format!("{reason} ({d})"));
+        }
+        SignalError::Refused(refusal)
     };
     let found = containers
         .engine
         .inspect(name)
         .await
         .map_err(|e| SignalError::Failed(e.to_string()))?;
-    let Some(c) = found else {
-        return Err(refuse("the Docker Engine knows no such container".into()));
+    // The engine resolves an unknown name as an id prefix too: only the
+    // container of that very name (or full id) is the one the policy means.
+    let Some(c) = found.filter(|c| c.name == name || c.id == name) else {
+        return Err(refuse(
+            "the Docker Engine knows no container of that name".into(),
+            None,
+        ));
     };
     let label = crate::launch::LABEL_WORKLOAD;
     match c.labels.get(label) {
         Some(w) if w == workload => {}
-        Some(w) => return Err(refuse(format!("it is labelled {label}={w:?}"))),
-        None => return Err(refuse(format!("it carries no {label} label"))),
+        Some(w) => {
+            return Err(refuse(
+                format!("it is not labelled {label}={workload:?}"),
+                Some(format!("labelled {label}={}", bounded_name(w))),
+            ))
+        }
+        None => return Err(refuse(format!("it carries no {label} label"), None)),
     }
     if let Some(launch) = c.labels.get(crate::launch::LABEL_LAUNCH) {
         let launched_for = containers
@@ -202,9 +219,10 @@ pub async fn signal_named(
             .get(launch)
             .map(|e| e.workload.clone());
         if launched_for.as_deref() != Some(workload) {
-            return Err(refuse(format!(
-                "it names launch {launch}, which this broker did not start for the workload"
-            )));
+            return Err(refuse(
+                "it names a launch this broker did not start for the workload".into(),
+                Some(format!("launch label {}", bounded_name(launch))),
+            ));
         }
     }
     if !c.running {

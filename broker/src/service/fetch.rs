@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use unbaked_api::wire::{ApiError, DeliveryKind, ErrorCode, FetchRequest, Item, Lease};
 use unbaked_policy::{Policy, PolicySet};
 
-mod action;
+pub(super) mod action;
 mod render;
 
 impl Broker {

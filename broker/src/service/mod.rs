@@ -60,6 +60,8 @@ pub struct Broker {
     repeats: deny::Repeats,
     /// Keeps the lease and credential tables across a restart.
     keeper: Option<crate::lease_keep::LeaseKeeper>,
+    /// When each lease's item last had a `/v1/action` carried out.
+    action_pace: fetch::action::Pace,
 }
 
 impl std::fmt::Debug for Broker {
@@ -88,6 +90,7 @@ impl Broker {
             tokens: None,
             repeats: deny::Repeats::default(),
             keeper: None,
+            action_pace: Default::default(),
         }
     }
 

@@ -12,7 +12,10 @@
 //! 3. the current policy's `on_change` for the item is a signal with
 //!    `signal_container` (`action.not_named`): the container and the
 //!    signal come from the policy, never from the request;
-//! 4. the platform inspects that container: it must be the workload's
+//! 4. the same lease and item acted less than the item's debounce (at
+//!    least 1 s) ago (`action.rate`): the broker, not only the sidecar,
+//!    bounds how often a caller can signal an app;
+//! 5. the platform inspects that container: it must be the workload's
 //!    (`action.container`), and is signalled by the id it inspected.
 //!
 //! Done or failed, the action is audited (`action`) and counted
@@ -26,7 +29,39 @@ use crate::names::bounded_name;
 use crate::platform::{ActionReport, Core, SignalError};
 use crate::request::{PlatformError, Refusal};
 use crate::rules::DenyRule;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use unbaked_api::wire::{ActionDone, ActionRequest, OnChange};
+
+/// The shortest window between two actions of one lease's item.
+const MIN_WINDOW: Duration = Duration::from_secs(1);
+/// Past this many remembered (lease, item) pairs, the expired are dropped;
+/// a live lease holds at most its policy's items, so the map stays small.
+const PACE_SWEEP_ABOVE: usize = 4096;
+
+/// When each (lease, item) last had an action carried out.
+#[derive(Debug, Default)]
+pub struct Pace(Mutex<HashMap<(String, String), (Instant, Duration)>>);
+
+impl Pace {
+    /// True, and the time noted, when `window` has passed since the last.
+    fn allow(&self, lease: &str, item: &str, window: Duration) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if map.len() > PACE_SWEEP_ABOVE {
+            map.retain(|_, (at, w)| now.duration_since(*at) < *w);
+        }
+        let key = (lease.to_string(), item.to_string());
+        match map.get(&key) {
+            Some((at, _)) if now.duration_since(*at) < window => false,
+            _ => {
+                map.insert(key, (now, window));
+                true
+            }
+        }
+    }
+}
 
 impl Broker {
     /// Carry out `req` for its lease's holder; see the module.
@@ -41,17 +76,17 @@ impl Broker {
         } else {
             bounded_name(&req.item)
         };
-        let named = match render::actions(policy, &lease.kinds)
-            .get(&req.item)
-            .map(|a| &a.on_change)
-        {
-            Some(OnChange::Signal {
-                signal,
-                container: Some(c),
-            }) => Some((signal.clone(), c.clone())),
-            _ => None,
+        let named = match render::actions(policy, &lease.kinds).get(&req.item) {
+            Some(a) => match &a.on_change {
+                OnChange::Signal {
+                    signal,
+                    container: Some(c),
+                } => Some((signal.clone(), c.clone(), a.debounce_ms)),
+                _ => None,
+            },
+            None => None,
         };
-        let Some((signal, container)) = named else {
+        let Some((signal, container, debounce_ms)) = named else {
             let reason = format!("workload {:?} names no container to signal for {asked}: only a grant or template with on_change = \"signal\" and signal_container may ask the broker", lease.workload);
             let detail = format!("{reason} (policy {})", policy.source.display());
             let refusal = Refusal::new(DenyRule::ActionNotNamed, reason).detail(detail);
@@ -59,6 +94,16 @@ impl Broker {
         };
         // A key of the policy's actions: the grant's or template's own id.
         let item = req.item.clone();
+        let window = Duration::from_millis(debounce_ms).max(MIN_WINDOW);
+        if !self.action_pace.allow(&lease.id, &item, window) {
+            let reason = format!(
+                "lease {} asked for {asked}'s action again within {} ms: the broker acts at most once per window",
+                lease.id,
+                window.as_millis()
+            );
+            let refusal = Refusal::new(DenyRule::ActionRate, reason);
+            return Err(self.deny(ctx, &lease.workload, refusal));
+        }
         let report = |id: String, error: Option<String>| ActionReport {
             workload: lease.workload.clone(),
             lease: lease.id.clone(),
@@ -102,7 +147,9 @@ impl Broker {
     /// The caller is the process that fetched `lease` (a lease id read
     /// elsewhere, even by the same uid, does not let another act).
     fn holder(&self, ctx: &Ctx, lease: &LeaseRecord) -> Result<(), ServiceError> {
-        if lease.pid.is_some() && lease.pid == ctx.caller.pid {
+        // pid 0: SO_PEERCRED's answer for a peer outside the broker's pid
+        // namespace, which names nobody.
+        if lease.pid.is_some_and(|p| p > 0) && lease.pid == ctx.caller.pid {
             return Ok(());
         }
         let reason = format!(
