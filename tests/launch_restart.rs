@@ -224,6 +224,7 @@ fn a_restarted_broker_renews_its_launches_and_ends_those_gone_meanwhile() {
     wait_kept(&b);
     let (written, renewal) = rotate_across_restart(&mut b, &name, &lease);
     let took = renewal.ts.duration_since(written.ts).unwrap();
+    eprintln!("the rotation was renewed into the container {took:?} after it was written");
     assert!(
         took <= Duration::from_secs(TTL_SECS),
         "the rotation took {took:?} to reach the container, more than the ttl of {TTL_SECS}s"

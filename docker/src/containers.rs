@@ -19,6 +19,8 @@
 //!    template whose content changed gets its `on_change` carried out by
 //!    [`crate::actions`]; [`crate::events`] ends it all when the container
 //!    dies (unless the broker is restarting it for an action).
+//! 5. A broker with a store directory keeps the launches across its own
+//!    restart ([`crate::launch_keep`]); one without wipes them at stop.
 //!
 //! **Invariant:** a file grant is written only after the same checks as a
 //! fetch by the container itself (attestation, isolation, `[match]`, audit).

@@ -282,7 +282,7 @@ impl Containers {
         let mut accounted = BTreeSet::new();
         match core.kept_platform() {
             None => {
-                tracing::warn!(base = %self.base().display(), "no store directory and key: `unbaked run` launches are not kept across a restart (their secrets tmpfs is wiped at stop, or zeroed at the next start)")
+                tracing::info!(base = %self.base().display(), "no store directory and key: `unbaked run` launches are not kept across a restart (their secrets tmpfs is wiped at stop, or zeroed at the next start)")
             }
             Some(bytes) => {
                 self.keeping
