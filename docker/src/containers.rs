@@ -70,6 +70,8 @@ pub struct Containers {
     leases: Mutex<HashMap<String, Vec<String>>>,
     /// Wakes [`crate::actions::run`] when a change was noted.
     pub(crate) wake_actions: tokio::sync::Notify,
+    /// What no container may mount, for the live isolation check.
+    pub(crate) protected: crate::mount_identity::ProtectedCache,
 }
 
 #[derive(Debug)]
@@ -175,6 +177,7 @@ impl Containers {
             launches: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
             wake_actions: tokio::sync::Notify::new(),
+            protected: Default::default(),
         }
     }
 
