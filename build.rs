@@ -89,4 +89,21 @@ fn main() {
         "cargo:rustc-env=UNBAKED_BUILD={} (commit {short}, {profile}, {target})",
         env!("CARGO_PKG_VERSION")
     );
+    pack_relocations();
+}
+
+/// The static binary (scripts/build-static) is a static PIE: it relocates
+/// itself at every start, reading one 24-byte RELA entry per pointer in its
+/// data. Packed relative relocations (DT_RELR: GNU ld 2.38, glibc 2.36)
+/// hold the same in a bitmap a small fraction of that size, so an exec
+/// shim or a sidecar starts with fewer page faults and keeps fewer pages.
+/// ASLR is unchanged: the binary still loads at a random address.
+fn pack_relocations() {
+    let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
+    let static_pie = features.split(',').any(|f| f == "crt-static")
+        && std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
+        && std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu");
+    if static_pie {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
 }

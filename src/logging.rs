@@ -13,7 +13,8 @@ use serde_json::{Map, Value};
 use std::fmt;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -37,14 +38,104 @@ pub fn init(json: bool, default_filter: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if json {
-        // JsonFields stores each span's fields as a JSON object, which
+        // SpanJson stores each span's fields as a JSON object, which
         // FlatJson merges into the line.
-        builder
-            .fmt_fields(JsonFields::new())
-            .event_format(FlatJson)
-            .init();
+        builder.fmt_fields(SpanJson).event_format(FlatJson).init();
     } else {
         builder.init();
+    }
+}
+
+/// A span's fields as one JSON object, written as they come: the request
+/// span of every broker request is built here, so its fields cost a few
+/// string writes. (`JsonFields` builds a map of `Value`s and serializes
+/// it, and for each field recorded later, such as the request's workload,
+/// parses the whole object back and serializes it again.) A field recorded
+/// twice appears twice; the later one wins when FlatJson reads the object.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanJson;
+
+impl<'w> FormatFields<'w> for SpanJson {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut object = JsonObject::open(String::new());
+        fields.record(&mut object);
+        writer.write_str(&object.close())
+    }
+
+    fn add_fields(
+        &self,
+        current: &'w mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> fmt::Result {
+        let mut object = JsonObject::open(std::mem::take(&mut current.fields));
+        fields.record(&mut object);
+        current.fields = object.close();
+        Ok(())
+    }
+}
+
+/// A JSON object being written: `{` and the members so far, unclosed.
+struct JsonObject(Vec<u8>);
+
+impl JsonObject {
+    /// Reopen `written` (an object [`JsonObject::close`] made), or start one.
+    fn open(written: String) -> JsonObject {
+        let mut bytes = written.into_bytes();
+        if bytes.last() == Some(&b'}') {
+            bytes.pop();
+        } else {
+            bytes.clear();
+            bytes.push(b'{');
+        }
+        JsonObject(bytes)
+    }
+
+    /// `"name":` after a comma if a member came before.
+    fn key(&mut self, name: &str) -> &mut Vec<u8> {
+        if self.0.last() != Some(&b'{') {
+            self.0.push(b',');
+        }
+        // Into a Vec, serializing a str or a number cannot fail.
+        let _ = serde_json::to_writer(&mut self.0, name);
+        self.0.push(b':');
+        &mut self.0
+    }
+
+    fn close(mut self) -> String {
+        self.0.push(b'}');
+        // Only serde_json wrote between the braces: valid UTF-8.
+        String::from_utf8(self.0).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+impl Visit for JsonObject {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let _ = serde_json::to_writer(self.key(field.name()), value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        let _ = serde_json::to_writer(self.key(field.name()), &value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        let _ = serde_json::to_writer(self.key(field.name()), &value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        let _ = serde_json::to_writer(self.key(field.name()), &value);
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        // NaN and the infinities come out as null, as JsonFields writes them.
+        let _ = serde_json::to_writer(self.key(field.name()), &value);
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        let _ = serde_json::to_writer(self.key(field.name()), &value.to_string());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let _ = serde_json::to_writer(self.key(field.name()), &format!("{value:?}"));
     }
 }
 
@@ -136,5 +227,66 @@ impl Visit for Fields<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.line
             .insert(field.name().into(), Value::from(format!("{value:?}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The request span's fields, those given at its start and those
+    /// recorded later, reach the event's line beside its own, escaped.
+    #[test]
+    fn span_fields_are_flat_json_beside_the_events() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(move || out.clone())
+            .fmt_fields(SpanJson)
+            .event_format(FlatJson)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let id = "1f";
+            let span = tracing::info_span!(
+                "request",
+                id = %id,
+                path = "/v1/\"fetch\"",
+                uid = 1000u32,
+                pid = Some(-4i32),
+                ok = true,
+                ratio = f64::NAN,
+                workload = tracing::field::Empty,
+            );
+            span.record("workload", "billing");
+            span.record("uid", 7u32);
+            span.in_scope(|| tracing::info!(n = 3, "served"));
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["spans"], serde_json::json!(["request"]), "{text}");
+        assert_eq!(line["id"], "1f", "{text}");
+        assert_eq!(line["path"], "/v1/\"fetch\"", "{text}");
+        assert_eq!(line["pid"], -4, "{text}");
+        assert_eq!(line["ok"], true, "{text}");
+        assert!(line["ratio"].is_null(), "{text}");
+        assert_eq!(line["workload"], "billing", "{text}");
+        assert_eq!(line["uid"], 7, "the later record wins: {text}");
+        assert_eq!(line["n"], 3, "{text}");
+        assert_eq!(line["message"], "served", "{text}");
     }
 }

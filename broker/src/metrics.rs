@@ -12,6 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The workload label of denials for a workload no policy declares.
@@ -77,7 +78,18 @@ pub struct Metrics {
     pub actions: Family<ActionLabels, Counter>,
     /// 1 while the Vault store runs with VAULT_SKIP_VERIFY: never silently.
     pub vault_tls_verify_disabled: Gauge,
+    /// Handles into `requests` for each endpoint's usual answers, taken
+    /// at their first use ([`Metrics::request`]).
+    kept_requests: [[OnceLock<Counter>; KEPT_STATUSES.len()]; ENDPOINTS.len()],
 }
+
+/// The endpoint labels of `requests` (a bounded set: admin paths, which
+/// name secrets, are one label).
+pub const ENDPOINTS: [&str; 7] = [
+    "fetch", "renew", "revoke", "launch", "health", "admin", "other",
+];
+/// The answers whose request counters are kept at hand.
+const KEPT_STATUSES: [u16; 2] = [200, 204];
 
 /// A new metric of type `M`, registered under `name`.
 fn register<M>(registry: &mut Registry, name: &str, help: &str) -> M
@@ -138,7 +150,28 @@ impl Metrics {
                 "1 when the vault server's TLS certificate is not checked (VAULT_SKIP_VERIFY)",
             ),
             registry: r,
+            kept_requests: Default::default(),
         }
+    }
+
+    /// Count a request to `endpoint` (one of [`ENDPOINTS`]) answered with
+    /// `status`. A fetch answered 200 is one atomic add on a kept handle,
+    /// not a label lookup (a hash, a lock and an allocation per request).
+    pub fn request(&self, endpoint: &'static str, status: u16) {
+        let kept = ENDPOINTS.iter().position(|e| *e == endpoint).and_then(|e| {
+            let s = KEPT_STATUSES.iter().position(|s| *s == status)?;
+            Some(&self.kept_requests[e][s])
+        });
+        let labels = || RequestLabels {
+            endpoint: endpoint.into(),
+            status,
+        };
+        match kept {
+            Some(slot) => slot
+                .get_or_init(|| self.requests.get_or_create(&labels()).clone())
+                .inc(),
+            None => self.requests.get_or_create(&labels()).inc(),
+        };
     }
 
     /// Count a denial. `workload` is a declared workload's name, `""`
@@ -340,6 +373,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A kept handle counts into the family's own series: the text shows
+    /// one line per endpoint and status, kept or not.
+    #[test]
+    fn kept_request_counters_are_the_family_series() {
+        let m = Metrics::new();
+        for _ in 0..3 {
+            m.request("fetch", 200);
+        }
+        m.request("fetch", 403);
+        m.request("other", 404);
+        m.request("revoke", 204);
+        let text = m.render();
+        for line in [
+            "unbaked_requests_total{endpoint=\"fetch\",status=\"200\"} 3",
+            "unbaked_requests_total{endpoint=\"fetch\",status=\"403\"} 1",
+            "unbaked_requests_total{endpoint=\"other\",status=\"404\"} 1",
+            "unbaked_requests_total{endpoint=\"revoke\",status=\"204\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert_eq!(text.matches("endpoint=\"fetch\",status=\"200\"").count(), 1);
+        // Nothing kept before its first use is shown.
+        assert!(!text.contains("endpoint=\"renew\""), "{text}");
     }
 
     #[test]

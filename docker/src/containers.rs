@@ -79,6 +79,8 @@ pub struct Containers {
     pub(crate) keeping: AtomicBool,
     /// Instants as wall-clock times in the kept record.
     pub(crate) clock: Clock,
+    /// What no container may mount, for the live isolation check.
+    pub(crate) protected: crate::mount_identity::ProtectedCache,
 }
 
 #[derive(Debug)]
@@ -197,6 +199,7 @@ impl Containers {
             wake_actions: tokio::sync::Notify::new(),
             keeping: AtomicBool::new(false),
             clock: Clock::now(),
+            protected: Default::default(),
         }
     }
 

@@ -11,6 +11,7 @@ use crate::launch::{HostFacts, Parsed, Volume};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// The file `path` names, following every link (`stat`, not `lstat`), so a
 /// symlink, a bind mount or `/proc/<pid>/root/...` all come out as what
@@ -49,6 +50,64 @@ pub fn protected(engine_socket: &Path, data_root: Option<&Path>) -> Protected {
         }
     }
     out
+}
+
+/// [`protected`] and the launches' directory (every `unbaked run`
+/// container's files) with every directory above it: what the live
+/// isolation check of a container compares its mounts against.
+pub fn protected_with_launches(
+    engine_socket: &Path,
+    data_root: Option<&Path>,
+    launches: &Path,
+) -> Protected {
+    let mut out = protected(engine_socket, data_root);
+    for id in with_ancestors(launches) {
+        if !out.contains(&id) {
+            out.ids.push(id);
+        }
+    }
+    out
+}
+
+/// [`protected_with_launches`], kept between requests while its roots
+/// stay the same files. Each use stats the roots (the engine socket, the
+/// runtime sockets, the data root, the launches' directory: one `stat`
+/// each) and rebuilds the set when any of them names another file than
+/// when it was built (a restarted engine's new socket), appeared or went
+/// (a runtime socket), or the data root became known. A rebuild resolves
+/// each root and stats every directory above it: about fifty system calls
+/// that a container's request no longer makes each time.
+#[derive(Debug, Default)]
+pub struct ProtectedCache {
+    kept: Mutex<Option<Kept>>,
+}
+
+/// The roots, each with the file it named, and the set built from them.
+type Kept = (Vec<(PathBuf, Option<FileId>)>, Arc<Protected>);
+
+impl ProtectedCache {
+    pub fn get(
+        &self,
+        engine_socket: &Path,
+        data_root: Option<&Path>,
+        launches: &Path,
+    ) -> Arc<Protected> {
+        // Stated before a rebuild reads anything: a root that changes
+        // meanwhile no longer matches at the next use.
+        let roots: Vec<(PathBuf, Option<FileId>)> = std::iter::once(engine_socket)
+            .chain(RUNTIME_SOCKETS.iter().map(Path::new))
+            .chain(data_root)
+            .chain(std::iter::once(launches))
+            .map(|p| (p.to_path_buf(), file_id(p)))
+            .collect();
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, set)) = kept.as_ref().filter(|(was, _)| *was == roots) {
+            return set.clone();
+        }
+        let set = Arc::new(protected_with_launches(engine_socket, data_root, launches));
+        *kept = Some((roots, set.clone()));
+        set
+    }
 }
 
 /// `path` (links resolved) and every directory above it, by identity;
@@ -114,6 +173,48 @@ mod tests {
         ]);
         assert_eq!(ids.len(), 1);
         assert_eq!(ids.values().next(), Some(&real));
+    }
+
+    /// The kept set is the one a fresh build makes, and it is built again
+    /// when a root names another file or the data root becomes known.
+    #[test]
+    fn the_kept_set_follows_its_roots() {
+        let t = tempfile::tempdir().unwrap();
+        let sock = t.path().join("run/docker.sock");
+        std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
+        std::fs::write(&sock, b"").unwrap();
+        let launches = t.path().join("unbaked/containers");
+        std::fs::create_dir_all(&launches).unwrap();
+        let data = t.path().join("lib/docker");
+        std::fs::create_dir_all(&data).unwrap();
+        let cache = ProtectedCache::default();
+        let first = cache.get(&sock, None, &launches);
+        assert_eq!(*first, protected_with_launches(&sock, None, &launches));
+        assert!(first.contains(&file_id(&launches).unwrap()));
+        assert!(Arc::ptr_eq(&first, &cache.get(&sock, None, &launches)));
+        // The data root becomes known: built again, with it.
+        let known = cache.get(&sock, Some(&data), &launches);
+        assert!(!Arc::ptr_eq(&first, &known));
+        assert!(known.contains(&file_id(&data).unwrap()));
+        assert!(!first.contains(&file_id(&data).unwrap()), "control");
+        // The engine restarts and makes a new socket (a new inode; the old
+        // one held open, so its inode is not reused): built again.
+        let old = file_id(&sock).unwrap();
+        let _held = std::fs::File::open(&sock).unwrap();
+        std::fs::rename(&sock, t.path().join("run/old.sock")).unwrap();
+        std::fs::write(&sock, b"").unwrap();
+        let new = file_id(&sock).unwrap();
+        assert_ne!(old, new);
+        assert!(
+            !known.contains(&new),
+            "control: the kept set lacks the new socket"
+        );
+        let rebuilt = cache.get(&sock, Some(&data), &launches);
+        assert!(rebuilt.contains(&new));
+        assert_eq!(
+            *rebuilt,
+            protected_with_launches(&sock, Some(&data), &launches)
+        );
     }
 
     #[test]

@@ -87,18 +87,15 @@ impl Platform for Containers {
             ));
         };
         let sockets = vec![self.engine.socket().to_string()];
-        let mut protected = crate::mount_identity::protected(
+        // The engine's and runtimes' sockets, the data root, the launches'
+        // tmpfs directory (every `unbaked run` container's files) and what
+        // is above each: no container may mount them, however it was
+        // started. Kept while those roots stay the same files.
+        let protected = self.protected.get(
             Path::new(self.engine.socket()),
             self.engine.known_data_root().as_deref(),
+            &self.base,
         );
-        // The launches' tmpfs directory (every `unbaked run` container's
-        // files) and what is above it: no container may mount them, however
-        // it was started.
-        for id in crate::mount_identity::with_ancestors(&self.base) {
-            if !protected.contains(&id) {
-                protected.ids.push(id);
-            }
-        }
         let violations =
             crate::isolation::check_protected(&policy.isolation, c, &sockets, &protected);
         let Some(first) = violations.first() else {
