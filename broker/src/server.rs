@@ -291,7 +291,7 @@ async fn route(
             Ok(no_content())
         }
         (&Method::POST, wire::ACTION, _) => {
-            let r: wire::ActionRequest = decode(req.into_body()).await?;
+            let r: wire::ActionRequest = decode(body).await?;
             Ok(json(&broker.action(ctx, r).await?))
         }
         (&Method::GET, wire::HEALTH, _) => Ok(json(&broker.health())),
