@@ -112,7 +112,7 @@ fn keep_alive(c: &mut Criterion, name: &str, log: bool) {
     let dir = tempfile::tempdir().unwrap();
     let _log = log.then(json_log);
     let broker = broker(dir.path(), &rt);
-    let (mut client, served) = UnixStream::pair().unwrap();
+    let (mut client, served) = rt.block_on(async { UnixStream::pair() }).unwrap();
     rt.spawn(server::connection(served, broker.clone()));
     let req = request();
     let mut buf = Vec::with_capacity(16 << 10);
