@@ -6,9 +6,11 @@
 //! compose CLI then runs with the user's arguments plus one override file,
 //! so every compose command and flag keeps working.
 //!
-//! 1. The project is resolved by compose itself (`compose config` with the
-//!    user's global options and environment): the files, `.env`,
-//!    interpolation and merging are compose's own.
+//! 1. The project is read as compose reads it: by unbaked itself for the
+//!    common case (`native.rs`: the files, `.env`, interpolation, the
+//!    override merge), else by compose (`compose config` with the user's
+//!    global options and environment, every profile on). Whatever
+//!    `native.rs` does not implement exactly falls back to compose.
 //! 2. Each workload service is converted to `docker run` arguments
 //!    (`service.rs`) and planned by the broker (`compose: true`; a real
 //!    run also makes the broker create the ICC-off network). A refusal
@@ -20,7 +22,9 @@
 
 mod args;
 pub mod check;
+mod command;
 mod locate;
+mod native;
 mod overlay;
 mod service;
 
@@ -102,8 +106,10 @@ enum Decision {
     /// No workload service (or the broker is away for a teardown): compose
     /// as the user asked, with no override.
     Plain,
-    /// Compose with this override.
-    Override(String),
+    /// Compose with this override and these compose arguments (`run
+    /// SERVICE CMD` of a workload service: without CMD, which the
+    /// override's command carries).
+    Override(String, Vec<String>),
 }
 
 /// Returns only on failure, or after a dry run.
@@ -137,7 +143,7 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
     match decided? {
         Decision::DryRun => Ok(()),
         Decision::Plain => exec(&cli, &split.globals, &[], None, &split.rest),
-        Decision::Override(text) => {
+        Decision::Override(text, rest) => {
             let fd =
                 unbaked_secretsdir::sys::sealed_memfd("unbaked-compose-override", text.as_bytes())
                     .map_err(ComposeError::Override)?;
@@ -149,7 +155,7 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
                 std::process::id(),
                 std::os::fd::AsRawFd::as_raw_fd(&fd)
             );
-            let e = exec(&cli, &split.globals, &named, Some(&path), &split.rest);
+            let e = exec(&cli, &split.globals, &named, Some(&path), &rest);
             drop(fd);
             e
         }
@@ -164,16 +170,19 @@ fn decide(
     files: &args::Files,
     rt: &tokio::runtime::Runtime,
 ) -> Result<Decision, ComposeError> {
-    let config = project_config(cli, &split.globals)?;
+    let v2 = is_v2(cli);
+    let (config, base) = read_project(cli, split, files, v2)?;
     let located = locate_files(files);
     let project_name = project_name(&config, split, files);
     let project = service::Project {
         name: &project_name,
         config: &config,
         files: &located,
-        base: None,
+        base: base.as_deref(),
     };
-    let (workloads, mut refused) = convert_services(project);
+    let asked = command::parse(&split.rest);
+    let (workloads, mut refused) =
+        convert_services(project, asked.as_ref().ok().and_then(Option::as_ref));
     if workloads.is_empty() && refused.is_empty() {
         if cfg.dry_run {
             eprintln!("unbaked compose: no service is labelled {}: compose runs unchanged, without an override", service::LABEL);
@@ -181,6 +190,10 @@ fn decide(
         }
         return Ok(Decision::Plain);
     }
+    if let Err(e) = &asked {
+        refused.push(e.clone());
+    }
+    let rest = compose_rest(&asked, &workloads, &split.rest);
     let (shim, shim_static) = find_shim()?;
     let planner = Planner {
         rt,
@@ -189,7 +202,7 @@ fn decide(
         located: &located,
         rest: &split.rest,
         version: service::scalar(&config["version"]),
-        v2: config["name"].as_str().is_some(),
+        v2: v2 || config["name"].as_str().is_some(),
     };
     // Every service is planned as a dry run first, so a refusal of any one
     // leaves nothing behind; then, for real, the broker creates each
@@ -219,7 +232,25 @@ fn decide(
         print!("{text}");
         return Ok(Decision::DryRun);
     }
-    Ok(Decision::Override(text))
+    Ok(Decision::Override(text, rest))
+}
+
+/// The compose arguments of the real run: a `run SERVICE CMD` of a
+/// workload service without CMD (the override's command carries it,
+/// inside the shim's arguments).
+fn compose_rest(
+    asked: &Result<Option<command::Asked>, String>,
+    workloads: &[Workload],
+    rest: &[String],
+) -> Vec<String> {
+    match asked {
+        Ok(Some(a))
+            if !a.command.is_empty() && workloads.iter().any(|w| w.service == a.service) =>
+        {
+            a.rest_without_command.clone()
+        }
+        _ => rest.to_vec(),
+    }
 }
 
 /// The project's files as the user wrote them, for pointing at
@@ -242,27 +273,50 @@ struct Workload {
     converted: service::Converted,
 }
 
-/// Every labelled service converted, and the refusal (`file:line:
+/// Every labelled service converted (the one a `compose run`/`exec`
+/// names with what its command line asks), and the refusal (`file:line:
 /// service "NAME": why`) of each one that cannot be.
-fn convert_services(project: service::Project<'_>) -> (Vec<Workload>, Vec<String>) {
+fn convert_services(
+    project: service::Project<'_>,
+    asked: Option<&command::Asked>,
+) -> (Vec<Workload>, Vec<String>) {
     let mut workloads = Vec::new();
     let mut refused = Vec::new();
     let Some(services) = project.config["services"].as_hash() else {
         return (workloads, refused);
     };
     for (name, svc) in services {
-        let (Some(name), Some(w)) = (name.as_str(), service::workload(svc)) else {
+        let Some(name) = name.as_str() else { continue };
+        if !svc["label_file"].is_badvalue() {
+            // Any service: the file could name a workload.
+            refused.push(format!(
+                "{}: service {name:?}: compose.label_file: unbaked compose cannot see the labels a file gives (io.unbaked.workload among them): write them under labels:",
+                at(project.files, name, &[key("label_file")])
+            ));
+            continue;
+        }
+        let Some(w) = service::workload(svc) else {
             continue;
         };
+        let asked = asked.filter(|a| a.service == name);
+        let svc = &with_command(svc, asked);
         match service::convert(name, svc, project) {
-            Ok(converted) => workloads.push(Workload {
-                service: name.to_string(),
-                workload: w,
-                converted,
-            }),
-            Err(reason) => refused.push(format!(
-                "{}: service {name:?}: {reason}",
+            Ok(_) if asked.is_some_and(|a| a.entrypoint) => refused.push(format!(
+                "{}: service {name:?} (workload {w:?}): compose.run_entrypoint: `compose run --entrypoint` replaces the exec shim, so the container would run without its secrets' guard: give the entrypoint in the service's file",
                 at(project.files, name, &[])
+            )),
+            Ok(mut converted) => {
+                add_asked(&mut converted, asked);
+                workloads.push(Workload {
+                service: name.to_string(),
+                    workload: w,
+                    converted,
+                })
+            }
+            Err(u) => refused.push(format!(
+                "{}: service {name:?}: {}",
+                at(project.files, name, &u.at),
+                u.reason
             )),
         }
     }
@@ -279,6 +333,34 @@ fn convert_services(project: service::Project<'_>) -> (Vec<Workload>, Vec<String
         }
     }
     (workloads, refused)
+}
+
+/// The service as `compose run SERVICE CMD` runs it: CMD as its command.
+fn with_command(svc: &Yaml, asked: Option<&command::Asked>) -> Yaml {
+    let mut svc = svc.clone();
+    if let (Some(a), Yaml::Hash(h)) = (asked, &mut svc) {
+        if !a.command.is_empty() {
+            let cmd = a.command.iter().cloned().map(Yaml::String).collect();
+            h.insert(Yaml::String("command".into()), Yaml::Array(cmd));
+        }
+    }
+    svc
+}
+
+/// The options a `compose run`/`exec` line adds, before the image (each
+/// converted option is one argument), judged where the service is.
+fn add_asked(converted: &mut service::Converted, asked: Option<&command::Asked>) {
+    let Some(a) = asked else { return };
+    for (name, value) in &a.options {
+        let at = converted.options.len();
+        let (arg, spelled) = match value {
+            Some(v) => (format!("--{name}={v}"), format!("--{name} {v}")),
+            None => (format!("--{name}"), format!("--{name}")),
+        };
+        converted.args.insert(at, arg);
+        converted.origins.push((spelled, Vec::new()));
+        converted.options.push((name.clone(), value.clone()));
+    }
 }
 
 /// The services whose namespaces, volumes or ports `svc` shares:
@@ -400,12 +482,70 @@ fn compose_cli() -> Vec<String> {
     }
 }
 
-/// The project as compose resolves it: `compose <globals> config`.
+/// The project, read by unbaked (`native.rs`) or else by compose, and the
+/// directory relative bind sources start from (`None`: compose made them
+/// absolute).
+fn read_project(
+    cli: &[String],
+    split: &args::Split,
+    files: &args::Files,
+    v2: bool,
+) -> Result<(Yaml, Option<PathBuf>), ComposeError> {
+    let why = match native::read(split, files, &|k| std::env::var(k).ok()) {
+        Ok(n) if v2 || n.doc["name"].is_badvalue() => {
+            tracing::debug!("the project is read by unbaked");
+            return Ok((n.doc, Some(n.base)));
+        }
+        Ok(_) => "a top-level name: (docker-compose 1.29 refuses it)".to_string(),
+        Err(native::Fallback(why)) => why,
+    };
+    tracing::debug!(%why, "the project is read by `compose config`");
+    Ok((project_config(cli, &split.globals)?, None))
+}
+
+/// Whether the compose CLI is v2: the `docker compose` plugin, or a
+/// `docker-compose` that is a program (Go) rather than a script
+/// (docker-compose 1.29 is Python). Only the override's `cgroup:` depends
+/// on it, and docker-compose 1.29 refuses that loudly.
+fn is_v2(cli: &[String]) -> bool {
+    if cli.len() > 1 || cli[0] == "docker" {
+        return cli.get(1).is_some_and(|c| c == "compose");
+    }
+    let path = if cli[0].contains('/') {
+        Some(PathBuf::from(&cli[0]))
+    } else {
+        std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(&cli[0]))
+                .find(|p| p.is_file())
+        })
+    };
+    let mut head = [0u8; 2];
+    path.and_then(|p| std::fs::File::open(p).ok())
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head).ok())
+        .is_some_and(|_| &head != b"#!")
+}
+
+/// The project as compose resolves it: `compose <globals> config`, every
+/// profile on (compose v2 leaves out a service of an inactive profile,
+/// which `compose run` or a later `--profile` still starts).
 fn project_config(cli: &[String], globals: &[String]) -> Result<Yaml, ComposeError> {
+    let mut all_profiles = Vec::new();
+    let mut skip = false;
+    for g in globals {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        skip = g == "--profile";
+        if !skip && !g.starts_with("--profile=") {
+            all_profiles.push(g);
+        }
+    }
     let out = Command::new(&cli[0])
         .args(&cli[1..])
-        .args(globals)
+        .args(all_profiles)
         .arg("config")
+        .env("COMPOSE_PROFILES", "*")
         .output()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => ComposeError::ComposeNotFound(cli.join(" ")),
@@ -569,8 +709,20 @@ fn exec(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Compose v2 as a standalone `docker-compose` (scripts/install-docker-deps
+    /// extracts Debian trixie's); missing is a failure, not a skip.
+    pub(crate) fn compose_v2() -> String {
+        let p = std::env::var("UNBAKED_COMPOSE_V2")
+            .unwrap_or_else(|_| "/var/cache/unbaked/compose-v2/docker-compose".into());
+        assert!(
+            Path::new(&p).is_file(),
+            "{p} missing: scripts/install-docker-deps fetches Compose v2"
+        );
+        p
+    }
 
     /// What an unlabelled service could use to reach into a workload
     /// service: every form is seen; a container reference is not a service.
