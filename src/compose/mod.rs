@@ -415,20 +415,13 @@ impl Planner<'_> {
     ) -> Result<Option<overlay::Overlay>, ComposeError> {
         let mut overlay = overlay::Overlay::default();
         overlay.version = self.version.clone();
-        for Workload {
-            service: name,
-            workload: w,
-            converted,
-        } in workloads
-        {
-            let req = LaunchRequest {
-                workload: Some(w.clone()),
-                args: converted.args.clone(),
-                shim: self.shim.clone(),
-                dry_run,
-                compose: true,
-            };
-            match self.rt.block_on(self.client.launch(&req)) {
+        for (wl, answer) in workloads.iter().zip(self.plans(workloads, dry_run)) {
+            let Workload {
+                service: name,
+                workload: w,
+                converted,
+            } = wl;
+            match answer {
                 Ok(plan) => {
                     if dry_run {
                         for warning in &plan.warnings {
@@ -453,6 +446,58 @@ impl Planner<'_> {
             }
         }
         Ok(Some(overlay))
+    }
+
+    /// Every service's plan, in order, asked at once. For real (the broker
+    /// creates a workload's network), the first service of each workload
+    /// is planned before that workload's others, so one request creates it.
+    fn plans(
+        &self,
+        workloads: &[Workload],
+        dry_run: bool,
+    ) -> Vec<Result<unbaked_api::wire::LaunchPlan, ClientError>> {
+        let first = |i: usize| {
+            dry_run
+                || !workloads[..i]
+                    .iter()
+                    .any(|o| o.workload == workloads[i].workload)
+        };
+        let mut answers: Vec<Option<_>> = workloads.iter().map(|_| None).collect();
+        for wave in [true, false] {
+            let mut set = tokio::task::JoinSet::new();
+            let _guard = self.rt.enter();
+            for (i, wl) in workloads.iter().enumerate() {
+                if first(i) != wave {
+                    continue;
+                }
+                let client = self.client.clone();
+                let req = LaunchRequest {
+                    workload: Some(wl.workload.clone()),
+                    args: wl.converted.args.clone(),
+                    shim: self.shim.clone(),
+                    dry_run,
+                    compose: true,
+                };
+                set.spawn(async move { (i, client.launch(&req).await) });
+            }
+            self.rt.block_on(async {
+                while let Some(joined) = set.join_next().await {
+                    if let Ok((i, answer)) = joined {
+                        answers[i] = Some(answer);
+                    }
+                }
+            });
+        }
+        answers
+            .into_iter()
+            .map(|a| {
+                a.unwrap_or_else(|| {
+                    Err(ClientError::Protocol(
+                        "a plan request stopped before the broker answered".into(),
+                    ))
+                })
+            })
+            .collect()
     }
 }
 
