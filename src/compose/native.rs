@@ -251,7 +251,10 @@ fn load(text: &str) -> Result<Yaml, Fallback> {
     if !matches!(doc["services"], Yaml::Hash(_) | Yaml::BadValue) {
         return fallback("services: not a mapping");
     }
-    for (_, svc) in doc["services"].as_hash().into_iter().flatten() {
+    for (name, svc) in doc["services"].as_hash().into_iter().flatten() {
+        if name.as_str().is_none() {
+            return fallback("a service name that is not text");
+        }
         if !svc["extends"].is_badvalue() {
             return fallback("extends");
         }

@@ -109,6 +109,7 @@ fn what_it_does_not_implement_falls_back() {
         ("include", &[("a.yml", "include: [b.yml]\nservices: {}\n")]),
         ("version 1 layout", &[("a.yml", "web:\n  image: busybox\n")]),
         ("two documents", &[("a.yml", "services: {}\n---\nservices: {}\n")]),
+        ("a number as a service name", &[("a.yml", "services:\n  123:\n    image: busybox\n    labels: {io.unbaked.workload: web}\n")]),
         ("home path", &[("a.yml", "services:\n  web:\n    image: busybox\n    volumes: ['~/x:/x']\n")]),
         ("env_file", &[("a.yml", "services:\n  web:\n    image: busybox\n    env_file: [vars.env]\n")]),
         (".env quotes", &[("a.yml", BASE), (".env", "A=\"x y\"\n")]),
