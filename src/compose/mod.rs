@@ -119,7 +119,7 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
         .iter()
         .map(|a| a.clone().into_string().map_err(ComposeError::NotText))
         .collect::<Result<Vec<String>, _>>()?;
-    let split = args::split(&argv);
+    let split = args::split(&argv).map_err(ComposeError::Usage)?;
     let cli = compose_cli();
     if split.files.iter().any(|f| f == "-") {
         return Err(ComposeError::Usage(
@@ -131,18 +131,14 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
         .enable_all()
         .build()
         .map_err(ComposeError::Runtime)?;
-    let mut named = Vec::new();
-    if !files.explicit {
-        // `-f override` turns compose's own file lookup off: name them.
-        for p in &files.paths {
-            named.push("-f".to_string());
-            named.push(p.display().to_string());
-        }
-    }
-    let decided = decide(&cfg, &cli, &split, &files, &rt);
+    args::compose_settings_in_env_files(&split, &files).map_err(ComposeError::Usage)?;
+    let named = named_files(&files);
+    let decided = decide(&cfg, &cli, &split, &files, &named, &rt);
     match decided? {
         Decision::DryRun => Ok(()),
-        Decision::Plain => exec(&cli, &split.globals, &[], None, &split.rest),
+        // The files named as for `config`: compose's own lookup could
+        // find others than `args::files` did.
+        Decision::Plain => exec(&cli, &split.globals, &named, None, &split.rest),
         Decision::Override(text, rest) => {
             let fd =
                 unbaked_secretsdir::sys::sealed_memfd("unbaked-compose-override", text.as_bytes())
@@ -162,18 +158,35 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
     }
 }
 
+/// `-f` for each file `args::files` found when the user named none: the
+/// override's `-f` turns compose's own lookup off, and `compose config`
+/// must read the very files the run reads.
+fn named_files(files: &args::Files) -> Vec<String> {
+    let mut named = Vec::new();
+    if !files.explicit {
+        for p in &files.paths {
+            named.push("-f".to_string());
+            named.push(p.display().to_string());
+        }
+    }
+    named
+}
+
 /// Resolve the project, plan every workload service, and say what to run.
 fn decide(
     cfg: &ComposeConfig,
     cli: &[String],
     split: &args::Split,
     files: &args::Files,
+    named: &[String],
     rt: &tokio::runtime::Runtime,
 ) -> Result<Decision, ComposeError> {
     let v2 = is_v2(cli);
-    let (config, base) = read_project(cli, split, files, v2)?;
+    let (config, base) = read_project(cli, split, files, named, v2)?;
     let located = locate_files(files);
-    let project_name = project_name(&config, split, files);
+    let project_name = project_name(&config, base.is_none(), split, files, &|k| {
+        std::env::var(k).ok()
+    });
     let project = service::Project {
         name: &project_name,
         config: &config,
@@ -534,6 +547,7 @@ fn read_project(
     cli: &[String],
     split: &args::Split,
     files: &args::Files,
+    named: &[String],
     v2: bool,
 ) -> Result<(Yaml, Option<PathBuf>), ComposeError> {
     let why = match native::read(split, files, &|k| std::env::var(k).ok()) {
@@ -545,7 +559,7 @@ fn read_project(
         Err(native::Fallback(why)) => why,
     };
     tracing::debug!(%why, "the project is read by `compose config`");
-    Ok((project_config(cli, &split.globals)?, None))
+    Ok((project_config(cli, &split.globals, named)?, None))
 }
 
 /// Whether the compose CLI is v2: the `docker compose` plugin, or a
@@ -573,8 +587,14 @@ fn is_v2(cli: &[String]) -> bool {
 
 /// The project as compose resolves it: `compose <globals> config`, every
 /// profile on (compose v2 leaves out a service of an inactive profile,
-/// which `compose run` or a later `--profile` still starts).
-fn project_config(cli: &[String], globals: &[String]) -> Result<Yaml, ComposeError> {
+/// which `compose run` or a later `--profile` still starts). `named`: the
+/// `-f` files the real run gets when the user named none, so both read
+/// the same files.
+fn project_config(
+    cli: &[String],
+    globals: &[String],
+    named: &[String],
+) -> Result<Yaml, ComposeError> {
     let mut all_profiles = Vec::new();
     let mut skip = false;
     for g in globals {
@@ -589,6 +609,7 @@ fn project_config(cli: &[String], globals: &[String]) -> Result<Yaml, ComposeErr
     let out = Command::new(&cli[0])
         .args(&cli[1..])
         .args(all_profiles)
+        .args(named)
         .arg("config")
         .env("COMPOSE_PROFILES", "*")
         .output()
@@ -630,19 +651,30 @@ fn unescape(y: &mut Yaml) {
     }
 }
 
-/// compose v2 prints the project's name; docker-compose 1.29 takes `-p`,
-/// `COMPOSE_PROJECT_NAME`, else the project directory's name.
-fn project_name(config: &Yaml, split: &args::Split, files: &args::Files) -> String {
-    if let Some(n) = config["name"].as_str() {
-        return n.to_string();
-    }
-    if let Some(n) = split
+/// The project's name as compose gives it: `compose config`'s `name:`
+/// when compose read the project (`from_config`: v2 prints it, having
+/// weighed `-p` and the environment itself); else v2's order, which
+/// docker-compose 1.29 (no `name:`) shares: `-p`, `COMPOSE_PROJECT_NAME`,
+/// the file's `name:`, the project directory's name.
+fn project_name(
+    config: &Yaml,
+    from_config: bool,
+    split: &args::Split,
+    files: &args::Files,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> String {
+    let file_name = config["name"].as_str().map(str::to_string);
+    let given = split
         .project_name
         .clone()
-        .or_else(|| std::env::var("COMPOSE_PROJECT_NAME").ok())
         .filter(|n| !n.is_empty())
-    {
-        return n;
+        .or_else(|| env("COMPOSE_PROJECT_NAME").filter(|n| !n.is_empty()));
+    let chosen = match from_config {
+        true => file_name.or(given),
+        false => given.or(file_name),
+    };
+    if let Some(n) = chosen {
+        return normalize_name(&n);
     }
     let dir = split
         .project_directory
@@ -661,9 +693,13 @@ fn project_name(config: &Yaml, split: &args::Split, files: &args::Files) -> Stri
         &dir
     })
     .unwrap_or(dir);
-    dir.file_name()
-        .map(|n| n.to_string_lossy().to_lowercase())
-        .unwrap_or_default()
+    normalize_name(&dir.file_name().unwrap_or_default().to_string_lossy())
+}
+
+/// Lower case, `[a-z0-9_-]` only (docker-compose 1.29's normalisation;
+/// v2 refuses a name it would change).
+fn normalize_name(n: &str) -> String {
+    n.to_lowercase()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
         .collect()
@@ -767,6 +803,76 @@ pub(crate) mod tests {
             "{p} missing: scripts/install-docker-deps fetches Compose v2"
         );
         p
+    }
+
+    /// Fallback mode reads the files the real run gets: a merge key (which
+    /// `native.rs` leaves to compose) in compose.yaml beside a
+    /// docker-compose.override.yml, which v2's own lookup would add.
+    #[test]
+    fn compose_config_reads_the_files_the_run_gets() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("compose.yaml"),
+            "x-b: &b {image: busybox}\nservices:\n  web:\n    <<: *b\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("docker-compose.override.yml"),
+            "services:\n  web:\n    privileged: true\n    labels: {io.unbaked.workload: web}\n",
+        )
+        .unwrap();
+        let d = dir.path().display().to_string();
+        let split = args::split(&["--project-directory".into(), d, "up".into()]).unwrap();
+        let files = args::files(&split, |_| None).unwrap();
+        let named = named_files(&files);
+        assert_eq!(named.len(), 2, "{named:?}");
+        for cli in [vec!["docker-compose".to_string()], vec![compose_v2()]] {
+            let v2 = cli[0] != "docker-compose";
+            let (doc, base) = read_project(&cli, &split, &files, &named, v2).unwrap();
+            assert!(base.is_none(), "read natively despite <<");
+            let web = &doc["services"]["web"];
+            assert!(web["privileged"].is_badvalue(), "{cli:?}: {web:?}");
+        }
+        // Control: v2 left to its own lookup reads the override too.
+        let doc = project_config(&[compose_v2()], &split.globals, &[]).unwrap();
+        assert_eq!(doc["services"]["web"]["privileged"].as_bool(), Some(true));
+    }
+
+    /// v2's order: `-p`, then `COMPOSE_PROJECT_NAME`, then `name:`; in
+    /// fallback mode the name compose printed.
+    #[test]
+    fn project_name_in_compose_v2_order() {
+        let config = YamlLoader::load_from_str("name: bar\nservices: {}\n")
+            .unwrap()
+            .remove(0);
+        let files = args::Files {
+            paths: vec![PathBuf::from("/srv/My.App/compose.yaml")],
+            explicit: true,
+        };
+        let none = |_: &str| None;
+        let env = |k: &str| (k == "COMPOSE_PROJECT_NAME").then(|| "envn".to_string());
+        let p = args::split(&["-p".into(), "foo".into(), "up".into()]).unwrap();
+        let no_p = args::Split::default();
+        assert_eq!(project_name(&config, false, &p, &files, &env), "foo");
+        assert_eq!(project_name(&config, false, &no_p, &files, &env), "envn");
+        assert_eq!(project_name(&config, false, &no_p, &files, &none), "bar");
+        assert_eq!(project_name(&config, true, &p, &files, &env), "bar");
+        let unnamed = YamlLoader::load_from_str("services: {}\n")
+            .unwrap()
+            .remove(0);
+        assert_eq!(project_name(&unnamed, true, &no_p, &files, &none), "myapp");
+        // What v2 prints for the same inputs.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("compose.yaml");
+        std::fs::write(&f, "name: bar\nservices:\n  web: {image: busybox}\n").unwrap();
+        let globals = [
+            "-p".to_string(),
+            "foo".into(),
+            "-f".into(),
+            f.display().to_string(),
+        ];
+        let doc = project_config(&[compose_v2()], &globals, &[]).unwrap();
+        assert_eq!(doc["name"].as_str(), Some("foo"));
     }
 
     /// What an unlabelled service could use to reach into a workload

@@ -241,7 +241,7 @@ services:
     assert!(ours["debug"].contains("isolation.host_pid"), "{ours:?}");
     let v2 = crate::compose::tests::compose_v2();
     for cli in [vec!["docker-compose".to_string()], vec![v2]] {
-        let doc = super::super::project_config(&cli, &split.globals)
+        let doc = super::super::project_config(&cli, &split.globals, &[])
             .unwrap_or_else(|e| panic!("{cli:?} config: {e}"));
         assert_eq!(judged(&doc, None, &located), ours, "{cli:?}");
     }
