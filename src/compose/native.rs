@@ -49,8 +49,43 @@ const TOP: &[&str] = &[
 /// unbaked reads of `environment`).
 const MERGED: &[&str] = &["labels", "environment"];
 
-/// Service switches `service::convert` reads as YAML booleans.
-const SWITCHES: &[&str] = &["privileged", "read_only", "init"];
+/// Service switches `service::convert` reads as YAML booleans
+/// (`as_bool`: a string such as `"true"` reads as unset).
+const SWITCHES: &[&str] = &["privileged", "read_only", "init", "use_api_socket"];
+
+/// Service fields compose takes as a list or one string: written as a
+/// string in two files, compose merges the two into a list (a later file
+/// does not replace the earlier one's), so they fall back.
+const LISTS: &[&str] = &[
+    "tmpfs",
+    "dns",
+    "dns_search",
+    "dns_opt",
+    "env_file",
+    "label_file",
+    "cap_add",
+    "cap_drop",
+    "security_opt",
+    "device_cgroup_rules",
+    "links",
+    "external_links",
+    "volumes_from",
+    "devices",
+    "volumes",
+    "configs",
+    "secrets",
+    "post_start",
+    "pre_stop",
+    "networks",
+    "ports",
+    "expose",
+    "extra_hosts",
+    "group_add",
+    "profiles",
+    "depends_on",
+    "sysctls",
+    "ulimits",
+];
 
 /// Read the project, or say why not. `env` is the process environment.
 pub fn read(
@@ -87,11 +122,29 @@ pub fn read(
         let mut doc =
             load(&text).map_err(|Fallback(w)| Fallback(format!("{}: {w}", path.display())))?;
         interpolate_tree(&mut doc, &vars)?;
+        // compose v2 merges a null of an override as "unset here" (the
+        // earlier file's value stays), docker-compose 1.29 refuses some.
+        if !docs.is_empty() && has_null(&doc) {
+            return fallback(format!(
+                "{}: a null value in an override file",
+                path.display()
+            ));
+        }
         docs.push(doc);
     }
     let doc = merge(docs)?;
     normal_forms(&doc)?;
     Ok(Native { doc, base })
+}
+
+/// Whether a null (`null`, `~`, an empty value) is anywhere in the tree.
+fn has_null(y: &Yaml) -> bool {
+    match y {
+        Yaml::Null => true,
+        Yaml::Array(a) => a.iter().any(has_null),
+        Yaml::Hash(h) => h.values().any(has_null),
+        _ => false,
+    }
 }
 
 /// A path's directory (`.` for a bare name).
@@ -178,6 +231,9 @@ impl MarkedEventReceiver for Scan {
             Event::Scalar(v, TScalarStyle::Plain, _, None) if yaml11_differs(v) => {
                 Some(format!("{v:?} reads otherwise in YAML 1.1"))
             }
+            Event::Scalar(v, TScalarStyle::Plain, _, None) if core_schema_differs(v) => {
+                Some(format!("{v:?} is text to yaml-rust2, not to compose"))
+            }
             _ => None,
         };
         if let (None, Some(w)) = (&self.why, why) {
@@ -217,6 +273,13 @@ fn yaml11_differs(v: &str) -> bool {
     sexagesimal
         || head.contains('_')
         || (head.len() > 1 && head.starts_with('0') && !head.contains('.'))
+}
+
+/// A plain scalar YAML 1.2's core schema (compose v2) and YAML 1.1
+/// (docker-compose 1.29) read as a null or a boolean, and yaml-rust2 as
+/// text: `network_mode: Null` is unset to compose.
+fn core_schema_differs(v: &str) -> bool {
+    ["Null", "NULL", "True", "TRUE", "False", "FALSE"].contains(&v)
 }
 
 /// One file's single document, with no construct compose resolves in a
@@ -422,7 +485,7 @@ fn merge_services(services: &mut Hash, v: Yaml) -> Result<(), Fallback> {
                     have.insert(field, Yaml::Hash(m));
                     continue;
                 }
-                (Some(o), n) if is_scalar(o) && is_scalar(n) => {}
+                (Some(o), n) if is_scalar(o) && is_scalar(n) && !LISTS.contains(&f) => {}
                 (Some(_), _) if matches!(f, "command" | "entrypoint") => {}
                 _ => return fallback(format!("{f}: written for one service in two files")),
             }
@@ -472,6 +535,17 @@ fn normal_forms(doc: &Yaml) -> Result<(), Fallback> {
         }
         if !svc["env_file"].is_badvalue() {
             return fallback(format!("service {name:?}: env_file"));
+        }
+    }
+    // `service.rs` reads `external` with `as_bool` too.
+    for kind in ["volumes", "networks"] {
+        for (name, decl) in doc[kind].as_hash().into_iter().flatten() {
+            if !matches!(
+                decl["external"],
+                Yaml::Boolean(_) | Yaml::BadValue | Yaml::Null | Yaml::Hash(_)
+            ) {
+                return fallback(format!("{kind} {name:?}: external is not a YAML boolean"));
+            }
         }
     }
     Ok(())

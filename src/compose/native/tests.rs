@@ -246,3 +246,88 @@ services:
         assert_eq!(judged(&doc, None, &located), ours, "{cli:?}");
     }
 }
+
+/// The security review's repros: each is read by compose v2 (and
+/// docker-compose 1.29 where it reads it) otherwise than a naive reading
+/// would, so unbaked leaves each to `compose config`.
+#[test]
+fn what_compose_reads_otherwise_falls_back() {
+    let base = "services:\n  web:\n    image: busybox\n    labels: {io.unbaked.workload: web}\n    privileged: true\n    tmpfs: /a\n    dns: 1.1.1.1\n";
+    let two_files: &[(&str, &str)] = &[
+        ("null override", "services:\n  web:\n    privileged: null\n"),
+        ("Null override", "services:\n  web:\n    privileged: Null\n"),
+        ("NULL override", "services:\n  web:\n    privileged: NULL\n"),
+        ("~ override", "services:\n  web:\n    privileged: ~\n"),
+        ("empty override", "services:\n  web:\n    privileged:\n"),
+        ("tmpfs string twice", "services:\n  web:\n    tmpfs: /b\n"),
+        ("dns string twice", "services:\n  web:\n    dns: 8.8.8.8\n"),
+    ];
+    let v2 = vec![crate::compose::tests::compose_v2()];
+    for (what, over) in two_files {
+        let dir = project(&[("a.yml", base), ("b.yml", over)]);
+        let Err(Fallback(why)) = read_in(dir.path(), &["a.yml", "b.yml"]) else {
+            panic!("{what} was read natively");
+        };
+        assert!(
+            ["null", "two files", "yaml-rust2"]
+                .iter()
+                .any(|w| why.contains(w)),
+            "{what}: {why}"
+        );
+        // What compose runs: the base's privileged stays, the lists merge.
+        let (split, _) = split_files(dir.path(), &["a.yml", "b.yml"]);
+        let doc = super::super::project_config(&v2, &split.globals, &[]).unwrap();
+        let web = &doc["services"]["web"];
+        assert_eq!(web["privileged"].as_bool(), Some(true), "{what}");
+        let merged = web["tmpfs"].as_vec().unwrap().len() + web["dns"].as_vec().unwrap().len();
+        assert_eq!(merged, 2 + usize::from(what.contains("twice")), "{what}");
+    }
+    let one_file: &[(&str, &str, &str)] = &[
+        (
+            "network_mode: Null",
+            "    network_mode: Null\n",
+            "yaml-rust2",
+        ),
+        ("privileged: True", "    privileged: True\n", "yaml-rust2"),
+        (
+            "use_api_socket string",
+            "    use_api_socket: 'true'\n",
+            "switch",
+        ),
+        (
+            "use_api_socket interpolated",
+            "    use_api_socket: ${E:-true}\n",
+            "switch",
+        ),
+    ];
+    for (what, line, want) in one_file {
+        let dir = project(&[("a.yml", &format!("{BASE}{line}"))]);
+        let Err(Fallback(why)) = read_in(dir.path(), &["a.yml"]) else {
+            panic!("{what} was read natively");
+        };
+        assert!(why.contains(want), "{what}: {why}");
+    }
+    for external in ["'true'", "${E:-true}"] {
+        let text =
+            format!("{BASE}    networks: [ext]\nnetworks:\n  ext:\n    external: {external}\n");
+        let dir = project(&[("a.yml", &text)]);
+        let Err(Fallback(why)) = read_in(dir.path(), &["a.yml"]) else {
+            panic!("external: {external} was read natively");
+        };
+        assert!(why.contains("external"), "{why}");
+    }
+    // Control: the same fields in their plain forms are read natively.
+    let text = format!("{BASE}    use_api_socket: false\n    tmpfs: /a\n    networks: [ext]\nnetworks:\n  ext:\n    external: true\n");
+    let dir = project(&[
+        ("a.yml", &text),
+        (
+            "b.yml",
+            "services:\n  web:\n    privileged: false\n    network_mode: bridge\n",
+        ),
+    ]);
+    let n = read_in(dir.path(), &["a.yml", "b.yml"]).expect("read natively");
+    assert_eq!(
+        n.doc["services"]["web"]["privileged"].as_bool(),
+        Some(false)
+    );
+}
