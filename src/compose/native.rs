@@ -12,8 +12,10 @@
 //! `NAME=word`, a `COMPOSE_*` setting in `.env`, `--env-file`, an
 //! interpolation form beyond `$VAR ${VAR} ${VAR-d} ${VAR:-d}`, a variable
 //! compose would refuse, a list or mapping written for one service in two
-//! files (but `labels` and `environment` mappings), a switch that is not
-//! a YAML boolean, all fall back.
+//! files (but `labels` and `environment` mappings), a list-or-string field
+//! written in two files, a null in an override file, a `Null`/`True`
+//! spelling yaml-rust2 reads as text, a switch or `external` that is not a
+//! YAML boolean, all fall back.
 
 use super::args::{Files, Split};
 use std::collections::HashMap;
