@@ -138,8 +138,7 @@ pub struct Files {
     pub explicit: bool,
 }
 
-/// The file names compose looks for, in its order of preference, and
-/// their override files.
+/// The file names compose looks for.
 const DEFAULT_NAMES: &[&str] = &[
     "compose.yaml",
     "compose.yml",
@@ -147,9 +146,18 @@ const DEFAULT_NAMES: &[&str] = &[
     "docker-compose.yaml",
 ];
 
+/// The override file names either CLI adds to a default file.
+const OVERRIDE_NAMES: &[&str] = &[
+    "compose.override.yml",
+    "compose.override.yaml",
+    "docker-compose.override.yml",
+    "docker-compose.override.yaml",
+];
+
 /// `-f`, else `COMPOSE_FILE` (split by `COMPOSE_PATH_SEPARATOR`, default
-/// `:`), else the first default name found in the project directory (or the
-/// working directory) or a parent, with its `.override` file.
+/// `:`), else the default name found in the project directory (or the
+/// working directory) or its nearest parent holding one, with the override
+/// file there (two of either: refused).
 pub fn files(split: &Split, env: impl Fn(&str) -> Option<String>) -> Result<Files, String> {
     if !split.files.is_empty() {
         return Ok(Files {
@@ -175,25 +183,31 @@ pub fn files(split: &Split, env: impl Fn(&str) -> Option<String>) -> Result<File
     };
     let mut dir: Option<&Path> = Some(&start);
     while let Some(d) = dir {
-        for name in DEFAULT_NAMES {
-            let main = d.join(name);
-            if main.is_file() {
-                let mut paths = vec![main];
-                let stem = name.rsplit_once('.').map_or(*name, |(s, _)| s);
-                for ext in ["yml", "yaml"] {
-                    let o = d.join(format!("{stem}.override.{ext}"));
-                    if o.is_file() {
-                        paths.push(o);
-                        break;
-                    }
-                }
-                return Ok(Files {
-                    paths,
-                    explicit: false,
-                });
-            }
+        let found = |names: &[&str]| -> Vec<PathBuf> {
+            names
+                .iter()
+                .map(|n| d.join(n))
+                .filter(|p| p.is_file())
+                .collect()
+        };
+        let mains = found(DEFAULT_NAMES);
+        if mains.is_empty() {
+            dir = d.parent();
+            continue;
         }
-        dir = d.parent();
+        // docker-compose 1.29 prefers docker-compose.yml, v2 compose.yaml;
+        // either takes any of the override names.
+        let overrides = found(OVERRIDE_NAMES);
+        if mains.len() > 1 || overrides.len() > 1 {
+            return Err(format!(
+                "{} holds more than one compose file or override file of compose's default names, which docker-compose 1.29 and compose v2 choose between differently: name the files with -f",
+                d.display()
+            ));
+        }
+        return Ok(Files {
+            paths: mains.into_iter().chain(overrides).collect(),
+            explicit: false,
+        });
     }
     Err(format!(
         "no compose file in {} or its parents ({}): give one with -f",
@@ -386,6 +400,23 @@ mod tests {
             files(&sp, env).unwrap().paths,
             vec![PathBuf::from("x.yml"), PathBuf::from("y.yml")]
         );
+        // Both CLIs pair compose.yaml with docker-compose.override.yml.
+        let mixed = tempfile::tempdir().unwrap();
+        std::fs::write(mixed.path().join("compose.yaml"), "services: {}\n").unwrap();
+        let over = mixed.path().join("docker-compose.override.yml");
+        std::fs::write(&over, "services: {}\n").unwrap();
+        let sp = Split {
+            project_directory: Some(mixed.path().display().to_string()),
+            ..Split::default()
+        };
+        assert_eq!(
+            files(&sp, none).unwrap().paths,
+            vec![mixed.path().join("compose.yaml"), over]
+        );
+        // Two default names: 1.29 takes docker-compose.yml, v2 compose.yaml.
+        std::fs::write(mixed.path().join("docker-compose.yml"), "services: {}\n").unwrap();
+        let e = files(&sp, none).unwrap_err();
+        assert!(e.contains("more than one"), "{e}");
         let empty = tempfile::tempdir().unwrap();
         let sp = Split {
             project_directory: Some(empty.path().display().to_string()),

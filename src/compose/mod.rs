@@ -805,27 +805,26 @@ pub(crate) mod tests {
         p
     }
 
-    /// Fallback mode reads the files the real run gets: a merge key (which
-    /// `native.rs` leaves to compose) in compose.yaml beside a
-    /// docker-compose.override.yml, which v2's own lookup would add.
+    /// Fallback mode reads the files the real run gets (a merge key,
+    /// which `native.rs` leaves to compose, in each): here those
+    /// `COMPOSE_FILE` chose, though compose's own lookup would find
+    /// compose.yaml.
     #[test]
     fn compose_config_reads_the_files_the_run_gets() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("compose.yaml"),
-            "x-b: &b {image: busybox}\nservices:\n  web:\n    <<: *b\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("docker-compose.override.yml"),
-            "services:\n  web:\n    privileged: true\n    labels: {io.unbaked.workload: web}\n",
-        )
-        .unwrap();
+        let file = |name: &str, extra: &str| {
+            let text = format!("x-b: &b {{image: busybox}}\nservices:\n  web:\n    <<: *b\n    labels: {{io.unbaked.workload: web}}\n{extra}");
+            std::fs::write(dir.path().join(name), text).unwrap();
+            dir.path().join(name).display().to_string()
+        };
+        file("compose.yaml", "    privileged: true\n");
+        let safe = file("safe.yml", "");
         let d = dir.path().display().to_string();
         let split = args::split(&["--project-directory".into(), d, "up".into()]).unwrap();
-        let files = args::files(&split, |_| None).unwrap();
+        let env = |k: &str| (k == "COMPOSE_FILE").then(|| safe.clone());
+        let files = args::files(&split, env).unwrap();
         let named = named_files(&files);
-        assert_eq!(named.len(), 2, "{named:?}");
+        assert_eq!(named, ["-f".to_string(), safe.clone()]);
         for cli in [vec!["docker-compose".to_string()], vec![compose_v2()]] {
             let v2 = cli[0] != "docker-compose";
             let (doc, base) = read_project(&cli, &split, &files, &named, v2).unwrap();
@@ -833,7 +832,7 @@ pub(crate) mod tests {
             let web = &doc["services"]["web"];
             assert!(web["privileged"].is_badvalue(), "{cli:?}: {web:?}");
         }
-        // Control: v2 left to its own lookup reads the override too.
+        // Control: compose left to its own lookup reads another file.
         let doc = project_config(&[compose_v2()], &split.globals, &[]).unwrap();
         assert_eq!(doc["services"]["web"]["privileged"].as_bool(), Some(true));
     }
