@@ -1,7 +1,9 @@
-//! `unbaked compose` on the real engine with Debian's docker-compose 1.29:
+//! `unbaked compose` on the real engine with Debian's docker-compose 1.29
+//! and with Compose v2 (Debian trixie's, as the `docker compose` plugin):
 //! the example project (examples/compose) comes up with each workload
 //! service attested, isolated and served its own secrets; a service that
-//! breaks its workload's isolation is refused before any container exists.
+//! breaks its workload's isolation, or a `compose run`/`exec` line that
+//! would, is refused before any container exists.
 //!
 //! Inside containers the tests print secrets reversed (`rev`), and search
 //! every output, the override, `docker inspect` and the broker's files for
@@ -49,14 +51,95 @@ fn assert_no_secret_in(what: &str, hay: &[u8]) {
     }
 }
 
+/// A compose CLI as a user has it.
+struct Cli {
+    name: &'static str,
+    /// `UNBAKED_COMPOSE` (`None`: the wrapper's own choice, docker-compose).
+    command: Option<&'static str>,
+    /// A `DOCKER_CONFIG` whose `cliPluginsExtraDirs` holds the v2 plugin.
+    docker_config: Option<tempfile::TempDir>,
+}
+
+/// Compose v2, extracted by scripts/install-docker-deps (missing: a
+/// failure, not a skip).
+const COMPOSE_V2_DIR: &str = "/var/cache/unbaked/compose-v2";
+
+impl Cli {
+    fn v1() -> Cli {
+        Cli {
+            name: "docker-compose 1.29",
+            command: None,
+            docker_config: None,
+        }
+    }
+
+    /// `docker compose`, the plugin found through the docker CLI's config.
+    fn v2() -> Cli {
+        let plugin = Path::new(COMPOSE_V2_DIR).join("docker-compose");
+        assert!(
+            plugin.is_file(),
+            "{} missing: scripts/install-docker-deps fetches Compose v2 from Debian trixie",
+            plugin.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::json!({ "cliPluginsExtraDirs": [COMPOSE_V2_DIR] }).to_string(),
+        )
+        .unwrap();
+        let cli = Cli {
+            name: "compose v2 plugin",
+            command: Some("docker compose"),
+            docker_config: Some(dir),
+        };
+        let v = output(&mut cli.plain(&["version"]));
+        assert!(
+            text(&v.stdout).contains("v2") || text(&v.stdout).contains(" 2."),
+            "{}{}",
+            text(&v.stdout),
+            text(&v.stderr)
+        );
+        cli
+    }
+
+    fn env(&self, c: &mut Command) {
+        if let Some(cmd) = self.command {
+            c.env("UNBAKED_COMPOSE", cmd);
+        }
+        if let Some(d) = &self.docker_config {
+            c.env("DOCKER_CONFIG", d.path());
+        }
+    }
+
+    /// The CLI itself, without unbaked.
+    fn plain(&self, args: &[&str]) -> Command {
+        let words: Vec<&str> = self
+            .command
+            .unwrap_or("docker-compose")
+            .split(' ')
+            .collect();
+        let mut c = Command::new(words[0]);
+        c.args(&words[1..])
+            .args(args)
+            .env("APP_IMAGE", test_image());
+        self.env(&mut c);
+        c
+    }
+}
+
 /// `unbaked compose ARGS` with the static shim and the test image.
 fn compose(b: &Broker, args: &[&str]) -> Command {
+    compose_with(&Cli::v1(), b, args)
+}
+
+fn compose_with(cli: &Cli, b: &Broker, args: &[&str]) -> Command {
     let mut c = b.cmd();
     c.env("UNBAKED_SHIM", static_binary())
         .env("APP_IMAGE", test_image())
         .env_remove("COMPOSE_FILE")
         .arg("compose")
         .args(args);
+    cli.env(&mut c);
     c
 }
 
@@ -136,8 +219,19 @@ const TEST_COMMANDS: &str = r#"services:
         exec nc -ll -p 8080 -e echo reports
 "#;
 
+/// With each compose CLI in turn (they share the workloads' networks).
 #[test]
 fn the_example_project_comes_up_attested_isolated_and_leaves_no_lease() {
+    // Both are required: a missing v2 fails here, before v1 runs.
+    let clis = [Cli::v1(), Cli::v2()];
+    for cli in &clis {
+        eprintln!("== {}", cli.name);
+        example_project(cli);
+    }
+}
+
+fn example_project(cli: &Cli) {
+    let compose = |b: &Broker, args: &[&str]| compose_with(cli, b, args);
     let image = test_image();
     let b = Broker::start(&[
         ("billing.toml", &policy("billing")),
@@ -199,20 +293,25 @@ fn the_example_project_comes_up_attested_isolated_and_leaves_no_lease() {
     );
     let overlay_file = tmp.path().join("override.json");
     std::fs::write(&overlay_file, &overlay).unwrap();
-    // The compose-spec schema docker-compose 1.29 validates with (Debian's
-    // package ships it; check-jsonschema 0.29 does not vendor one).
+    // The compose-spec schema: for docker-compose 1.29 the one its Debian
+    // package ships (check-jsonschema 0.29 vendors none), for v2 the one
+    // compose v2 embeds (`config -q` validates the project with it).
     let spec = Path::new(COMPOSE_SPEC);
     assert!(
         spec.is_file(),
         "{COMPOSE_SPEC} missing: scripts/install-docker-deps installs docker-compose"
     );
-    let schema = |file: &Path| {
-        output(
+    let schema = |file: &Path| match cli.command {
+        None => output(
             Command::new(venv_bin("check-jsonschema"))
                 .arg("--schemafile")
                 .arg(spec)
                 .arg(file),
-        )
+        ),
+        Some(_) => {
+            let (ex, f) = (example.display().to_string(), file.display().to_string());
+            output(&mut cli.plain(&["-p", &p, "-f", &ex, "-f", &f, "config", "-q"]))
+        }
     };
     let out = schema(&overlay_file);
     assert!(
@@ -369,11 +468,9 @@ fn the_example_project_comes_up_attested_isolated_and_leaves_no_lease() {
         assert!(out.status.success());
         assert_no_secret_in("docker inspect", &out.stdout);
     }
-    let plain = output(
-        Command::new("docker-compose")
-            .args(with(&["config"]))
-            .env("APP_IMAGE", image),
-    );
+    let plain_args = with(&["config"]);
+    let plain_args: Vec<&str> = plain_args.iter().map(String::as_str).collect();
+    let plain = output(&mut cli.plain(&plain_args));
     assert!(plain.status.success(), "{}", text(&plain.stderr));
     assert_no_secret_in("docker-compose config", &plain.stdout);
     let merged = output(compose(&b, &["--"]).args(with(&["config"])));
@@ -389,7 +486,11 @@ fn the_example_project_comes_up_attested_isolated_and_leaves_no_lease() {
     // ps works through the wrapper; down ends every lease, audited.
     let ps = output(compose(&b, &["--"]).args(with(&["ps"])));
     assert!(ps.status.success(), "{}", text(&ps.stderr));
-    assert!(text(&ps.stdout).contains(&billing[1]));
+    assert!(
+        text(&ps.stdout).contains(&billing[0]),
+        "{}",
+        text(&ps.stdout)
+    );
     let down = output(compose(&b, &["--"]).args(with(&["down"])));
     assert!(down.status.success(), "{}", text(&down.stderr));
     assert!(containers(&p, "billing").is_empty());
@@ -493,6 +594,227 @@ fn a_service_that_breaks_isolation_is_refused_before_any_container_exists() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("without the override"));
     assert!(containers(&p, "ok").is_empty());
+}
+
+fn text_of(b: &[u8]) -> String {
+    text(b)
+}
+
+/// The 1-based line of the first line of `text` that holds `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in the fixture"))
+        + 1
+}
+
+/// What a service can ask of the engine past the launch plan's options:
+/// another service's pid or ipc namespace, compose's own secrets, a config
+/// that is a host file, a privileged lifecycle hook, labels from a file, a
+/// field unbaked does not know, a service of an inactive profile. Each is
+/// refused (with its rule and `file:line`) before anything starts.
+#[test]
+fn service_fields_past_the_plan_are_refused_each_at_its_line() {
+    let image = test_image();
+    let w = unique("cfields");
+    let b = Broker::start(&[("w.toml", &policy(&w))]);
+    let tmp = tempfile::tempdir().unwrap();
+    let p = unique("ucfields");
+    let _project = Project {
+        name: p.clone(),
+        networks: vec![format!("unbaked-{w}")],
+    };
+    let svc = |name: &str, extra: &str| {
+        format!("  {name}:\n    image: {image}\n    labels:\n      io.unbaked.workload: {w}\n    command: [\"exec sleep 300\"]\n{extra}")
+    };
+    let text = [
+        "services:\n".to_string(),
+        svc("ok", ""),
+        svc("pidshare", "    pid: service:ok\n"),
+        svc("ipcshare", "    ipc: \"service:ok\"\n"),
+        svc("sec", "    secrets: [token]\n"),
+        svc(
+            "cfg",
+            "    configs:\n      - source: engine\n        target: /engine.sock\n",
+        ),
+        svc(
+            "hook",
+            "    post_start:\n      - command: id\n        privileged: true\n",
+        ),
+        svc("unknown", "    provider: {type: model}\n"),
+        svc("dbg", "    profiles: [debug]\n    privileged: true\n"),
+        format!("  lbl:\n    image: {image}\n    label_file: ./labels\n"),
+        "secrets:\n  token: {file: ./token}\nconfigs:\n  engine: {file: /var/run/docker.sock}\n"
+            .to_string(),
+    ]
+    .concat();
+    let file = tmp.path().join("docker-compose.yml");
+    std::fs::write(&file, &text).unwrap();
+    let f = file.display().to_string();
+    let out = output(&mut compose(&b, &["--", "-p", &p, "-f", &f, "up", "-d"]));
+    let err = text_of(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    // (a line of the field, lines below it, the service, the rule)
+    let expected: [(&str, usize, &str, &str); 8] = [
+        (
+            "pid: service:ok",
+            0,
+            "pidshare",
+            "isolation.host_pid: --pid container:ok",
+        ),
+        (
+            "ipc: \"service:ok\"",
+            0,
+            "ipcshare",
+            "isolation.host_ipc: --ipc container:ok",
+        ),
+        ("secrets: [token]", 0, "sec", "compose.secrets:"),
+        (
+            "- source: engine",
+            0,
+            "cfg",
+            "isolation.docker_socket: --mount type=bind,source=/var/run/docker.sock",
+        ),
+        (
+            "        privileged: true",
+            0,
+            "hook",
+            "isolation.privileged: --privileged",
+        ),
+        ("provider:", 0, "unknown", "compose.unknown_field: provider"),
+        (
+            "profiles: [debug]",
+            1,
+            "dbg",
+            "isolation.privileged: --privileged",
+        ),
+        ("label_file:", 0, "lbl", "compose.label_file:"),
+    ];
+    for (needle, below, service, rule) in expected {
+        let want = format!(
+            "{f}:{}: service {service:?}",
+            line_of(&text, needle) + below
+        );
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&want) && l.contains(rule)),
+            "{want} ... {rule} not in:\n{err}"
+        );
+    }
+    assert!(!err.contains(": service \"ok\""), "{err}");
+    let label = format!("label=com.docker.compose.project={p}");
+    assert_eq!(docker_ok(&["ps", "-aq", "--filter", &label]), "");
+    // policy check --compose finds the same (by the file as written).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("w.toml"), policy(&w)).unwrap();
+    let check = output(
+        unbaked(Path::new("/nonexistent.sock"))
+            .args(["policy", "check"])
+            .arg(dir.path())
+            .arg("--compose")
+            .arg(&file),
+    );
+    let human = text_of(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{human}");
+    for needle in [
+        "secrets: [token]",
+        "- source: engine",
+        "        privileged: true",
+        "provider:",
+    ] {
+        assert!(
+            human.contains(&format!(
+                "{f}:{}:1: error[compose-service]",
+                line_of(&text, needle)
+            )),
+            "{needle}: {human}"
+        );
+    }
+}
+
+/// `compose run`/`exec` options are judged like the service's own fields
+/// (`run -v` the engine socket, `exec --privileged`), `run --entrypoint`
+/// (it would replace the shim) and unknown options are refused; a `run`
+/// with a command of its own still goes through the shim (control).
+#[test]
+fn run_and_exec_lines_are_judged_and_a_run_command_gets_its_secrets() {
+    let image = test_image();
+    let w = unique("crun");
+    let b = Broker::start(&[("w.toml", &policy(&w))]);
+    b.put(&format!("{w}/db"), "password", BILLING_DB);
+    b.put(&format!("{w}/api"), "token", BILLING_API);
+    let tmp = tempfile::tempdir().unwrap();
+    let p = unique("ucrun");
+    let _project = Project {
+        name: p.clone(),
+        networks: vec![format!("unbaked-{w}")],
+    };
+    let file = tmp.path().join("docker-compose.yml");
+    std::fs::write(
+        &file,
+        format!("services:\n  app:\n    image: {image}\n    labels:\n      io.unbaked.workload: {w}\n    command: [\"exec sleep 300\"]\n"),
+    )
+    .unwrap();
+    let f = file.display().to_string();
+    let run = |rest: &[&str]| {
+        let mut args = vec!["--", "-p", p.as_str(), "-f", f.as_str()];
+        args.extend(rest);
+        output(&mut compose(&b, &args))
+    };
+    for (rest, want) in [
+        (
+            &[
+                "run",
+                "--rm",
+                "-T",
+                "-v",
+                "/var/run/docker.sock:/s",
+                "app",
+                "true",
+            ][..],
+            "isolation.docker_socket: --volume /var/run/docker.sock:/s",
+        ),
+        (
+            &["run", "--rm", "-T", "--cap-add", "SYS_ADMIN", "app", "true"][..],
+            "--cap-add SYS_ADMIN",
+        ),
+        (
+            &["run", "--rm", "-T", "--entrypoint", "sh", "app"][..],
+            "compose.run_entrypoint",
+        ),
+        (
+            &["run", "--frobnicate", "app"][..],
+            "not an option unbaked compose knows",
+        ),
+        (
+            &["exec", "-T", "--privileged", "app", "id"][..],
+            "isolation.privileged: --privileged",
+        ),
+    ] {
+        let out = run(rest);
+        let err = text_of(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{rest:?}: {err}");
+        assert!(err.contains(want), "{rest:?}: {want} not in {err}");
+    }
+    let label = format!("label=com.docker.compose.project={p}");
+    assert_eq!(docker_ok(&["ps", "-aq", "--filter", &label]), "");
+    // Control: a run with its own command, through the shim: the file
+    // grant is there, the env grant set.
+    let out = run(&[
+        "run",
+        "--rm",
+        "-T",
+        "app",
+        "test -s /run/secrets/db_password && test -n \"$API_TOKEN\" && echo run-got-both",
+    ]);
+    assert!(
+        out.status.success() && text_of(&out.stdout).contains("run-got-both"),
+        "{}{}\n{}",
+        text_of(&out.stdout),
+        text_of(&out.stderr),
+        b.log_text()
+    );
+    assert_no_secret_in("compose run's output", &out.stdout);
 }
 
 /// `policy check DIR --compose FILE`: the services `unbaked compose` would

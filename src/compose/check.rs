@@ -111,8 +111,8 @@ impl Checking<'_> {
         };
         let converted = match service::convert(name, svc, self.project) {
             Ok(c) => c,
-            Err(reason) => {
-                out.push(self.finding(name, &[], format!("service {name:?}: {reason}")));
+            Err(u) => {
+                out.push(self.finding(name, &u.at, format!("service {name:?}: {}", u.reason)));
                 return;
             }
         };
@@ -142,7 +142,7 @@ impl Checking<'_> {
 /// What the launch plan refuses in a converted service: its arguments as
 /// `docker run` would parse them, planned against `policy` with
 /// placeholder facts.
-fn refusals(converted: &Converted, policy: &Policy, set: &PolicySet) -> Vec<Refusal> {
+pub(super) fn refusals(converted: &Converted, policy: &Policy, set: &PolicySet) -> Vec<Refusal> {
     let facts = placeholder_facts(delivers_files(policy));
     match launch::parse(&converted.args) {
         Err(r) => r,

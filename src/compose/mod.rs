@@ -6,9 +6,11 @@
 //! compose CLI then runs with the user's arguments plus one override file,
 //! so every compose command and flag keeps working.
 //!
-//! 1. The project is resolved by compose itself (`compose config` with the
-//!    user's global options and environment): the files, `.env`,
-//!    interpolation and merging are compose's own.
+//! 1. The project is read as compose reads it: by unbaked itself for the
+//!    common case (`native.rs`: the files, `.env`, interpolation, the
+//!    override merge), else by compose (`compose config` with the user's
+//!    global options and environment, every profile on). Whatever
+//!    `native.rs` does not implement exactly falls back to compose.
 //! 2. Each workload service is converted to `docker run` arguments
 //!    (`service.rs`) and planned by the broker (`compose: true`; a real
 //!    run also makes the broker create the ICC-off network). A refusal
@@ -20,7 +22,9 @@
 
 mod args;
 pub mod check;
+mod command;
 mod locate;
+mod native;
 mod overlay;
 mod service;
 
@@ -102,8 +106,10 @@ enum Decision {
     /// No workload service (or the broker is away for a teardown): compose
     /// as the user asked, with no override.
     Plain,
-    /// Compose with this override.
-    Override(String),
+    /// Compose with this override and these compose arguments (`run
+    /// SERVICE CMD` of a workload service: without CMD, which the
+    /// override's command carries).
+    Override(String, Vec<String>),
 }
 
 /// Returns only on failure, or after a dry run.
@@ -113,7 +119,7 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
         .iter()
         .map(|a| a.clone().into_string().map_err(ComposeError::NotText))
         .collect::<Result<Vec<String>, _>>()?;
-    let split = args::split(&argv);
+    let split = args::split(&argv).map_err(ComposeError::Usage)?;
     let cli = compose_cli();
     if split.files.iter().any(|f| f == "-") {
         return Err(ComposeError::Usage(
@@ -125,19 +131,15 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
         .enable_all()
         .build()
         .map_err(ComposeError::Runtime)?;
-    let mut named = Vec::new();
-    if !files.explicit {
-        // `-f override` turns compose's own file lookup off: name them.
-        for p in &files.paths {
-            named.push("-f".to_string());
-            named.push(p.display().to_string());
-        }
-    }
-    let decided = decide(&cfg, &cli, &split, &files, &rt);
+    args::compose_settings_in_env_files(&split, &files).map_err(ComposeError::Usage)?;
+    let named = named_files(&files);
+    let decided = decide(&cfg, &cli, &split, &files, &named, &rt);
     match decided? {
         Decision::DryRun => Ok(()),
-        Decision::Plain => exec(&cli, &split.globals, &[], None, &split.rest),
-        Decision::Override(text) => {
+        // The files named as for `config`: compose's own lookup could
+        // find others than `args::files` did.
+        Decision::Plain => exec(&cli, &split.globals, &named, None, &split.rest),
+        Decision::Override(text, rest) => {
             let fd =
                 unbaked_secretsdir::sys::sealed_memfd("unbaked-compose-override", text.as_bytes())
                     .map_err(ComposeError::Override)?;
@@ -149,11 +151,25 @@ pub fn run(cfg: ComposeConfig) -> Result<(), ComposeError> {
                 std::process::id(),
                 std::os::fd::AsRawFd::as_raw_fd(&fd)
             );
-            let e = exec(&cli, &split.globals, &named, Some(&path), &split.rest);
+            let e = exec(&cli, &split.globals, &named, Some(&path), &rest);
             drop(fd);
             e
         }
     }
+}
+
+/// `-f` for each file `args::files` found when the user named none: the
+/// override's `-f` turns compose's own lookup off, and `compose config`
+/// must read the very files the run reads.
+fn named_files(files: &args::Files) -> Vec<String> {
+    let mut named = Vec::new();
+    if !files.explicit {
+        for p in &files.paths {
+            named.push("-f".to_string());
+            named.push(p.display().to_string());
+        }
+    }
+    named
 }
 
 /// Resolve the project, plan every workload service, and say what to run.
@@ -162,18 +178,24 @@ fn decide(
     cli: &[String],
     split: &args::Split,
     files: &args::Files,
+    named: &[String],
     rt: &tokio::runtime::Runtime,
 ) -> Result<Decision, ComposeError> {
-    let config = project_config(cli, &split.globals)?;
+    let v2 = is_v2(cli);
+    let (config, base) = read_project(cli, split, files, named, v2)?;
     let located = locate_files(files);
-    let project_name = project_name(&config, split, files);
+    let project_name = project_name(&config, base.is_none(), split, files, &|k| {
+        std::env::var(k).ok()
+    });
     let project = service::Project {
         name: &project_name,
         config: &config,
         files: &located,
-        base: None,
+        base: base.as_deref(),
     };
-    let (workloads, mut refused) = convert_services(project);
+    let asked = command::parse(&split.rest);
+    let (workloads, mut refused) =
+        convert_services(project, asked.as_ref().ok().and_then(Option::as_ref));
     if workloads.is_empty() && refused.is_empty() {
         if cfg.dry_run {
             eprintln!("unbaked compose: no service is labelled {}: compose runs unchanged, without an override", service::LABEL);
@@ -181,6 +203,10 @@ fn decide(
         }
         return Ok(Decision::Plain);
     }
+    if let Err(e) = &asked {
+        refused.push(e.clone());
+    }
+    let rest = compose_rest(&asked, &workloads, &split.rest);
     let (shim, shim_static) = find_shim()?;
     let planner = Planner {
         rt,
@@ -189,7 +215,7 @@ fn decide(
         located: &located,
         rest: &split.rest,
         version: service::scalar(&config["version"]),
-        v2: config["name"].as_str().is_some(),
+        v2: v2 || config["name"].as_str().is_some(),
     };
     // Every service is planned as a dry run first, so a refusal of any one
     // leaves nothing behind; then, for real, the broker creates each
@@ -219,7 +245,25 @@ fn decide(
         print!("{text}");
         return Ok(Decision::DryRun);
     }
-    Ok(Decision::Override(text))
+    Ok(Decision::Override(text, rest))
+}
+
+/// The compose arguments of the real run: a `run SERVICE CMD` of a
+/// workload service without CMD (the override's command carries it,
+/// inside the shim's arguments).
+fn compose_rest(
+    asked: &Result<Option<command::Asked>, String>,
+    workloads: &[Workload],
+    rest: &[String],
+) -> Vec<String> {
+    match asked {
+        Ok(Some(a))
+            if !a.command.is_empty() && workloads.iter().any(|w| w.service == a.service) =>
+        {
+            a.rest_without_command.clone()
+        }
+        _ => rest.to_vec(),
+    }
 }
 
 /// The project's files as the user wrote them, for pointing at
@@ -242,27 +286,50 @@ struct Workload {
     converted: service::Converted,
 }
 
-/// Every labelled service converted, and the refusal (`file:line:
+/// Every labelled service converted (the one a `compose run`/`exec`
+/// names with what its command line asks), and the refusal (`file:line:
 /// service "NAME": why`) of each one that cannot be.
-fn convert_services(project: service::Project<'_>) -> (Vec<Workload>, Vec<String>) {
+fn convert_services(
+    project: service::Project<'_>,
+    asked: Option<&command::Asked>,
+) -> (Vec<Workload>, Vec<String>) {
     let mut workloads = Vec::new();
     let mut refused = Vec::new();
     let Some(services) = project.config["services"].as_hash() else {
         return (workloads, refused);
     };
     for (name, svc) in services {
-        let (Some(name), Some(w)) = (name.as_str(), service::workload(svc)) else {
+        let Some(name) = name.as_str() else { continue };
+        if !svc["label_file"].is_badvalue() {
+            // Any service: the file could name a workload.
+            refused.push(format!(
+                "{}: service {name:?}: compose.label_file: unbaked compose cannot see the labels a file gives (io.unbaked.workload among them): write them under labels:",
+                at(project.files, name, &[key("label_file")])
+            ));
+            continue;
+        }
+        let Some(w) = service::workload(svc) else {
             continue;
         };
+        let asked = asked.filter(|a| a.service == name);
+        let svc = &with_command(svc, asked);
         match service::convert(name, svc, project) {
-            Ok(converted) => workloads.push(Workload {
-                service: name.to_string(),
-                workload: w,
-                converted,
-            }),
-            Err(reason) => refused.push(format!(
-                "{}: service {name:?}: {reason}",
+            Ok(_) if asked.is_some_and(|a| a.entrypoint) => refused.push(format!(
+                "{}: service {name:?} (workload {w:?}): compose.run_entrypoint: `compose run --entrypoint` replaces the exec shim, so the container would run without its secrets' guard: give the entrypoint in the service's file",
                 at(project.files, name, &[])
+            )),
+            Ok(mut converted) => {
+                add_asked(&mut converted, asked);
+                workloads.push(Workload {
+                service: name.to_string(),
+                    workload: w,
+                    converted,
+                })
+            }
+            Err(u) => refused.push(format!(
+                "{}: service {name:?}: {}",
+                at(project.files, name, &u.at),
+                u.reason
             )),
         }
     }
@@ -279,6 +346,34 @@ fn convert_services(project: service::Project<'_>) -> (Vec<Workload>, Vec<String
         }
     }
     (workloads, refused)
+}
+
+/// The service as `compose run SERVICE CMD` runs it: CMD as its command.
+fn with_command(svc: &Yaml, asked: Option<&command::Asked>) -> Yaml {
+    let mut svc = svc.clone();
+    if let (Some(a), Yaml::Hash(h)) = (asked, &mut svc) {
+        if !a.command.is_empty() {
+            let cmd = a.command.iter().cloned().map(Yaml::String).collect();
+            h.insert(Yaml::String("command".into()), Yaml::Array(cmd));
+        }
+    }
+    svc
+}
+
+/// The options a `compose run`/`exec` line adds, before the image (each
+/// converted option is one argument), judged where the service is.
+fn add_asked(converted: &mut service::Converted, asked: Option<&command::Asked>) {
+    let Some(a) = asked else { return };
+    for (name, value) in &a.options {
+        let at = converted.options.len();
+        let (arg, spelled) = match value {
+            Some(v) => (format!("--{name}={v}"), format!("--{name} {v}")),
+            None => (format!("--{name}"), format!("--{name}")),
+        };
+        converted.args.insert(at, arg);
+        converted.origins.push((spelled, Vec::new()));
+        converted.options.push((name.clone(), value.clone()));
+    }
 }
 
 /// The services whose namespaces, volumes or ports `svc` shares:
@@ -333,20 +428,13 @@ impl Planner<'_> {
     ) -> Result<Option<overlay::Overlay>, ComposeError> {
         let mut overlay = overlay::Overlay::default();
         overlay.version = self.version.clone();
-        for Workload {
-            service: name,
-            workload: w,
-            converted,
-        } in workloads
-        {
-            let req = LaunchRequest {
-                workload: Some(w.clone()),
-                args: converted.args.clone(),
-                shim: self.shim.clone(),
-                dry_run,
-                compose: true,
-            };
-            match self.rt.block_on(self.client.launch(&req)) {
+        for (wl, answer) in workloads.iter().zip(self.plans(workloads, dry_run)) {
+            let Workload {
+                service: name,
+                workload: w,
+                converted,
+            } = wl;
+            match answer {
                 Ok(plan) => {
                     if dry_run {
                         for warning in &plan.warnings {
@@ -371,6 +459,58 @@ impl Planner<'_> {
             }
         }
         Ok(Some(overlay))
+    }
+
+    /// Every service's plan, in order, asked at once. For real (the broker
+    /// creates a workload's network), the first service of each workload
+    /// is planned before that workload's others, so one request creates it.
+    fn plans(
+        &self,
+        workloads: &[Workload],
+        dry_run: bool,
+    ) -> Vec<Result<unbaked_api::wire::LaunchPlan, ClientError>> {
+        let first = |i: usize| {
+            dry_run
+                || !workloads[..i]
+                    .iter()
+                    .any(|o| o.workload == workloads[i].workload)
+        };
+        let mut answers: Vec<Option<_>> = workloads.iter().map(|_| None).collect();
+        for wave in [true, false] {
+            let mut set = tokio::task::JoinSet::new();
+            let _guard = self.rt.enter();
+            for (i, wl) in workloads.iter().enumerate() {
+                if first(i) != wave {
+                    continue;
+                }
+                let client = self.client.clone();
+                let req = LaunchRequest {
+                    workload: Some(wl.workload.clone()),
+                    args: wl.converted.args.clone(),
+                    shim: self.shim.clone(),
+                    dry_run,
+                    compose: true,
+                };
+                set.spawn(async move { (i, client.launch(&req).await) });
+            }
+            self.rt.block_on(async {
+                while let Some(joined) = set.join_next().await {
+                    if let Ok((i, answer)) = joined {
+                        answers[i] = Some(answer);
+                    }
+                }
+            });
+        }
+        answers
+            .into_iter()
+            .map(|a| {
+                a.unwrap_or_else(|| {
+                    Err(ClientError::Protocol(
+                        "a plan request stopped before the broker answered".into(),
+                    ))
+                })
+            })
+            .collect()
     }
 }
 
@@ -400,12 +540,78 @@ fn compose_cli() -> Vec<String> {
     }
 }
 
-/// The project as compose resolves it: `compose <globals> config`.
-fn project_config(cli: &[String], globals: &[String]) -> Result<Yaml, ComposeError> {
+/// The project, read by unbaked (`native.rs`) or else by compose, and the
+/// directory relative bind sources start from (`None`: compose made them
+/// absolute).
+fn read_project(
+    cli: &[String],
+    split: &args::Split,
+    files: &args::Files,
+    named: &[String],
+    v2: bool,
+) -> Result<(Yaml, Option<PathBuf>), ComposeError> {
+    let why = match native::read(split, files, &|k| std::env::var(k).ok()) {
+        Ok(n) if v2 || n.doc["name"].is_badvalue() => {
+            tracing::debug!("the project is read by unbaked");
+            return Ok((n.doc, Some(n.base)));
+        }
+        Ok(_) => "a top-level name: (docker-compose 1.29 refuses it)".to_string(),
+        Err(native::Fallback(why)) => why,
+    };
+    tracing::debug!(%why, "the project is read by `compose config`");
+    Ok((project_config(cli, &split.globals, named)?, None))
+}
+
+/// Whether the compose CLI is v2: the `docker compose` plugin, or a
+/// `docker-compose` that is a program (Go) rather than a script
+/// (docker-compose 1.29 is Python). Only the override's `cgroup:` depends
+/// on it, and docker-compose 1.29 refuses that loudly.
+fn is_v2(cli: &[String]) -> bool {
+    if cli.len() > 1 || cli[0] == "docker" {
+        return cli.get(1).is_some_and(|c| c == "compose");
+    }
+    let path = if cli[0].contains('/') {
+        Some(PathBuf::from(&cli[0]))
+    } else {
+        std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(&cli[0]))
+                .find(|p| p.is_file())
+        })
+    };
+    let mut head = [0u8; 2];
+    path.and_then(|p| std::fs::File::open(p).ok())
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head).ok())
+        .is_some_and(|_| &head != b"#!")
+}
+
+/// The project as compose resolves it: `compose <globals> config`, every
+/// profile on (compose v2 leaves out a service of an inactive profile,
+/// which `compose run` or a later `--profile` still starts). `named`: the
+/// `-f` files the real run gets when the user named none, so both read
+/// the same files.
+fn project_config(
+    cli: &[String],
+    globals: &[String],
+    named: &[String],
+) -> Result<Yaml, ComposeError> {
+    let mut all_profiles = Vec::new();
+    let mut skip = false;
+    for g in globals {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        skip = g == "--profile";
+        if !skip && !g.starts_with("--profile=") {
+            all_profiles.push(g);
+        }
+    }
     let out = Command::new(&cli[0])
         .args(&cli[1..])
-        .args(globals)
+        .args(all_profiles)
+        .args(named)
         .arg("config")
+        .env("COMPOSE_PROFILES", "*")
         .output()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => ComposeError::ComposeNotFound(cli.join(" ")),
@@ -445,19 +651,30 @@ fn unescape(y: &mut Yaml) {
     }
 }
 
-/// compose v2 prints the project's name; docker-compose 1.29 takes `-p`,
-/// `COMPOSE_PROJECT_NAME`, else the project directory's name.
-fn project_name(config: &Yaml, split: &args::Split, files: &args::Files) -> String {
-    if let Some(n) = config["name"].as_str() {
-        return n.to_string();
-    }
-    if let Some(n) = split
+/// The project's name as compose gives it: `compose config`'s `name:`
+/// when compose read the project (`from_config`: v2 prints it, having
+/// weighed `-p` and the environment itself); else v2's order, which
+/// docker-compose 1.29 (no `name:`) shares: `-p`, `COMPOSE_PROJECT_NAME`,
+/// the file's `name:`, the project directory's name.
+fn project_name(
+    config: &Yaml,
+    from_config: bool,
+    split: &args::Split,
+    files: &args::Files,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> String {
+    let file_name = config["name"].as_str().map(str::to_string);
+    let given = split
         .project_name
         .clone()
-        .or_else(|| std::env::var("COMPOSE_PROJECT_NAME").ok())
         .filter(|n| !n.is_empty())
-    {
-        return n;
+        .or_else(|| env("COMPOSE_PROJECT_NAME").filter(|n| !n.is_empty()));
+    let chosen = match from_config {
+        true => file_name.or(given),
+        false => given.or(file_name),
+    };
+    if let Some(n) = chosen {
+        return normalize_name(&n);
     }
     let dir = split
         .project_directory
@@ -476,9 +693,13 @@ fn project_name(config: &Yaml, split: &args::Split, files: &args::Files) -> Stri
         &dir
     })
     .unwrap_or(dir);
-    dir.file_name()
-        .map(|n| n.to_string_lossy().to_lowercase())
-        .unwrap_or_default()
+    normalize_name(&dir.file_name().unwrap_or_default().to_string_lossy())
+}
+
+/// Lower case, `[a-z0-9_-]` only (docker-compose 1.29's normalisation;
+/// v2 refuses a name it would change).
+fn normalize_name(n: &str) -> String {
+    n.to_lowercase()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
         .collect()
@@ -569,8 +790,89 @@ fn exec(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Compose v2 as a standalone `docker-compose` (scripts/install-docker-deps
+    /// extracts Debian trixie's); missing is a failure, not a skip.
+    pub(crate) fn compose_v2() -> String {
+        let p = std::env::var("UNBAKED_COMPOSE_V2")
+            .unwrap_or_else(|_| "/var/cache/unbaked/compose-v2/docker-compose".into());
+        assert!(
+            Path::new(&p).is_file(),
+            "{p} missing: scripts/install-docker-deps fetches Compose v2"
+        );
+        p
+    }
+
+    /// Fallback mode reads the files the real run gets (a merge key,
+    /// which `native.rs` leaves to compose, in each): here those
+    /// `COMPOSE_FILE` chose, though compose's own lookup would find
+    /// compose.yaml.
+    #[test]
+    fn compose_config_reads_the_files_the_run_gets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, extra: &str| {
+            let text = format!("x-b: &b {{image: busybox}}\nservices:\n  web:\n    <<: *b\n    labels: {{io.unbaked.workload: web}}\n{extra}");
+            std::fs::write(dir.path().join(name), text).unwrap();
+            dir.path().join(name).display().to_string()
+        };
+        file("compose.yaml", "    privileged: true\n");
+        let safe = file("safe.yml", "");
+        let d = dir.path().display().to_string();
+        let split = args::split(&["--project-directory".into(), d, "up".into()]).unwrap();
+        let env = |k: &str| (k == "COMPOSE_FILE").then(|| safe.clone());
+        let files = args::files(&split, env).unwrap();
+        let named = named_files(&files);
+        assert_eq!(named, ["-f".to_string(), safe.clone()]);
+        for cli in [vec!["docker-compose".to_string()], vec![compose_v2()]] {
+            let v2 = cli[0] != "docker-compose";
+            let (doc, base) = read_project(&cli, &split, &files, &named, v2).unwrap();
+            assert!(base.is_none(), "read natively despite <<");
+            let web = &doc["services"]["web"];
+            assert!(web["privileged"].is_badvalue(), "{cli:?}: {web:?}");
+        }
+        // Control: compose left to its own lookup reads another file.
+        let doc = project_config(&[compose_v2()], &split.globals, &[]).unwrap();
+        assert_eq!(doc["services"]["web"]["privileged"].as_bool(), Some(true));
+    }
+
+    /// v2's order: `-p`, then `COMPOSE_PROJECT_NAME`, then `name:`; in
+    /// fallback mode the name compose printed.
+    #[test]
+    fn project_name_in_compose_v2_order() {
+        let config = YamlLoader::load_from_str("name: bar\nservices: {}\n")
+            .unwrap()
+            .remove(0);
+        let files = args::Files {
+            paths: vec![PathBuf::from("/srv/My.App/compose.yaml")],
+            explicit: true,
+        };
+        let none = |_: &str| None;
+        let env = |k: &str| (k == "COMPOSE_PROJECT_NAME").then(|| "envn".to_string());
+        let p = args::split(&["-p".into(), "foo".into(), "up".into()]).unwrap();
+        let no_p = args::Split::default();
+        assert_eq!(project_name(&config, false, &p, &files, &env), "foo");
+        assert_eq!(project_name(&config, false, &no_p, &files, &env), "envn");
+        assert_eq!(project_name(&config, false, &no_p, &files, &none), "bar");
+        assert_eq!(project_name(&config, true, &p, &files, &env), "bar");
+        let unnamed = YamlLoader::load_from_str("services: {}\n")
+            .unwrap()
+            .remove(0);
+        assert_eq!(project_name(&unnamed, true, &no_p, &files, &none), "myapp");
+        // What v2 prints for the same inputs.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("compose.yaml");
+        std::fs::write(&f, "name: bar\nservices:\n  web: {image: busybox}\n").unwrap();
+        let globals = [
+            "-p".to_string(),
+            "foo".into(),
+            "-f".into(),
+            f.display().to_string(),
+        ];
+        let doc = project_config(&[compose_v2()], &globals, &[]).unwrap();
+        assert_eq!(doc["name"].as_str(), Some("foo"));
+    }
 
     /// What an unlabelled service could use to reach into a workload
     /// service: every form is seen; a container reference is not a service.

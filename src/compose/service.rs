@@ -144,12 +144,132 @@ impl Out {
     }
 }
 
+/// Why a service cannot be converted, and the field (under
+/// `services.NAME`) that says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unconvertible {
+    pub reason: String,
+    pub at: Vec<Step>,
+}
+
+fn refuse<T>(reason: impl Into<String>, at: Vec<Step>) -> Result<T, Unconvertible> {
+    Err(Unconvertible {
+        reason: reason.into(),
+        at,
+    })
+}
+
+/// The service fields that ask nothing of the container's isolation (or
+/// whose `docker run` option `unbaked run` passes unjudged too): compose
+/// applies them from the user's files. A field on neither this list nor
+/// the converted ones is refused, like an option `unbaked run` does not
+/// know.
+const PASSIVE: &[&str] = &[
+    "annotations",
+    "attach",
+    "blkio_config",
+    "build",
+    "cgroup_parent",
+    "container_name",
+    "cpu_count",
+    "cpu_percent",
+    "cpu_period",
+    "cpu_quota",
+    "cpu_rt_period",
+    "cpu_rt_runtime",
+    "cpu_shares",
+    "cpus",
+    "cpuset",
+    "credential_spec",
+    "depends_on",
+    "develop",
+    "dns",
+    "dns_opt",
+    "dns_search",
+    "domainname",
+    "env_file",
+    "expose",
+    "extra_hosts",
+    "group_add",
+    "healthcheck",
+    "hostname",
+    "isolation",
+    "logging",
+    "mac_address",
+    "mem_limit",
+    "mem_reservation",
+    "mem_swappiness",
+    "memswap_limit",
+    "oom_kill_disable",
+    "oom_score_adj",
+    "pids_limit",
+    "platform",
+    "ports",
+    "profiles",
+    "pull_policy",
+    "restart",
+    "runtime",
+    "scale",
+    "shm_size",
+    "stdin_open",
+    "stop_grace_period",
+    "stop_signal",
+    "storage_opt",
+    "sysctls",
+    "tty",
+    "ulimits",
+    "working_dir",
+];
+
+/// The service fields `convert` turns into `docker run` options (or
+/// refuses itself).
+const CONVERTED: &[&str] = &[
+    "image",
+    "privileged",
+    "read_only",
+    "pid",
+    "ipc",
+    "uts",
+    "userns_mode",
+    "cgroup",
+    "user",
+    "network_mode",
+    "networks",
+    "cap_add",
+    "cap_drop",
+    "security_opt",
+    "device_cgroup_rules",
+    "tmpfs",
+    "links",
+    "external_links",
+    "volumes_from",
+    "devices",
+    "init",
+    "volumes",
+    "labels",
+    "environment",
+    "entrypoint",
+    "command",
+    "configs",
+    "secrets",
+    "post_start",
+    "pre_stop",
+    "gpus",
+    "deploy",
+    "use_api_socket",
+    "volume_driver",
+];
+
 /// The `docker run` arguments of service `name`, in the order `docker run`
 /// would be written: options, image, command.
-pub fn convert(name: &str, svc: &Yaml, project: Project<'_>) -> Result<Converted, String> {
-    let image = svc["image"].as_str().ok_or_else(|| {
-        "has no image: a workload service must name its image (build it first and give it `image:`), so its entrypoint and command can be wrapped".to_string()
-    })?;
+pub fn convert(name: &str, svc: &Yaml, project: Project<'_>) -> Result<Converted, Unconvertible> {
+    let Some(image) = svc["image"].as_str() else {
+        return refuse("has no image: a workload service must name its image (build it first and give it `image:`), so its entrypoint and command can be wrapped", vec![]);
+    };
+    known_fields(svc)?;
+    if !svc["secrets"].is_badvalue() {
+        return refuse("compose.secrets: compose's secrets are files on the host bind-mounted in (over the /run/secrets unbaked fills): give the workload a [[grant]] instead", field("secrets"));
+    }
     let mut out = Out {
         c: Converted::default(),
     };
@@ -161,16 +281,102 @@ pub fn convert(name: &str, svc: &Yaml, project: Project<'_>) -> Result<Converted
         out.opt("init", None, field("init"));
     }
     for (i, v) in list(&svc["volumes"]) {
-        let (flag, value) = volume(v, project)?;
+        let (flag, value) = volume(v, project).map_err(|reason| Unconvertible {
+            reason,
+            at: item("volumes", i),
+        })?;
         out.opt(flag, Some(value), item("volumes", i));
     }
+    configs(&mut out, svc, project)?;
+    hooks_and_requests(&mut out, svc);
     labels(&mut out, svc);
     // Names only: the plan warns when a grant replaces one.
     for env_name in env_names(&svc["environment"]) {
         out.opt("env", Some(env_name), field("environment"));
     }
-    command(&mut out, svc, image)?;
+    command(&mut out, svc, image).map_err(|reason| Unconvertible { reason, at: vec![] })?;
     Ok(out.c)
+}
+
+/// Every field of the service is converted or passive.
+fn known_fields(svc: &Yaml) -> Result<(), Unconvertible> {
+    for k in svc.as_hash().into_iter().flat_map(|h| h.keys()) {
+        let k = k.as_str().unwrap_or_default();
+        if !(PASSIVE.contains(&k) || CONVERTED.contains(&k) || k.starts_with("x-")) {
+            return refuse(
+                format!("compose.unknown_field: {k}: not a field unbaked compose knows, so it cannot tell whether it weakens isolation: leave it out of a workload service"),
+                field(k),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `configs:` as the read-only bind mounts compose makes of them (a
+/// `file:` config; `content:` and `environment:` ones are written inside
+/// the container and mount nothing of the host's). An `external` config
+/// is Swarm's: refused.
+fn configs(out: &mut Out, svc: &Yaml, project: Project<'_>) -> Result<(), Unconvertible> {
+    for (i, c) in list(&svc["configs"]) {
+        let at = item("configs", i);
+        let (source, target) = match c {
+            Yaml::Hash(_) => (scalar(&c["source"]), scalar(&c["target"])),
+            other => (scalar(other), None),
+        };
+        let Some(source) = source else {
+            return refuse("configs: an entry without its source", at);
+        };
+        let decl = &project.config["configs"][source.as_str()];
+        let target = target.unwrap_or_else(|| format!("/{source}"));
+        if let Some(file) = scalar(&decl["file"]) {
+            let file = absolute(project, &file);
+            out.opt(
+                "mount",
+                Some(format!("type=bind,source={file},target={target},readonly")),
+                at,
+            );
+        } else if decl["content"].is_badvalue() && decl["environment"].is_badvalue() {
+            return refuse(format!("compose.configs: config {source:?} is neither a file, content nor environment (an external config is Swarm's): declare it with file: or content:"), at);
+        }
+    }
+    Ok(())
+}
+
+/// Lifecycle hooks (`post_start`, `pre_stop`: commands compose runs in the
+/// container with `docker exec`) judged as the privileges they ask for,
+/// and device requests (`gpus`, `deploy.resources.reservations.devices`)
+/// and `use_api_socket` as their `docker run` options.
+fn hooks_and_requests(out: &mut Out, svc: &Yaml) {
+    for hook in ["post_start", "pre_stop"] {
+        for (i, h) in list(&svc[hook]) {
+            if h["privileged"].as_bool() == Some(true) {
+                out.opt(
+                    "privileged",
+                    None,
+                    vec![key(hook), Step::Index(i), key("privileged")],
+                );
+            }
+        }
+    }
+    if !matches!(svc["gpus"], Yaml::BadValue | Yaml::Null) {
+        out.opt("gpus", Some("all".into()), field("gpus"));
+    }
+    let requests = &svc["deploy"]["resources"]["reservations"]["devices"];
+    if !matches!(requests, Yaml::BadValue | Yaml::Null) {
+        let at = vec![
+            key("deploy"),
+            key("resources"),
+            key("reservations"),
+            key("devices"),
+        ];
+        out.opt("gpus", Some("all".into()), at);
+    }
+    if svc["use_api_socket"].as_bool() == Some(true) {
+        out.opt("use-api-socket", None, field("use_api_socket"));
+    }
+    if let Some(d) = scalar(&svc["volume_driver"]) {
+        out.opt("volume-driver", Some(d), field("volume_driver"));
+    }
 }
 
 /// `services.NAME.<field>`, as a path under the service.
@@ -193,9 +399,18 @@ fn single_settings(out: &mut Out, svc: &Yaml) {
     if let Some(ro) = svc["read_only"].as_bool() {
         out.opt("read-only", Some(ro.to_string()), field("read_only"));
     }
+    // `service:x` shares another container's namespace, which `docker
+    // run` spells `container:x` (and the plan judges as shared).
+    for (name, flag) in [("pid", "pid"), ("ipc", "ipc")] {
+        if let Some(v) = scalar(&svc[name]) {
+            let v = match v.strip_prefix("service:") {
+                Some(s) => format!("container:{s}"),
+                None => v,
+            };
+            out.opt(flag, Some(v), field(name));
+        }
+    }
     for (name, flag) in [
-        ("pid", "pid"),
-        ("ipc", "ipc"),
         ("uts", "uts"),
         ("userns_mode", "userns"),
         ("cgroup", "cgroupns"),
@@ -328,17 +543,35 @@ fn env_names(y: &Yaml) -> Vec<String> {
     }
 }
 
+/// A relative host path from the project directory, made absolute and
+/// cleaned of `.` and `..` as compose does (`compose config`'s are
+/// absolute already).
+fn absolute(project: Project<'_>, src: &str) -> String {
+    use std::path::Component;
+    match project.base {
+        Some(base) if !src.starts_with(['/', '~']) && !src.is_empty() => {
+            let mut out = std::path::PathBuf::new();
+            for c in base.join(src).components() {
+                match c {
+                    Component::CurDir => {}
+                    Component::ParentDir => {
+                        out.pop();
+                    }
+                    other => out.push(other),
+                }
+            }
+            out.display().to_string()
+        }
+        _ => src.to_string(),
+    }
+}
+
 /// A `volumes:` entry: the short form as `--volume`, the long form as
 /// `--mount`; a named volume by its engine name.
 fn volume(v: &Yaml, project: Project<'_>) -> Result<(&'static str, String), String> {
     let named =
         |src: &str| !src.is_empty() && !src.starts_with(['/', '.', '~']) && !src.contains('/');
-    let absolute = |src: &str| match project.base {
-        Some(base) if src == "." || src.starts_with("./") || src.starts_with("../") => {
-            base.join(src).display().to_string()
-        }
-        _ => src.to_string(),
-    };
+    let absolute = |src: &str| absolute(project, src);
     if let Some(s) = scalar(v) {
         let mut parts: Vec<String> = s.split(':').map(str::to_string).collect();
         if parts.len() >= 2 && named(&parts[0]) {
@@ -455,6 +688,6 @@ volumes:
             },
         )
         .unwrap_err();
-        assert!(e.contains("has no image"), "{e}");
+        assert!(e.reason.contains("has no image"), "{e:?}");
     }
 }
