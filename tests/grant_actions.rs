@@ -326,4 +326,27 @@ fn a_sidecar_has_the_broker_signal_the_named_app_container() {
         "{metrics}"
     );
     assert!(!log.contains("grant-act-token") && !b.log_text().contains("grant-act-token"));
+
+    // Pacing on the broker's side: this process holds a gsig lease of its
+    // own and asks twice in a row. The first signals; the second, within
+    // the window (1 s: the grant's debounce is 0 s), is refused whatever
+    // the client does. The control: once the window has passed, the same
+    // ask signals again.
+    let own = fetch(&b, "gsig");
+    let first = action(&b, &own);
+    let second = action(&b, &own);
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(second.status, 403, "{}", second.body);
+    assert!(second.body.contains("action.rate"), "{}", second.body);
+    assert!(eventually(60, || hups(&mine) == 2), "{}", b.log_text());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let later = action(&b, &own);
+    assert_eq!(later.status, 200, "{}", later.body);
+    assert!(eventually(60, || hups(&mine) == 3), "{}", b.log_text());
+    assert!(
+        b.audit_records()
+            .iter()
+            .any(|r| r.event == "deny" && r.json["rule"] == "action.rate"),
+        "action.rate audited"
+    );
 }
