@@ -281,9 +281,12 @@ impl Platform for Containers {
         Box::pin(crate::actions::signal_named(self, workload, name, signal))
     }
 
-    /// The launches' change actions that fail and are being retried.
+    /// The launches' change actions that fail and are being retried, and
+    /// the kept launches whose tmpfs is left alone.
     fn detail(&self) -> Vec<String> {
-        crate::actions::detail(self)
+        let mut lines = crate::actions::detail(self);
+        lines.extend(self.quarantine_detail());
+        lines
     }
 }
 
