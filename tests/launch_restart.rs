@@ -335,7 +335,11 @@ fn without_a_store_directory_a_restart_abandons_the_launch() {
 /// process) while the broker was down: the restarted broker does not take
 /// it for the one that claimed the launch. Its file lease is revoked
 /// (audited with the launch), never renewed, and its tmpfs is zeroed,
-/// unmounted and removed.
+/// unmounted and removed. Its new first process, the exec shim, finds no
+/// broker and exits, so the broker finds it either changed (still
+/// starting) or stopped: both end the launch. (A restarted container that
+/// keeps running with a new first process is the unit test of
+/// `Containers::verify_restored`.)
 #[test]
 fn a_container_restarted_while_the_broker_was_down_is_not_served_again() {
     let _heavy = heavy();
@@ -358,9 +362,12 @@ fn a_container_restarted_while_the_broker_was_down_is_not_served_again() {
         records_after(&b, mark).iter().any(|r| {
             r.event == "revoke"
                 && r.lease() == Some(lease.as_str())
-                && r.json["reason"]
-                    .as_str()
-                    .is_some_and(|s| s.contains(&launch_id))
+                && r.json["reason"].as_str().is_some_and(|s| {
+                    s.contains(&launch_id)
+                        && (s.contains("the container changed while the broker was down")
+                            || s.contains("no longer running")
+                            || s.contains("stopped"))
+                })
         })
     });
     assert!(
@@ -383,14 +390,6 @@ fn a_container_restarted_while_the_broker_was_down_is_not_served_again() {
             .any(|r| r.event == "renew" && r.lease() == Some(lease.as_str())),
         "renewed for a restarted container:\n{}",
         b.audit_text()
-    );
-    eprintln!(
-        "{}",
-        b.log_text()
-            .lines()
-            .filter(|l| l.contains(&launch_id))
-            .collect::<Vec<_>>()
-            .join("\n")
     );
     docker_ok(&["rm", "-f", &name]);
 }
