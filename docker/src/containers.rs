@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use unbaked_api::wire::Lease;
 use unbaked_broker::platform::Core;
 use unbaked_policy::Caller;
@@ -195,6 +195,9 @@ pub(crate) struct Bound {
     pub(crate) next_renew: Instant,
     /// After this, without a successful renewal, the files go.
     pub(crate) valid_until: Instant,
+    /// The file lease's ttl at its last grant or renewal: a restarted
+    /// broker never keeps the files longer than this without a renewal.
+    pub(crate) ttl: Duration,
     /// The container's first process when it claimed the launch: a
     /// restarted broker serves only that one again.
     pub(crate) init: Option<InitId>,

@@ -219,6 +219,10 @@ struct KeptBound {
     pid: Option<i32>,
     lease: String,
     valid_until_ms: u64,
+    /// The lease's ttl: a restored deadline is never further than this.
+    /// Absent (a record of an older build): one hour.
+    #[serde(default)]
+    ttl_ms: Option<u64>,
     init: Option<InitId>,
 }
 
@@ -497,6 +501,7 @@ fn kept_launch(clock: &Clock, id: &str, e: &LaunchEntry) -> KeptLaunch {
             pid: b.caller.pid,
             lease: b.lease_id.clone(),
             valid_until_ms: clock.ms(b.valid_until),
+            ttl_ms: Some(u64::try_from(b.ttl.as_millis()).unwrap_or(u64::MAX)),
             init: b.init.clone(),
         }),
         id_maps: e.id_maps.clone(),
@@ -517,7 +522,13 @@ fn entry_from(dir: Option<unbaked_secretsdir::SecretsDir>, k: &KeptLaunch) -> La
     e.created = Clock::instant(k.created_ms, Duration::ZERO);
     e.id_maps = k.id_maps.clone();
     e.restored = true;
-    let valid_until = k.bound.as_ref().map(|b| b.valid_until_ms);
+    // A clock set back while the broker was down must not stretch the
+    // files' life: never past one ttl from now.
+    let cap = |b: &KeptBound| Duration::from_millis(b.ttl_ms.unwrap_or(3_600_000));
+    let valid_until = k
+        .bound
+        .as_ref()
+        .map(|b| Clock::instant(b.valid_until_ms, cap(b)));
     e.bound = k.bound.as_ref().map(|b| Bound {
         container: b.container.clone(),
         caller: Caller {
@@ -529,10 +540,11 @@ fn entry_from(dir: Option<unbaked_secretsdir::SecretsDir>, k: &KeptLaunch) -> La
         },
         lease_id: b.lease.clone(),
         next_renew: now,
-        valid_until: Clock::instant(b.valid_until_ms, Duration::from_secs(3600)),
+        valid_until: Clock::instant(b.valid_until_ms, cap(b)),
+        ttl: cap(b),
         init: b.init.clone(),
     });
-    let expires = valid_until.map_or(now, |ms| Clock::instant(ms, Duration::from_secs(3600)));
+    let expires = valid_until.unwrap_or(now);
     e.applied = k
         .files
         .iter()
@@ -661,6 +673,7 @@ mod tests {
             lease_id: "l-files".into(),
             next_renew: Instant::now() + Duration::from_secs(60),
             valid_until: Instant::now() + Duration::from_secs(90),
+            ttl: Duration::from_secs(90),
             init: Some(InitId::of(std::process::id() as i32).unwrap()),
         });
         c.launches().insert(id.into(), e);
@@ -814,6 +827,7 @@ mod tests {
                 lease_id: format!("{i:032x}"),
                 next_renew: Instant::now() + Duration::from_secs(60),
                 valid_until: Instant::now() + Duration::from_secs(90),
+                ttl: Duration::from_secs(90),
                 init: Some(InitId::of(std::process::id() as i32).unwrap()),
             });
             first.launches().insert(format!("{i:016x}"), e);
@@ -890,6 +904,39 @@ mod tests {
             .keep_record()
             .windows(16)
             .any(|w| w == b"8899aabbccddeeff"));
+    }
+
+    /// A kept deadline ahead of now by more than the lease's ttl (the
+    /// clock was set back while the broker was down) is cut to one ttl.
+    #[test]
+    fn a_restored_deadline_is_at_most_one_ttl_away() {
+        let far = Clock::now().ms(Instant::now() + Duration::from_secs(10 * 3600));
+        let kept = |ttl_ms| KeptLaunch {
+            id: "00aa".into(),
+            workload: "web".into(),
+            uid: 0,
+            created_ms: 0,
+            dir: None,
+            bound: Some(KeptBound {
+                container: CONTAINER.into(),
+                uid: 0,
+                gid: 0,
+                pid: None,
+                lease: "l-files".into(),
+                valid_until_ms: far,
+                ttl_ms,
+                init: None,
+            }),
+            id_maps: None,
+            files: BTreeMap::new(),
+        };
+        let until = |k: &KeptLaunch| entry_from(None, k).bound.unwrap().valid_until;
+        let cut = until(&kept(Some(90_000)));
+        assert!(cut <= Instant::now() + Duration::from_secs(90), "{cut:?}");
+        // An older record without the ttl: one hour, as before.
+        let old = until(&kept(None));
+        assert!(old <= Instant::now() + Duration::from_secs(3600));
+        assert!(old > Instant::now() + Duration::from_secs(3000));
     }
 
     #[test]

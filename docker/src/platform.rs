@@ -212,6 +212,7 @@ impl Platform for Containers {
             lease_id: files.lease_id.clone(),
             next_renew: now + ttl * 2 / 3,
             valid_until: now + ttl,
+            ttl,
             init: ctx
                 .attestation
                 .evidence()

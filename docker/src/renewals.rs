@@ -152,6 +152,7 @@ pub(crate) fn renewed(
             let ttl = Duration::from_secs(lease.ttl_secs.max(1));
             bound.next_renew = now + ttl * 2 / 3;
             bound.valid_until = now + ttl;
+            bound.ttl = ttl;
             let owner = (bound.caller.uid, bound.caller.gid);
             match entry.write(&lease, now, owner) {
                 // Only content now on disk can be acted on.
@@ -231,6 +232,7 @@ mod tests {
             lease_id: "l-files".into(),
             next_renew: Instant::now(),
             valid_until: Instant::now() + Duration::from_secs(90),
+            ttl: Duration::from_secs(90),
             init: Some(before),
         });
         c.launches().insert("00ff".into(), e);
