@@ -50,6 +50,10 @@ pub const SAVE_EVERY: Duration = Duration::from_secs(1);
 const FIELD: &str = "f/";
 /// The platform's record (JSON, no values).
 const PLATFORM: &str = "platform";
+/// The platform's record is at most this long: a longer one is not saved
+/// (the previous one stays), so the whole record stays under the store's
+/// record limit and the next start reads it.
+pub const MAX_PLATFORM: usize = 4 << 20;
 
 #[derive(Serialize, Deserialize)]
 struct LeaseMeta {
@@ -222,8 +226,12 @@ impl LeaseKeeper {
         }
         data.insert("issued".to_string(), json(&imetas));
         let mut kept = self.platform.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = platform {
-            p.clone_into(&mut kept);
+        match platform {
+            Some(p) if p.len() > MAX_PLATFORM => {
+                tracing::error!(bytes = p.len(), limit = MAX_PLATFORM, "the platform's record is over its limit: not saved, the previous one stays (launches since are not kept across a restart)");
+            }
+            Some(p) => p.clone_into(&mut kept),
+            None => {}
         }
         data.insert(PLATFORM.to_string(), Secret::from_slice(&kept));
         drop(kept);
@@ -332,6 +340,33 @@ fn json<T: Serialize>(v: &T) -> Secret {
 mod tests {
     use super::*;
     use crate::store::key::StoreKey;
+
+    /// A platform record over [`MAX_PLATFORM`] is not saved: the previous
+    /// one stays, and the record still opens at the next start.
+    #[test]
+    fn a_platform_record_over_its_limit_keeps_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            FileStore::open_with_key(
+                &dir.path().join(DIR),
+                StoreKey::from_bytes([3; 32]),
+                "test",
+                1,
+            )
+            .unwrap()
+        };
+        let k = LeaseKeeper::with(open());
+        k.save(1, &[], &[], Some(b"{\"small\":1}")).unwrap();
+        let big = vec![b' '; MAX_PLATFORM + 1];
+        k.save(2, &[], &[], Some(&big)).unwrap();
+        assert_eq!(k.kept_platform(), b"{\"small\":1}");
+        // Control: at the limit it is saved.
+        let at = vec![b' '; MAX_PLATFORM];
+        k.save(3, &[], &[], Some(&at)).unwrap();
+        drop(k);
+        let k = LeaseKeeper::with(open());
+        assert_eq!(k.kept_platform().len(), MAX_PLATFORM);
+    }
 
     #[test]
     fn leases_and_credentials_come_back_sealed() {

@@ -28,11 +28,11 @@
 use crate::engine::Engine;
 use crate::launch_keep::{Clock, InitId, TmpfsId};
 use crate::tmpfs::release_dir;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use unbaked_api::wire::Lease;
 use unbaked_broker::platform::Core;
 use unbaked_policy::Caller;
@@ -41,6 +41,16 @@ use unbaked_secretsdir::{apply_mapped, Applied, DirError, SecretsDir};
 
 /// The kernel's default overflow uid and gid (`/proc/sys/kernel/overflowuid`).
 const OVERFLOW_ID: u32 = 65534;
+/// Lease ids followed per container: a few processes' worth of the
+/// broker's own per-holder cap. Past it the oldest is dropped and ended
+/// ([`Containers::end_dropped`]), as the lease table ends a holder's
+/// oldest: a container fetching in a loop keeps this list (and the kept
+/// record) bounded.
+pub(crate) const MAX_FOLLOWED_PER_CONTAINER: usize =
+    4 * unbaked_broker::lease::MAX_LEASES_PER_HOLDER;
+/// Dropped lease ids waiting to be ended (drained every renewal tick);
+/// past this they end with their ttl or their holder's cap.
+const MAX_DROPPED: usize = 4096;
 
 /// `<socket dir>/containers` cannot be made private to the broker.
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +80,16 @@ pub struct Containers {
     /// The broker socket, bind-mounted into launched containers.
     pub(crate) socket: PathBuf,
     launches: Mutex<HashMap<String, LaunchEntry>>,
-    /// Container id → lease ids, to end them when it dies.
-    leases: Mutex<HashMap<String, Vec<String>>>,
+    /// Container id → lease ids (oldest first, at most
+    /// [`MAX_FOLLOWED_PER_CONTAINER`]), to end them when it dies.
+    leases: Mutex<HashMap<String, VecDeque<String>>>,
+    /// Lease ids dropped from `leases` by its cap, to end.
+    pub(crate) dropped: Mutex<Vec<String>>,
+    /// Launch id → why its tmpfs is left alone: kept launches whose tmpfs
+    /// could not be verified, never swept ([`crate::launch_keep`]).
+    pub(crate) quarantined: Mutex<BTreeMap<String, String>>,
+    /// The kept record was trimmed to its bounds, and the log said so.
+    pub(crate) trimmed_said: AtomicBool,
     /// Wakes [`crate::actions::run`] when a change was noted.
     pub(crate) wake_actions: tokio::sync::Notify,
     /// The launches are kept across a restart ([`crate::launch_keep`]):
@@ -179,6 +197,9 @@ pub(crate) struct Bound {
     pub(crate) next_renew: Instant,
     /// After this, without a successful renewal, the files go.
     pub(crate) valid_until: Instant,
+    /// The file lease's ttl at its last grant or renewal: a restarted
+    /// broker never keeps the files longer than this without a renewal.
+    pub(crate) ttl: Duration,
     /// The container's first process when it claimed the launch: a
     /// restarted broker serves only that one again.
     pub(crate) init: Option<InitId>,
@@ -196,6 +217,9 @@ impl Containers {
             socket: socket.to_path_buf(),
             launches: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
+            dropped: Mutex::new(Vec::new()),
+            quarantined: Mutex::new(BTreeMap::new()),
+            trimmed_said: AtomicBool::new(false),
             wake_actions: tokio::sync::Notify::new(),
             keeping: AtomicBool::new(false),
             clock: Clock::now(),
@@ -303,25 +327,45 @@ impl Containers {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(c, l)| (c.clone(), l.clone()))
+            .map(|(c, l)| (c.clone(), l.iter().cloned().collect()))
             .collect()
     }
 
     /// Follow again the containers a previous run followed.
     pub(crate) fn follow_again(&self, kept: BTreeMap<String, Vec<String>>) {
-        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         for (c, l) in kept {
-            leases.entry(c).or_default().extend(l);
+            for id in l {
+                self.track(&c, &id);
+            }
         }
     }
 
+    /// Follow `lease_id` as held by `container` (once); past
+    /// [`MAX_FOLLOWED_PER_CONTAINER`] its oldest is dropped, to be ended.
     pub(crate) fn track(&self, container: &str, lease_id: &str) {
-        self.leases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(container.to_string())
-            .or_default()
-            .push(lease_id.to_string());
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let ids = leases.entry(container.to_string()).or_default();
+        if ids.iter().any(|l| l == lease_id) {
+            return;
+        }
+        ids.push_back(lease_id.to_string());
+        let over = ids.len().saturating_sub(MAX_FOLLOWED_PER_CONTAINER);
+        let gone: Vec<String> = ids.drain(..over).collect();
+        drop(leases);
+        if !gone.is_empty() {
+            let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+            let room = MAX_DROPPED.saturating_sub(dropped.len());
+            dropped.extend(gone.into_iter().take(room));
+        }
+    }
+
+    /// End the leases dropped by the per-container cap (most were already
+    /// ended by the holder's own cap: those are no-ops).
+    pub(crate) fn end_dropped(&self, core: &dyn Core) {
+        let dropped = std::mem::take(&mut *self.dropped.lock().unwrap_or_else(|e| e.into_inner()));
+        for id in dropped {
+            core.end_lease(&id, &format!("its container holds more leases than the broker follows per container ({MAX_FOLLOWED_PER_CONTAINER}): its oldest ended"));
+        }
     }
 
     /// The launches still waiting for or serving a container.
@@ -361,12 +405,13 @@ impl Containers {
     /// (`on_change = "restart"`) keeps its launch, its file lease and its
     /// files: only the leases of the process that died end.
     pub fn container_gone(&self, core: &dyn Core, id: &str, launch_label: Option<&str>, why: &str) {
-        let leases = self
+        let leases: Vec<String> = self
             .leases
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into();
         for lease in &leases {
             core.end_lease(lease, why);
         }

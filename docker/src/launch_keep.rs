@@ -36,6 +36,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use unbaked_api::wire::Delivery;
@@ -48,6 +49,15 @@ use unbaked_secretsdir::apply::Delivered;
 
 /// The record's format, for upgrades.
 const FORMAT: u32 = 1;
+/// Launches kept in the record (each at most a few KiB: names only);
+/// past it the newest are not kept, and their tmpfs is zeroed at the
+/// next start like any a broker left without a record.
+const MAX_KEPT_LAUNCHES: usize = 1024;
+/// Followed lease ids kept in the record, all containers together;
+/// past it a container's leases end with their ttl after a restart.
+const MAX_KEPT_FOLLOWED: usize = 32 * 1024;
+/// Launches left alone remembered (each a launch id and a sentence).
+const MAX_QUARANTINED: usize = 256;
 /// A restored file is written again at the first renewal: no version is
 /// this high, so the plan rewrites it (and the writer tracks it again).
 const REWRITE: u64 = u64::MAX;
@@ -131,10 +141,23 @@ impl InitId {
         Ok(InitId { pid, start, ns })
     }
 
-    /// The init of the container `evidence` attested, now.
+    /// The init of the container `evidence` attested, now; `None` (said
+    /// in the log) when it cannot be read: a broker restart then ends the
+    /// launch, since its container cannot be verified.
     pub(crate) fn of_evidence(evidence: &Arc<dyn Evidence>) -> Option<InitId> {
-        let pid = live(&**evidence)?.pid.and_then(|p| i32::try_from(p).ok())?;
-        InitId::of(pid).ok()
+        let c = live(&**evidence)?;
+        InitId::of_live(c)
+            .inspect_err(|why| tracing::warn!(container = %c.id.get(..12).unwrap_or(&c.id), reason = %why, "launch claimed without an identity of its container's first process: it will not survive a broker restart"))
+            .ok()
+    }
+
+    /// The init of `c`, inspected now.
+    pub(crate) fn of_live(c: &LiveContainer) -> Result<InitId, String> {
+        let pid = c
+            .pid
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or("the engine gives no pid for its first process")?;
+        InitId::of(pid)
     }
 
     /// Whether `c`, inspected now, still runs this very init.
@@ -163,6 +186,10 @@ struct KeptRecord {
     launches: Vec<KeptLaunch>,
     /// Container id → the lease ids it holds (ended when it dies).
     followed: BTreeMap<String, Vec<String>>,
+    /// Launch id → why its tmpfs is left alone: never swept, until a start
+    /// finds its directory gone.
+    #[serde(default)]
+    quarantined: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -192,6 +219,10 @@ struct KeptBound {
     pid: Option<i32>,
     lease: String,
     valid_until_ms: u64,
+    /// The lease's ttl: a restored deadline is never further than this.
+    /// Absent (a record of an older build): one hour.
+    #[serde(default)]
+    ttl_ms: Option<u64>,
     init: Option<InitId>,
 }
 
@@ -233,45 +264,74 @@ impl Clock {
 }
 
 impl Containers {
-    /// The launches and followed containers as the record keeps them.
+    /// The launches and followed containers as the record keeps them,
+    /// bounded ([`MAX_KEPT_LAUNCHES`], [`MAX_KEPT_FOLLOWED`],
+    /// [`MAX_QUARANTINED`]): what is over is said once in the log.
     pub(crate) fn keep_record(&self) -> Vec<u8> {
         let clock = self.clock;
-        let launches = self
+        let mut launches: Vec<KeptLaunch> = self
             .launches()
             .iter()
-            .map(|(id, e)| KeptLaunch {
-                id: id.clone(),
-                workload: e.workload.clone(),
-                uid: e.uid,
-                created_ms: clock.ms(e.created),
-                dir: e.dir.as_ref().zip(e.dir_id).map(|(d, root)| KeptDir {
-                    path: d.root().to_path_buf(),
-                    root,
-                }),
-                bound: e.bound.as_ref().map(|b| KeptBound {
-                    container: b.container.clone(),
-                    uid: b.caller.uid,
-                    gid: b.caller.gid,
-                    pid: b.caller.pid,
-                    lease: b.lease_id.clone(),
-                    valid_until_ms: clock.ms(b.valid_until),
-                    init: b.init.clone(),
-                }),
-                id_maps: e.id_maps.clone(),
-                files: e
-                    .applied
-                    .iter()
-                    .map(|(item, d)| (item.clone(), d.delivery.clone()))
-                    .collect(),
-            })
+            .map(|(id, e)| kept_launch(&clock, id, e))
             .collect();
+        // The oldest are kept: a burst of new launches cannot push them out.
+        launches.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        let over_launches = launches.len().saturating_sub(MAX_KEPT_LAUNCHES);
+        launches.truncate(MAX_KEPT_LAUNCHES);
+        let mut budget = MAX_KEPT_FOLLOWED;
+        let mut over_followed = 0;
+        let mut followed = self.tracked();
+        for ids in followed.values_mut() {
+            let keep = ids.len().min(budget);
+            // The newest: the oldest are the likeliest to have ended.
+            over_followed += ids.len() - keep;
+            ids.drain(..ids.len() - keep);
+            budget -= keep;
+        }
+        followed.retain(|_, ids| !ids.is_empty());
+        let over = over_launches + over_followed;
+        if over > 0 && !self.trimmed_said.swap(true, Ordering::Relaxed) {
+            tracing::error!(over_launches, over_followed, "more launches or followed leases than the kept record holds: those over are not kept across a restart (their tmpfs is zeroed, their leases end with their ttl)");
+        } else if over == 0 {
+            self.trimmed_said.store(false, Ordering::Relaxed);
+        }
         let record = KeptRecord {
             format: FORMAT,
             launches,
-            followed: self.tracked(),
+            followed,
+            quarantined: self.quarantined_now(),
         };
         // Plain data: serializing cannot fail.
         serde_json::to_vec(&record).unwrap_or_default()
+    }
+
+    fn quarantined_now(&self) -> BTreeMap<String, String> {
+        self.quarantined
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Remember that launch `id`'s tmpfs is left alone (`why`): it is
+    /// never swept, and [`Containers::quarantine_detail`] shows it.
+    fn quarantine(&self, id: &str, why: &str) {
+        if !launch_id(id) || self.base().join(id).symlink_metadata().is_err() {
+            return; // nothing of that name in the launches' directory
+        }
+        let mut q = self.quarantined.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= MAX_QUARANTINED && !q.contains_key(id) {
+            tracing::error!(launch = id, "too many launches left alone are remembered ({MAX_QUARANTINED}): this one is swept at the start after next unless removed by hand first");
+            return;
+        }
+        q.insert(id.to_string(), why.to_string());
+    }
+
+    /// The launches left alone, for the operator (`/readyz` detail).
+    pub(crate) fn quarantine_detail(&self) -> Vec<String> {
+        self.quarantined_now()
+            .into_iter()
+            .map(|(id, why)| format!("launch {id} left alone (its tmpfs at {} is never written, zeroed or removed by the broker: check it and remove it by hand): {why}", self.base().join(&id).display()))
+            .collect()
     }
 
     /// At start: take back what the previous run kept (`kept`: `None`
@@ -310,8 +370,16 @@ impl Containers {
             return BTreeSet::new();
         }
         self.follow_again(record.followed);
-        let (mut resumed, mut ended) = (0, 0);
         let mut accounted = BTreeSet::new();
+        for (id, why) in record.quarantined {
+            // Still there: still left alone. Gone (removed by hand): forgotten.
+            if self.base().join(&id).symlink_metadata().is_ok() {
+                tracing::warn!(launch = %id, reason = %why, "a kept launch's tmpfs is still left alone: check it and remove it by hand");
+                self.quarantine(&id, &why);
+                accounted.insert(id);
+            }
+        }
+        let (mut resumed, mut ended) = (0, 0);
         for k in record.launches {
             accounted.insert(k.id.clone());
             match self.restore_one(core, k) {
@@ -334,6 +402,7 @@ impl Containers {
             Some(d) if !launch_id(&k.id) || d.path != self.base().join(&k.id) => {
                 let why = format!("its secrets tmpfs is recorded at {}, not in the launches' directory {}: left alone", d.path.display(), self.base().display());
                 self.end_kept(core, &k, &why);
+                self.quarantine(&k.id, &why);
                 return false;
             }
             Some(d) => {
@@ -342,6 +411,7 @@ impl Containers {
                     Err(why) => {
                         let why = format!("its secrets tmpfs failed verification, so it is left alone and never written: {why}");
                         self.end_kept(core, &k, &why);
+                        self.quarantine(&k.id, &why);
                         return false;
                     }
                 }
@@ -413,6 +483,36 @@ impl Containers {
     }
 }
 
+/// One launch as the record keeps it: names, never a value.
+fn kept_launch(clock: &Clock, id: &str, e: &LaunchEntry) -> KeptLaunch {
+    KeptLaunch {
+        id: id.to_string(),
+        workload: e.workload.clone(),
+        uid: e.uid,
+        created_ms: clock.ms(e.created),
+        dir: e.dir.as_ref().zip(e.dir_id).map(|(d, root)| KeptDir {
+            path: d.root().to_path_buf(),
+            root,
+        }),
+        bound: e.bound.as_ref().map(|b| KeptBound {
+            container: b.container.clone(),
+            uid: b.caller.uid,
+            gid: b.caller.gid,
+            pid: b.caller.pid,
+            lease: b.lease_id.clone(),
+            valid_until_ms: clock.ms(b.valid_until),
+            ttl_ms: Some(u64::try_from(b.ttl.as_millis()).unwrap_or(u64::MAX)),
+            init: b.init.clone(),
+        }),
+        id_maps: e.id_maps.clone(),
+        files: e
+            .applied
+            .iter()
+            .map(|(item, d)| (item.clone(), d.delivery.clone()))
+            .collect(),
+    }
+}
+
 /// A kept launch as an entry of this run: claimed ones renew at once,
 /// after their container is verified; their files are written again.
 fn entry_from(dir: Option<unbaked_secretsdir::SecretsDir>, k: &KeptLaunch) -> LaunchEntry {
@@ -422,7 +522,13 @@ fn entry_from(dir: Option<unbaked_secretsdir::SecretsDir>, k: &KeptLaunch) -> La
     e.created = Clock::instant(k.created_ms, Duration::ZERO);
     e.id_maps = k.id_maps.clone();
     e.restored = true;
-    let valid_until = k.bound.as_ref().map(|b| b.valid_until_ms);
+    // A clock set back while the broker was down must not stretch the
+    // files' life: never past one ttl from now.
+    let cap = |b: &KeptBound| Duration::from_millis(b.ttl_ms.unwrap_or(3_600_000));
+    let valid_until = k
+        .bound
+        .as_ref()
+        .map(|b| Clock::instant(b.valid_until_ms, cap(b)));
     e.bound = k.bound.as_ref().map(|b| Bound {
         container: b.container.clone(),
         caller: Caller {
@@ -434,10 +540,11 @@ fn entry_from(dir: Option<unbaked_secretsdir::SecretsDir>, k: &KeptLaunch) -> La
         },
         lease_id: b.lease.clone(),
         next_renew: now,
-        valid_until: Clock::instant(b.valid_until_ms, Duration::from_secs(3600)),
+        valid_until: Clock::instant(b.valid_until_ms, cap(b)),
+        ttl: cap(b),
         init: b.init.clone(),
     });
-    let expires = valid_until.map_or(now, |ms| Clock::instant(ms, Duration::from_secs(3600)));
+    let expires = valid_until.unwrap_or(now);
     e.applied = k
         .files
         .iter()
@@ -566,6 +673,7 @@ mod tests {
             lease_id: "l-files".into(),
             next_renew: Instant::now() + Duration::from_secs(60),
             valid_until: Instant::now() + Duration::from_secs(90),
+            ttl: Duration::from_secs(90),
             init: Some(InitId::of(std::process::id() as i32).unwrap()),
         });
         c.launches().insert(id.into(), e);
@@ -666,6 +774,169 @@ mod tests {
         // Control: the same directory, not replaced, comes back (above).
         unbaked_secretsdir::sys::unmount(&path).unwrap();
         std::fs::remove_dir(&path).unwrap();
+    }
+
+    /// A container fetching in a loop: its followed ids, and so the kept
+    /// record, stay bounded; the oldest are handed on to be ended.
+    #[tokio::test]
+    async fn many_fetches_by_one_container_keep_the_record_bounded() {
+        use crate::containers::MAX_FOLLOWED_PER_CONTAINER;
+        let tmp = tempfile::tempdir().unwrap();
+        let (first, b, _) = platform(tmp.path(), core(tmp.path())).await;
+        let fetch = |from: usize, to: usize| {
+            for n in from..to {
+                first.track(CONTAINER, &format!("{n:032x}"));
+            }
+        };
+        fetch(0, 20_000);
+        let ids = &first.tracked()[CONTAINER];
+        assert_eq!(ids.len(), MAX_FOLLOWED_PER_CONTAINER);
+        assert_eq!(ids.last().unwrap(), &format!("{:032x}", 19_999));
+        assert!(first.dropped.lock().unwrap().len() <= 4096);
+        // Unknown to this broker (ended by the holder's cap): no-ops.
+        first.end_dropped(&b);
+        assert!(first.dropped.lock().unwrap().is_empty());
+        let size = first.keep_record().len();
+        fetch(20_000, 60_000);
+        assert_eq!(first.keep_record().len(), size, "the record does not grow");
+        // The same id again is followed once.
+        first.track(CONTAINER, &format!("{:032x}", 59_999));
+        assert_eq!(first.tracked()[CONTAINER].len(), MAX_FOLLOWED_PER_CONTAINER);
+        drop((first, b));
+    }
+
+    /// A record at its bounds (launches and followed ids over them) is
+    /// under the platform record's limit, is saved, and comes back whole.
+    #[tokio::test]
+    async fn a_record_at_the_cap_still_restores() {
+        use crate::containers::MAX_FOLLOWED_PER_CONTAINER;
+        let tmp = tempfile::tempdir().unwrap();
+        let (first, b, _) = platform(tmp.path(), core(tmp.path())).await;
+        for i in 0..MAX_KEPT_LAUNCHES + 10 {
+            let mut e = LaunchEntry::new("web".into(), 1000, None);
+            e.created = Instant::now() - Duration::from_secs(100_000 - i as u64);
+            e.bound = Some(Bound {
+                container: format!("{i:064x}"),
+                caller: Caller {
+                    uid: 0,
+                    gid: 0,
+                    pid: Some(1),
+                    container: None,
+                    service_account: None,
+                },
+                lease_id: format!("{i:032x}"),
+                next_renew: Instant::now() + Duration::from_secs(60),
+                valid_until: Instant::now() + Duration::from_secs(90),
+                ttl: Duration::from_secs(90),
+                init: Some(InitId::of(std::process::id() as i32).unwrap()),
+            });
+            first.launches().insert(format!("{i:016x}"), e);
+        }
+        for c in 0..(MAX_KEPT_FOLLOWED / MAX_FOLLOWED_PER_CONTAINER + 10) {
+            for n in 0..MAX_FOLLOWED_PER_CONTAINER {
+                first.track(&format!("{c:064x}"), &format!("{c:016x}{n:016x}"));
+            }
+        }
+        let record = first.keep_record();
+        assert!(
+            record.len() <= unbaked_broker::lease_keep::MAX_PLATFORM,
+            "{}",
+            record.len()
+        );
+        assert!(b.save_leases().unwrap());
+        drop((first, b));
+        let (second, _b, swept) = platform(tmp.path(), core(tmp.path())).await;
+        assert!(swept.is_empty(), "{swept:?}");
+        assert_eq!(second.launch_count(), MAX_KEPT_LAUNCHES);
+        // The oldest launches are the ones kept.
+        assert!(second.launches().contains_key(&format!("{:016x}", 0)));
+        assert!(!second
+            .launches()
+            .contains_key(&format!("{:016x}", MAX_KEPT_LAUNCHES + 9)));
+        let followed: usize = second.tracked().values().map(Vec::len).sum();
+        assert_eq!(followed, MAX_KEPT_FOLLOWED);
+    }
+
+    /// A tmpfs left alone at one start stays alone at the next ones (never
+    /// swept), is shown in the detail, and is forgotten once removed by hand.
+    #[tokio::test]
+    async fn a_tmpfs_left_alone_stays_alone_across_restarts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (first, b, _) = platform(tmp.path(), core(tmp.path())).await;
+        let path = launch(&first, "8899aabbccddeeff");
+        assert!(b.save_leases().unwrap());
+        drop((first, b));
+        unbaked_secretsdir::sys::unmount(&path).unwrap();
+        unbaked_secretsdir::sys::mount_tmpfs(&path, 1 << 16).unwrap();
+        std::fs::write(path.join("theirs"), b"not the broker's").unwrap();
+
+        let (second, b, swept) = platform(tmp.path(), core(tmp.path())).await;
+        assert!(swept.is_empty(), "swept: {swept:?}");
+        let detail = second.quarantine_detail();
+        assert!(
+            detail.len() == 1 && detail[0].contains("8899aabbccddeeff"),
+            "{detail:?}"
+        );
+        assert!(b.save_leases().unwrap());
+        drop((second, b));
+        // Control: a directory the record does not name is swept.
+        let stray = path.with_file_name("0123456789abcdef");
+        std::fs::create_dir(&stray).unwrap();
+
+        let (third, b, swept) = platform(tmp.path(), core(tmp.path())).await;
+        assert_eq!(swept, vec!["0123456789abcdef".to_string()]);
+        assert!(!stray.exists());
+        assert_eq!(
+            std::fs::read(path.join("theirs")).unwrap(),
+            b"not the broker's",
+            "left alone at the second restart too"
+        );
+        assert_eq!(third.quarantine_detail().len(), 1);
+        b.save_leases().unwrap();
+        drop((third, b));
+        // Removed by hand: forgotten.
+        unbaked_secretsdir::sys::unmount(&path).unwrap();
+        std::fs::remove_dir(&path).unwrap();
+        let (fourth, _b, swept) = platform(tmp.path(), core(tmp.path())).await;
+        assert!(swept.is_empty(), "{swept:?}");
+        assert!(fourth.quarantine_detail().is_empty());
+        assert!(!fourth
+            .keep_record()
+            .windows(16)
+            .any(|w| w == b"8899aabbccddeeff"));
+    }
+
+    /// A kept deadline ahead of now by more than the lease's ttl (the
+    /// clock was set back while the broker was down) is cut to one ttl.
+    #[test]
+    fn a_restored_deadline_is_at_most_one_ttl_away() {
+        let far = Clock::now().ms(Instant::now() + Duration::from_secs(10 * 3600));
+        let kept = |ttl_ms| KeptLaunch {
+            id: "00aa".into(),
+            workload: "web".into(),
+            uid: 0,
+            created_ms: 0,
+            dir: None,
+            bound: Some(KeptBound {
+                container: CONTAINER.into(),
+                uid: 0,
+                gid: 0,
+                pid: None,
+                lease: "l-files".into(),
+                valid_until_ms: far,
+                ttl_ms,
+                init: None,
+            }),
+            id_maps: None,
+            files: BTreeMap::new(),
+        };
+        let until = |k: &KeptLaunch| entry_from(None, k).bound.unwrap().valid_until;
+        let cut = until(&kept(Some(90_000)));
+        assert!(cut <= Instant::now() + Duration::from_secs(90), "{cut:?}");
+        // An older record without the ttl: one hour, as before.
+        let old = until(&kept(None));
+        assert!(old <= Instant::now() + Duration::from_secs(3600));
+        assert!(old > Instant::now() + Duration::from_secs(3000));
     }
 
     #[test]

@@ -209,6 +209,7 @@ impl Platform for Containers {
             lease_id: files.lease_id.clone(),
             next_renew: now + ttl * 2 / 3,
             valid_until: now + ttl,
+            ttl,
             init: ctx
                 .attestation
                 .evidence()
@@ -278,9 +279,12 @@ impl Platform for Containers {
         Box::pin(crate::actions::signal_named(self, workload, name, signal))
     }
 
-    /// The launches' change actions that fail and are being retried.
+    /// The launches' change actions that fail and are being retried, and
+    /// the kept launches whose tmpfs is left alone.
     fn detail(&self) -> Vec<String> {
-        crate::actions::detail(self)
+        let mut lines = crate::actions::detail(self);
+        lines.extend(self.quarantine_detail());
+        lines
     }
 }
 

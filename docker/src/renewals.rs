@@ -6,13 +6,14 @@
 //! engine now and then, in case an event was missed.
 
 use crate::containers::{Containers, LaunchEntry};
+use crate::launch_keep::InitId;
 use crate::tmpfs::release_dir;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use unbaked_api::wire::ErrorCode;
+use unbaked_api::wire::{ErrorCode, Lease};
 use unbaked_broker::attest::container::{Attestation, Evidence};
 use unbaked_broker::platform::Core;
-use unbaked_broker::request::Ctx;
+use unbaked_broker::request::{Ctx, ServiceError};
 use unbaked_policy::Caller;
 
 /// A launch whose container never showed up gives its (empty) tmpfs back.
@@ -32,6 +33,7 @@ pub async fn renewals(core: Arc<dyn Core>, containers: Arc<Containers>) {
         tick.tick().await;
         let now = Instant::now();
         give_back_unclaimed(&containers, now);
+        containers.end_dropped(&*core);
         for (lid, container, caller, lease_id) in due(&containers, now) {
             renew_one(&*core, &containers, &lid, &container, caller, &lease_id).await;
         }
@@ -88,12 +90,17 @@ async fn renew_one(
     mut caller: Caller,
     lease_id: &str,
 ) {
+    // The first process of the container inspected and attested now: kept
+    // once the renewal passes, so that the broker's own restart of it
+    // (`on_change = "restart"`) does not make the kept identity stale.
+    let mut init = None;
     let attestation = match containers.engine.inspect(container).await {
         Ok(Some(c)) if c.running => {
             if let Err(why) = containers.verify_restored(launch_id, &c) {
                 containers.container_gone(core, container, Some(launch_id), &why);
                 return;
             }
+            init = (c.id == container).then(|| InitId::of_live(&c));
             Attestation::Container(Arc::new(c) as Arc<dyn Evidence>)
         }
         Ok(_) => {
@@ -112,6 +119,19 @@ async fn renew_one(
         attestation,
     };
     let result = core.renew(&ctx, lease_id).await;
+    renewed(containers, launch_id, result, init);
+}
+
+/// The outcome of a renewal of `launch_id`'s file lease: files rewritten
+/// and the kept identity of its container's first process brought up to
+/// date (`init`: read from the container inspected and attested for it),
+/// or the files wiped when it was refused.
+pub(crate) fn renewed(
+    containers: &Containers,
+    launch_id: &str,
+    result: Result<Lease, ServiceError>,
+    init: Option<Result<InitId, String>>,
+) {
     let now = Instant::now();
     let mut launches = containers.launches();
     let Some(entry) = launches.get_mut(launch_id) else {
@@ -122,9 +142,17 @@ async fn renew_one(
     };
     match result {
         Ok(lease) => {
+            match init {
+                Some(Ok(init)) => bound.init = Some(init),
+                Some(Err(why)) => {
+                    tracing::warn!(launch = launch_id, reason = %why, "renewed, but its container's first process could not be identified: the identity kept for a broker restart stays as it was")
+                }
+                None => {}
+            }
             let ttl = Duration::from_secs(lease.ttl_secs.max(1));
             bound.next_renew = now + ttl * 2 / 3;
             bound.valid_until = now + ttl;
+            bound.ttl = ttl;
             let owner = (bound.caller.uid, bound.caller.gid);
             match entry.write(&lease, now, owner) {
                 // Only content now on disk can be acted on.
@@ -165,5 +193,78 @@ pub(crate) async fn reconcile(core: &dyn Core, containers: &Containers) {
             }
             Err(_) => return, // the engine is away: try again later
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::containers::Bound;
+    use crate::isolation::LiveContainer;
+
+    const CONTAINER: &str = "7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a";
+
+    /// The broker restarted the container (`on_change = "restart"`): its
+    /// first process is another one. The renewal that follows keeps the new
+    /// one, so a broker restart after it resumes the launch.
+    #[tokio::test]
+    async fn a_renewal_keeps_the_identity_of_the_container_it_renewed_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = Containers::new(crate::Engine::from_env().await, &tmp.path().join("b.sock"));
+        // The first process at the claim, gone since (the restart).
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let before = InitId::of(child.id() as i32).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut e = LaunchEntry::new("web".into(), 0, None);
+        e.bound = Some(Bound {
+            container: CONTAINER.into(),
+            caller: Caller {
+                uid: 0,
+                gid: 0,
+                pid: None,
+                container: None,
+                service_account: None,
+            },
+            lease_id: "l-files".into(),
+            next_renew: Instant::now(),
+            valid_until: Instant::now() + Duration::from_secs(90),
+            ttl: Duration::from_secs(90),
+            init: Some(before),
+        });
+        c.launches().insert("00ff".into(), e);
+        let now = LiveContainer {
+            id: CONTAINER.into(),
+            running: true,
+            pid: Some(i64::from(std::process::id())),
+            ..LiveContainer::default()
+        };
+        let restart_check = |c: &Containers| {
+            c.launches().get_mut("00ff").unwrap().restored = true;
+            c.verify_restored("00ff", &now)
+        };
+        // Control: the identity from the claim is stale after the restart.
+        let why = restart_check(&c).unwrap_err();
+        assert!(why.contains("restarted"), "{why}");
+        let lease = Lease {
+            lease_id: "l-files".into(),
+            workload: "web".into(),
+            ttl_secs: 60,
+            items: Vec::new(),
+            actions: Default::default(),
+        };
+        // A failed renewal changes nothing.
+        renewed(
+            &c,
+            "00ff",
+            Err(ServiceError::Internal("store away".into())),
+            Some(InitId::of_live(&now)),
+        );
+        assert!(restart_check(&c).is_err());
+        renewed(&c, "00ff", Ok(lease), Some(InitId::of_live(&now)));
+        restart_check(&c).unwrap();
     }
 }

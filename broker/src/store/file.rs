@@ -71,7 +71,8 @@ const ID_LEN: usize = 16;
 const TAG_LEN: usize = 16;
 const HEADER_PLAIN: usize = MAGIC.len() + 4 + ID_LEN;
 const HEADER_LEN: usize = HEADER_PLAIN + NONCE_LEN + TAG_LEN;
-/// A request body is at most 1 MiB: a longer length field is damage.
+/// A request body is at most 1 MiB: a longer length field is damage (and
+/// a longer record is never written).
 const MAX_RECORD: usize = 8 << 20;
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
@@ -198,8 +199,15 @@ impl DiskKey {
         Ok(h)
     }
 
-    /// The framed record number `seq`.
+    /// The framed record number `seq`; one over [`MAX_RECORD`] is refused
+    /// (replay would read it as damage and the store would not open).
     fn frame(&self, seq: u64, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if plain.len() + NONCE_LEN + TAG_LEN > MAX_RECORD {
+            return Err(StoreError::Invalid(format!(
+                "a record of {} bytes is over the store's limit of {MAX_RECORD}: not written, the previous one stays",
+                plain.len()
+            )));
+        }
         let body = self.seal(&self.record_aad(seq), plain)?;
         let mut f = Vec::with_capacity(4 + body.len());
         f.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -1193,6 +1201,34 @@ mod tests {
         for needle in [&b"marker-value"[..], b"app/db", b"password"] {
             assert!(!bytes.windows(needle.len()).any(|w| w == needle));
         }
+    }
+
+    /// A record the next start could not read (over [`MAX_RECORD`]) is
+    /// never written: the previous version stays and the store reopens.
+    #[test]
+    fn a_record_over_the_limit_is_refused_and_the_store_still_opens() {
+        let (_t, dir) = store_dir();
+        let s = open(&dir, 1).unwrap();
+        assert_eq!(put(&s, "app/db", "password", b"before"), 1);
+        let big = vec![b'x'; MAX_RECORD];
+        let refused = s.inner.write_sync(
+            "app/db",
+            BTreeMap::from([("password".to_string(), Secret::from_slice(&big))]),
+        );
+        assert!(
+            matches!(&refused, Err(StoreError::Invalid(m)) if m.contains("over the store's limit")),
+            "{refused:?}"
+        );
+        // Control: just under the limit is written, and reads back.
+        let under = vec![b'y'; MAX_RECORD - 1024];
+        assert_eq!(put(&s, "app/big", "v", &under), 1);
+        drop(s);
+        let s = open(&dir, 1).unwrap();
+        assert_eq!(
+            value(&s, "app/db", "password"),
+            Some((1, b"before".to_vec()))
+        );
+        assert_eq!(value(&s, "app/big", "v").unwrap().1.len(), under.len());
     }
 
     #[test]
