@@ -13,42 +13,7 @@ use util::*;
 
 const TOKEN: &[u8] = b"file-store-token-7d41c2";
 
-/// A store directory and a key made by `unbaked store init-key`, in a
-/// directory on disk (not tmpfs: the point is what reaches the disk).
-struct Setup {
-    tmp: tempfile::TempDir,
-    dir: PathBuf,
-    key: PathBuf,
-}
-
-fn setup() -> Setup {
-    let tmp = tempfile::Builder::new()
-        .prefix("unbaked-file-store-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
-    let key = tmp.path().join("store.key");
-    let out =
-        output(Command::new(BIN).args([OsStr::new("store"), "init-key".as_ref(), key.as_os_str()]));
-    assert!(out.status.success(), "init-key: {}", text(&out.stderr));
-    Setup {
-        dir: tmp.path().join("store"),
-        key,
-        tmp,
-    }
-}
-
-impl Setup {
-    fn args(&self) -> Vec<&OsStr> {
-        vec![
-            OsStr::new("--store"),
-            OsStr::new("file"),
-            OsStr::new("--store-dir"),
-            self.dir.as_os_str(),
-            OsStr::new("--store-key-file"),
-            self.key.as_os_str(),
-        ]
-    }
-
+impl StoreDir {
     fn broker(&self, policies: &[(&str, &str)]) -> Broker {
         Broker::start_with_args(policies, &self.args())
     }
@@ -68,7 +33,7 @@ fn api_policy() -> String {
 
 #[test]
 fn secrets_survive_a_restart_sealed_on_disk() {
-    let s = setup();
+    let s = StoreDir::new("unbaked-file-store-");
     let meta = std::fs::metadata(&s.key).unwrap();
     assert_eq!(meta.mode() & 0o7777, 0o400, "init-key writes 0400");
     let policy = api_policy();
@@ -164,7 +129,7 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, u32, i64, i64)> {
 }
 
 /// Start a broker that must refuse; its stderr.
-fn refused(s: &Setup, args: &[&OsStr], env: &[(&str, &OsStr)]) -> String {
+fn refused(s: &StoreDir, args: &[&OsStr], env: &[(&str, &OsStr)]) -> String {
     let policies = s.tmp.path().join("policies");
     std::fs::create_dir_all(&policies).unwrap();
     let socket = s.tmp.path().join("refused.sock");
@@ -203,7 +168,7 @@ fn refused(s: &Setup, args: &[&OsStr], env: &[(&str, &OsStr)]) -> String {
 
 #[test]
 fn a_wrong_missing_or_loose_key_is_refused_and_nothing_changes() {
-    let s = setup();
+    let s = StoreDir::new("unbaked-file-store-");
     let mut b = s.broker(&[]);
     b.put("app/api", "token", TOKEN);
     b.stop();
@@ -297,7 +262,7 @@ fn a_wrong_missing_or_loose_key_is_refused_and_nothing_changes() {
 /// each name the key when no flag does.
 #[test]
 fn the_key_from_the_environment_or_a_systemd_credential() {
-    let s = setup();
+    let s = StoreDir::new("unbaked-file-store-");
     let mut b = s.broker(&[]);
     b.put("app/api", "token", TOKEN);
     b.stop();
@@ -386,7 +351,7 @@ fn a_broker_killed_at_random_moments_during_puts_loses_no_acknowledged_version()
         });
     eprintln!("UNBAKED_CRASH_SEED={seed} UNBAKED_STORE_KILLS={kills}");
     let mut rng = Rng(seed);
-    let s = setup();
+    let s = StoreDir::new("unbaked-file-store-");
     let values = shm_dir("crash-values");
     // Every value ever sent carries this marker: one search finds any in clear.
     const MARK: &str = "CRASHVAL";
@@ -545,7 +510,7 @@ fn check_versions(
 /// the control: it cannot open root's.
 #[test]
 fn a_non_root_broker_keeps_its_own_store() {
-    let s = setup();
+    let s = StoreDir::new("unbaked-file-store-");
     let user = s.tmp.path().join("user");
     std::fs::create_dir(&user).unwrap();
     std::fs::set_permissions(s.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -651,7 +616,7 @@ fn a_non_root_broker_keeps_its_own_store() {
 #[test]
 fn export_and_import_move_secrets_between_vault_and_the_file_store() {
     use util::bao::{vault_broker, Dev};
-    let s = setup();
+    let s = StoreDir::new("unbaked-file-store-");
     let values: [(&str, &str, &[u8]); 3] = [
         ("app/api", "token", b"migrate-token-41d9e3"),
         ("app/db", "password", b"migrate-dbpass-8c20ff"),

@@ -10,9 +10,6 @@
 //! Run under the Docker lock: `flock /tmp/unbaked-docker.lock cargo test
 //! --test launch_restart`.
 mod util;
-use std::ffi::OsStr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 use util::docker::*;
 use util::*;
@@ -21,28 +18,6 @@ const DB: &[u8] = b"launch-keep-db-1e7c0ffe";
 const DB2: &[u8] = b"launch-keep-db2-5ab1d0e9";
 /// The file grant's ttl: renewed every two thirds of it.
 const TTL_SECS: u64 = 20;
-
-struct Keyed {
-    _tmp: tempfile::TempDir,
-    store: PathBuf,
-    key: PathBuf,
-}
-
-fn keyed() -> Keyed {
-    let tmp = tempfile::Builder::new()
-        .prefix("unbaked-launch-keep-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
-    let key = tmp.path().join("store.key");
-    let out =
-        output(Command::new(BIN).args([OsStr::new("store"), "init-key".as_ref(), key.as_os_str()]));
-    assert!(out.status.success(), "init-key: {}", text(&out.stderr));
-    Keyed {
-        store: tmp.path().join("store"),
-        key,
-        _tmp: tmp,
-    }
-}
 
 fn policy(w: &str) -> String {
     label_policy(
@@ -56,17 +31,10 @@ fn policy(w: &str) -> String {
 
 /// A broker for workload `w`: keeping launches in `keep`'s store, or
 /// with the memory store (nothing kept).
-fn broker(w: &str, keep: Option<&Keyed>) -> Broker {
+fn broker(w: &str, keep: Option<&StoreDir>) -> Broker {
     let mut builder = Broker::builder().policies(&[("w.toml", &policy(w))]);
     if let Some(k) = keep {
-        builder = builder.args([
-            OsStr::new("--store"),
-            OsStr::new("file"),
-            OsStr::new("--store-dir"),
-            k.store.as_os_str(),
-            OsStr::new("--store-key-file"),
-            k.key.as_os_str(),
-        ]);
+        builder = builder.args(k.args());
     }
     let b = builder.start();
     b.put("app/db", "password", DB);
@@ -97,21 +65,6 @@ fn launch(b: &Broker, w: &str, clean: &mut Cleanup, want: &[u8]) -> (String, Str
 /// The container's file, reversed back by `rev` inside it ("" if none).
 fn read_file(name: &str) -> String {
     text(&output(docker().args(["exec", name, "rev", "/run/secrets/db_password"])).stdout)
-}
-
-/// A log line without its colours.
-fn plain(line: &str) -> String {
-    let mut out = String::new();
-    let mut esc = false;
-    for c in line.chars() {
-        match (esc, c) {
-            (false, '\x1b') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
-        }
-    }
-    out
 }
 
 /// The size of the platform's record a "leases kept" line reports.
@@ -215,7 +168,7 @@ fn a_restarted_broker_renews_its_launches_and_ends_those_gone_meanwhile() {
     let w = unique("lkeep");
     let mut clean = Cleanup::default();
     clean.network(&format!("unbaked-{w}"));
-    let keep = keyed();
+    let keep = StoreDir::new("unbaked-launch-keep-");
     let mut b = broker(&w, Some(&keep));
 
     // 1. Still running: renewed by its kept lease id after the restart.
@@ -282,7 +235,7 @@ fn a_restarted_broker_renews_its_launches_and_ends_those_gone_meanwhile() {
     // Neither value ever in clear in the store directory (the kept
     // record names files and containers, never their content).
     for v in [DB, DB2] {
-        let hits = scan(v).under(&keep.store);
+        let hits = scan(v).under(&keep.dir);
         assert!(hits.is_empty(), "secret bytes in the store dir: {hits:?}");
         assert!(!b.log_text().as_bytes().windows(v.len()).any(|x| x == v));
         assert!(!b.audit_text().as_bytes().windows(v.len()).any(|x| x == v));
@@ -346,7 +299,7 @@ fn a_container_restarted_while_the_broker_was_down_is_not_served_again() {
     let w = unique("lrestart");
     let mut clean = Cleanup::default();
     clean.network(&format!("unbaked-{w}"));
-    let keep = keyed();
+    let keep = StoreDir::new("unbaked-launch-keep-");
     let mut b = broker(&w, Some(&keep));
     let (name, launch_id) = launch(&b, &w, &mut clean, DB);
     let lease = file_lease(&b, &w);

@@ -7,7 +7,7 @@
 mod util;
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use util::*;
 
 const PW: &[u8] = b"lease-keep-pw-3c0ffee9";
@@ -80,15 +80,11 @@ fn wait_kept(b: &Broker, n: usize) {
 fn a_restarted_broker_renews_its_sidecars_leases_by_their_ids() {
     let _heavy = heavy();
     let n = sidecars();
-    let tmp = tempfile::Builder::new()
-        .prefix("unbaked-lease-keep-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
-    let key = tmp.path().join("store.key");
-    let out =
-        output(Command::new(BIN).args([OsStr::new("store"), "init-key".as_ref(), key.as_os_str()]));
-    assert!(out.status.success(), "init-key: {}", text(&out.stderr));
-    let store = tmp.path().join("store");
+    let StoreDir {
+        tmp: _tmp,
+        dir: store,
+        key,
+    } = StoreDir::new("unbaked-lease-keep-");
     let policy = host_policy(
         "app",
         "[[grant]]\nsecret = \"app/db\"\nkey = \"password\"\nfile = \"db/password\"\nttl = \"8s\"\n",

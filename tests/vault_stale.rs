@@ -54,21 +54,6 @@ ttl = "5m"
     )
 }
 
-/// A store directory (to be created by the broker) and a key made by
-/// `unbaked store init-key`, on disk.
-fn store_setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let tmp = tempfile::Builder::new()
-        .prefix("unbaked-vault-stale-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
-    let key = tmp.path().join("store.key");
-    let out =
-        output(Command::new(BIN).args([OsStr::new("store"), "init-key".as_ref(), key.as_os_str()]));
-    assert!(out.status.success(), "init-key: {}", text(&out.stderr));
-    let dir = tmp.path().join("store");
-    (tmp, dir, key)
-}
-
 fn vault_config(addr: &str, max_stale: &str) -> String {
     format!("[vault]\naddress = {addr:?}\nmax_stale = {max_stale:?}\n")
 }
@@ -108,7 +93,11 @@ fn an_openbao_outage_is_served_from_sealed_copies_within_max_stale() {
     let bao_audit = bao.audit_log();
     setup_pki(&bao.server, &bao.root_token);
     bao.server.kv_put(&bao.root_token, "app/db", "password", PW);
-    let (_tmp, store_dir, key) = store_setup();
+    let StoreDir {
+        tmp: _tmp,
+        dir: store_dir,
+        key,
+    } = StoreDir::new("unbaked-vault-stale-");
     let mut b = Broker::builder()
         .policies(&[("app.toml", &app_policy()), ("web.toml", &web_policy())])
         .vault(&vault_config(&bao.server.addr, "1h"))
@@ -323,7 +312,11 @@ fn a_wrong_or_missing_key_is_refused_and_nothing_changes() {
     register_secret(PW);
     let bao = Dev::start();
     bao.server.kv_put(ROOT_TOKEN, "app/db", "password", PW);
-    let (tmp, store_dir, key) = store_setup();
+    let StoreDir {
+        tmp,
+        dir: store_dir,
+        key,
+    } = StoreDir::new("unbaked-vault-stale-");
     // A broker keeps a copy under the right key.
     {
         let b = Broker::builder()
@@ -417,7 +410,11 @@ file = "tls"
 ttl = "20s"
 "#,
     );
-    let (_tmp, store_dir, key) = store_setup();
+    let StoreDir {
+        tmp: _tmp,
+        dir: store_dir,
+        key,
+    } = StoreDir::new("unbaked-vault-stale-");
     let mut b = Broker::builder()
         .policies(&[("web.toml", &web)])
         .vault(&vault_config(&dev.server.addr, "1h"))

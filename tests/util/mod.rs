@@ -458,6 +458,48 @@ impl Broker {
     }
 }
 
+/// A store directory (for the broker to create) and a key made by
+/// `unbaked store init-key`, in a directory on disk (not tmpfs: what
+/// reaches the disk is the point).
+pub struct StoreDir {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub key: PathBuf,
+}
+
+impl StoreDir {
+    pub fn new(prefix: &str) -> StoreDir {
+        let tmp = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        let key = tmp.path().join("store.key");
+        let out = output(Command::new(BIN).args([
+            OsStr::new("store"),
+            "init-key".as_ref(),
+            key.as_os_str(),
+        ]));
+        assert!(out.status.success(), "init-key: {}", text(&out.stderr));
+        StoreDir {
+            dir: tmp.path().join("store"),
+            key,
+            tmp,
+        }
+    }
+
+    /// `--store file --store-dir DIR --store-key-file KEY`.
+    pub fn args(&self) -> Vec<&OsStr> {
+        vec![
+            OsStr::new("--store"),
+            OsStr::new("file"),
+            OsStr::new("--store-dir"),
+            self.dir.as_os_str(),
+            OsStr::new("--store-key-file"),
+            self.key.as_os_str(),
+        ]
+    }
+}
+
 /// A finished command: exit code, stdout, stderr as text.
 pub struct Ran {
     pub code: Option<i32>,
