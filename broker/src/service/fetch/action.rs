@@ -61,6 +61,13 @@ impl Pace {
             }
         }
     }
+
+    /// An action that failed (the engine did not carry it out) does not
+    /// count: the sidecar's retry, with its own backoff, may ask again.
+    fn forget(&self, lease: &str, item: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&(lease.to_string(), item.to_string()));
+    }
 }
 
 impl Broker {
@@ -138,6 +145,7 @@ impl Broker {
             }
             Err(SignalError::Refused(r)) => Err(self.deny(ctx, &lease.workload, r)),
             Err(SignalError::Failed(e)) => {
+                self.action_pace.forget(&lease.id, &item);
                 self.action_done(report(String::new(), Some(e.clone())));
                 Err(ServiceError::Platform(PlatformError::Unreachable(e)))
             }
@@ -162,5 +170,29 @@ impl Broker {
         );
         let refusal = Refusal::new(DenyRule::ActionHolder, reason).detail(detail);
         Err(self.deny(ctx, &lease.workload, refusal))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pace_allows_once_per_window_per_lease_and_item_and_forgets_failures() {
+        let pace = Pace::default();
+        let w = Duration::from_secs(60);
+        assert!(pace.allow("l1", "file:a", w));
+        assert!(!pace.allow("l1", "file:a", w), "again within the window");
+        assert!(pace.allow("l1", "file:b", w), "another item");
+        assert!(pace.allow("l2", "file:a", w), "another lease");
+        pace.forget("l1", "file:a");
+        assert!(
+            pace.allow("l1", "file:a", w),
+            "a failed action does not count"
+        );
+        assert!(
+            pace.allow("l1", "file:b", Duration::ZERO),
+            "past the window"
+        );
     }
 }
