@@ -16,6 +16,11 @@ const PAYROLL: &[u8] = b"payroll-pw-77aa10";
 /// Workload `w` (selected by `app=w`) with an env grant, and `payroll`
 /// (selected by `team=payroll`), both launchable by the test's uid.
 fn broker(w: &str) -> Broker {
+    broker_wrapped(w, &[])
+}
+
+/// [`broker`], started under `prefix` (a command that execs the rest).
+fn broker_wrapped(w: &str, prefix: &[&str]) -> Broker {
     let policy = |name: &str, selector: &str, secret: &str, var: &str| {
         format!(
             "workload = \"{name}\"\n[match]\ndocker_labels = {{ {selector} }}\n[launch]\nuids = [{uid}]\n\n\
@@ -23,16 +28,19 @@ fn broker(w: &str) -> Broker {
             uid = uid()
         )
     };
-    let b = Broker::start(&[
-        (
-            "w.toml",
-            &policy(w, &format!("app = \"{w}\""), "app/api", "API_TOKEN"),
-        ),
-        (
-            "payroll.toml",
-            &policy("payroll", "team = \"payroll\"", "app/payroll", "PAYROLL_PW"),
-        ),
-    ]);
+    let b = Broker::start_wrapped(
+        prefix,
+        &[
+            (
+                "w.toml",
+                &policy(w, &format!("app = \"{w}\""), "app/api", "API_TOKEN"),
+            ),
+            (
+                "payroll.toml",
+                &policy("payroll", "team = \"payroll\"", "app/payroll", "PAYROLL_PW"),
+            ),
+        ],
+    );
     b.put("app/api", "v", TOKEN);
     b.put("app/payroll", "v", PAYROLL);
     b
@@ -283,6 +291,33 @@ fn the_live_check_denies_every_route_to_the_engine_socket() {
             "isolation.docker_socket",
         ),
     ];
+    let data = tempfile::tempdir().unwrap();
+    let control = format!("{}:/x:ro", data.path().display());
+    assert_live_denies(&b, &w, &routes, &["-v", &control]);
+}
+
+/// A broker whose mount namespace receives none of the engine's later
+/// mounts (private propagation, as in a container handed the engine's
+/// socket): the engine mounts a bind volume of `/run` where the broker
+/// sees only an empty directory. The live check must judge the source
+/// where the engine mounted it. Without the hop into the host's mount
+/// namespace (`mount_identity::as_engine_sees`) this route got the token.
+#[test]
+fn the_live_check_judges_mount_sources_where_the_engine_mounts_them() {
+    let w = unique("atk-live-priv");
+    let b = broker_wrapped(
+        &w,
+        &["unshare", "--mount", "--propagation", "private", "--"],
+    );
+    let own = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    assert_ne!(
+        own(&b.pid().to_string()),
+        own("self"),
+        "the broker is not in a mount namespace of its own: the test proves nothing"
+    );
+    let mut clean = Cleanup::default();
+    let by_vol = format!("{}:/x:ro", bind_volume("/run", &mut clean));
+    let routes = vec![(owned(&["-v", &by_vol]), "isolation.docker_socket")];
     let data = tempfile::tempdir().unwrap();
     let control = format!("{}:/x:ro", data.path().display());
     assert_live_denies(&b, &w, &routes, &["-v", &control]);

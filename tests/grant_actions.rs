@@ -316,6 +316,17 @@ fn a_sidecar_has_the_broker_signal_the_named_app_container() {
     assert_eq!(done[0].json["container"]["id"], id.as_str());
     assert_eq!(done[0].json["action"]["item"], "file:token");
     assert_eq!(done[0].json["action"]["result"], "ok");
+    // Whoever asked is on the record: the sidecar that holds the lease.
+    let granted = b
+        .audit_records()
+        .into_iter()
+        .find(|r| r.event == "grant" && r.lease() == Some(held.as_str()))
+        .unwrap();
+    assert!(done[0].json["caller"]["pid"]
+        .as_u64()
+        .is_some_and(|p| p > 0));
+    assert_eq!(done[0].json["caller"], granted.json["caller"]);
+    assert!(done[0].json["request_id"].is_string(), "{done:?}");
     assert_eq!(
         counter(
             &metrics,

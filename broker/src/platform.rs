@@ -65,6 +65,9 @@ pub struct ActionReport {
     /// `signal`, `command` or `restart`: the metric's label.
     pub kind: &'static str,
     pub action: ActionRef,
+    /// The request and caller that asked for it (`POST /v1/action`);
+    /// `None` when the broker acted on its own (a renewal's change).
+    pub asked_by: Option<crate::audit::Record>,
 }
 
 /// Why a named container was not signalled.

@@ -163,6 +163,7 @@ async fn carry_out(core: &dyn Core, containers: &Containers, job: Job) {
             result: String::new(),
             error: result.err(),
         },
+        asked_by: None,
     });
 }
 

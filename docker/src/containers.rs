@@ -294,7 +294,7 @@ impl Containers {
                 }
                 let removed = crate::host_mount::in_host(self.engine_socket(), move || {
                     let _ = unbaked_secretsdir::sys::unmount(&path);
-                    std::fs::remove_dir(&path).map_err(|e| e.to_string())
+                    crate::tmpfs::remove_empty_dir(&path)
                 });
                 if removed.is_ok() {
                     swept.push(e.file_name().to_string_lossy().into_owned());

@@ -320,13 +320,11 @@ impl Engine {
         // stall the broker. A source that cannot be stat'ed in time stays
         // unknown, which the isolation check refuses.
         let sources: Vec<String> = c.mounts.iter().map(|m| m.source.clone()).collect();
+        let socket = std::path::PathBuf::from(&self.socket);
         let ids = tokio::time::timeout(
             std::time::Duration::from_secs(2),
             tokio::task::spawn_blocking(move || {
-                sources
-                    .iter()
-                    .map(|s| crate::mount_identity::host_file_id(std::path::Path::new(s)))
-                    .collect::<Vec<_>>()
+                crate::mount_identity::host_file_ids(&socket, sources)
             }),
         )
         .await;

@@ -24,13 +24,35 @@ pub fn file_id(path: &Path) -> Option<FileId> {
     })
 }
 
-/// [`file_id`] of a mount source as the engine sees it: through the host
-/// init's root (`/proc/1/root`), so a broker in a private mount namespace
-/// (systemd's `ProtectHome=`, `PrivateTmp=`) still sees what a source under
-/// /home or /tmp really is; the broker's own view when that is unreadable.
-pub fn host_file_id(source: &Path) -> Option<FileId> {
-    let rel = source.strip_prefix("/").ok()?;
-    file_id(&Path::new("/proc/1/root").join(rel)).or_else(|| file_id(source))
+/// Run `f` where the engine resolves paths: in the host's mount namespace
+/// ([`crate::host_mount::in_host`]), so a broker in a private one (the
+/// systemd unit's `ProtectSystem=`, `PrivateTmp=`; a container sharing the
+/// engine's socket) compares the files the engine would mount, not its own
+/// `/run` or `/tmp`. Links in a path resolve there too, against the host's
+/// root. When that namespace is closed to the broker, `f` runs in the
+/// broker's own view, as it did before, and the reason is logged.
+pub fn as_engine_sees<T, F>(engine_socket: &Path, f: F) -> T
+where
+    T: Send + 'static,
+    F: Fn() -> T + Send + Sync + 'static,
+{
+    let f = Arc::new(f);
+    let there = f.clone();
+    match crate::host_mount::in_host(engine_socket, move || Ok(there())) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(reason = %e, "mount sources are judged in the broker's own mount namespace");
+            f()
+        }
+    }
+}
+
+/// [`file_id`] of each mount source, as the engine sees it
+/// ([`as_engine_sees`]).
+pub fn host_file_ids(engine_socket: &Path, sources: Vec<String>) -> Vec<Option<FileId>> {
+    as_engine_sees(engine_socket, move || {
+        sources.iter().map(|s| file_id(Path::new(s))).collect()
+    })
 }
 
 /// What no container may mount: the engine's socket (and the container
@@ -104,7 +126,14 @@ impl ProtectedCache {
         if let Some((_, set)) = kept.as_ref().filter(|(was, _)| *was == roots) {
             return set.clone();
         }
-        let set = Arc::new(protected_with_launches(engine_socket, data_root, launches));
+        let (sock, data, dir) = (
+            engine_socket.to_path_buf(),
+            data_root.map(Path::to_path_buf),
+            launches.to_path_buf(),
+        );
+        let set = Arc::new(as_engine_sees(engine_socket, move || {
+            protected_with_launches(&sock, data.as_deref(), &dir)
+        }));
         *kept = Some((roots, set.clone()));
         set
     }
@@ -132,10 +161,22 @@ pub fn host_facts(
     image_labels: BTreeMap<String, String>,
 ) -> HostFacts {
     let paths = crate::launch::host_paths(parsed, &volumes);
+    let (sock, data, dir) = (
+        engine_socket.to_path_buf(),
+        data_root.map(Path::to_path_buf),
+        containers_dir.to_path_buf(),
+    );
+    let (protected, secrets_dirs, sources) = as_engine_sees(engine_socket, move || {
+        (
+            protected(&sock, data.as_deref()),
+            with_ancestors(&dir),
+            ids_of(paths.iter().map(String::as_str)),
+        )
+    });
     HostFacts {
-        protected: protected(engine_socket, data_root),
-        secrets_dirs: with_ancestors(containers_dir),
-        sources: ids_of(paths.iter().map(String::as_str)),
+        protected,
+        secrets_dirs,
+        sources,
         volumes,
         image_labels,
     }

@@ -118,7 +118,7 @@ async fn facts(
         launch_id: launch_id.to_string(),
         containers_dir: containers.base.display().to_string(),
         sockets: vec![containers.engine.socket().to_string()],
-        resolved: resolve_sources(parsed),
+        resolved: resolve_sources(parsed, Path::new(containers.engine.socket())),
         compose: false,
         container_files: false,
         engine_remaps_users: remaps?,
@@ -208,8 +208,8 @@ fn refused(core: &dyn Core, ctx: &Ctx, w: &str, refusals: Vec<launch::Refusal>) 
 }
 
 /// Bind sources as the host resolves them, for the docker-socket check.
-fn resolve_sources(parsed: &Parsed) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
+fn resolve_sources(parsed: &Parsed, engine_socket: &Path) -> BTreeMap<String, String> {
+    let mut sources = Vec::new();
     for o in &parsed.options {
         let v = o.value.as_deref().unwrap_or("");
         let src = match o.name.as_str() {
@@ -221,10 +221,17 @@ fn resolve_sources(parsed: &Parsed) -> BTreeMap<String, String> {
             _ => None,
         };
         if let Some(src) = src.filter(|s| s.starts_with('/')) {
-            if let Ok(real) = std::fs::canonicalize(src) {
-                out.insert(src.to_string(), real.display().to_string());
-            }
+            sources.push(src.to_string());
         }
     }
-    out
+    // Links resolve where the engine resolves them.
+    crate::mount_identity::as_engine_sees(engine_socket, move || {
+        sources
+            .iter()
+            .filter_map(|src| {
+                let real = std::fs::canonicalize(src).ok()?;
+                Some((src.clone(), real.display().to_string()))
+            })
+            .collect()
+    })
 }

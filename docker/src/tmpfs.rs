@@ -42,24 +42,56 @@ pub(crate) fn zero_tree(dir: &Path, depth: u8) {
 
 /// Wipe a launch's tmpfs (through its descriptor), then unmount and remove
 /// it in the host's mount namespace, where it was mounted.
+///
+/// The unmount goes through the descriptor checked when the tmpfs was
+/// mounted or reopened, not its path: hours later, whatever now sits at
+/// that path is not what gets unmounted.
 pub(crate) fn release_dir(engine_socket: &Path, launch_id: &str, dir: Option<SecretsDir>) {
     let Some(mut dir) = dir else { return };
     if let Err(e) = dir.wipe_all() {
         tracing::error!(launch = launch_id, error = %e, "could not wipe a container's secrets");
     }
     let root = dir.root().to_path_buf();
+    let fd = dir.root_fd().try_clone_to_owned();
     drop(dir);
-    if let Err(e) = unmount_secrets_dir(engine_socket, root.clone()) {
+    let released = fd
+        .map_err(|e| format!("cannot duplicate its descriptor: {e}"))
+        .and_then(|fd| {
+            let path = root.clone();
+            crate::host_mount::in_host(engine_socket, move || {
+                let unmounted = sys::unmount_fd(fd.as_fd()).map_err(|e| e.to_string());
+                drop(fd);
+                let _ = remove_empty_dir(&path);
+                unmounted
+            })
+        });
+    if let Err(e) = released {
         tracing::error!(launch = launch_id, dir = %root.display(), error = %e, "could not unmount a container's secrets tmpfs")
     }
 }
 
-/// Unmount a launch's tmpfs and remove its directory, in the host's mount
-/// namespace ([`crate::host_mount`]).
+/// Remove the (now empty) directory a tmpfs was mounted on, by its name
+/// in its parent opened without following links: a link swapped in for the
+/// parent directory is refused, not followed.
+pub(crate) fn remove_empty_dir(path: &Path) -> Result<(), String> {
+    use nix::fcntl::OFlag;
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(format!("{} has no parent directory", path.display()));
+    };
+    let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let p = nix::fcntl::open(parent, flags, nix::sys::stat::Mode::empty())
+        .map_err(|e| format!("cannot open {}: {e}", parent.display()))?;
+    nix::unistd::unlinkat(&p, name, nix::unistd::UnlinkatFlags::RemoveDir)
+        .map_err(|e| format!("cannot remove {}: {e}", path.display()))
+}
+
+/// Unmount a launch's tmpfs (by a path it just mounted, never followed
+/// through a link) and remove its directory, in the host's mount namespace
+/// ([`crate::host_mount`]).
 fn unmount_secrets_dir(engine_socket: &Path, root: PathBuf) -> Result<(), String> {
     crate::host_mount::in_host(engine_socket, move || {
         let unmounted = sys::unmount(&root).map_err(|e| e.to_string());
-        let _ = std::fs::remove_dir(&root);
+        let _ = remove_empty_dir(&root);
         unmounted
     })
 }
@@ -143,4 +175,25 @@ pub(crate) fn reopen_secrets_dir(
         .map_err(|e| format!("cannot duplicate a descriptor: {e}"))?;
     let adopted = SecretsDir::adopt_fd(dir, fd).map_err(|e| e.to_string())?;
     Ok((adopted, second))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link swapped in for the launches' directory is refused, not
+    /// followed: the directory it points at keeps its entry. The control
+    /// removes the same name through the real directory.
+    #[test]
+    fn the_empty_dir_goes_only_through_a_real_parent() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("real");
+        std::fs::create_dir_all(real.join("launch")).unwrap();
+        std::os::unix::fs::symlink(&real, t.path().join("swapped")).unwrap();
+        let err = remove_empty_dir(&t.path().join("swapped/launch")).unwrap_err();
+        assert!(err.contains("cannot open"), "{err}");
+        assert!(real.join("launch").is_dir(), "followed the link");
+        remove_empty_dir(&real.join("launch")).unwrap();
+        assert!(!real.join("launch").exists(), "control: not removed");
+    }
 }

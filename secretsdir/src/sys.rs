@@ -76,15 +76,18 @@ pub fn mount_tmpfs_fd(dir: BorrowedFd, size_bytes: u64) -> Result<(), nix::Error
 }
 
 /// Detach the mount at `dir`; a workload still holding a file open keeps its
-/// copy, but the name disappears at once.
+/// copy, but the name disappears at once. A symlink at `dir` is not
+/// followed (`UMOUNT_NOFOLLOW`): whoever swapped one in cannot point the
+/// unmount elsewhere.
 pub fn unmount(dir: &Path) -> nix::Result<()> {
-    umount2(dir, MntFlags::MNT_DETACH)
+    umount2(dir, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)
 }
 
-/// [`unmount`] the file system whose root `dir` is open on (through
-/// `/proc/self/fd/N`, not a path someone could have swapped).
+/// Detach the file system whose root `dir` is open on (through
+/// `/proc/self/fd/N`, the one link that must be followed, not a path
+/// someone could have swapped).
 pub fn unmount_fd(dir: BorrowedFd) -> nix::Result<()> {
-    unmount(&fd_path(dir))
+    umount2(&fd_path(dir), MntFlags::MNT_DETACH)
 }
 
 /// `/proc/self/fd/N`: opening, mounting on or chmodding this path reaches

@@ -397,6 +397,11 @@ impl SecretsDir {
         serde_json::from_slice(&text).ok()
     }
 
+    /// The descriptor on the root checked at open or adoption.
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.root_fd.as_fd()
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

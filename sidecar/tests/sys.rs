@@ -122,3 +122,20 @@ fn a_tmpfs_is_mounted_on_the_checked_directory_even_after_a_swap() {
     sys::unmount(&victim).unwrap();
     assert!(redirected);
 }
+
+/// An unmount by path does not follow a link swapped in at the path: the
+/// mount the link points at stays. CONTROL: the same unmount by the real
+/// path detaches it.
+#[test]
+fn an_unmount_by_path_does_not_follow_a_link() {
+    let disk = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (victim, link) = (disk.path().join("victim"), disk.path().join("link"));
+    std::fs::create_dir(&victim).unwrap();
+    let _cleanup = util::UnmountOnDrop(victim.clone());
+    sys::mount_tmpfs(&victim, 1 << 20).unwrap();
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    assert!(sys::unmount(&link).is_err(), "followed the link");
+    assert!(sys::is_tmpfs(&victim).unwrap(), "the victim was unmounted");
+    sys::unmount(&victim).unwrap();
+    assert!(!sys::is_tmpfs(&victim).unwrap(), "control: still mounted");
+}

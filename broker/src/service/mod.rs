@@ -263,6 +263,7 @@ impl Core for Broker {
                 result,
             })
             .inc();
+        let asked_by = report.asked_by.unwrap_or_default();
         let record = crate::audit::Record {
             workload: Some(report.workload),
             lease: Some(report.lease),
@@ -271,6 +272,8 @@ impl Core for Broker {
                 result: result.into(),
                 ..report.action
             }),
+            request_id: asked_by.request_id,
+            caller: asked_by.caller,
             ..crate::audit::Record::default()
         };
         if let Err(e) = self.audit.record(crate::audit::Event::Action, record) {

@@ -130,6 +130,7 @@ impl Broker {
                 result: String::new(),
                 error,
             },
+            asked_by: Some(ctx.record()),
         };
         let signalled = self
             .platform
