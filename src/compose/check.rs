@@ -24,6 +24,16 @@ pub fn check_file(file: &Path, set: &PolicySet) -> Vec<Finding> {
         Ok(read) => read,
         Err((line, message)) => return vec![finding(file, line, String::new(), message)],
     };
+    let mut out = Vec::new();
+    // Said, not skipped: a `privileged: True` this check reads as text is
+    // `true` to compose, so its silence about that service proves nothing.
+    if let Some((line, why)) = super::native::read_otherwise(&text) {
+        let message = format!("{why}: this check reads the file with another YAML reading than compose's, so a setting there may be judged wrong or not at all; `unbaked compose` judges compose's own reading (it asks `compose config`)");
+        out.push(Finding {
+            level: Level::Warning,
+            ..finding(file, line, String::new(), message)
+        });
+    }
     let located = [Located::parse(file, &text)];
     let base = base_dir(file);
     let checking = Checking {
@@ -37,7 +47,6 @@ pub fn check_file(file: &Path, set: &PolicySet) -> Vec<Finding> {
             base: Some(&base),
         },
     };
-    let mut out = Vec::new();
     let Some(services) = doc["services"].as_hash() else {
         return out;
     };
@@ -202,4 +211,30 @@ fn dotted(name: &str, field: &[Step]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `True` and `yes` are booleans to compose and text to this check's
+    /// reader: the file gets a warning at that line. The control, written
+    /// `true`, reads the same to both and gets none.
+    #[test]
+    fn a_spelling_compose_reads_otherwise_is_warned_at_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("compose.yaml");
+        let set = PolicySet::default();
+        for (value, warned) in [("True", true), ("yes", true), ("true", false)] {
+            let text = format!("services:\n  app:\n    image: x\n    privileged: {value}\n");
+            std::fs::write(&file, text).unwrap();
+            let found = check_file(&file, &set);
+            let warnings: Vec<_> = found.iter().filter(|f| f.level == Level::Warning).collect();
+            assert_eq!(!warnings.is_empty(), warned, "{value}: {found:?}");
+            if warned {
+                assert_eq!(warnings[0].line, 4, "{found:?}");
+                assert!(warnings[0].message.contains(value), "{found:?}");
+            }
+        }
+    }
 }

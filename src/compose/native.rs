@@ -217,6 +217,8 @@ fn is_name(s: &str) -> bool {
 #[derive(Default)]
 struct Scan {
     why: Option<String>,
+    /// The line of the first `why`.
+    line: usize,
     documents: usize,
 }
 
@@ -240,6 +242,7 @@ impl MarkedEventReceiver for Scan {
         };
         if let (None, Some(w)) = (&self.why, why) {
             self.why = Some(format!("line {}: {w}", mark.line()));
+            self.line = mark.line();
         }
     }
 }
@@ -282,6 +285,15 @@ fn yaml11_differs(v: &str) -> bool {
 /// text: `network_mode: Null` is unset to compose.
 fn core_schema_differs(v: &str) -> bool {
     ["Null", "NULL", "True", "TRUE", "False", "FALSE"].contains(&v)
+}
+
+/// The first scalar or tag of `text` that compose reads otherwise than
+/// yaml-rust2 does (a YAML 1.1 word, `True`, a tag), with its line: for
+/// `policy check --compose`, which reads the file with yaml-rust2.
+pub(super) fn read_otherwise(text: &str) -> Option<(usize, String)> {
+    let mut scan = Scan::default();
+    Parser::new_from_str(text).load(&mut scan, true).ok()?;
+    scan.why.map(|w| (scan.line, w))
 }
 
 /// One file's single document, with no construct compose resolves in a
