@@ -220,10 +220,19 @@ pub async fn run(cfg: BrokerConfig, open_platform: PlatformOpener) -> Result<(),
         triggers,
     ));
     let sweeper = tokio::spawn(sweep(broker.clone()));
+    // The accept loop runs on a worker, as a task: the thread that blocks
+    // on `run` drives no I/O, so accepting there cost every connection a
+    // futex wake of that thread and, for the task it spawned, an eventfd
+    // wake of a worker. On a worker, a connection's task starts on the
+    // thread that accepted it.
+    let mut server = tokio::spawn(server::serve(listener, broker.clone()));
     tokio::select! {
-        _ = server::serve(listener, broker.clone()) => {}
+        _ = &mut server => {}
         _ = signals.stop() => {}
     }
+    server.abort();
+    // The listener is closed before its socket file is removed.
+    let _ = server.await;
     watcher.abort();
     for t in [sweeper]
         .into_iter()

@@ -240,7 +240,9 @@ impl Engine {
     /// broker's own left out; `Err`: the caller's process is gone.
     pub fn cgroup_ids(&self, pid: i32) -> Result<Vec<String>, Attestation> {
         let path = self.cgroup_path(pid);
-        match std::fs::read_to_string(&path) {
+        // The container's identity: read for each connection, never kept
+        // across connections. Open, read, close: no `statx`, no probe reads.
+        match kernel::read_proc(&path) {
             Ok(text) => Ok(container_ids_from_cgroup(&text)
                 .into_iter()
                 .filter(|i| Some(i) != self.own.as_ref())
@@ -256,7 +258,7 @@ impl Engine {
     }
 
     fn cgroup_path(&self, pid: i32) -> PathBuf {
-        self.proc_root.join(pid.to_string()).join("cgroup")
+        kernel::proc_path(&self.proc_root, pid, "cgroup")
     }
 
     /// [`Engine::attest`] of `pid` whose cgroup names the containers `ids`

@@ -16,17 +16,23 @@ use nix::unistd::{sysconf, SysconfVar};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use tokio::net::unix::UCred;
 use tokio::net::UnixStream;
 
 pub fn peer(stream: &UnixStream) -> std::io::Result<Caller> {
-    let cred = stream.peer_cred()?;
-    Ok(Caller {
+    Ok(caller(&stream.peer_cred()?))
+}
+
+/// The caller the kernel's credentials of a connection name (one
+/// SO_PEERCRED, taken once per connection by the server).
+pub fn caller(cred: &UCred) -> Caller {
+    Caller {
         uid: cred.uid(),
         gid: cred.gid(),
         pid: cred.pid(),
         container: None,
         service_account: None,
-    })
+    }
 }
 
 /// How the connecting process is pinned.
@@ -59,6 +65,13 @@ pub enum PeerProcess {
 
 impl PeerProcess {
     pub fn of(stream: &UnixStream, mode: PinMode) -> PeerProcess {
+        let pid = stream.peer_cred().ok().and_then(|c| c.pid());
+        PeerProcess::of_pid(stream, mode, pid)
+    }
+
+    /// [`PeerProcess::of`] when the server has the connection's
+    /// credentials already: `pid` is their pid (the fallback pins it).
+    pub fn of_pid(stream: &UnixStream, mode: PinMode, pid: Option<i32>) -> PeerProcess {
         if mode == PinMode::Auto {
             match getsockopt(stream, sockopt::PeerPidfd) {
                 Ok(fd) => return PeerProcess::Pidfd(fd),
@@ -68,22 +81,17 @@ impl PeerProcess {
                 Err(_) => {}
             }
         }
-        PeerProcess::by_procfs(stream)
+        PeerProcess::by_procfs(pid)
     }
 
-    fn by_procfs(stream: &UnixStream) -> PeerProcess {
+    fn by_procfs(pid: Option<i32>) -> PeerProcess {
         // Taken before anything is opened: the caller connected before this
         // (by at most the accept's queue wait, so a reuse within that wait
         // is the residual window; docs/threat-model.md).
         let Some(accepted) = boot_ticks() else {
             return PeerProcess::Gone;
         };
-        let Some(pid) = stream
-            .peer_cred()
-            .ok()
-            .and_then(|c| c.pid())
-            .filter(|p| *p > 0)
-        else {
+        let Some(pid) = pid.filter(|p| *p > 0) else {
             return PeerProcess::Gone;
         };
         let Ok(dir) = std::fs::OpenOptions::new()
