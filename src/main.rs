@@ -13,7 +13,10 @@ mod secret_args;
 mod transfer;
 
 use clap::Parser;
-use cli::{AuditCommand, Cli, Command, ImportCommand, LogFormat, SecretCommand, StoreCommand};
+use cli::{
+    AuditCommand, Cli, Command, ImportCommand, LogFormat, SecretCommand, SidecarCli, SidecarOnly,
+    StoreCommand,
+};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,7 +54,7 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse(std::env::args_os().collect());
     // Before anything can hold a secret: no core dumps, no ptrace by peers.
     if let Err(e) = unbaked_secretsdir::sys::disable_core_dumps() {
         eprintln!("unbaked: cannot disable core dumps: {e}");
@@ -67,6 +70,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line. `unbaked sidecar` is parsed by [`SidecarCli`] first,
+/// so the long-running sidecar never builds the whole command tree;
+/// anything it refuses gets the full parser's answer (help, errors).
+fn parse(args: Vec<std::ffi::OsString>) -> Cli {
+    if args.iter().skip(1).any(|a| a == "sidecar") {
+        if let Ok(SidecarCli {
+            globals,
+            command: SidecarOnly::Sidecar(args),
+        }) = SidecarCli::try_parse_from(&args)
+        {
+            return Cli {
+                globals,
+                command: Command::Sidecar(args),
+            };
+        }
+    }
+    Cli::parse_from(args)
+}
+
 fn init_logging(cli: &Cli) {
     let default = match cli.command {
         // vaultrs logs every error answer (a 404 too); the broker reports
@@ -74,7 +96,7 @@ fn init_logging(cli: &Cli) {
         Command::Broker(_) | Command::Sidecar(_) => "info,vaultrs=off,rustify=off",
         _ => "warn",
     };
-    let json = match cli.log_format {
+    let json = match cli.globals.log_format {
         Some(f) => f == LogFormat::Json,
         None => std::env::var("UNBAKED_LOG_FORMAT").is_ok_and(|v| v == "json"),
     };
@@ -96,11 +118,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Broker(args) => broker(args, cli.socket),
-        Command::Secret(cmd) => secret(client_socket(cli.socket), cmd),
+        Command::Broker(args) => broker(args, cli.globals.socket),
+        Command::Secret(cmd) => secret(client_socket(cli.globals.socket), cmd),
         Command::Sidecar(args) => {
             let cfg = unbaked_sidecar::sidecar::SidecarConfig {
-                socket: client_socket(cli.socket),
+                socket: client_socket(cli.globals.socket),
                 workload: args.workload,
                 dir: args.dir,
                 once: args.once,
@@ -113,7 +135,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Run(args) => {
             let cfg = run::RunConfig {
-                socket: client_socket(cli.socket),
+                socket: client_socket(cli.globals.socket),
                 workload: args.workload,
                 dry_run: args.dry_run,
                 args: args.docker_args,
@@ -122,13 +144,13 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Compose(args) => {
             let cfg = compose::ComposeConfig {
-                socket: client_socket(cli.socket),
+                socket: client_socket(cli.globals.socket),
                 dry_run: args.dry_run,
                 args: args.compose_args,
             };
             compose::run(cfg).map_err(|e| Failure::new(e.exit_code(), e))
         }
-        Command::Exec(args) => exec(args, cli.socket),
+        Command::Exec(args) => exec(args, cli.globals.socket),
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Audit(AuditCommand::Verify { file }) => audit_verify(&file),
         Command::Store(StoreCommand::InitKey { file }) => {
