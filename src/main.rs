@@ -371,3 +371,96 @@ fn audit_verify(file: &std::path::Path) -> Result<(), Failure> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(line: &[&str]) -> Vec<std::ffi::OsString> {
+        line.iter().map(Into::into).collect()
+    }
+
+    /// A sidecar command line means the same through the narrow parser as
+    /// through the full one: globals before or after the command, defaults.
+    #[test]
+    fn the_sidecar_parser_agrees_with_the_full_one() {
+        for line in [
+            &["unbaked", "sidecar", "--workload", "w", "--dir", "/d"][..],
+            &[
+                "unbaked",
+                "--socket",
+                "/s",
+                "sidecar",
+                "--workload",
+                "w",
+                "--dir",
+                "/d",
+                "--once",
+            ],
+            &[
+                "unbaked",
+                "sidecar",
+                "--dir",
+                "/d",
+                "--workload",
+                "w",
+                "--log-format",
+                "json",
+                "--socket",
+                "sidecar",
+            ],
+            &[
+                "unbaked",
+                "sidecar",
+                "--workload",
+                "w",
+                "--dir",
+                "/d",
+                "--tmpfs-size",
+                "4096",
+                "--token-file",
+                "/t",
+            ],
+        ] {
+            let full = Cli::try_parse_from(args(line)).unwrap();
+            assert!(SidecarCli::try_parse_from(args(line)).is_ok(), "{line:?}");
+            assert_eq!(
+                format!("{:?}", parse(args(line))),
+                format!("{full:?}"),
+                "{line:?}"
+            );
+        }
+    }
+
+    /// What the narrow parser refuses goes to the full parser: help,
+    /// version, mistakes, and other commands (which it does not know).
+    #[test]
+    fn what_the_sidecar_parser_refuses_goes_to_the_full_one() {
+        for line in [
+            &["unbaked", "sidecar", "--help"][..],
+            &["unbaked", "sidecar", "--version"],
+            &["unbaked", "help", "sidecar"],
+            &["unbaked", "sidecar", "--workload", "w"],
+            &[
+                "unbaked",
+                "sidecar",
+                "--workload",
+                "w",
+                "--dir",
+                "/d",
+                "--bogus",
+            ],
+        ] {
+            assert!(SidecarCli::try_parse_from(args(line)).is_err(), "{line:?}");
+        }
+        // A command that names a file `sidecar`: the full parser's answer.
+        let line = ["unbaked", "policy", "check", "sidecar"];
+        assert!(SidecarCli::try_parse_from(args(&line)).is_err());
+        let cli = parse(args(&line));
+        assert!(matches!(cli.command, Command::Policy(_)), "{cli:?}");
+        // Control: the full parser does take the sidecar's line.
+        let sidecar = ["unbaked", "sidecar", "--workload", "w", "--dir", "/d"];
+        assert!(matches!(parse(args(&sidecar)).command, Command::Sidecar(_)));
+    }
+}
