@@ -13,6 +13,16 @@ use std::path::PathBuf;
     propagate_version = true
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub globals: Globals,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The flags every command takes, before or after its name.
+#[derive(Debug, Args)]
+pub struct Globals {
     /// The broker's socket [env: UNBAKED_SOCKET] [default: /run/unbaked/broker.sock]
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
@@ -20,9 +30,28 @@ pub struct Cli {
     /// Log format on stderr [env: UNBAKED_LOG_FORMAT]
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
+}
+
+/// `unbaked sidecar` alone: the same global flags and the same
+/// [`SidecarArgs`], without the rest of the command tree. The sidecar
+/// lives as long as its workload, and building the whole tree (one
+/// 200 KB function) would leave its pages mapped in every sidecar. A
+/// command line this accepts means the same to [`Cli`]; whatever it
+/// refuses (help, version, a mistake, another command) goes to [`Cli`],
+/// which answers as always (`crate::parse`).
+#[derive(Debug, Parser)]
+#[command(name = "unbaked")]
+pub struct SidecarCli {
+    #[command(flatten)]
+    pub globals: Globals,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub command: SidecarOnly,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SidecarOnly {
+    Sidecar(SidecarArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -13,7 +13,10 @@ mod secret_args;
 mod transfer;
 
 use clap::Parser;
-use cli::{AuditCommand, Cli, Command, ImportCommand, LogFormat, SecretCommand, StoreCommand};
+use cli::{
+    AuditCommand, Cli, Command, ImportCommand, LogFormat, SecretCommand, SidecarCli, SidecarOnly,
+    StoreCommand,
+};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,7 +54,7 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse(std::env::args_os().collect());
     // Before anything can hold a secret: no core dumps, no ptrace by peers.
     if let Err(e) = unbaked_secretsdir::sys::disable_core_dumps() {
         eprintln!("unbaked: cannot disable core dumps: {e}");
@@ -67,6 +70,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line. `unbaked sidecar` is parsed by [`SidecarCli`] first,
+/// so the long-running sidecar never builds the whole command tree;
+/// anything it refuses gets the full parser's answer (help, errors).
+fn parse(args: Vec<std::ffi::OsString>) -> Cli {
+    if args.iter().skip(1).any(|a| a == "sidecar") {
+        if let Ok(SidecarCli {
+            globals,
+            command: SidecarOnly::Sidecar(args),
+        }) = SidecarCli::try_parse_from(&args)
+        {
+            return Cli {
+                globals,
+                command: Command::Sidecar(args),
+            };
+        }
+    }
+    Cli::parse_from(args)
+}
+
 fn init_logging(cli: &Cli) {
     let default = match cli.command {
         // vaultrs logs every error answer (a 404 too); the broker reports
@@ -74,7 +96,7 @@ fn init_logging(cli: &Cli) {
         Command::Broker(_) | Command::Sidecar(_) => "info,vaultrs=off,rustify=off",
         _ => "warn",
     };
-    let json = match cli.log_format {
+    let json = match cli.globals.log_format {
         Some(f) => f == LogFormat::Json,
         None => std::env::var("UNBAKED_LOG_FORMAT").is_ok_and(|v| v == "json"),
     };
@@ -96,11 +118,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Broker(args) => broker(args, cli.socket),
-        Command::Secret(cmd) => secret(client_socket(cli.socket), cmd),
+        Command::Broker(args) => broker(args, cli.globals.socket),
+        Command::Secret(cmd) => secret(client_socket(cli.globals.socket), cmd),
         Command::Sidecar(args) => {
             let cfg = unbaked_sidecar::sidecar::SidecarConfig {
-                socket: client_socket(cli.socket),
+                socket: client_socket(cli.globals.socket),
                 workload: args.workload,
                 dir: args.dir,
                 once: args.once,
@@ -113,7 +135,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Run(args) => {
             let cfg = run::RunConfig {
-                socket: client_socket(cli.socket),
+                socket: client_socket(cli.globals.socket),
                 workload: args.workload,
                 dry_run: args.dry_run,
                 args: args.docker_args,
@@ -122,13 +144,13 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Compose(args) => {
             let cfg = compose::ComposeConfig {
-                socket: client_socket(cli.socket),
+                socket: client_socket(cli.globals.socket),
                 dry_run: args.dry_run,
                 args: args.compose_args,
             };
             compose::run(cfg).map_err(|e| Failure::new(e.exit_code(), e))
         }
-        Command::Exec(args) => exec(args, cli.socket),
+        Command::Exec(args) => exec(args, cli.globals.socket),
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Audit(AuditCommand::Verify { file }) => audit_verify(&file),
         Command::Store(StoreCommand::InitKey { file }) => {
@@ -347,5 +369,98 @@ fn audit_verify(file: &std::path::Path) -> Result<(), Failure> {
             exit::FAILURE,
             format!("{}:{line}: {reason}", file.display()),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(line: &[&str]) -> Vec<std::ffi::OsString> {
+        line.iter().map(Into::into).collect()
+    }
+
+    /// A sidecar command line means the same through the narrow parser as
+    /// through the full one: globals before or after the command, defaults.
+    #[test]
+    fn the_sidecar_parser_agrees_with_the_full_one() {
+        for line in [
+            &["unbaked", "sidecar", "--workload", "w", "--dir", "/d"][..],
+            &[
+                "unbaked",
+                "--socket",
+                "/s",
+                "sidecar",
+                "--workload",
+                "w",
+                "--dir",
+                "/d",
+                "--once",
+            ],
+            &[
+                "unbaked",
+                "sidecar",
+                "--dir",
+                "/d",
+                "--workload",
+                "w",
+                "--log-format",
+                "json",
+                "--socket",
+                "sidecar",
+            ],
+            &[
+                "unbaked",
+                "sidecar",
+                "--workload",
+                "w",
+                "--dir",
+                "/d",
+                "--tmpfs-size",
+                "4096",
+                "--token-file",
+                "/t",
+            ],
+        ] {
+            let full = Cli::try_parse_from(args(line)).unwrap();
+            assert!(SidecarCli::try_parse_from(args(line)).is_ok(), "{line:?}");
+            assert_eq!(
+                format!("{:?}", parse(args(line))),
+                format!("{full:?}"),
+                "{line:?}"
+            );
+        }
+    }
+
+    /// What the narrow parser refuses goes to the full parser: help,
+    /// version, mistakes, and other commands (which it does not know).
+    #[test]
+    fn what_the_sidecar_parser_refuses_goes_to_the_full_one() {
+        for line in [
+            &["unbaked", "sidecar", "--help"][..],
+            &["unbaked", "sidecar", "--version"],
+            &["unbaked", "help", "sidecar"],
+            &["unbaked", "sidecar", "--workload", "w"],
+            &[
+                "unbaked",
+                "sidecar",
+                "--workload",
+                "w",
+                "--dir",
+                "/d",
+                "--bogus",
+            ],
+        ] {
+            assert!(SidecarCli::try_parse_from(args(line)).is_err(), "{line:?}");
+        }
+        // A command that names a file `sidecar`: the full parser's answer.
+        let line = ["unbaked", "policy", "check", "sidecar"];
+        assert!(SidecarCli::try_parse_from(args(&line)).is_err());
+        let cli = parse(args(&line));
+        assert!(matches!(cli.command, Command::Policy(_)), "{cli:?}");
+        // Control: the full parser does take the sidecar's line.
+        let sidecar = ["unbaked", "sidecar", "--workload", "w", "--dir", "/d"];
+        assert!(matches!(parse(args(&sidecar)).command, Command::Sidecar(_)));
     }
 }
