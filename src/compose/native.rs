@@ -233,10 +233,12 @@ impl MarkedEventReceiver for Scan {
             | Event::SequenceStart(_, Some(_))
             | Event::MappingStart(_, Some(_)) => Some("a YAML tag".to_string()),
             Event::Scalar(v, TScalarStyle::Plain, _, None) if yaml11_differs(v) => {
-                Some(format!("{v:?} reads otherwise in YAML 1.1"))
+                // Never the value: a compose file's scalar may be a
+                // password, and this reason is logged and shown.
+                Some("a plain scalar YAML 1.1 reads otherwise (a boolean word, a number in another base or in base 60)".to_string())
             }
             Event::Scalar(v, TScalarStyle::Plain, _, None) if core_schema_differs(v) => {
-                Some(format!("{v:?} is text to yaml-rust2, not to compose"))
+                Some("a plain Null, True or False spelling (in any case), text to yaml-rust2, not to compose".to_string())
             }
             _ => None,
         };
