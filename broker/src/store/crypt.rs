@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use unbaked_api::Secret;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 const STORE: &str = "crypt";
 /// The whole time one read may take, failover over the endpoints
@@ -60,8 +60,7 @@ const MAX_WATCHES: usize = 4096;
 const MAX_VALUE: usize = 4 << 20;
 /// The largest secret keyring file read.
 const MAX_KEYRING: u64 = 1 << 20;
-/// The key of a value that is neither a JSON object nor a TOML table.
-pub const WHOLE_VALUE_KEY: &str = "value";
+pub use super::value_fields::{fields, WHOLE_VALUE_KEY};
 
 /// Which etcd API the values are under (v2 and v3 are separate key spaces).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -294,79 +293,6 @@ fn decode(stored: &[u8], keyring: &Keyring) -> Result<Zeroizing<Vec<u8>>, Decode
         DecodeError::Read(_) => DecodeError::NotGzip,
         other => other,
     })
-}
-
-/// The keys of a decoded value: a JSON object's or a TOML table's
-/// top-level fields, else the whole value as [`WHOLE_VALUE_KEY`].
-pub fn fields(value: Zeroizing<Vec<u8>>) -> BTreeMap<String, Secret> {
-    let first = value.iter().find(|b| !b.is_ascii_whitespace());
-    if first == Some(&b'{') {
-        if let Ok(map) = serde_json::from_slice::<serde_json::Map<String, Value>>(&value) {
-            let mut out = BTreeMap::new();
-            for (mut k, v) in map {
-                let text = match &v {
-                    Value::String(s) => Secret::from_slice(s.as_bytes()),
-                    other => {
-                        let mut buf = Zeroizing::new(Vec::with_capacity(value.len() + 64));
-                        // Writing a Value to a Vec cannot fail.
-                        let _ = serde_json::to_writer(&mut *buf, other);
-                        Secret::from(buf)
-                    }
-                };
-                out.insert(k.clone(), text);
-                k.zeroize();
-                wipe_json(v);
-            }
-            return out;
-        }
-    } else if let Ok(text) = std::str::from_utf8(&value) {
-        if let Ok(table) = text.parse::<toml::Table>() {
-            if !table.is_empty() {
-                let mut out = BTreeMap::new();
-                for (mut k, v) in table {
-                    let text = match &v {
-                        toml::Value::String(s) => Secret::from_slice(s.as_bytes()),
-                        other => Secret::new(Zeroizing::new(other.to_string()).as_bytes().to_vec()),
-                    };
-                    out.insert(k.clone(), text);
-                    k.zeroize();
-                    wipe_toml(v);
-                }
-                return out;
-            }
-        }
-    }
-    BTreeMap::from([(WHOLE_VALUE_KEY.to_string(), Secret::from(value))])
-}
-
-/// Zero every string of a parsed JSON value before it is freed.
-fn wipe_json(v: Value) {
-    match v {
-        Value::String(mut s) => s.zeroize(),
-        Value::Array(a) => a.into_iter().for_each(wipe_json),
-        Value::Object(m) => {
-            for (mut k, v) in m {
-                k.zeroize();
-                wipe_json(v);
-            }
-        }
-        Value::Null | Value::Bool(_) | Value::Number(_) => {}
-    }
-}
-
-/// Zero every string of a parsed TOML value before it is freed.
-fn wipe_toml(v: toml::Value) {
-    match v {
-        toml::Value::String(mut s) => s.zeroize(),
-        toml::Value::Array(a) => a.into_iter().for_each(wipe_toml),
-        toml::Value::Table(t) => {
-            for (mut k, v) in t {
-                k.zeroize();
-                wipe_toml(v);
-            }
-        }
-        _ => {}
-    }
 }
 
 /// What a store read found at one endpoint.
@@ -947,46 +873,6 @@ impl Store for CryptStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn keys(m: &BTreeMap<String, Secret>) -> Vec<(&str, &[u8])> {
-        m.iter()
-            .map(|(k, v)| (k.as_str(), v.expose_secret()))
-            .collect()
-    }
-
-    #[test]
-    fn json_objects_and_toml_tables_expose_their_fields_and_anything_else_is_value() {
-        let v = |s: &str| Zeroizing::new(s.as_bytes().to_vec());
-        let json = fields(v(
-            r#" {"password": "pw-1", "port": 5432, "tls": {"on": true}, "n": null}"#,
-        ));
-        assert_eq!(
-            keys(&json),
-            [
-                ("n", &b"null"[..]),
-                ("password", b"pw-1"),
-                ("port", b"5432"),
-                ("tls", br#"{"on":true}"#)
-            ]
-        );
-        let toml = fields(v("password = \"pw-2\"\nport = 5432\n[tls]\non = true\n"));
-        assert_eq!(keys(&toml)[0], ("password", &b"pw-2"[..]));
-        assert_eq!(keys(&toml)[1], ("port", &b"5432"[..]));
-        assert_eq!(keys(&toml).len(), 3);
-        for plain in [
-            "hunter2",
-            "",
-            "# only a comment\n",
-            "[1, 2]",
-            "{not json",
-            "\"str\"",
-        ] {
-            let f = fields(v(plain));
-            assert_eq!(keys(&f), [(WHOLE_VALUE_KEY, plain.as_bytes())], "{plain:?}");
-        }
-        let bin = fields(Zeroizing::new(vec![0xff, 0xfe, b'{']));
-        assert_eq!(keys(&bin), [(WHOLE_VALUE_KEY, &[0xff, 0xfe, b'{'][..])]);
-    }
 
     #[test]
     fn reading_grows_without_limit_overrun() {

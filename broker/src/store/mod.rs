@@ -10,6 +10,7 @@ pub mod issued;
 pub mod key;
 pub mod memory;
 pub mod stale;
+pub mod value_fields;
 pub mod vault;
 pub mod vault_tls;
 
