@@ -135,6 +135,9 @@ pub struct BrokerArgs {
     /// The socket's group (name or gid), with --socket-mode 0660 for a group-only socket
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
+    /// Threads serving requests [default: 1; [broker] workers]
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

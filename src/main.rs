@@ -214,10 +214,12 @@ fn broker(args: cli::BrokerArgs, socket: Option<PathBuf>) -> Result<(), Failure>
         store_dir: args.store_dir,
         store_key_file: args.store_key_file,
         vault_max_stale: args.vault_max_stale,
+        workers: args.workers,
     };
     let cfg = BrokerConfig::resolve(opts, |k| std::env::var(k).ok())
         .map_err(|e| Failure::new(exit::FAILURE, e))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.workers)
         .enable_all()
         .build()
         .map_err(|e| Failure::new(exit::FAILURE, e))?;

@@ -89,6 +89,8 @@ pub struct BrokerOptions {
     pub store_key_file: Option<PathBuf>,
     /// `--vault-max-stale`, over `[vault] max_stale`.
     pub vault_max_stale: Option<String>,
+    /// `--workers`, over `[broker] workers`.
+    pub workers: Option<usize>,
 }
 
 /// The `--config FILE` format.
@@ -265,6 +267,8 @@ pub struct BrokerSection {
     /// Versions kept per secret; 0 (the default) keeps every version
     /// until the secret is removed.
     pub store_max_versions: Option<u32>,
+    /// Threads serving requests ([`DEFAULT_WORKERS`] unless set).
+    pub workers: Option<usize>,
 }
 
 /// Who may connect to the broker's socket. The default lets any local
@@ -289,6 +293,28 @@ impl Default for SocketAccess {
 }
 
 pub const DEFAULT_SOCKET_MODE: u32 = 0o666;
+
+/// Threads serving requests by default: one. A request is a few tens of
+/// microseconds of CPU between waits; with two or more, each request one
+/// client sends at a time wakes a second thread that finds nothing to do
+/// (tokio's work stealing), which cost more CPU per fetch than the request
+/// itself, and one thread served more fetches per second than two on the
+/// 2-core machine of BENCHMARKS.md (as linkerd2-proxy, which also runs on
+/// every host, defaults to one). Raise it (`workers`, `--workers`) where
+/// one core is not enough.
+pub const DEFAULT_WORKERS: usize = 1;
+/// More threads than this is a mistake, not a tuning.
+const MAX_WORKERS: usize = 256;
+
+fn check_workers(n: usize) -> Result<usize, ConfigError> {
+    if (1..=MAX_WORKERS).contains(&n) {
+        return Ok(n);
+    }
+    Err(ConfigError::Invalid {
+        field: "workers",
+        message: format!("{n} threads: use 1 to {MAX_WORKERS}"),
+    })
+}
 
 /// `"0660"` (or `"660"`) as a mode: octal, permission bits only.
 fn parse_mode(text: &str) -> Result<u32, ConfigError> {
@@ -322,6 +348,8 @@ pub struct BrokerConfig {
     pub kubernetes: Option<KubernetesConfig>,
     pub admin_addr: Option<std::net::SocketAddr>,
     pub socket_access: SocketAccess,
+    /// Threads serving requests (the runtime's workers).
+    pub workers: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -437,6 +465,11 @@ impl BrokerConfig {
             )?),
             None => None,
         };
+        let workers = check_workers(
+            opts.workers
+                .or(file.broker.workers)
+                .unwrap_or(DEFAULT_WORKERS),
+        )?;
         let socket_access = SocketAccess {
             mode: match opts.socket_mode.or(file.broker.socket_mode) {
                 Some(m) => parse_mode(&m)?,
@@ -456,6 +489,7 @@ impl BrokerConfig {
             crypt,
             kubernetes: file.kubernetes,
             admin_addr: opts.admin_addr.or(file.broker.admin_addr),
+            workers,
         })
     }
 }
@@ -754,6 +788,44 @@ fn vault_auth(a: VaultAuthSection) -> Result<VaultAuth, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_default_to_one_and_the_flag_beats_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(&file, "[broker]\nworkers = 4\n").unwrap();
+        let none = |_: &str| None;
+        let c = BrokerConfig::resolve(BrokerOptions::default(), none).unwrap();
+        assert_eq!(c.workers, 1);
+        let opts = BrokerOptions {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            BrokerConfig::resolve(opts.clone(), none).unwrap().workers,
+            4
+        );
+        let flag = BrokerOptions {
+            workers: Some(2),
+            ..opts.clone()
+        };
+        assert_eq!(BrokerConfig::resolve(flag, none).unwrap().workers, 2);
+        for bad in [0, 257] {
+            let e = BrokerConfig::resolve(
+                BrokerOptions {
+                    workers: Some(bad),
+                    ..opts.clone()
+                },
+                none,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("[broker] workers") && e.contains("1 to 256"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn flags_override_file_which_overrides_env() {

@@ -22,6 +22,7 @@ pub mod request;
 pub mod rules;
 pub mod server;
 pub mod service;
+mod socket_io;
 pub mod store;
 
 use audit::{Audit, Event, Record};

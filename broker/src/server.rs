@@ -613,53 +613,6 @@ static HTTP: std::sync::LazyLock<hyper::server::conn::http1::Builder> =
         http
     });
 
-/// The accepted socket as hyper drives it, less the `shutdown(2)` hyper
-/// makes as a connection ends: the socket is closed right after, which
-/// tells the client the same (end of file, and `ECONNRESET` if it left
-/// bytes unread, as before), for one system call less per connection.
-#[derive(Debug)]
-struct Socket(UnixStream);
-
-impl tokio::io::AsyncRead for Socket {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Socket {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 /// [`connection_pinned`] with the credentials the accept loop took.
 async fn serve_accepted(
     stream: UnixStream,
@@ -730,7 +683,14 @@ async fn serve_accepted(
         }
         .instrument(span)
     });
-    let conn = HTTP.serve_connection(TokioIo::new(Socket(stream)), service);
+    let socket = match crate::socket_io::Socket::new(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot register the connection: dropped");
+            return;
+        }
+    };
+    let conn = HTTP.serve_connection(TokioIo::new(socket), service);
     match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
