@@ -11,6 +11,13 @@
 //!
 //! The answers carry the benchmark's (dummy) secret: only their status
 //! line and length are looked at, nothing of a body is printed.
+//!
+//! `--serve-floor SOCKET` is the other end of a comparison: the floor of a
+//! unix-socket round trip, one blocking thread answering each request with
+//! a fixed answer of the broker's size and doing nothing else, so its CPU
+//! per request is what the kernel and the machine charge for the wake-up,
+//! the read and the write (bench/run's one-client row sets the broker
+//! against it).
 #![forbid(unsafe_code)]
 
 use std::io;
@@ -22,7 +29,8 @@ use tokio::net::UnixStream;
 
 const USAGE: &str = "usage: unbaked-loadgen --socket PATH --workload NAME [--kinds file,env]
   [--connections N] [--duration SECS] [--warmup SECS] [--new-conn] [--threads K]
-  [--rate REQUESTS_PER_SEC] [--pid BROKER_PID] [--burst N]";
+  [--rate REQUESTS_PER_SEC] [--pid BROKER_PID] [--burst N]
+       unbaked-loadgen --serve-floor SOCKET";
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -151,6 +159,23 @@ struct Tally {
     lat: Vec<u64>,
 }
 
+/// Wait until `at`, to the microsecond. tokio's timer fires on
+/// millisecond ticks: every connection due within one millisecond would
+/// send together, a burst of rate/1000 requests that the staggered
+/// schedule is meant to avoid. So sleep to the tick before, then yield
+/// until the instant (this busies the load generator's own core, which
+/// `bench/run` pins it to for the open-loop run).
+async fn send_at(at: Instant) {
+    if let Some(coarse) = at.checked_sub(Duration::from_millis(2)) {
+        if coarse > Instant::now() {
+            tokio::time::sleep_until(coarse.into()).await;
+        }
+    }
+    while Instant::now() < at {
+        tokio::task::yield_now().await;
+    }
+}
+
 async fn worker(a: Args, req: Vec<u8>, start: Instant, index: usize) -> Tally {
     let count_from = start + a.warmup;
     let end = count_from + a.duration;
@@ -167,7 +192,7 @@ async fn worker(a: Args, req: Vec<u8>, start: Instant, index: usize) -> Tally {
     let mut due = interval.map(|i| start + i.mul_f64(index as f64 / a.connections as f64));
     loop {
         if let (Some(at), Some(i)) = (due, interval) {
-            tokio::time::sleep_until(at.into()).await;
+            send_at(at).await;
             due = Some((at + i).max(Instant::now()));
         }
         let sent = Instant::now();
@@ -330,7 +355,79 @@ async fn burst(a: Args, n: usize) -> Result<String, String> {
     Ok(line)
 }
 
+/// `--serve-floor SOCKET`: see the module's documentation. Connections
+/// are served one after another (a sequential client's), until killed.
+fn serve_floor(path: &std::path::Path) -> io::Result<()> {
+    use std::io::{Read, Write};
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    // The size of the broker's answer to the bench's fetch.
+    let body = [b'x'; 285];
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let answer = [head.as_bytes(), &body].concat();
+    for conn in listener.incoming() {
+        let mut s = conn?;
+        let mut buf = Vec::with_capacity(8192);
+        let mut chunk = [0u8; 8192];
+        // One request: its head, then Content-Length bytes; then the answer.
+        let served = (|| -> io::Result<()> {
+            loop {
+                let end = loop {
+                    if let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let len = std::str::from_utf8(&buf[..head_end])
+                            .ok()
+                            .and_then(|h| {
+                                h.lines().find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("content-length")
+                                        .then(|| v.trim().parse::<usize>().ok())?
+                                })
+                            })
+                            .unwrap_or(0);
+                        break head_end + 4 + len;
+                    }
+                    let n = s.read(&mut chunk)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                };
+                while buf.len() < end {
+                    let n = s.read(&mut chunk)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                buf.drain(..end);
+                s.write_all(&answer)?;
+            }
+        })();
+        if let Err(e) = served {
+            eprintln!("unbaked-loadgen --serve-floor: a connection failed: {e}");
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("--serve-floor") {
+        let Some(path) = args.next() else {
+            eprintln!("unbaked-loadgen: --serve-floor needs a socket path\n{USAGE}");
+            return ExitCode::from(2);
+        };
+        return match serve_floor(std::path::Path::new(&path)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("unbaked-loadgen --serve-floor {path}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let a = match parse_args() {
         Ok(a) => a,
         Err(e) => {
