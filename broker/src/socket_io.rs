@@ -27,7 +27,16 @@ pub(crate) struct Socket {
     stream: AsyncFd<UnixStream>,
     /// The same socket, registered for writing once a write would block.
     write_wait: Option<AsyncFd<UnixStream>>,
+    /// Whether a read was tried. The first one is tried at once: a new
+    /// registration knows of no readiness until the driver's next turn,
+    /// and a client's first request is usually there already.
+    read_tried: bool,
 }
+
+/// The most a read zeroes and takes at once: hyper hands a fresh,
+/// uninitialised buffer each time (`TokioIo`), which may have grown far
+/// past any request the broker accepts.
+const READ_CHUNK: usize = 16 << 10;
 
 impl Socket {
     /// Take over an accepted connection (it stays non-blocking).
@@ -36,6 +45,7 @@ impl Socket {
         Ok(Socket {
             stream: register(stream, Interest::READABLE)?,
             write_wait: None,
+            read_tried: false,
         })
     }
 
@@ -94,9 +104,22 @@ impl AsyncRead for Socket {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let chunk = buf.remaining().min(READ_CHUNK);
+        if !this.read_tried {
+            this.read_tried = true;
+            let unfilled = buf.initialize_unfilled_to(chunk);
+            match retry_interrupted(|| this.stream.get_ref().read(unfilled)) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
         loop {
             let mut ready = ready!(this.stream.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
+            let unfilled = buf.initialize_unfilled_to(chunk);
             match ready.try_io(|s| retry_interrupted(|| s.get_ref().read(unfilled))) {
                 Ok(Ok(n)) => {
                     buf.advance(n);
@@ -144,6 +167,25 @@ impl AsyncWrite for Socket {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A request already in the socket when the connection is taken over
+    /// is read on the first poll, before the runtime has seen any event.
+    #[tokio::test]
+    async fn a_request_already_there_is_read_at_once() {
+        use std::future::Future;
+        let (a, mut client) = tokio::net::UnixStream::pair().unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut server = Socket::new(a).unwrap();
+        let mut buf = [0u8; 64];
+        let read = std::pin::pin!(server.read(&mut buf));
+        let waker = std::task::Waker::noop();
+        let polled = read.poll(&mut Context::from_waker(waker));
+        assert!(
+            matches!(polled, Poll::Ready(Ok(18))),
+            "the first poll did not read the waiting request: {polled:?}"
+        );
+        assert_eq!(&buf[..18], b"GET / HTTP/1.1\r\n\r\n");
+    }
 
     /// A client that does not read fills the socket: the write waits for
     /// it (through the descriptor registered for writing) and completes
