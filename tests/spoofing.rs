@@ -226,13 +226,25 @@ fn a_pid_in_a_dead_containers_cgroup_or_a_reused_pid_gets_nothing() {
     drop(inside);
 }
 
-/// Connects to ARGV[0], forks, and exits at once (printing its pid); the
-/// child keeps the connection and, after a line on stdin, sends a fetch
-/// with the body ARGV[1] and prints the answer.
+/// Connects to ARGV[0], has one request answered on the connection (so
+/// the broker has accepted it), forks, and exits at once (printing its
+/// pid); the child keeps the connection and, after a line on stdin, sends
+/// a fetch with the body ARGV[1] and prints the answer.
 const PERL_FORK_AFTER_CONNECT: &str = r#"
 use strict; use IO::Socket::UNIX; use Socket;
 my ($path, $body) = @ARGV;
 my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Peer => $path) or die "connect: $!";
+# One request answered first: the broker has accepted the connection (and
+# pinned this process) before it exits. A pid reused between a connect and
+# its accept is the pre-6.5 residual window (docs/threat-model.md).
+$s->autoflush(1);
+print $s "GET /v1/health HTTP/1.1\r\nHost: u\r\n\r\n";
+my $head = "";
+while ($head !~ /\r\n\r\n/) { sysread($s, my $c, 1) or die "health: $!"; $head .= $c; }
+my ($len) = $head =~ /content-length:\s*(\d+)/i;
+my $got = "";
+while (length($got) < ($len // 0)) { sysread($s, my $c, $len - length($got)) or die "health: $!"; $got .= $c; }
+$head =~ /^HTTP\/1\.1 200/ or die "health: $head";
 $| = 1;
 my $child = fork();
 die "fork: $!" unless defined $child;

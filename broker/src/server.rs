@@ -410,12 +410,18 @@ pub async fn serve_with(listener: UnixListener, broker: Arc<Broker>, limits: Lim
         // One SO_PEERCRED per connection: the caller's share and its
         // attestation come from the same credentials.
         let cred = stream.peer_cred();
+        // Pinned here, before the connection waits for a task or in the
+        // queue: before Linux 6.5 the pin is of whatever process holds the
+        // pid at this moment, so every wait after the accept would widen
+        // the window in which a caller that exited could have its pid
+        // handed on (docs/threat-model.md).
+        let process = pin_peer(&stream, &cred, limits.pin);
         let key = caller_key(cred.as_ref().ok());
         let mine = callers.try_take(key);
         if mine.is_some() {
             if let Ok(permit) = active.clone().try_acquire_owned() {
                 tokio::spawn(async move {
-                    serve_accepted(stream, cred, broker, limits.pin).await;
+                    serve_accepted(stream, cred, process, broker).await;
                     drop((permit, mine));
                 });
                 continue;
@@ -446,7 +452,7 @@ pub async fn serve_with(listener: UnixListener, broker: Arc<Broker>, limits: Lim
             match tokio::time::timeout_at(deadline, active.acquire_owned()).await {
                 Ok(Ok(permit)) => {
                     drop(slot);
-                    serve_accepted(stream, cred, broker, limits.pin).await;
+                    serve_accepted(stream, cred, process, broker).await;
                     drop((permit, mine));
                 }
                 _ => {
@@ -589,7 +595,20 @@ pub async fn connection_pinned(
     pin: attest::unix::PinMode,
 ) {
     let cred = stream.peer_cred();
-    serve_accepted(stream, cred, broker, pin).await
+    let process = pin_peer(&stream, &cred, pin);
+    serve_accepted(stream, cred, process, broker).await
+}
+
+/// The connecting process, pinned now; nothing without credentials.
+fn pin_peer(
+    stream: &UnixStream,
+    cred: &std::io::Result<UCred>,
+    pin: attest::unix::PinMode,
+) -> attest::unix::PeerProcess {
+    match cred {
+        Ok(c) => attest::unix::PeerProcess::of_pid(stream, pin, c.pid()),
+        Err(_) => attest::unix::PeerProcess::Gone,
+    }
 }
 
 /// What a connection keeps of its peer for its requests.
@@ -617,8 +636,8 @@ static HTTP: std::sync::LazyLock<hyper::server::conn::http1::Builder> =
 async fn serve_accepted(
     stream: UnixStream,
     cred: std::io::Result<UCred>,
+    process: attest::unix::PeerProcess,
     broker: Arc<Broker>,
-    pin: attest::unix::PinMode,
 ) {
     let cred = match cred {
         Ok(c) => c,
@@ -629,7 +648,7 @@ async fn serve_accepted(
     };
     let caller = attest::unix::caller(&cred);
     let peer = Arc::new(Peer {
-        process: attest::unix::PeerProcess::of_pid(&stream, pin, cred.pid()),
+        process,
         memo: ConnectionMemo::default(),
     });
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
