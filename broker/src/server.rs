@@ -415,7 +415,7 @@ pub async fn serve_with(listener: UnixListener, broker: Arc<Broker>, limits: Lim
         // pid at this moment, so every wait after the accept would widen
         // the window in which a caller that exited could have its pid
         // handed on (docs/threat-model.md).
-        let process = pin_peer(&stream, &cred, limits.pin);
+        let process = attest::unix::PeerProcess::of(&stream, limits.pin, cred.as_ref().ok());
         let key = caller_key(cred.as_ref().ok());
         let mine = callers.try_take(key);
         if mine.is_some() {
@@ -595,20 +595,8 @@ pub async fn connection_pinned(
     pin: attest::unix::PinMode,
 ) {
     let cred = stream.peer_cred();
-    let process = pin_peer(&stream, &cred, pin);
+    let process = attest::unix::PeerProcess::of(&stream, pin, cred.as_ref().ok());
     serve_accepted(stream, cred, process, broker).await
-}
-
-/// The connecting process, pinned now; nothing without credentials.
-fn pin_peer(
-    stream: &UnixStream,
-    cred: &std::io::Result<UCred>,
-    pin: attest::unix::PinMode,
-) -> attest::unix::PeerProcess {
-    match cred {
-        Ok(c) => attest::unix::PeerProcess::of_pid(stream, pin, c.pid()),
-        Err(_) => attest::unix::PeerProcess::Gone,
-    }
 }
 
 /// What a connection keeps of its peer for its requests.

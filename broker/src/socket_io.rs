@@ -88,6 +88,14 @@ fn register(stream: UnixStream, interest: Interest) -> io::Result<AsyncFd<UnixSt
     AsyncFd::with_interest(stream, interest)
 }
 
+/// One read into `buf`, at most [`READ_CHUNK`] of it.
+fn read_into(mut stream: &UnixStream, buf: &mut ReadBuf<'_>) -> io::Result<()> {
+    let chunk = buf.remaining().min(READ_CHUNK);
+    let n = retry_interrupted(|| stream.read(buf.initialize_unfilled_to(chunk)))?;
+    buf.advance(n);
+    Ok(())
+}
+
 fn retry_interrupted<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     loop {
         match f() {
@@ -104,29 +112,18 @@ impl AsyncRead for Socket {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let chunk = buf.remaining().min(READ_CHUNK);
         if !this.read_tried {
             this.read_tried = true;
-            let unfilled = buf.initialize_unfilled_to(chunk);
-            match retry_interrupted(|| this.stream.get_ref().read(unfilled)) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
+            match read_into(this.stream.get_ref(), buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
+                done => return Poll::Ready(done),
             }
         }
         loop {
             let mut ready = ready!(this.stream.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled_to(chunk);
-            match ready.try_io(|s| retry_interrupted(|| s.get_ref().read(unfilled))) {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
+            // A `WouldBlock` clears the readiness: the next edge wakes us.
+            if let Ok(done) = ready.try_io(|s| read_into(s.get_ref(), buf)) {
+                return Poll::Ready(done);
             }
         }
     }

@@ -216,9 +216,8 @@ fn is_name(s: &str) -> bool {
 /// What the YAML events of a file show that the loaded tree does not.
 #[derive(Default)]
 struct Scan {
-    why: Option<String>,
-    /// The line of the first `why`.
-    line: usize,
+    /// The first construct compose reads otherwise, and its line.
+    first: Option<(usize, &'static str)>,
     documents: usize,
 }
 
@@ -231,20 +230,19 @@ impl MarkedEventReceiver for Scan {
             }
             Event::Scalar(_, _, _, Some(_))
             | Event::SequenceStart(_, Some(_))
-            | Event::MappingStart(_, Some(_)) => Some("a YAML tag".to_string()),
+            | Event::MappingStart(_, Some(_)) => Some("a YAML tag"),
+            // Never the value: a compose file's scalar may be a password,
+            // and this reason is logged and shown.
             Event::Scalar(v, TScalarStyle::Plain, _, None) if yaml11_differs(v) => {
-                // Never the value: a compose file's scalar may be a
-                // password, and this reason is logged and shown.
-                Some("a plain scalar YAML 1.1 reads otherwise (a boolean word, a number in another base or in base 60)".to_string())
+                Some("a plain scalar YAML 1.1 reads otherwise (a boolean word, a number in another base or in base 60)")
             }
             Event::Scalar(v, TScalarStyle::Plain, _, None) if core_schema_differs(v) => {
-                Some("a plain Null, True or False spelling (in any case), text to yaml-rust2, not to compose".to_string())
+                Some("a plain Null, True or False spelling (in any case), text to yaml-rust2, not to compose")
             }
             _ => None,
         };
-        if let (None, Some(w)) = (&self.why, why) {
-            self.why = Some(format!("line {}: {w}", mark.line()));
-            self.line = mark.line();
+        if self.first.is_none() {
+            self.first = why.map(|w| (mark.line(), w));
         }
     }
 }
@@ -295,7 +293,7 @@ fn core_schema_differs(v: &str) -> bool {
 pub(super) fn read_otherwise(text: &str) -> Option<(usize, String)> {
     let mut scan = Scan::default();
     Parser::new_from_str(text).load(&mut scan, true).ok()?;
-    scan.why.map(|w| (scan.line, w))
+    scan.first.map(|(line, w)| (line, w.to_string()))
 }
 
 /// One file's single document, with no construct compose resolves in a
@@ -305,8 +303,8 @@ fn load(text: &str) -> Result<Yaml, Fallback> {
     if let Err(e) = Parser::new_from_str(text).load(&mut scan, true) {
         return fallback(format!("not YAML: {e}"));
     }
-    if let Some(w) = scan.why {
-        return fallback(w);
+    if let Some((line, w)) = scan.first {
+        return fallback(format!("line {line}: {w}"));
     }
     if scan.documents > 1 {
         return fallback("more than one YAML document");

@@ -19,10 +19,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use tokio::net::unix::UCred;
 use tokio::net::UnixStream;
 
-pub fn peer(stream: &UnixStream) -> std::io::Result<Caller> {
-    Ok(caller(&stream.peer_cred()?))
-}
-
 /// The caller the kernel's credentials of a connection name (one
 /// SO_PEERCRED, taken once per connection by the server).
 pub fn caller(cred: &UCred) -> Caller {
@@ -64,14 +60,14 @@ pub enum PeerProcess {
 }
 
 impl PeerProcess {
-    pub fn of(stream: &UnixStream, mode: PinMode) -> PeerProcess {
-        let pid = stream.peer_cred().ok().and_then(|c| c.pid());
-        PeerProcess::of_pid(stream, mode, pid)
-    }
-
-    /// [`PeerProcess::of`] when the server has the connection's
-    /// credentials already: `pid` is their pid (the fallback pins it).
-    pub fn of_pid(stream: &UnixStream, mode: PinMode, pid: Option<i32>) -> PeerProcess {
+    /// Pin the process that opened `stream`, now. `cred` is the
+    /// connection's SO_PEERCRED (taken once by the server); without it
+    /// nothing is pinned. Before 6.5 the pin is of the process holding its
+    /// pid at this moment, so the server calls this as it accepts.
+    pub fn of(stream: &UnixStream, mode: PinMode, cred: Option<&UCred>) -> PeerProcess {
+        let Some(cred) = cred else {
+            return PeerProcess::Gone;
+        };
         if mode == PinMode::Auto {
             match getsockopt(stream, sockopt::PeerPidfd) {
                 Ok(fd) => return PeerProcess::Pidfd(fd),
@@ -81,7 +77,7 @@ impl PeerProcess {
                 Err(_) => {}
             }
         }
-        PeerProcess::by_procfs(pid)
+        PeerProcess::by_procfs(cred.pid())
     }
 
     fn by_procfs(pid: Option<i32>) -> PeerProcess {
@@ -168,11 +164,12 @@ mod tests {
     #[tokio::test]
     async fn a_live_peer_is_pinned_and_not_exited() {
         let (a, _b) = UnixStream::pair().unwrap();
-        let pinned = PeerProcess::of(&a, PinMode::Auto);
+        let cred = a.peer_cred().unwrap();
+        let pinned = PeerProcess::of(&a, PinMode::Auto, Some(&cred));
         // The CI kernel (6.5+) has SO_PEERPIDFD; the peer is this process.
         assert!(matches!(pinned, PeerProcess::Pidfd(_)), "{pinned:?}");
         assert!(!pinned.exited());
-        assert_eq!(peer(&a).unwrap().pid, Some(std::process::id() as i32));
+        assert_eq!(caller(&cred).pid, Some(std::process::id() as i32));
     }
 
     /// The fallback, forced: pinned while the peer lives, exited once it is
@@ -192,7 +189,8 @@ mod tests {
             .spawn()
             .expect("perl (perl-base) connects for the test");
         let (stream, _) = listener.accept().await.unwrap();
-        let pinned = PeerProcess::of(&stream, PinMode::Procfs);
+        let cred = stream.peer_cred().unwrap();
+        let pinned = PeerProcess::of(&stream, PinMode::Procfs, Some(&cred));
         assert!(matches!(pinned, PeerProcess::ProcDir { .. }), "{pinned:?}");
         assert!(!pinned.exited(), "control: the live peer is not exited");
         child.stdin.take().unwrap().write_all(b"\n").unwrap();
