@@ -139,7 +139,7 @@ fn parses_as_toml(text: &str) -> bool {
             _ => false,
         };
     }
-    buf.zeroize();
+    // `buf` is zeroed as it drops (Zeroizing), here or at an early return.
     !failed
 }
 
